@@ -1,0 +1,37 @@
+"""Opens an archive from its settings: keys, primary site, catalog, repository, ingestor.
+
+Every entry point (serve, import, get, status...) goes through here, so they all see the
+same archive the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dicomvault.catalog import Catalog
+from dicomvault.config import Settings
+from dicomvault.crypto import Keyring
+from dicomvault.ingest import Ingestor
+from dicomvault.repository import Repository
+from dicomvault.sites import Site, open_site
+
+
+@dataclass
+class Archive:
+    settings: Settings
+    keyring: Keyring
+    site: Site
+    catalog: Catalog
+    repository: Repository
+    ingestor: Ingestor
+
+    @classmethod
+    def open(cls, settings: Settings) -> "Archive":
+        keyring = Keyring.load(settings.site_key_file, settings.recovery_public_key_file)
+        site = open_site(settings.primary_site_url)
+        catalog = Catalog(settings.catalog_url)
+        repository = Repository(site, keyring, settings.storage.compression_level)
+        return cls(settings, keyring, site, catalog, repository, Ingestor(catalog, repository, keyring))
+
+    def close(self) -> None:
+        self.catalog.close()

@@ -1,0 +1,325 @@
+"""Opening the catalog, migrating it, and the queries ingest and the CLI need.
+
+Writes are serialised by one lock per process: SQLite allows one writer anyway, and the
+audit hash chain needs a strict order. Every ingest is one transaction (patient, study,
+series, instance, version and the audit row), so a crash leaves either all or nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, create_engine, event, func, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import schema as t
+from .records import InstanceAttributes, VersionRecord
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+class CatalogError(Exception):
+    """The catalog database cannot be opened or written."""
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed transaction survives power loss, which is what an ACK promises.
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+class Catalog:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            if url.startswith("sqlite"):
+                path = url.split("///", 1)[-1]
+                if path and path != ":memory:":
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            else:
+                self.engine = create_engine(url, pool_pre_ping=True)
+            self.write_lock = threading.RLock()
+            self._migrate()
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"cannot open catalog {url}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """One serialised write transaction; commits on success, rolls back on any error."""
+        with self.write_lock:
+            with self.engine.begin() as connection:
+                yield connection
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection:
+            yield connection
+
+    # --- ingest -------------------------------------------------------------------------
+
+    def find_version_by_content(self, conn: Connection, sop_uid: str, dataset_sha256: str) -> VersionRecord | None:
+        row = conn.execute(
+            self._version_query().where(
+                t.instances.c.sop_instance_uid == sop_uid, t.versions.c.dataset_sha256 == dataset_sha256
+            )
+        ).first()
+        return _version(row) if row else None
+
+    def study_key_row(self, conn: Connection, study_uid: str) -> Any:
+        return conn.execute(select(t.study_keys).where(t.study_keys.c.study_uid == study_uid)).first()
+
+    def add_study_key(self, conn: Connection, study_uid: str, key_id: str, wrapped_site: bytes, wrapped_recovery: bytes) -> None:
+        conn.execute(
+            insert(t.study_keys).values(
+                key_id=key_id, study_uid=study_uid, wrapped_site=wrapped_site,
+                wrapped_recovery=wrapped_recovery, created_at=time.time(),
+            )
+        )
+
+    def _upsert_hierarchy(self, conn: Connection, a: InstanceAttributes, now: float) -> int:
+        """Patient, study, series and instance rows for ``a``; returns the instance pk."""
+        patient_pk = conn.execute(
+            select(t.patients.c.id).where(t.patients.c.patient_id == a.patient_id, t.patients.c.issuer == a.issuer)
+        ).scalar()
+        if patient_pk is None:
+            patient_pk = conn.execute(
+                insert(t.patients).values(
+                    patient_id=a.patient_id, issuer=a.issuer, patient_name=a.patient_name,
+                    birth_date=a.birth_date, sex=a.sex,
+                )
+            ).inserted_primary_key[0]
+        study_pk = conn.execute(select(t.studies.c.id).where(t.studies.c.study_uid == a.study_uid)).scalar()
+        if study_pk is None:
+            study_pk = conn.execute(
+                insert(t.studies).values(
+                    study_uid=a.study_uid, patient_pk=patient_pk, patient_name=a.patient_name,
+                    study_date=a.study_date, study_time=a.study_time, accession_number=a.accession_number,
+                    study_id=a.study_id, study_description=a.study_description,
+                    referring_physician=a.referring_physician, created_at=now, updated_at=now,
+                )
+            ).inserted_primary_key[0]
+        else:
+            conn.execute(update(t.studies).where(t.studies.c.id == study_pk).values(updated_at=now))
+        series_pk = conn.execute(select(t.series.c.id).where(t.series.c.series_uid == a.series_uid)).scalar()
+        if series_pk is None:
+            series_pk = conn.execute(
+                insert(t.series).values(
+                    series_uid=a.series_uid, study_pk=study_pk, modality=a.modality,
+                    series_number=a.series_number, series_description=a.series_description, body_part=a.body_part,
+                )
+            ).inserted_primary_key[0]
+        instance_pk = conn.execute(
+            select(t.instances.c.id).where(t.instances.c.sop_instance_uid == a.sop_instance_uid)
+        ).scalar()
+        if instance_pk is None:
+            instance_pk = conn.execute(
+                insert(t.instances).values(
+                    sop_instance_uid=a.sop_instance_uid, series_pk=series_pk,
+                    sop_class_uid=a.sop_class_uid, instance_number=a.instance_number,
+                )
+            ).inserted_primary_key[0]
+        return int(instance_pk)
+
+    def add_version(self, conn: Connection, a: InstanceAttributes, record: VersionRecord) -> int:
+        """Index a stored object; returns the version number it got (1 for a new instance)."""
+        instance_pk = self._upsert_hierarchy(conn, a, record.received_at)
+        latest = conn.execute(
+            select(func.max(t.versions.c.version)).where(t.versions.c.instance_pk == instance_pk)
+        ).scalar()
+        version = (latest or 0) + 1
+        conn.execute(
+            insert(t.versions).values(
+                instance_pk=instance_pk, version=version, object_id=record.object_id, sha256=record.sha256,
+                dataset_sha256=record.dataset_sha256, size_original=record.size_original,
+                size_stored=record.size_stored, transfer_syntax_uid=record.transfer_syntax_uid,
+                codec=record.codec, key_id=record.key_id, received_at=record.received_at, source=record.source,
+            )
+        )
+        return version
+
+    def has_object(self, conn: Connection, object_id: str) -> bool:
+        return conn.execute(select(t.versions.c.id).where(t.versions.c.object_id == object_id)).first() is not None
+
+    # --- reading ------------------------------------------------------------------------
+
+    @staticmethod
+    def _version_query() -> Any:
+        return (
+            select(
+                t.instances.c.sop_instance_uid, t.versions.c.version, t.versions.c.object_id, t.versions.c.sha256,
+                t.versions.c.dataset_sha256, t.versions.c.size_original, t.versions.c.size_stored,
+                t.versions.c.transfer_syntax_uid, t.versions.c.codec, t.versions.c.key_id,
+                t.versions.c.received_at, t.versions.c.source, t.studies.c.study_uid, t.series.c.series_uid,
+            )
+            .select_from(
+                t.versions.join(t.instances, t.versions.c.instance_pk == t.instances.c.id)
+                .join(t.series, t.instances.c.series_pk == t.series.c.id)
+                .join(t.studies, t.series.c.study_pk == t.studies.c.id)
+            )
+            .order_by(t.studies.c.study_uid, t.series.c.series_uid, t.instances.c.sop_instance_uid, t.versions.c.version)
+        )
+
+    def versions_for_uid(self, uid: str, all_versions: bool = False) -> list[VersionRecord]:
+        """Versions of every instance under a study, series or instance UID (latest only by default)."""
+        query = self._version_query().where(
+            (t.studies.c.study_uid == uid) | (t.series.c.series_uid == uid) | (t.instances.c.sop_instance_uid == uid)
+        )
+        with self.read() as conn:
+            records = [_version(row) for row in conn.execute(query)]
+        if all_versions:
+            return records
+        latest: dict[str, VersionRecord] = {}
+        for record in records:
+            latest[record.sop_instance_uid] = record
+        return list(latest.values())
+
+    def all_versions(self) -> list[VersionRecord]:
+        with self.read() as conn:
+            return [_version(row) for row in conn.execute(self._version_query())]
+
+    def study_key(self, key_id: str) -> tuple[bytes, bytes] | None:
+        with self.read() as conn:
+            row = conn.execute(select(t.study_keys).where(t.study_keys.c.key_id == key_id)).first()
+        return (row.wrapped_site, row.wrapped_recovery) if row else None
+
+    def find_studies(
+        self,
+        patient_id: str | None = None,
+        patient_name: str | None = None,
+        date_from: str | None = None,
+        date_to: str | None = None,
+        modality: str | None = None,
+        accession: str | None = None,
+        study_uid: str | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """Studies matching every given filter. Names and IDs accept ``*`` wildcards."""
+        modalities = (
+            select(
+                t.series.c.study_pk,
+                func.count(t.instances.c.id).label("instances"),
+            )
+            .select_from(t.series.join(t.instances, t.instances.c.series_pk == t.series.c.id))
+            .group_by(t.series.c.study_pk)
+            .subquery()
+        )
+        query = (
+            select(
+                t.studies.c.id, t.studies.c.study_uid, t.studies.c.study_date, t.studies.c.study_time,
+                t.studies.c.accession_number, t.studies.c.study_description, t.studies.c.patient_name,
+                t.patients.c.patient_id, t.patients.c.birth_date, t.patients.c.sex,
+                func.coalesce(modalities.c.instances, 0).label("instances"),
+            )
+            .select_from(
+                t.studies.join(t.patients, t.studies.c.patient_pk == t.patients.c.id).outerjoin(
+                    modalities, modalities.c.study_pk == t.studies.c.id
+                )
+            )
+            .order_by(t.studies.c.study_date.desc(), t.studies.c.study_uid)
+            .limit(limit)
+        )
+        for column, value in (
+            (t.patients.c.patient_id, patient_id),
+            (t.studies.c.patient_name, patient_name),
+            (t.studies.c.accession_number, accession),
+            (t.studies.c.study_uid, study_uid),
+        ):
+            if value:
+                query = query.where(_match(column, value))
+        if date_from:
+            query = query.where(t.studies.c.study_date >= date_from)
+        if date_to:
+            query = query.where(t.studies.c.study_date <= date_to)
+        if modality:
+            query = query.where(
+                t.studies.c.id.in_(select(t.series.c.study_pk).where(func.upper(t.series.c.modality) == modality.upper()))
+            )
+        with self.read() as conn:
+            rows = list(conn.execute(query))
+            study_pks = [row.id for row in rows]
+            mods: dict[int, set[str]] = {}
+            if study_pks:
+                for pk, mod in conn.execute(
+                    select(t.series.c.study_pk, t.series.c.modality).where(t.series.c.study_pk.in_(study_pks))
+                ):
+                    if mod:
+                        mods.setdefault(pk, set()).add(mod)
+        return [
+            {
+                "study_uid": row.study_uid,
+                "patient_id": row.patient_id,
+                "patient_name": row.patient_name,
+                "birth_date": row.birth_date,
+                "sex": row.sex,
+                "study_date": row.study_date,
+                "study_time": row.study_time,
+                "accession_number": row.accession_number,
+                "study_description": row.study_description,
+                "modalities": sorted(mods.get(row.id, ())),
+                "instances": int(row.instances),
+            }
+            for row in rows
+        ]
+
+    def statistics(self) -> dict[str, Any]:
+        with self.read() as conn:
+            counts = {
+                name: conn.execute(select(func.count()).select_from(table)).scalar() or 0
+                for name, table in (
+                    ("patients", t.patients), ("studies", t.studies), ("series", t.series),
+                    ("instances", t.instances), ("versions", t.versions),
+                )
+            }
+            totals = conn.execute(
+                select(
+                    func.coalesce(func.sum(t.versions.c.size_original), 0),
+                    func.coalesce(func.sum(t.versions.c.size_stored), 0),
+                    func.max(t.versions.c.received_at),
+                )
+            ).one()
+        return {
+            "counts": counts,
+            "bytes_received": int(totals[0]),
+            "bytes_stored": int(totals[1]),
+            "newest_ingest": totals[2],
+        }
+
+
+def _match(column: Any, pattern: str) -> Any:
+    if "*" in pattern or "?" in pattern:
+        like = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_").replace("*", "%").replace("?", "_")
+        return func.upper(column).like(like.upper(), escape="\\")
+    return column == pattern
+
+
+def _version(row: Any) -> VersionRecord:
+    return VersionRecord(
+        sop_instance_uid=row.sop_instance_uid, version=row.version, object_id=row.object_id, sha256=row.sha256,
+        dataset_sha256=row.dataset_sha256, size_original=row.size_original, size_stored=row.size_stored,
+        transfer_syntax_uid=row.transfer_syntax_uid, codec=row.codec, key_id=row.key_id,
+        received_at=row.received_at, source=row.source, study_uid=row.study_uid, series_uid=row.series_uid,
+    )

@@ -1,0 +1,125 @@
+"""Catalog tables (SQLAlchemy Core). Changes go through an Alembic migration in ``migrations/``."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+patients = Table(
+    "patients",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("patient_id", String(64), nullable=False, default=""),
+    Column("issuer", String(64), nullable=False, default=""),
+    Column("patient_name", String(324), nullable=False, default=""),
+    Column("birth_date", String(8), nullable=False, default=""),
+    Column("sex", String(16), nullable=False, default=""),
+    UniqueConstraint("patient_id", "issuer", name="uq_patients_id_issuer"),
+)
+Index("ix_patients_name", patients.c.patient_name)
+
+study_keys = Table(
+    "study_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("study_uid", String(64), nullable=False, unique=True),
+    Column("wrapped_site", LargeBinary, nullable=False),
+    Column("wrapped_recovery", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+studies = Table(
+    "studies",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_uid", String(64), nullable=False, unique=True),
+    Column("patient_pk", Integer, ForeignKey("patients.id"), nullable=False),
+    Column("patient_name", String(324), nullable=False, default=""),
+    Column("study_date", String(8), nullable=False, default=""),
+    Column("study_time", String(16), nullable=False, default=""),
+    Column("accession_number", String(64), nullable=False, default=""),
+    Column("study_id", String(16), nullable=False, default=""),
+    Column("study_description", String(256), nullable=False, default=""),
+    Column("referring_physician", String(324), nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+Index("ix_studies_patient", studies.c.patient_pk)
+Index("ix_studies_date", studies.c.study_date)
+Index("ix_studies_accession", studies.c.accession_number)
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("series_uid", String(64), nullable=False, unique=True),
+    Column("study_pk", Integer, ForeignKey("studies.id"), nullable=False),
+    Column("modality", String(16), nullable=False, default=""),
+    Column("series_number", String(12), nullable=False, default=""),
+    Column("series_description", String(256), nullable=False, default=""),
+    Column("body_part", String(64), nullable=False, default=""),
+)
+Index("ix_series_study", series.c.study_pk)
+Index("ix_series_modality", series.c.modality)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("sop_instance_uid", String(64), nullable=False, unique=True),
+    Column("series_pk", Integer, ForeignKey("series.id"), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("instance_number", String(12), nullable=False, default=""),
+)
+Index("ix_instances_series", instances.c.series_pk)
+
+versions = Table(
+    "versions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("instance_pk", Integer, ForeignKey("instances.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("object_id", String(64), nullable=False, unique=True),
+    Column("sha256", String(64), nullable=False),
+    Column("dataset_sha256", String(64), nullable=False),
+    Column("size_original", BigInteger, nullable=False),
+    Column("size_stored", BigInteger, nullable=False),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("codec", String(16), nullable=False),
+    Column("key_id", String(32), ForeignKey("study_keys.key_id"), nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("source", String(256), nullable=False, default=""),
+    UniqueConstraint("instance_pk", "dataset_sha256", name="uq_versions_instance_content"),
+    UniqueConstraint("instance_pk", "version", name="uq_versions_instance_version"),
+)
+Index("ix_versions_received", versions.c.received_at)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("ts", Float, nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("subject", String(256), nullable=False, default=""),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", Text, nullable=False, default="{}"),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+)
+Index("ix_audit_ts", audit_log.c.ts)
+Index("ix_audit_action", audit_log.c.action)

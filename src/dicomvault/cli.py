@@ -1,0 +1,294 @@
+"""The ``dicomvault`` command. Exit 0 on success, non-zero with a one-line reason on failure."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dicomvault import __version__
+from dicomvault.config import DEFAULT_CONFIG_NAME, DEFAULT_CONFIG_TEMPLATE, ConfigError, Settings, load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="dicomvault: a disaster-recovery archive for DICOM.")
+audit_app = typer.Typer(no_args_is_help=True, help="Inspect and verify the hash-chained audit log.")
+app.add_typer(audit_app, name="audit")
+console = Console(stderr=True)
+out = Console()
+
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="dicomvault.toml (default: $DICOMVAULT_CONFIG, else ./dicomvault.toml)"),
+]
+
+
+class CliFailure(Exception):
+    """A failure to report as one line and a non-zero exit."""
+
+
+def _actor() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        user = str(os.getuid())
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def _open(config: Optional[Path]) -> Any:
+    from dicomvault.archive import Archive
+
+    return Archive.open(load_settings(config))
+
+
+def _settings(config: Optional[Path]) -> Settings:
+    return load_settings(config)
+
+
+@app.command()
+def init(
+    dir: Annotated[Path, typer.Option("--dir", help="Data directory to create the archive in")] = Path("."),
+    force: Annotated[bool, typer.Option(help="Write the config even if one exists (keys are never overwritten)")] = False,
+) -> None:
+    """Create DIR/dicomvault.toml with commented defaults and generate the keys."""
+    from dicomvault.crypto import generate_keys
+
+    dir.mkdir(parents=True, exist_ok=True)
+    config_path = dir / DEFAULT_CONFIG_NAME
+    if config_path.exists() and not force:
+        raise CliFailure(f"{config_path} already exists; use --force to rewrite it (keys are kept)")
+    config_path.write_text(DEFAULT_CONFIG_TEMPLATE)
+    settings = load_settings(config_path)
+    recovery_private = dir / "recovery-key.pem"
+    if not settings.site_key_file.exists():
+        generate_keys(settings.site_key_file, settings.recovery_public_key_file, recovery_private)
+    from dicomvault.archive import Archive
+
+    archive = Archive.open(settings)
+    from dicomvault.audit import AuditEvent, append
+
+    with archive.catalog.write() as conn:
+        append(conn, AuditEvent(actor=_actor(), action="config", subject=str(config_path.resolve()),
+                                detail={"event": "init", "key_fingerprint": archive.keyring.fingerprint}))
+    archive.close()
+    out.print(f"Created {config_path} (AE title DICOMVAULT, DIMSE port 11112, HTTP port 8080).")
+    if recovery_private.exists():
+        out.print(
+            f"[bold red]RECOVERY KEY written to {recovery_private}.[/bold red] It opens every copy of this archive "
+            "on every site. Move it OFFLINE now (safe, sealed envelope, HSM) and delete it from this machine; "
+            "without it a copy whose site key is lost cannot be read."
+        )
+    out.print(f"Start the archive with: dicomvault serve --config {config_path}")
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Run DIMSE, HTTP and the background workers in one process until SIGINT/SIGTERM."""
+    from dicomvault.ingest.dimse import DimseServer
+    from dicomvault.serve.http import HttpServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    archive = _open(config)
+    adopted = archive.ingestor.recover()
+    if adopted:
+        logging.getLogger("dicomvault").warning("crash recovery re-indexed %d complete object(s)", len(adopted))
+    settings = archive.settings
+    dimse = DimseServer(settings.dicom, archive.ingestor)
+    http = HttpServer(archive, settings.http.bind, settings.http.port) if settings.http.enabled else None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        dimse.start()
+    except OSError as exc:
+        raise CliFailure(f"cannot listen for DICOM on {settings.dicom.bind}:{settings.dicom.port}: {exc.strerror}") from exc
+    if http is not None:
+        http.start()
+    print(
+        f"dicomvault {__version__} serving: DICOM {settings.dicom.ae_title}@{settings.dicom.bind}:{settings.dicom.port}"
+        + (f", HTTP {settings.http.bind}:{settings.http.port}" if http else ""),
+        flush=True,
+    )
+    stop.wait()
+    dimse.stop()
+    if http is not None:
+        http.stop()
+    archive.close()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=console, transient=False, disable=not console.is_terminal,
+    )
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders (recursive)")],
+    config: ConfigOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Store DICOM files and folders; non-DICOM and broken files are listed, never half-stored."""
+    from dicomvault.ingest.folder import import_paths, iter_files
+
+    archive = _open(config)
+    total = sum(1 for _ in iter_files(paths))
+    with _progress() as progress:
+        task = progress.add_task("importing", total=total)
+        report = import_paths(archive.ingestor, paths, _actor(), progress=lambda _p: progress.advance(task))
+    archive.close()
+    if json_out:
+        out.print_json(data=report.to_dict())
+    else:
+        out.print(f"stored {report.stored}, already present {report.duplicates}, refused {len(report.refused)}")
+        for path, reason in report.refused:
+            out.print(f"  refused {path}: {reason}", markup=False, highlight=False)
+    if report.refused and not (report.stored or report.duplicates):
+        raise typer.Exit(1)
+
+
+@app.command()
+def find(
+    config: ConfigOption = None,
+    patient_id: Annotated[Optional[str], typer.Option("--patient-id", help="Patient ID (* wildcards)")] = None,
+    patient_name: Annotated[Optional[str], typer.Option("--patient-name", help="Patient name (* wildcards)")] = None,
+    date_from: Annotated[Optional[str], typer.Option("--from", help="Study date from (YYYYMMDD)")] = None,
+    date_to: Annotated[Optional[str], typer.Option("--to", help="Study date to (YYYYMMDD)")] = None,
+    modality: Annotated[Optional[str], typer.Option(help="Modality, e.g. CT")] = None,
+    accession: Annotated[Optional[str], typer.Option(help="Accession number (* wildcards)")] = None,
+    study_uid: Annotated[Optional[str], typer.Option("--study-uid", help="Study Instance UID")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many studies")] = 1000,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Search studies in the catalog."""
+    for label, value in (("--from", date_from), ("--to", date_to)):
+        if value and not (len(value) == 8 and value.isdigit()):
+            raise CliFailure(f"{label} must be a date as YYYYMMDD, got {value!r}")
+    archive = _open(config)
+    rows = archive.catalog.find_studies(
+        patient_id=patient_id, patient_name=patient_name, date_from=date_from, date_to=date_to,
+        modality=modality, accession=accession, study_uid=study_uid, limit=limit,
+    )
+    from dicomvault.audit import AuditEvent, append
+
+    with archive.catalog.write() as conn:
+        append(conn, AuditEvent(actor=_actor(), action="query", detail={
+            "filters": {k: v for k, v in dict(patient_id=patient_id, patient_name=patient_name, date_from=date_from,
+                        date_to=date_to, modality=modality, accession=accession, study_uid=study_uid).items() if v},
+            "results": len(rows)}))
+    archive.close()
+    if json_out:
+        out.print_json(data=rows)
+        return
+    table = Table("Patient ID", "Name", "Date", "Modalities", "Accession", "Description", "Instances", "Study UID")
+    for row in rows:
+        table.add_row(row["patient_id"], row["patient_name"], row["study_date"], ",".join(row["modalities"]),
+                      row["accession_number"], row["study_description"], str(row["instances"]), row["study_uid"])
+    out.print(table)
+
+
+@app.command()
+def get(
+    uid: Annotated[str, typer.Argument(help="Study, series or SOP Instance UID")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write Part-10 files into")],
+    config: ConfigOption = None,
+    all_versions: Annotated[bool, typer.Option("--all-versions", help="Every stored version, not only the latest")] = False,
+) -> None:
+    """Write a study, series or instance back as Part-10 files, byte-identical to what came in."""
+    from dicomvault.jobs.retrieve import RetrieveError, retrieve_to_dir
+
+    archive = _open(config)
+    try:
+        with _progress() as progress:
+            task = progress.add_task("retrieving", total=None)
+            files = retrieve_to_dir(archive.catalog, archive.repository, uid, out_dir, _actor(), all_versions,
+                                    progress=lambda _r: progress.advance(task))
+    except RetrieveError as exc:
+        raise CliFailure(str(exc)) from exc
+    finally:
+        archive.close()
+    out.print(f"wrote {len(files)} file(s) to {out_dir}")
+
+
+@app.command()
+def status(
+    config: ConfigOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    verify_audit: Annotated[bool, typer.Option("--verify-audit", help="Also walk the audit hash chain")] = False,
+) -> None:
+    """Counts, bytes, newest ingest, site health and alerts."""
+    from dicomvault.serve.status import archive_status
+
+    archive = _open(config)
+    report = archive_status(archive, verify_audit=verify_audit)
+    archive.close()
+    if json_out:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        counts = report["counts"]
+        out.print(f"{'OK' if report['ok'] else 'ATTENTION'}: {counts['studies']} studies, {counts['instances']} instances, "
+                  f"{report['bytes_received']} bytes received, {report['bytes_stored']} stored")
+        for alert in report["alerts"]:
+            out.print(f"  alert: {alert}")
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOption = None) -> None:
+    """Walk the hash chain; exit non-zero at the first row that does not hold."""
+    from dicomvault.audit import verify_chain
+
+    archive = _open(config)
+    with archive.catalog.read() as conn:
+        report = verify_chain(conn)
+    archive.close()
+    if not report.ok:
+        raise CliFailure(f"audit chain BROKEN at row {report.first_bad_id}: {report.reason}")
+    out.print(f"audit chain intact: {report.rows} rows")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    from dicomvault.catalog import CatalogError
+    from dicomvault.crypto import KeyError_
+    from dicomvault.sites import SiteError
+
+    try:
+        app(standalone_mode=False)
+    except (CliFailure, ConfigError, KeyError_, SiteError, CatalogError) as exc:
+        print(f"dicomvault: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("dicomvault: aborted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

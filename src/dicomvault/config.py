@@ -1,0 +1,197 @@
+"""Typed settings read from ``dicomvault.toml``, with ``DICOMVAULT_<SECTION>_<KEY>`` env overrides.
+
+Relative paths in the file are resolved against the file's own directory, so a data
+directory can be moved or mounted elsewhere without editing the configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CONFIG_ENV = "DICOMVAULT_CONFIG"
+DEFAULT_CONFIG_NAME = "dicomvault.toml"
+
+
+class ConfigError(Exception):
+    """The configuration file is missing or holds a value we cannot use."""
+
+
+@dataclass(frozen=True)
+class DicomSettings:
+    ae_title: str = "DICOMVAULT"
+    port: int = 11112
+    bind: str = "0.0.0.0"
+    allowed_calling_aets: tuple[str, ...] = ()
+    max_associations: int = 16
+    network_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    port: int = 8080
+    bind: str = "0.0.0.0"
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    compression_level: int = 3
+
+
+@dataclass(frozen=True)
+class Settings:
+    base_dir: Path
+    catalog_url: str
+    primary_site_url: str
+    site_key_file: Path
+    recovery_public_key_file: Path
+    dicom: DicomSettings = field(default_factory=DicomSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    config_file: Path | None = None
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    return Path.cwd() / DEFAULT_CONFIG_NAME
+
+
+def _env_override(section: str, key: str, value: object) -> object:
+    raw = os.environ.get(f"DICOMVAULT_{section.upper()}_{key.upper()}")
+    if raw is None:
+        return value
+    if isinstance(value, bool):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(value, int):
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise ConfigError(f"DICOMVAULT_{section.upper()}_{key.upper()}={raw!r} is not an integer") from exc
+    if isinstance(value, float):
+        return float(raw)
+    if isinstance(value, tuple):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+def _section(data: dict, name: str, defaults: object) -> dict:
+    raw = data.get(name, {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    known = {f for f in defaults.__dataclass_fields__}  # type: ignore[attr-defined]
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{name}]: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    values = {}
+    for key in known:
+        default = getattr(defaults, key)
+        value = raw.get(key, default)
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(str(v) for v in value)
+        if isinstance(default, int) and not isinstance(default, bool) and not isinstance(value, int):
+            raise ConfigError(f"[{name}] {key} must be an integer, got {value!r}")
+        values[key] = _env_override(name, key, value)
+    return values
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    config_path = resolve_config_path(path)
+    if not config_path.is_file():
+        raise ConfigError(
+            f"no configuration at {config_path}; run `dicomvault init --dir DIR` first "
+            f"or pass --config / set {CONFIG_ENV}"
+        )
+    try:
+        data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_path} is not valid TOML: {exc}") from exc
+    base = config_path.resolve().parent
+
+    storage = data.get("storage", {})
+    data_dir = _resolve(base, str(_env_override("storage", "data_dir", storage.get("data_dir", "."))))
+    catalog = data.get("catalog", {})
+    default_db = f"sqlite:///{data_dir / 'catalog.sqlite3'}"
+    catalog_url = str(_env_override("catalog", "url", catalog.get("url", default_db)))
+    sites = data.get("sites", {})
+    primary = sites.get("primary", {}) if isinstance(sites, dict) else {}
+    primary_url = str(primary.get("url", f"file://{data_dir / 'objects'}"))
+    if primary_url.startswith("file://") and not primary_url.startswith("file:///"):
+        primary_url = "file://" + str(_resolve(base, primary_url[len("file://"):]))
+    keys = data.get("keys", {})
+    site_key = _resolve(base, str(keys.get("site_key_file", "keys/site.key")))
+    recovery_pub = _resolve(base, str(keys.get("recovery_public_key_file", "keys/recovery.pub")))
+
+    dicom = DicomSettings(**_section(data, "dicom", DicomSettings()))
+    if not dicom.ae_title or len(dicom.ae_title) > 16:
+        raise ConfigError(f"[dicom] ae_title must be 1-16 characters, got {dicom.ae_title!r}")
+    storage_values = {k: v for k, v in storage.items() if k != "data_dir"}
+    storage_settings = StorageSettings(**_section({"storage": storage_values}, "storage", StorageSettings()))
+    return Settings(
+        base_dir=data_dir,
+        catalog_url=catalog_url,
+        primary_site_url=primary_url,
+        site_key_file=site_key,
+        recovery_public_key_file=recovery_pub,
+        dicom=dicom,
+        http=HttpSettings(**_section(data, "http", HttpSettings())),
+        storage=storage_settings,
+        config_file=config_path.resolve(),
+    )
+
+
+DEFAULT_CONFIG_TEMPLATE = """\
+# dicomvault configuration. Relative paths are relative to this file's directory.
+# Any key can be overridden with an environment variable DICOMVAULT_<SECTION>_<KEY>,
+# for example DICOMVAULT_DICOM_PORT=104.
+
+[storage]
+# Where the archive keeps its catalog and (by default) its primary object site.
+data_dir = "."
+# zstd level for lossless compression of stored objects (1 = fastest, 19 = smallest).
+compression_level = 3
+
+[catalog]
+# SQLAlchemy URL of the catalog (the index; never the only copy of anything).
+# Default: SQLite in WAL mode inside data_dir. For scale-out use PostgreSQL:
+# url = "postgresql+psycopg://dicomvault@localhost/dicomvault"
+
+[sites.primary]
+# The on-site copy. Objects are compressed, encrypted and content-addressed.
+url = "file://objects"
+
+[keys]
+# The site key encrypts (wraps) the per-study data keys. Keep it on this machine, mode 0600.
+site_key_file = "keys/site.key"
+# The recovery PUBLIC key: every data key is also wrapped for it, so the matching
+# private key (created by `dicomvault init` in recovery-key.pem) can open any copy
+# at a disaster-recovery site. That private key belongs OFFLINE, not on this machine.
+recovery_public_key_file = "keys/recovery.pub"
+
+[dicom]
+ae_title = "DICOMVAULT"
+port = 11112
+# 0.0.0.0 listens on every interface; use 127.0.0.1 to accept local senders only.
+bind = "0.0.0.0"
+# Calling AE titles allowed to associate; empty means any sender is accepted.
+allowed_calling_aets = []
+max_associations = 16
+network_timeout = 60.0
+
+[http]
+# Health (/healthz), Prometheus metrics (/metrics) and the API.
+port = 8080
+bind = "0.0.0.0"
+enabled = true
+"""

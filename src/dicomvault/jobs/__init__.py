@@ -1,0 +1,1 @@
+"""Long-running jobs: retrieval/export now; scrub, drill, restore, retention later."""

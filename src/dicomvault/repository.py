@@ -1,0 +1,85 @@
+"""The repository: sealed, content-addressed objects on a site (after restic's repository).
+
+It joins the codec, the crypto envelope and a site, and owns the one rule that makes reads
+trustworthy: an object's bytes are returned only after authentication succeeded AND the
+SHA-256 of the restored original equals the one recorded at ingest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from dicomvault.codec import CodecError, compress, decompress
+from dicomvault.crypto import DecryptionError, Keyring, StudyKey, open_object, seal_object
+from dicomvault.crypto.envelope import read_header
+from dicomvault.sites import Site
+
+
+class IntegrityError(Exception):
+    """Stored bytes failed authentication, decoding or the recorded SHA-256: never use them."""
+
+
+@dataclass(frozen=True)
+class SavedObject:
+    object_id: str
+    size_stored: int
+    codec: str
+    written: bool  # False when an identical object already existed
+
+
+class Repository:
+    def __init__(self, site: Site, keyring: Keyring, compression_level: int = 3) -> None:
+        self.site = site
+        self.keyring = keyring
+        self.compression_level = compression_level
+        self._data_keys: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def object_id_for(self, sha256_digest: bytes) -> str:
+        return self.keyring.object_id(sha256_digest)
+
+    def save(self, study_key: StudyKey, sha256_digest: bytes, metadata: dict[str, Any], original: bytes) -> SavedObject:
+        """Compress, seal and durably store ``original``; returns once it is on stable storage."""
+        object_id = self.object_id_for(sha256_digest)
+        codec, payload = compress(original, self.compression_level)
+        sealed = seal_object(study_key, {**metadata, "codec": codec}, payload)
+        written = self.site.put_if_absent(object_id, sealed)
+        return SavedObject(object_id, len(sealed), codec, written)
+
+    def _data_key_for(self, blob: bytes) -> bytes:
+        header, _ = read_header(blob)
+        with self._lock:
+            key = self._data_keys.get(header.key_id)
+            if key is not None:
+                self._data_keys.move_to_end(header.key_id)
+                return key
+        key = self.keyring.unwrap(header.key_id, header.wrapped_by_site)
+        with self._lock:
+            self._data_keys[header.key_id] = key
+            if len(self._data_keys) > 4096:
+                self._data_keys.popitem(last=False)
+        return key
+
+    def load(self, object_id: str, expected_sha256: str | None = None) -> tuple[dict[str, Any], bytes]:
+        """Return (metadata, original bytes), verified; raise IntegrityError on any doubt."""
+        blob = self.site.get(object_id)
+        try:
+            opened = open_object(blob, data_key=self._data_key_for(blob))
+            metadata = opened.metadata
+            original = decompress(metadata["codec"], opened.payload, int(metadata["size_original"]))
+        except (DecryptionError, CodecError, KeyError, ValueError) as exc:
+            raise IntegrityError(f"object {object_id} cannot be trusted: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - e.g. a key unwrap failure from a foreign site key
+            raise IntegrityError(f"object {object_id} cannot be opened: {exc}") from exc
+        actual = hashlib.sha256(original).hexdigest()
+        recorded = expected_sha256 or metadata.get("sha256")
+        if actual != recorded or actual != metadata.get("sha256"):
+            raise IntegrityError(
+                f"object {object_id} decrypted but its SHA-256 {actual[:16]}... differs from the recorded "
+                f"{str(recorded)[:16]}...; the stored copy is damaged"
+            )
+        return metadata, original

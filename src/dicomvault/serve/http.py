@@ -1,0 +1,71 @@
+"""The HTTP side: liveness, Prometheus metrics and a JSON status for the API/dashboard."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from dicomvault.archive import Archive
+
+from .status import archive_status
+
+log = logging.getLogger(__name__)
+
+STORED_INSTANCES = Gauge("dicomvault_catalog_instances", "Instances indexed in the catalog")
+STORED_BYTES = Gauge("dicomvault_catalog_bytes_stored", "Sealed bytes of all stored versions")
+SITE_UP = Gauge("dicomvault_site_up", "1 when the site answers writes", ["site"])
+
+
+def build_app(archive: Archive) -> Starlette:
+    async def healthz(_: Request) -> Response:
+        site = archive.site.health()
+        try:
+            with archive.catalog.read() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            catalog_ok = True
+        except Exception:  # noqa: BLE001 - report, don't crash the probe
+            catalog_ok = False
+        ok = bool(site.get("ok")) and catalog_ok
+        body = {"status": "ok" if ok else "degraded", "site": site.get("ok"), "catalog": catalog_ok}
+        if not ok:
+            body["error"] = site.get("error") or "catalog unreachable"
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    async def metrics(_: Request) -> Response:
+        stats = archive.catalog.statistics()
+        STORED_INSTANCES.set(stats["counts"]["instances"])
+        STORED_BYTES.set(stats["bytes_stored"])
+        SITE_UP.labels("primary").set(1 if archive.site.health().get("ok") else 0)
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    async def status(_: Request) -> Response:
+        return JSONResponse(archive_status(archive))
+
+    return Starlette(
+        routes=[Route("/healthz", healthz), Route("/metrics", metrics), Route("/api/status", status)]
+    )
+
+
+class HttpServer:
+    def __init__(self, archive: Archive, host: str, port: int) -> None:
+        config = uvicorn.Config(build_app(archive), host=host, port=port, log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def started(self) -> bool:
+        return bool(getattr(self.server, "started", False))

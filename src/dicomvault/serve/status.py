@@ -1,0 +1,47 @@
+"""The health summary shared by ``dicomvault status --json`` and ``GET /api/status``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import select
+
+from dicomvault.audit import verify_chain
+from dicomvault.catalog import schema as t
+from dicomvault.archive import Archive
+
+
+def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, Any]:
+    stats = archive.catalog.statistics()
+    site = archive.site.health()
+    alerts = []
+    if not site.get("ok"):
+        alerts.append(f"primary site unhealthy: {site.get('error', 'unknown error')}")
+    free, total = site.get("free_bytes"), site.get("total_bytes")
+    if isinstance(free, int) and isinstance(total, int) and total and free / total < 0.1:
+        alerts.append(f"primary site has only {free // 2**30} GiB free ({free / total:.0%})")
+    with archive.catalog.read() as conn:
+        audit_rows = conn.execute(select(t.audit_log.c.id).order_by(t.audit_log.c.id.desc()).limit(1)).scalar() or 0
+        audit: dict[str, Any] = {"rows": audit_rows}
+        if verify_audit:
+            report = verify_chain(conn)
+            audit.update(chain_ok=report.ok, first_bad_id=report.first_bad_id, reason=report.reason)
+            if not report.ok:
+                alerts.append(f"audit chain broken at row {report.first_bad_id}: {report.reason}")
+    newest = stats["newest_ingest"]
+    return {
+        "ok": not alerts,
+        "generated_at": time.time(),
+        "counts": stats["counts"],
+        "bytes_received": stats["bytes_received"],
+        "bytes_stored": stats["bytes_stored"],
+        "compression_ratio": round(stats["bytes_received"] / stats["bytes_stored"], 3) if stats["bytes_stored"] else None,
+        "newest_ingest": newest,
+        "newest_ingest_age_seconds": round(time.time() - newest, 1) if newest else None,
+        "sites": {"primary": site},
+        "audit": audit,
+        "alerts": alerts,
+        "catalog": archive.catalog.url.split("://", 1)[0],
+        "key_fingerprint": archive.keyring.fingerprint,
+    }

@@ -1,0 +1,64 @@
+"""The site interface every backend implements (modelled on Litestream's ReplicaClient).
+
+Sites only ever see sealed (encrypted) objects and opaque keyed names; they never need a key.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+
+class SiteError(Exception):
+    """The site could not do what was asked (unreachable, full, read-only...)."""
+
+
+class ObjectExists(SiteError):
+    """put_if_absent found an object of that name already there."""
+
+
+class Site(abc.ABC):
+    url: str
+
+    @abc.abstractmethod
+    def put_if_absent(self, name: str, data: bytes) -> bool:
+        """Durably store ``data`` under ``name`` unless it exists. True if written now.
+
+        Returns only once the object is on stable storage (write-once: never overwrites).
+        """
+
+    @abc.abstractmethod
+    def get(self, name: str) -> bytes:
+        """Whole object bytes; raises KeyError if absent."""
+
+    @abc.abstractmethod
+    def stat(self, name: str) -> int | None:
+        """Size in bytes, or None if absent."""
+
+    @abc.abstractmethod
+    def list(self) -> Iterator[str]:
+        """Every object name on the site."""
+
+    @abc.abstractmethod
+    def delete(self, name: str) -> None:
+        """Physically remove an object: only policy (retention, shredding) may call this."""
+
+    def health(self) -> dict[str, object]:
+        return {"url": self.url, "ok": True}
+
+    def recover(self) -> list[str]:
+        """Clean up after a crash; return names of objects written but maybe never indexed."""
+        return []
+
+    def release_intent(self, name: str) -> None:
+        """The catalog now indexes ``name``: its crash-recovery intent can go."""
+
+
+def open_site(url: str) -> Site:
+    scheme = urlparse(url).scheme
+    if scheme == "file":
+        from .file import FileSite
+
+        return FileSite.from_url(url)
+    raise SiteError(f"unsupported site URL {url!r}: supported schemes are file://")

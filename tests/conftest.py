@@ -1,0 +1,190 @@
+"""Shared fixtures: a real `dicomvault serve` process, DCMTK tool paths, free loopback ports.
+
+Readiness is awaited by polling the real service (C-ECHO / HTTP), never by sleeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+DCMTK_DIR = Path("/usr/bin")
+
+
+def dcmtk(tool: str) -> str:
+    """Absolute path of a DCMTK tool (pynetdicom installs Python apps with the same names)."""
+    path = DCMTK_DIR / tool
+    if not path.exists():
+        pytest.fail(f"DCMTK tool {path} missing: run the README's test command, which installs dcmtk")
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def run_cli(config: Path, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dicomvault.cli", *args, "--config", str(config)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dicomvault {' '.join(args)} failed ({proc.returncode}): {proc.stderr}\n{proc.stdout}")
+    return proc
+
+
+@dataclass
+class Vault:
+    """One initialised archive directory, optionally with a running server process."""
+
+    root: Path
+    dicom_port: int
+    http_port: int
+    ae_title: str = "DICOMVAULT"
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.root / "serve.log"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "dicomvault.toml"
+
+    def set_config(self, section: str, key: str, value: str) -> None:
+        """Replace ``key = ...`` inside ``[section]`` of the TOML with a literal TOML value."""
+        lines = self.config.read_text().splitlines()
+        current = None
+        for i, line in enumerate(lines):
+            stripped = line.strip()
+            if stripped.startswith("["):
+                current = stripped.strip("[]")
+            elif current == section and stripped.split("=")[0].strip() == key:
+                lines[i] = f"{key} = {value}"
+                break
+        else:
+            raise AssertionError(f"[{section}] {key} not in config")
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return run_cli(self.config, *args, check=check, timeout=timeout)
+
+    def echo(self) -> bool:
+        proc = subprocess.run(
+            [dcmtk("echoscu"), "-to", "2", "-aec", self.ae_title, "127.0.0.1", str(self.dicom_port)],
+            capture_output=True, timeout=10,
+        )
+        return proc.returncode == 0
+
+    def start(self, timeout: float = 60) -> None:
+        assert self.process is None or self.process.poll() is not None, "already running"
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dicomvault.cli", "serve", "--config", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"dicomvault serve exited ({self.process.returncode}):\n{self.log()}")
+            return self.echo()
+
+        wait_until(ready, timeout=timeout, interval=0.1, what="dicomvault C-ECHO")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: the crash we must survive."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def status(self) -> dict:
+        return json.loads(self.cli("status", "--json", "--verify-audit", check=False).stdout)
+
+
+def make_vault(root: Path) -> Vault:
+    vault = Vault(root=root, dicom_port=free_port(), http_port=free_port())
+    run = subprocess.run(
+        [sys.executable, "-m", "dicomvault.cli", "init", "--dir", str(root)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    vault.set_config("dicom", "port", str(vault.dicom_port))
+    vault.set_config("dicom", "bind", '"127.0.0.1"')
+    vault.set_config("http", "port", str(vault.http_port))
+    vault.set_config("http", "bind", '"127.0.0.1"')
+    return vault
+
+
+@pytest.fixture
+def vault(tmp_path: Path) -> Iterator[Vault]:
+    """An initialised, not yet started archive (call ``vault.start()``)."""
+    v = make_vault(tmp_path / "vault")
+    yield v
+    v.stop()
+
+
+@pytest.fixture
+def running_vault(vault: Vault) -> Vault:
+    vault.start()
+    return vault
+
+
+def pydicom_corpus() -> list[Path]:
+    """pydicom's own test files plus the pydicom-data package: 250+ files."""
+    from pydicom.data import get_testdata_files
+
+    return sorted(Path(p) for p in get_testdata_files() if Path(p).is_file())
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[Path]:
+    files = pydicom_corpus()
+    assert len(files) >= 200, f"pydicom test corpus too small ({len(files)}): is pydicom-data installed?"
+    return files
+
+
+@pytest.fixture(scope="session")
+def ct_small() -> Path:
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file("CT_small.dcm"))
+
+
+def copy_tree(files: list[Path], dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(files):
+        shutil.copy(f, dest / f"{i:04d}_{f.name}")
+    return dest
