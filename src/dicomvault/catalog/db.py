@@ -14,9 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Connection, create_engine, event, func, insert, select, update
+from sqlalchemy import Connection, create_engine, event, func, insert, inspect, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -24,6 +22,7 @@ from . import schema as t
 from .records import InstanceAttributes, VersionRecord
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+HEAD_REVISION = "0001"  # bump together with every new file in migrations/versions/
 
 
 class CatalogError(Exception):
@@ -58,6 +57,15 @@ class Catalog:
             raise CatalogError(f"cannot open catalog {url}: {exc}") from exc
 
     def _migrate(self) -> None:
+        """Bring the schema to head. Alembic is imported only when there is work to do."""
+        with self.engine.connect() as connection:
+            if inspect(connection).has_table("alembic_version"):
+                current = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                if current == HEAD_REVISION:
+                    return
+        from alembic import command
+        from alembic.config import Config
+
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         with self.engine.begin() as connection:
