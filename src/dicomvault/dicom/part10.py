@@ -96,6 +96,10 @@ def parse_part10(data: bytes, transfer_syntax: str | None = None) -> ParsedInsta
         raise DicomFormatError(f"not a readable DICOM file: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on garbage
         raise DicomFormatError(f"not a readable DICOM file: {type(exc).__name__}: {exc}") from exc
+    if offset == 0 and not _text(ds, "SOPClassUID") and not _text(ds, "SOPInstanceUID"):
+        raise DicomFormatError(
+            "not a DICOM file: no Part-10 'DICM' header and no SOP Class/Instance UID in what follows"
+        )
     meta = getattr(ds, "file_meta", None)
     ts = transfer_syntax or (str(meta.get("TransferSyntaxUID", "")) if meta is not None else "")
     if not ts:

@@ -1,0 +1,92 @@
+"""In-process archive: recovery-key-only reads, crash-recovery adoption, dedup and versions."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dicomvault.archive import Archive
+from dicomvault.codec import decompress
+from dicomvault.config import load_settings
+from dicomvault.crypto import RecoveryKey, open_object
+from dicomvault.ingest import IngestRejected
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Archive:
+    run = subprocess.run([sys.executable, "-m", "dicomvault.cli", "init", "--dir", str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    opened = Archive.open(load_settings(tmp_path / "dicomvault.toml"))
+    yield opened
+    opened.close()
+
+
+def test_every_object_opens_with_only_the_recovery_key(archive: Archive, ct_small: Path, tmp_path: Path) -> None:
+    original = ct_small.read_bytes()
+    archive.ingestor.ingest(original, source="test", actor="test")
+    recovery = RecoveryKey.load(tmp_path / "recovery-key.pem")
+    names = list(archive.site.list())
+    assert len(names) == 1
+    blob = archive.site.get(names[0])
+    assert b"CompressedSamples" not in blob and pydicom.dcmread(ct_small).PatientID.encode() not in blob
+    opened = open_object(blob, recovery=recovery)
+    restored = decompress(opened.metadata["codec"], opened.payload, opened.metadata["size_original"])
+    assert restored == original
+    assert opened.metadata["sha256"] == hashlib.sha256(original).hexdigest()
+    assert opened.metadata["attributes"]["sop_instance_uid"] == pydicom.dcmread(ct_small).SOPInstanceUID
+
+
+def test_crash_between_object_write_and_commit_is_adopted(archive: Archive, ct_small: Path) -> None:
+    """Simulate the crash window: the object is durable, its catalog commit never ran."""
+    data = ct_small.read_bytes()
+    study_uid = pydicom.dcmread(ct_small).StudyInstanceUID
+    key = archive.ingestor.study_key(study_uid)
+    from dicomvault.dicom import parse_part10
+
+    parsed = parse_part10(data)
+    digest = hashlib.sha256(data)
+    metadata = {
+        "format": 1, "attributes": parsed.attributes.to_dict(), "sha256": digest.hexdigest(),
+        "dataset_sha256": "d" * 64, "dataset_offset": parsed.dataset_offset, "size_original": len(data),
+        "received_at": 1.0, "source": "test", "key_id": key.key_id,
+    }
+    saved = archive.repository.save(key, digest.digest(), metadata, data)
+    assert archive.catalog.statistics()["counts"]["versions"] == 0
+    reopened = Archive.open(archive.settings)  # a fresh process would do this at start-up
+    adopted = reopened.ingestor.recover()
+    assert adopted == [saved.object_id]
+    assert reopened.catalog.statistics()["counts"]["versions"] == 1
+    assert not list(reopened.site.tmp.iterdir()), "intent links must be cleared after recovery"
+    assert reopened.ingestor.recover() == []
+
+
+def test_duplicate_and_new_version(archive: Archive, ct_small: Path, tmp_path: Path) -> None:
+    data = ct_small.read_bytes()
+    first = archive.ingestor.ingest(data, source="a", actor="t")
+    again = archive.ingestor.ingest(data, source="b", actor="t")
+    assert (first.duplicate, again.duplicate, again.version) == (False, True, 1)
+    ds = pydicom.dcmread(ct_small)
+    ds.PatientName = "Corrected^Name"
+    changed = tmp_path / "changed.dcm"
+    ds.save_as(changed)
+    second = archive.ingestor.ingest(changed.read_bytes(), source="c", actor="t")
+    assert (second.duplicate, second.version) == (False, 2)
+    versions = archive.catalog.versions_for_uid(ds.SOPInstanceUID, all_versions=True)
+    assert [v.version for v in versions] == [1, 2]
+    assert len(list(archive.site.list())) == 2
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [(b"hello world, not dicom at all" * 10, "not a DICOM file"), (b"", "not a DICOM file")],
+)
+def test_garbage_is_refused_with_reason_and_nothing_stored(archive: Archive, data: bytes, reason: str) -> None:
+    with pytest.raises(IngestRejected, match=reason):
+        archive.ingestor.ingest(data, source="t", actor="t")
+    assert list(archive.site.list()) == []
+    assert archive.catalog.statistics()["counts"]["versions"] == 0
