@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import ImplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 
 from dicomvault.catalog.records import InstanceAttributes
+
+from .header import HeaderWalkError, walk_header
 
 IMPLEMENTATION_VERSION_NAME = "DICOMVAULT_01"
 IMPLEMENTATION_CLASS_UID = PYDICOM_IMPLEMENTATION_UID
@@ -33,20 +34,51 @@ class ParsedInstance:
     dataset_offset: int  # where the dataset starts inside the Part-10 bytes
 
 
-def _meta_end(data: bytes) -> int:
-    """Offset just past the File Meta group, walking the explicit-VR-LE elements ourselves.
+_FIELDS = (
+    # (record field, keyword, tag)
+    ("sop_class_uid", "SOPClassUID", 0x00080016),
+    ("sop_instance_uid", "SOPInstanceUID", 0x00080018),
+    ("study_date", "StudyDate", 0x00080020),
+    ("study_time", "StudyTime", 0x00080030),
+    ("accession_number", "AccessionNumber", 0x00080050),
+    ("modality", "Modality", 0x00080060),
+    ("referring_physician", "ReferringPhysicianName", 0x00080090),
+    ("study_description", "StudyDescription", 0x00081030),
+    ("series_description", "SeriesDescription", 0x0008103E),
+    ("patient_name", "PatientName", 0x00100010),
+    ("patient_id", "PatientID", 0x00100020),
+    ("issuer", "IssuerOfPatientID", 0x00100021),
+    ("birth_date", "PatientBirthDate", 0x00100030),
+    ("sex", "PatientSex", 0x00100040),
+    ("body_part", "BodyPartExamined", 0x00180015),
+    ("study_uid", "StudyInstanceUID", 0x0020000D),
+    ("series_uid", "SeriesInstanceUID", 0x0020000E),
+    ("study_id", "StudyID", 0x00200010),
+    ("series_number", "SeriesNumber", 0x00200011),
+    ("instance_number", "InstanceNumber", 0x00200013),
+)
+_CHARSET_TAG = 0x00080005
+_WANTED = {tag for _f, _k, tag in _FIELDS} | {_CHARSET_TAG}
+_PERSON_NAMES = {"patient_name", "referring_physician"}
+_TEXT_FIELDS = {"study_description", "series_description"} | _PERSON_NAMES | {"patient_id", "issuer", "accession_number", "body_part", "study_id"}
+_UID_FIELDS = {"sop_class_uid", "sop_instance_uid", "study_uid", "series_uid"}
 
-    Walking the elements (instead of trusting (0002,0000) group length) copes with files
-    whose group length is wrong, which real-world senders produce.
+
+def _read_meta(data: bytes) -> tuple[int, str, str]:
+    """(offset past the File Meta group, its Transfer Syntax UID, Media Storage SOP Class UID).
+
+    Walking the explicit-VR-LE elements ourselves (instead of trusting (0002,0000) group
+    length) copes with files whose group length is wrong, which real-world senders produce.
     """
     if len(data) >= 132 and data[128:132] == b"DICM":
         offset = 132
     elif data[:4] == b"DICM":
         offset = 4
     else:
-        return 0
+        return 0, "", ""
+    transfer_syntax = media_class = ""
     while offset + 8 <= len(data):
-        group, _elem = struct.unpack_from("<HH", data, offset)
+        group, elem = struct.unpack_from("<HH", data, offset)
         if group != 0x0002:
             break
         vr = data[offset + 4 : offset + 6]
@@ -54,16 +86,45 @@ def _meta_end(data: bytes) -> int:
             if offset + 12 > len(data):
                 raise DicomFormatError("file meta information is truncated")
             (length,) = struct.unpack_from("<I", data, offset + 8)
-            offset += 12 + length
+            value_at = offset + 12
         else:
             (length,) = struct.unpack_from("<H", data, offset + 6)
-            offset += 8 + length
+            value_at = offset + 8
+        if elem in (0x0002, 0x0010):
+            text = data[value_at : value_at + length].decode("ascii", "replace").strip("\x00 ")
+            if elem == 0x0010:
+                transfer_syntax = text
+            else:
+                media_class = text
+        offset = value_at + length
     if offset > len(data):
         raise DicomFormatError("file meta information is truncated")
-    return offset
+    return offset, transfer_syntax, media_class
 
 
-def _text(ds: Dataset, keyword: str, limit: int = 64) -> str:
+def _clean(value: str, field: str) -> str:
+    return value.replace("\x00", "").strip()[: _LIMITS.get(field, 64)]
+
+
+def _fast_values(data: bytes, offset: int, transfer_syntax: str) -> dict[str, str]:
+    raw = walk_header(data, offset, transfer_syntax, _WANTED)
+    charset = raw.get(_CHARSET_TAG, b"").decode("ascii", "replace").strip(" \x00")
+    plain = charset in ("", "ISO_IR 100", "ISO_IR 6", "ISO_IR 192")
+    encodings = [c.strip() for c in charset.split("\\")] if charset else ["ISO_IR 6"]
+    values: dict[str, str] = {}
+    for field, _keyword, tag in _FIELDS:
+        value = raw.get(tag, b"")
+        if field in _TEXT_FIELDS and not plain:
+            text = pydicom.charset.decode_bytes(value, encodings, {0x5E, 0x3D} if field in _PERSON_NAMES else set())
+        elif charset == "ISO_IR 192":
+            text = value.decode("utf-8", "replace")
+        else:
+            text = value.decode("latin-1")
+        values[field] = _clean(text, field)
+    return values
+
+
+def _text(ds: Dataset, keyword: str) -> str:
     try:
         value = ds.get(keyword)
     except Exception:  # noqa: BLE001 - a garbled optional attribute must not block archiving
@@ -72,15 +133,27 @@ def _text(ds: Dataset, keyword: str, limit: int = 64) -> str:
         return ""
     if isinstance(value, pydicom.multival.MultiValue):
         value = "\\".join(str(v) for v in value)
-    return str(value).strip().replace("\x00", "")[:limit]
+    return str(value)
 
 
-def _uid(ds: Dataset, keyword: str, tag: str, required: bool = True) -> str:
-    value = _text(ds, keyword)
-    if required and not value:
-        raise DicomFormatError(f"the dataset has no {keyword} {tag}; it cannot be archived")
-    if value and (len(value) > 64 or not all(c.isdigit() or c == "." for c in value)):
-        raise DicomFormatError(f"{keyword} {tag} {value[:70]!r} is not a valid DICOM UID")
+def _pydicom_values(data: bytes, offset: int) -> tuple[dict[str, str], str]:
+    """The slow, general path: deflated datasets, files without meta, odd encodings."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=offset == 0, defer_size=4096)
+        ds.get("SOPInstanceUID")  # forces parsing up to the UIDs, surfacing truncation early
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds of error on garbage
+        raise DicomFormatError(f"not a readable DICOM file: {type(exc).__name__}: {exc}") from exc
+    values = {field: _clean(_text(ds, keyword), field) for field, keyword, _tag in _FIELDS}
+    meta = getattr(ds, "file_meta", None)
+    return values, str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+
+
+def _check_uid(values: dict[str, str], field: str, label: str) -> str:
+    value = values[field]
+    if not value:
+        raise DicomFormatError(f"the dataset has no {label}; it cannot be archived")
+    if len(value) > 64 or not all(c.isdigit() or c == "." for c in value):
+        raise DicomFormatError(f"{label} {value[:70]!r} is not a valid DICOM UID")
     return value
 
 
@@ -88,49 +161,32 @@ def parse_part10(data: bytes, transfer_syntax: str | None = None) -> ParsedInsta
     """Read header attributes from Part-10 bytes (or a bare dataset) without touching pixels."""
     if len(data) < 8:
         raise DicomFormatError(f"only {len(data)} bytes: not a DICOM file")
-    offset = _meta_end(data)
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=offset == 0, defer_size=4096)
-        ds.get("SOPInstanceUID")  # forces parsing up to the UIDs, surfacing truncation early
-    except (InvalidDicomError, EOFError, ValueError, struct.error, KeyError, TypeError, AttributeError, OverflowError) as exc:
-        raise DicomFormatError(f"not a readable DICOM file: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on garbage
-        raise DicomFormatError(f"not a readable DICOM file: {type(exc).__name__}: {exc}") from exc
-    if offset == 0 and not _text(ds, "SOPClassUID") and not _text(ds, "SOPInstanceUID"):
+    offset, meta_ts, media_class = _read_meta(data)
+    ts = transfer_syntax or meta_ts
+    values = None
+    if offset and ts:
+        try:
+            values = _fast_values(data, offset, ts)
+        except (HeaderWalkError, LookupError, ValueError):
+            values = None
+    if values is None:
+        values, parsed_ts = _pydicom_values(data, offset)
+        ts = ts or parsed_ts
+    values["sop_class_uid"] = values["sop_class_uid"] or media_class
+    if offset == 0 and not values["sop_class_uid"] and not values["sop_instance_uid"]:
         raise DicomFormatError(
             "not a DICOM file: no Part-10 'DICM' header and no SOP Class/Instance UID in what follows"
         )
-    meta = getattr(ds, "file_meta", None)
-    ts = transfer_syntax or (str(meta.get("TransferSyntaxUID", "")) if meta is not None else "")
     if not ts:
-        ts = ImplicitVRLittleEndian if offset == 0 else ""
-    if not ts:
-        raise DicomFormatError("the file meta has no Transfer Syntax UID (0002,0010)")
-    sop_class = _uid(ds, "SOPClassUID", "(0008,0016)", required=False)
-    if not sop_class and meta is not None:
-        sop_class = str(meta.get("MediaStorageSOPClassUID", "")).strip()
-    if not sop_class:
-        raise DicomFormatError("the dataset has no SOPClassUID (0008,0016); it cannot be archived")
-    attributes = InstanceAttributes(
-        sop_instance_uid=_uid(ds, "SOPInstanceUID", "(0008,0018)"),
-        sop_class_uid=sop_class,
-        study_uid=_uid(ds, "StudyInstanceUID", "(0020,000D)"),
-        series_uid=_uid(ds, "SeriesInstanceUID", "(0020,000E)"),
-        transfer_syntax_uid=ts,
-        **{
-            field: _text(ds, keyword, _LIMITS.get(field, 64))
-            for field, keyword in (
-                ("patient_id", "PatientID"), ("issuer", "IssuerOfPatientID"), ("patient_name", "PatientName"),
-                ("birth_date", "PatientBirthDate"), ("sex", "PatientSex"), ("study_date", "StudyDate"),
-                ("study_time", "StudyTime"), ("accession_number", "AccessionNumber"), ("study_id", "StudyID"),
-                ("study_description", "StudyDescription"), ("referring_physician", "ReferringPhysicianName"),
-                ("modality", "Modality"), ("series_number", "SeriesNumber"),
-                ("series_description", "SeriesDescription"), ("body_part", "BodyPartExamined"),
-                ("instance_number", "InstanceNumber"),
-            )
-        },
-    )
-    return ParsedInstance(attributes, offset)
+        if offset:
+            raise DicomFormatError("the file meta has no Transfer Syntax UID (0002,0010)")
+        ts = ImplicitVRLittleEndian
+    for field, label in (
+        ("sop_instance_uid", "SOPInstanceUID (0008,0018)"), ("sop_class_uid", "SOPClassUID (0008,0016)"),
+        ("study_uid", "StudyInstanceUID (0020,000D)"), ("series_uid", "SeriesInstanceUID (0020,000E)"),
+    ):
+        _check_uid(values, field, label)
+    return ParsedInstance(InstanceAttributes(transfer_syntax_uid=ts, **values), offset)
 
 
 def build_part10(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, dataset: bytes) -> bytes:
