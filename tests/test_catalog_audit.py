@@ -64,3 +64,28 @@ def test_removed_row_breaks_the_chain(tmp_path: Path) -> None:
     with catalog.read() as conn:
         report = verify_chain(conn)
     assert not report.ok and report.first_bad_id == 3
+
+
+def test_concurrent_writers_in_two_processes_keep_one_linear_chain(tmp_path: Path) -> None:
+    """A CLI command may audit while the server ingests: BEGIN IMMEDIATE keeps the chain whole."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    Catalog(url).close()
+    script = (
+        "import sys\n"
+        "from dicomvault.catalog import Catalog\n"
+        "from dicomvault.audit import AuditEvent, append\n"
+        "c = Catalog(sys.argv[1])\n"
+        "for i in range(60):\n"
+        "    with c.write() as conn:\n"
+        "        append(conn, AuditEvent(actor=sys.argv[2], action='store', subject=str(i)))\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, url, name]) for name in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    catalog = Catalog(url)
+    with catalog.read() as conn:
+        report = verify_chain(conn)
+    assert report.ok, report.reason
+    assert report.rows == 120

@@ -61,7 +61,7 @@ def test_crash_between_object_write_and_commit_is_adopted(archive: Archive, ct_s
     adopted = reopened.ingestor.recover()
     assert adopted == [saved.object_id]
     assert reopened.catalog.statistics()["counts"]["versions"] == 1
-    assert not list(reopened.site.tmp.iterdir()), "intent links must be cleared after recovery"
+    assert not list(reopened.site.intents.iterdir()), "intent links must be cleared after recovery"
     assert reopened.ingestor.recover() == []
 
 

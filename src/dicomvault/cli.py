@@ -115,6 +115,7 @@ def serve(config: ConfigOption = None) -> None:
         raise CliFailure(f"cannot listen for DICOM on {settings.dicom.bind}:{settings.dicom.port}: {exc.strerror}") from exc
     if http is not None:
         http.start()
+    archive.ingestor.durability.start()
     print(
         f"dicomvault {__version__} serving: DICOM {settings.dicom.ae_title}@{settings.dicom.bind}:{settings.dicom.port}"
         + (f", HTTP {settings.http.bind}:{settings.http.port}" if http else ""),
@@ -124,6 +125,7 @@ def serve(config: ConfigOption = None) -> None:
     dimse.stop()
     if http is not None:
         http.stop()
+    archive.ingestor.durability.stop()
     archive.close()
 
 
@@ -148,6 +150,7 @@ def import_(
     with _progress() as progress:
         task = progress.add_task("importing", total=total)
         report = import_paths(archive.ingestor, paths, _actor(), progress=lambda _p: progress.advance(task))
+    archive.ingestor.durability.flush()
     archive.close()
     if json_out:
         out.print_json(data=report.to_dict())

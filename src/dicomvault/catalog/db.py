@@ -1,8 +1,14 @@
 """Opening the catalog, migrating it, and the queries ingest and the CLI need.
 
-Writes are serialised by one lock per process: SQLite allows one writer anyway, and the
+Writes are serialised by one lock per process and, for SQLite, by ``BEGIN IMMEDIATE``
+across processes (a CLI command may append audit rows while the server runs), because the
 audit hash chain needs a strict order. Every ingest is one transaction (patient, study,
 series, instance, version and the audit row), so a crash leaves either all or nothing.
+
+SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit survives a process crash at
+once, and survives power loss after the next ``barrier()``. Ingest does not depend on the
+commit's own fsync: the object's durable intent on the site can rebuild a lost row (see
+``sites/file.py``), and intents are only released after a barrier.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, create_engine, event, func, insert, inspect, select, text, update
+from sqlalchemy import Connection, create_engine, event, func, insert, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -30,28 +36,47 @@ class CatalogError(Exception):
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (see _sqlite_begin)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    # FULL: a committed transaction survives power loss, which is what an ACK promises.
-    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _sqlite_begin_immediate(connection: Any) -> None:
+    """Take SQLite's write lock at BEGIN, so read-then-write (the audit chain) cannot fork."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_begin_deferred(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN")
 
 
 class Catalog:
     def __init__(self, url: str) -> None:
         self.url = url
         try:
-            if url.startswith("sqlite"):
+            self.is_sqlite = url.startswith("sqlite")
+            if self.is_sqlite:
                 path = url.split("///", 1)[-1]
                 if path and path != ":memory:":
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
-                self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+                args = {"check_same_thread": False, "timeout": 30}
+                self.engine: Engine = create_engine(url, connect_args=args)
                 event.listen(self.engine, "connect", _sqlite_pragmas)
+                event.listen(self.engine, "begin", _sqlite_begin_deferred)
+                self.write_engine: Engine = create_engine(url, connect_args=args, pool_size=1, max_overflow=0)
+                event.listen(self.write_engine, "connect", _sqlite_pragmas)
+                event.listen(self.write_engine, "begin", _sqlite_begin_immediate)
             else:
                 self.engine = create_engine(url, pool_pre_ping=True)
+                self.write_engine = self.engine
             self.write_lock = threading.RLock()
+            # uid -> primary key of rows that never change once written (never deleted in place)
+            self._pk_cache: dict[tuple[str, str], int] = {}
+            self._txn_keys: dict[tuple[str, str], int] = {}
             self._migrate()
         except SQLAlchemyError as exc:
             raise CatalogError(f"cannot open catalog {url}: {exc}") from exc
@@ -68,19 +93,52 @@ class Catalog:
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with self.engine.begin() as connection:
+        with self.write_engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
     def close(self) -> None:
         self.engine.dispose()
+        self.write_engine.dispose()
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """One serialised write transaction; commits on success, rolls back on any error."""
         with self.write_lock:
-            with self.engine.begin() as connection:
+            new_keys: dict[tuple[str, str], int] = {}
+            self._txn_keys = new_keys
+            with self.write_engine.begin() as connection:
                 yield connection
+            self._pk_cache.update(new_keys)  # only keys of committed rows are remembered
+            if len(self._pk_cache) > 200_000:
+                self._pk_cache.clear()
+
+    def barrier(self) -> None:
+        """Make every transaction committed so far survive power loss."""
+        if not self.is_sqlite:
+            return  # server databases fsync their own commits
+        with self.write_lock:
+            # Outside any transaction (the raw connection is in autocommit mode). A checkpoint
+            # syncs the WAL before copying it back, which hardens every earlier commit;
+            # PASSIVE never waits for readers.
+            raw = self.write_engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                cursor.fetchall()
+                cursor.close()
+            finally:
+                raw.close()
+
+    def _cached_pk(self, conn: Connection, kind: str, key: str, lookup: Any, create: Any) -> int:
+        cached = self._pk_cache.get((kind, key))
+        if cached is not None:
+            return cached
+        pk = conn.execute(lookup).scalar()
+        if pk is None:
+            pk = conn.execute(create).inserted_primary_key[0]
+        self._txn_keys[(kind, key)] = int(pk)
+        return int(pk)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -108,57 +166,56 @@ class Catalog:
             )
         )
 
-    def _upsert_hierarchy(self, conn: Connection, a: InstanceAttributes, now: float) -> int:
-        """Patient, study, series and instance rows for ``a``; returns the instance pk."""
-        patient_pk = conn.execute(
-            select(t.patients.c.id).where(t.patients.c.patient_id == a.patient_id, t.patients.c.issuer == a.issuer)
-        ).scalar()
-        if patient_pk is None:
-            patient_pk = conn.execute(
-                insert(t.patients).values(
-                    patient_id=a.patient_id, issuer=a.issuer, patient_name=a.patient_name,
-                    birth_date=a.birth_date, sex=a.sex,
-                )
-            ).inserted_primary_key[0]
-        study_pk = conn.execute(select(t.studies.c.id).where(t.studies.c.study_uid == a.study_uid)).scalar()
-        if study_pk is None:
-            study_pk = conn.execute(
-                insert(t.studies).values(
-                    study_uid=a.study_uid, patient_pk=patient_pk, patient_name=a.patient_name,
-                    study_date=a.study_date, study_time=a.study_time, accession_number=a.accession_number,
-                    study_id=a.study_id, study_description=a.study_description,
-                    referring_physician=a.referring_physician, created_at=now, updated_at=now,
-                )
-            ).inserted_primary_key[0]
-        else:
-            conn.execute(update(t.studies).where(t.studies.c.id == study_pk).values(updated_at=now))
-        series_pk = conn.execute(select(t.series.c.id).where(t.series.c.series_uid == a.series_uid)).scalar()
-        if series_pk is None:
-            series_pk = conn.execute(
-                insert(t.series).values(
-                    series_uid=a.series_uid, study_pk=study_pk, modality=a.modality,
-                    series_number=a.series_number, series_description=a.series_description, body_part=a.body_part,
-                )
-            ).inserted_primary_key[0]
+    def _upsert_hierarchy(self, conn: Connection, a: InstanceAttributes, now: float) -> tuple[int, bool]:
+        """Patient, study, series and instance rows for ``a``: (instance pk, instance is new)."""
+        patient_pk = self._cached_pk(
+            conn, "patient", f"{a.issuer}\\{a.patient_id}",
+            select(t.patients.c.id).where(t.patients.c.patient_id == a.patient_id, t.patients.c.issuer == a.issuer),
+            insert(t.patients).values(
+                patient_id=a.patient_id, issuer=a.issuer, patient_name=a.patient_name,
+                birth_date=a.birth_date, sex=a.sex,
+            ),
+        )
+        study_pk = self._cached_pk(
+            conn, "study", a.study_uid,
+            select(t.studies.c.id).where(t.studies.c.study_uid == a.study_uid),
+            insert(t.studies).values(
+                study_uid=a.study_uid, patient_pk=patient_pk, patient_name=a.patient_name,
+                study_date=a.study_date, study_time=a.study_time, accession_number=a.accession_number,
+                study_id=a.study_id, study_description=a.study_description,
+                referring_physician=a.referring_physician, created_at=now, updated_at=now,
+            ),
+        )
+        series_pk = self._cached_pk(
+            conn, "series", a.series_uid,
+            select(t.series.c.id).where(t.series.c.series_uid == a.series_uid),
+            insert(t.series).values(
+                series_uid=a.series_uid, study_pk=study_pk, modality=a.modality,
+                series_number=a.series_number, series_description=a.series_description, body_part=a.body_part,
+            ),
+        )
         instance_pk = conn.execute(
             select(t.instances.c.id).where(t.instances.c.sop_instance_uid == a.sop_instance_uid)
         ).scalar()
-        if instance_pk is None:
-            instance_pk = conn.execute(
-                insert(t.instances).values(
-                    sop_instance_uid=a.sop_instance_uid, series_pk=series_pk,
-                    sop_class_uid=a.sop_class_uid, instance_number=a.instance_number,
-                )
-            ).inserted_primary_key[0]
-        return int(instance_pk)
+        if instance_pk is not None:
+            return int(instance_pk), False
+        instance_pk = conn.execute(
+            insert(t.instances).values(
+                sop_instance_uid=a.sop_instance_uid, series_pk=series_pk,
+                sop_class_uid=a.sop_class_uid, instance_number=a.instance_number,
+            )
+        ).inserted_primary_key[0]
+        return int(instance_pk), True
 
     def add_version(self, conn: Connection, a: InstanceAttributes, record: VersionRecord) -> int:
         """Index a stored object; returns the version number it got (1 for a new instance)."""
-        instance_pk = self._upsert_hierarchy(conn, a, record.received_at)
-        latest = conn.execute(
-            select(func.max(t.versions.c.version)).where(t.versions.c.instance_pk == instance_pk)
-        ).scalar()
-        version = (latest or 0) + 1
+        instance_pk, new_instance = self._upsert_hierarchy(conn, a, record.received_at)
+        version = 1
+        if not new_instance:
+            latest = conn.execute(
+                select(func.max(t.versions.c.version)).where(t.versions.c.instance_pk == instance_pk)
+            ).scalar()
+            version = (latest or 0) + 1
         conn.execute(
             insert(t.versions).values(
                 instance_pk=instance_pk, version=version, object_id=record.object_id, sha256=record.sha256,

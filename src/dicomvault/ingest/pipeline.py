@@ -1,9 +1,12 @@
 """The one path every instance takes into the archive, whatever brought it (DIMSE, import...).
 
-Order matters for promise 1 (acknowledged means durable): the sealed object is fsynced on
-the site first, then the catalog transaction (hierarchy + version + audit row) commits, and
-only then does the caller acknowledge. A crash before the commit leaves at most a complete,
-self-describing object that ``recover`` re-indexes; never a row without its object.
+Order matters for promise 1 (acknowledged means durable): the sealed object is made durable
+on the site first (as an intent the site keeps until released), then the catalog
+transaction (hierarchy + version + audit row) commits, and only then does the caller
+acknowledge. Intents are released in batches, only after the site's directory entries and
+the catalog have been hardened (``DurabilityBarrier``). A crash at any point therefore
+leaves either an intent that ``recover`` re-indexes from the object's own metadata, or a
+durable row; never a row without its object and never a lost acknowledged instance.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from prometheus_client import Counter, Histogram
 from dicomvault.audit import AuditEvent, append
 from dicomvault.catalog import Catalog, InstanceAttributes, VersionRecord
 from dicomvault.crypto import Keyring, StudyKey
+from dicomvault.crypto.envelope import read_header
 from dicomvault.dicom import DicomFormatError, parse_part10
 from dicomvault.repository import IntegrityError, Repository
 from dicomvault.sites import SiteError
@@ -52,11 +56,79 @@ class IngestResult:
     object_id: str
 
 
+class DurabilityBarrier:
+    """Batches the expensive part of durability: harden site + catalog, then drop intents.
+
+    Each ingest pays for its own object's fsyncs; the directory entries and the catalog's
+    WAL are hardened here for many instances at once, in the background while serving, or
+    on demand (``flush``) at the end of an import or at shutdown.
+    """
+
+    def __init__(self, catalog: Catalog, repository: Repository, interval: float = 0.5, batch: int = 1000) -> None:
+        self.catalog = catalog
+        self.site = repository.site
+        self.interval = interval
+        self.batch = batch
+        self._committed: list[str] = []
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def committed(self, object_id: str) -> None:
+        with self._lock:
+            self._committed.append(object_id)
+            full = len(self._committed) >= self.batch
+        if full:
+            self._wake.set()
+
+    def flush(self) -> int:
+        with self._flush_lock:
+            with self._lock:
+                names, self._committed = self._committed, []
+            if not names:
+                return 0
+            try:
+                self.site.flush()
+                self.catalog.barrier()
+            except Exception:
+                with self._lock:
+                    self._committed[:0] = names  # keep the intents; try again next round
+                raise
+            self.site.release_intents(names)
+            return len(names)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception as exc:  # noqa: BLE001 - keep intents, report, retry
+                log.warning("durability barrier failed, intents kept for retry: %s", exc)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="durability", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        try:
+            self.flush()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("final durability barrier failed; intents stay for recovery: %s", exc)
+
+
 class Ingestor:
     def __init__(self, catalog: Catalog, repository: Repository, keyring: Keyring) -> None:
         self.catalog = catalog
         self.repository = repository
         self.keyring = keyring
+        self.durability = DurabilityBarrier(catalog, repository)
         self._study_keys: dict[str, StudyKey] = {}
         self._key_lock = threading.Lock()
 
@@ -128,7 +200,8 @@ class Ingestor:
             INSTANCES.labels("failed").inc()
             log.exception("catalog commit failed for %s", attrs.sop_instance_uid)
             raise IngestRejected(f"the catalog could not record the instance ({exc}); send it again later", kind="storage") from exc
-        self.repository.site.release_intent(saved.object_id)
+        if saved.written:
+            self.durability.committed(saved.object_id)
         if not result.duplicate:
             INSTANCES.labels("stored").inc()
             BYTES_RECEIVED.inc(len(data))
@@ -178,28 +251,48 @@ class Ingestor:
         except Exception:  # noqa: BLE001 - a read-only disk must not turn a refusal into a crash
             log.warning("could not audit a refused store (%s): %s", source, reason)
 
+    def _ensure_study_key(self, study_uid: str, blob: bytes) -> None:
+        """Re-create a study key row lost with its transaction, from the object's own header."""
+        header, _ = read_header(blob)
+        with self.catalog.write() as conn:
+            if self.catalog.study_key_row(conn, study_uid) is None:
+                self.catalog.add_study_key(conn, study_uid, header.key_id, header.wrapped_by_site,
+                                           header.wrapped_for_recovery)
+
     def recover(self) -> list[str]:
-        """After a crash: index complete objects whose catalog commit never happened."""
+        """After a crash: re-index complete objects whose commit may have been lost.
+
+        An intent that fails authentication was caught mid-write, so it was never
+        acknowledged: it is discarded unless the catalog already points at it (then it is
+        left alone for ``verify`` to report).
+        """
         adopted = []
-        for object_id in self.repository.site.recover():
+        site = self.repository.site
+        for object_id in site.recover():
             with self.catalog.read() as conn:
                 known = self.catalog.has_object(conn, object_id)
+            try:
+                metadata, _ = self.repository.load(object_id)
+            except (IntegrityError, KeyError) as exc:
+                if known:
+                    log.error("crash recovery: indexed object %s is unreadable: %s", object_id, exc)
+                else:
+                    log.warning("crash recovery: discarding incomplete, never acknowledged object %s", object_id)
+                    site.discard(object_id)
+                continue
             if not known:
-                try:
-                    metadata, _ = self.repository.load(object_id)
-                except IntegrityError as exc:
-                    log.error("crash recovery: object %s is unreadable, leaving it for `verify`: %s", object_id, exc)
-                    continue
+                self._ensure_study_key(metadata["attributes"]["study_uid"], site.get(object_id))
                 attrs = InstanceAttributes.from_dict(metadata["attributes"])
                 record = VersionRecord(
                     sop_instance_uid=attrs.sop_instance_uid, version=0, object_id=object_id,
                     sha256=metadata["sha256"], dataset_sha256=metadata["dataset_sha256"],
                     size_original=int(metadata["size_original"]),
-                    size_stored=self.repository.site.stat(object_id) or 0,
+                    size_stored=site.stat(object_id) or 0,
                     transfer_syntax_uid=attrs.transfer_syntax_uid, codec=metadata["codec"],
                     key_id=metadata["key_id"], received_at=float(metadata["received_at"]), source=metadata["source"],
                 )
                 self._commit(attrs, record, "dicomvault:recovery", action="recover")
                 adopted.append(object_id)
-            self.repository.site.release_intent(object_id)
+            self.durability.committed(object_id)
+        self.durability.flush()
         return adopted

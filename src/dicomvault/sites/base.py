@@ -6,7 +6,7 @@ Sites only ever see sealed (encrypted) objects and opaque keyed names; they neve
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from urllib.parse import urlparse
 
 
@@ -47,12 +47,21 @@ class Site(abc.ABC):
     def health(self) -> dict[str, object]:
         return {"url": self.url, "ok": True}
 
+    # Crash-recovery journal. A backend whose put_if_absent is fully durable by itself
+    # (an object store's confirmed PUT) keeps these no-ops.
+
+    def flush(self) -> None:
+        """Make every write so far durable in full (for sites that defer part of it)."""
+
+    def release_intents(self, names: Iterable[str]) -> None:
+        """These objects are indexed durably: their crash-recovery intents can go."""
+
     def recover(self) -> list[str]:
-        """Clean up after a crash; return names of objects written but maybe never indexed."""
+        """After a crash: names of objects written but perhaps never indexed."""
         return []
 
-    def release_intent(self, name: str) -> None:
-        """The catalog now indexes ``name``: its crash-recovery intent can go."""
+    def discard(self, name: str) -> None:
+        """Remove an unacknowledged object that ``recover`` returned but that failed to open."""
 
 
 def open_site(url: str) -> Site:

@@ -1,11 +1,20 @@
 """A site on a local or mounted filesystem (the primary disk, or a NAS mount).
 
-Write protocol: the bytes go to ``tmp/<name>`` (fsync), are hard-linked to
-``objects/ab/cd/<name>`` (``link`` fails if the name exists: an atomic put-if-absent), and
-the object directory is fsynced. The temp file stays behind as a crash-recovery intent until
-the catalog has indexed the object (``release_intent``); after a crash ``recover`` reports
-those names so they can be re-indexed from their self-describing contents or discarded.
-Objects are made read-only (0444) as a guard against accidental in-place modification.
+Write protocol (two fsyncs per object, whatever else happens):
+
+1. the sealed bytes go to ``intents/<name>.<rand>``; the file is fdatasync'ed and then the
+   ``intents/`` directory is fsynced. From here on the object survives power loss: the
+   intent file IS the durable copy, and its name says which object it is;
+2. it is hard-linked to ``objects/ab/cd/<name>`` (``link`` fails if the name exists, an
+   atomic put-if-absent). That directory entry is made durable later, in bulk, by
+   ``flush()``;
+3. once the caller has indexed the object and made that durable too, ``release_intents``
+   unlinks the intent files.
+
+After a crash, ``recover`` re-links every intent whose final name is missing and hands the
+names back, so the caller can authenticate them (an intent caught mid-write fails that
+check and is discarded: it was never acknowledged) and re-index them. Objects are mode
+0444 as a guard against in-place modification; a site never needs a key.
 """
 
 from __future__ import annotations
@@ -15,11 +24,18 @@ import os
 import secrets
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from .base import Site, SiteError
+
+_REASONS = {
+    errno.EROFS: "the storage is read-only",
+    errno.ENOSPC: "the storage is full",
+    errno.EDQUOT: "the storage quota is exhausted",
+    errno.EACCES: "permission denied",
+}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -41,14 +57,15 @@ class FileSite(Site):
         self.root = root
         self.url = f"file://{root}"
         self.objects = root / "objects"
-        self.tmp = root / "tmp"
+        self.intents = root / "intents"
         try:
             self.objects.mkdir(parents=True, exist_ok=True)
-            self.tmp.mkdir(parents=True, exist_ok=True)
+            self.intents.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SiteError(f"cannot create site directories under {root}: {exc.strerror}") from exc
         self._known_dirs: set[Path] = set()
-        self._intents: dict[str, Path] = {}
+        self._dirty_dirs: set[Path] = set()
+        self._pending: dict[str, Path] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -66,11 +83,10 @@ class FileSite(Site):
     def _object_dir(self, name: str) -> Path:
         directory = self.objects / name[:2] / name[2:4]
         if directory not in self._known_dirs:
-            created = not directory.exists()
-            directory.mkdir(parents=True, exist_ok=True)
-            if created:
-                _fsync_dir(directory.parent)
-                _fsync_dir(directory.parent.parent)
+            if not directory.exists():
+                directory.mkdir(parents=True, exist_ok=True)
+                with self._lock:
+                    self._dirty_dirs.update((directory.parent, directory.parent.parent))
             self._known_dirs.add(directory)
         return directory
 
@@ -78,50 +94,56 @@ class FileSite(Site):
         final = self.path_of(name)
         if final.exists():
             return False
-        tmp = self.tmp / f"{name}.{secrets.token_hex(4)}"
+        intent = self.intents / f"{name}.{secrets.token_hex(4)}"
         try:
             directory = self._object_dir(name)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
+            fd = os.open(intent, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
             try:
                 view = memoryview(data)
                 while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
+                    view = view[os.write(fd, view) :]
+                os.fdatasync(fd)
             finally:
                 os.close(fd)
+            _fsync_dir(self.intents)
             try:
-                os.link(tmp, final)
+                os.link(intent, final)
             except FileExistsError:
-                os.unlink(tmp)
+                os.unlink(intent)
                 return False
-            _fsync_dir(directory)
-            with self._lock:
-                self._intents[name] = tmp
-            return True
         except OSError as exc:
             try:
-                if tmp.exists() and not final.exists():
-                    tmp.unlink()
+                intent.unlink(missing_ok=True)
             except OSError:
                 pass
-            reason = {
-                errno.EROFS: "the storage is read-only",
-                errno.ENOSPC: "the storage is full",
-                errno.EDQUOT: "the storage quota is exhausted",
-                errno.EACCES: "permission denied",
-            }.get(exc.errno or 0, exc.strerror or str(exc))
+            reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
             raise SiteError(f"cannot write object to {self.url}: {reason}") from exc
-
-    def release_intent(self, name: str) -> None:
         with self._lock:
-            tmp = self._intents.pop(name, None)
-        if tmp is None:
-            return
+            self._pending[name] = intent
+            self._dirty_dirs.add(directory)
+        return True
+
+    def flush(self) -> None:
+        """Make every object directory entry written so far durable."""
+        with self._lock:
+            dirty, self._dirty_dirs = self._dirty_dirs, set()
         try:
-            os.unlink(tmp)
+            for directory in sorted(dirty, key=lambda p: len(p.parts), reverse=True):
+                _fsync_dir(directory)
         except OSError:
-            pass  # already gone, or the disk refuses: recover() handles it next start
+            with self._lock:
+                self._dirty_dirs |= dirty
+            raise
+
+    def release_intents(self, names: Iterable[str]) -> None:
+        for name in names:
+            with self._lock:
+                intent = self._pending.pop(name, None)
+            if intent is not None:
+                try:
+                    os.unlink(intent)
+                except OSError:
+                    pass  # read-only or gone: recover() sees it again next start, harmlessly
 
     def get(self, name: str) -> bytes:
         try:
@@ -154,32 +176,46 @@ class FileSite(Site):
         _fsync_dir(path.parent)
 
     def recover(self) -> list[str]:
-        """Drop temp files of writes that never completed; return names that did complete."""
-        completed = []
-        for entry in self.tmp.iterdir():
+        """Re-link intents whose object name was lost; return every intent's object name."""
+        names = []
+        for entry in sorted(self.intents.iterdir()):
             name = entry.name.split(".")[0]
             try:
                 final = self.path_of(name)
             except SiteError:
                 entry.unlink(missing_ok=True)
                 continue
-            if final.exists() and os.path.samefile(entry, final):
-                completed.append(name)
-                with self._lock:
-                    self._intents[name] = entry
-            else:
-                entry.unlink(missing_ok=True)
-        return completed
+            if not final.exists():
+                self._object_dir(name)
+                os.link(entry, final)
+                self._dirty_dirs.add(final.parent)
+            elif not os.path.samefile(entry, final):
+                entry.unlink()  # a concurrent duplicate write lost the race: nothing to keep
+                continue
+            with self._lock:
+                self._pending[name] = entry
+            names.append(name)
+        return names
+
+    def discard(self, name: str) -> None:
+        """Drop an intent (and its object) that failed authentication: it was never acknowledged."""
+        with self._lock:
+            intent = self._pending.pop(name, None)
+        final = self.path_of(name)
+        if intent is not None and final.exists() and os.path.samefile(intent, final):
+            final.unlink()
+        if intent is not None:
+            intent.unlink(missing_ok=True)
 
     def health(self) -> dict[str, object]:
         info: dict[str, object] = {"url": self.url, "kind": "file"}
         try:
             usage = shutil.disk_usage(self.root)
             info.update(free_bytes=usage.free, total_bytes=usage.total)
-            probe = self.tmp / ".health-probe"
+            probe = self.root / ".health-probe"
             probe.write_bytes(b"ok")
             probe.unlink()
             info["ok"] = True
         except OSError as exc:
-            info.update(ok=False, error=f"{exc.strerror or exc}")
+            info.update(ok=False, error=f"{_REASONS.get(exc.errno or 0, exc.strerror or str(exc))}")
         return info
