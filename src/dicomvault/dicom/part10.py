@@ -11,16 +11,21 @@ import io
 import struct
 from dataclasses import dataclass
 
-import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ImplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from typing import TYPE_CHECKING
 
 from dicomvault.catalog.records import InstanceAttributes
 
 from .header import HeaderWalkError, walk_header
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+# pydicom (and numpy behind it) is imported lazily: commands that only read the catalog
+# should not pay ~0.6 s for it.
+
 IMPLEMENTATION_VERSION_NAME = "DICOMVAULT_01"
-IMPLEMENTATION_CLASS_UID = PYDICOM_IMPLEMENTATION_UID
+IMPLEMENTATION_CLASS_UID = "2.25.272267037891128744615561584730042023053"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 _LIMITS = {"patient_name": 324, "referring_physician": 324, "study_description": 256, "series_description": 256}
 
 
@@ -115,7 +120,9 @@ def _fast_values(data: bytes, offset: int, transfer_syntax: str) -> dict[str, st
     for field, _keyword, tag in _FIELDS:
         value = raw.get(tag, b"")
         if field in _TEXT_FIELDS and not plain:
-            text = pydicom.charset.decode_bytes(value, encodings, {0x5E, 0x3D} if field in _PERSON_NAMES else set())
+            from pydicom.charset import decode_bytes
+
+            text = decode_bytes(value, encodings, {0x5E, 0x3D} if field in _PERSON_NAMES else set())
         elif charset == "ISO_IR 192":
             text = value.decode("utf-8", "replace")
         else:
@@ -124,20 +131,24 @@ def _fast_values(data: bytes, offset: int, transfer_syntax: str) -> dict[str, st
     return values
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+def _text(ds: "Dataset", keyword: str) -> str:
+    from pydicom.multival import MultiValue
+
     try:
         value = ds.get(keyword)
     except Exception:  # noqa: BLE001 - a garbled optional attribute must not block archiving
         return ""
     if value is None:
         return ""
-    if isinstance(value, pydicom.multival.MultiValue):
+    if isinstance(value, MultiValue):
         value = "\\".join(str(v) for v in value)
     return str(value)
 
 
 def _pydicom_values(data: bytes, offset: int) -> tuple[dict[str, str], str]:
     """The slow, general path: deflated datasets, files without meta, odd encodings."""
+    import pydicom
+
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=offset == 0, defer_size=4096)
         ds.get("SOPInstanceUID")  # forces parsing up to the UIDs, surfacing truncation early
@@ -180,7 +191,7 @@ def parse_part10(data: bytes, transfer_syntax: str | None = None) -> ParsedInsta
     if not ts:
         if offset:
             raise DicomFormatError("the file meta has no Transfer Syntax UID (0002,0010)")
-        ts = ImplicitVRLittleEndian
+        ts = IMPLICIT_VR_LITTLE_ENDIAN
     for field, label in (
         ("sop_instance_uid", "SOPInstanceUID (0008,0018)"), ("sop_class_uid", "SOPClassUID (0008,0016)"),
         ("study_uid", "StudyInstanceUID (0020,000D)"), ("series_uid", "SeriesInstanceUID (0020,000E)"),
@@ -195,6 +206,10 @@ def build_part10(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid:
     Deterministic (no timestamps, no sender AE) so the same instance sent twice produces the
     same bytes; who sent it is recorded in the catalog instead. The dataset is untouched.
     """
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_file_meta_info
+
     meta = FileMetaDataset()
     meta.FileMetaInformationVersion = b"\x00\x01"
     meta.MediaStorageSOPClassUID = sop_class_uid
@@ -204,5 +219,5 @@ def build_part10(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid:
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     buffer = io.BytesIO()
     buffer.write(b"\x00" * 128 + b"DICM")
-    pydicom.filewriter.write_file_meta_info(pydicom.filebase.DicomFileLike(buffer), meta, enforce_standard=True)
+    write_file_meta_info(DicomFileLike(buffer), meta, enforce_standard=True)
     return buffer.getvalue() + dataset
