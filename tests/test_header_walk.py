@@ -1,0 +1,66 @@
+"""The fast header walk must read exactly what pydicom reads, on the whole corpus."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from dicomvault.dicom import part10
+from dicomvault.dicom.header import HeaderWalkError
+
+
+def test_fast_walk_matches_pydicom_on_every_corpus_file(corpus: list[Path]) -> None:
+    compared = 0
+    for path in corpus:
+        data = path.read_bytes()
+        try:
+            offset, ts, _media = part10._read_meta(data)
+        except part10.DicomFormatError:
+            continue
+        if not offset or not ts:
+            continue
+        try:
+            fast = part10._fast_values(data, offset, ts)
+        except (HeaderWalkError, LookupError, ValueError):
+            continue  # the fallback path handles it; parse_part10 tests cover that
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                slow, _ = part10._pydicom_values(data, offset)
+            except part10.DicomFormatError:
+                continue
+        assert fast == slow, path.name
+        compared += 1
+    assert compared >= 200, f"only {compared} files compared"
+
+
+def test_undefined_length_sequences_are_skipped(tmp_path: Path) -> None:
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = generate_uid()
+    inner = Dataset()
+    inner.ReferencedSOPInstanceUID = generate_uid()
+    inner.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    ds.ReferencedStudySequence = Sequence([inner])
+    ds.PatientName = "Seq^Test"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path = tmp_path / "seq.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    raw = path.read_bytes()
+    # Rewrite the sequence with undefined lengths, as many modalities send it.
+    elem = ds["ReferencedStudySequence"]
+    elem.is_undefined_length = True
+    elem.value[0].is_undefined_length_sequence_item = True
+    ds.save_as(path, enforce_file_format=True)
+    undefined = path.read_bytes()
+    assert undefined != raw and b"\xfe\xff\xdd\xe0" in undefined
+    parsed = part10.parse_part10(undefined)
+    assert parsed.attributes.patient_name == "Seq^Test"
+    assert parsed.attributes.study_uid == ds.StudyInstanceUID
