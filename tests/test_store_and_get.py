@@ -77,3 +77,34 @@ def test_changed_bytes_become_a_new_version_and_both_are_kept(running_vault: Vau
     running_vault.cli("get", ds.SOPInstanceUID, "--out", str(latest))
     (only,) = list(latest.rglob("*.dcm"))
     assert pydicom.dcmread(only).StudyDescription == "corrected description"
+
+
+def test_four_parallel_associations_all_stored(running_vault: Vault, ct_clean: Path, tmp_path: Path) -> None:
+    from pydicom.uid import generate_uid
+
+    study = generate_uid()
+    folders = []
+    for sender in range(4):
+        folder = tmp_path / f"sender{sender}"
+        folder.mkdir()
+        series = generate_uid()
+        for i in range(25):
+            ds = pydicom.dcmread(ct_clean)
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, generate_uid()
+            ds.save_as(folder / f"{i}.dcm", enforce_file_format=True)
+        folders.append(folder)
+    procs = [
+        subprocess.Popen(
+            [dcmtk("storescu"), "-aet", f"SENDER{n}", "-aec", running_vault.ae_title, "+sd",
+             "127.0.0.1", str(running_vault.dicom_port), str(folder)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for n, folder in enumerate(folders)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+    status = running_vault.status()
+    assert status["counts"]["instances"] == 100 and status["counts"]["series"] == 4
+    assert status["audit"]["chain_ok"] is True
+    running_vault.cli("get", study, "--out", str(tmp_path / "out"))
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == 100
