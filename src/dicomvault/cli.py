@@ -275,7 +275,10 @@ def main() -> None:
     from dicomvault.sites import SiteError
 
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of a typer.Exit.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except (CliFailure, ConfigError, KeyError_, SiteError, CatalogError) as exc:
         print(f"dicomvault: error: {exc}", file=sys.stderr)
         sys.exit(1)

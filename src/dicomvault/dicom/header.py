@@ -21,6 +21,10 @@ class HeaderWalkError(Exception):
     """The fast walk cannot vouch for this dataset: fall back to the full parser."""
 
 
+class TruncatedDataset(HeaderWalkError):
+    """The bytes end inside an element: the instance was cut short (interrupted copy or send)."""
+
+
 class _Walker:
     def __init__(self, data: bytes, offset: int, implicit: bool, little: bool) -> None:
         self.data = data
@@ -32,7 +36,7 @@ class _Walker:
         """(tag, vr or None, value length, value offset) of the element at ``pos``."""
         data, pos = self.data, self.pos
         if pos + 8 > len(data):
-            raise HeaderWalkError("truncated element header")
+            raise TruncatedDataset("truncated: the bytes end inside an element header")
         group, elem = struct.unpack_from(self.endian + "HH", data, pos)
         tag = (group << 16) | elem
         if group == 0xFFFE or self.implicit:
@@ -41,7 +45,7 @@ class _Walker:
         vr = data[pos + 4 : pos + 6]
         if vr in _LONG_VRS:
             if pos + 12 > len(data):
-                raise HeaderWalkError("truncated element header")
+                raise TruncatedDataset("truncated: the bytes end inside an element header")
             (length,) = struct.unpack_from(self.endian + "I", data, pos + 8)
             return tag, vr, length, pos + 12
         if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
@@ -74,8 +78,16 @@ class _Walker:
                     self.pos += length
 
 
-def walk_header(data: bytes, offset: int, transfer_syntax: str, wanted: set[int]) -> dict[int, bytes]:
-    """Raw values of the ``wanted`` top-level tags (and (0008,0005)), stopping after the last."""
+def walk_header(
+    data: bytes, offset: int, transfer_syntax: str, wanted: set[int], to_end: bool = False
+) -> dict[int, bytes]:
+    """Raw values of the ``wanted`` top-level tags, stopping after the last one.
+
+    With ``to_end`` the walk goes on over every remaining element (skipping values by their
+    lengths, which costs microseconds) so a truncated instance is caught: its last element
+    runs past the end of the bytes (``TruncatedDataset``). Archiving a truncated instance
+    would faithfully preserve an image nobody can read.
+    """
     if transfer_syntax == "1.2.840.10008.1.2":
         walker = _Walker(data, offset, implicit=True, little=True)
     elif transfer_syntax == "1.2.840.10008.1.2.2":
@@ -88,14 +100,17 @@ def walk_header(data: bytes, offset: int, transfer_syntax: str, wanted: set[int]
     last = max(wanted)
     while walker.pos < len(data):
         tag, _vr, length, value = walker.header()
-        if tag > last:
+        if tag > last and not to_end:
             break
         walker.pos = value
         if length == UNDEFINED:
             walker.skip_undefined()
             continue
         if value + length > len(data):
-            raise HeaderWalkError(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past the end")
+            raise TruncatedDataset(
+                f"truncated: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) needs {length} bytes,"
+                f" only {len(data) - value} remain"
+            )
         if tag in wanted:
             found[tag] = data[value : value + length]
         walker.pos = value + length

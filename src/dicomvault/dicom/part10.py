@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
 from dicomvault.catalog.records import InstanceAttributes
 
-from .header import HeaderWalkError, walk_header
+from .header import HeaderWalkError, TruncatedDataset, walk_header
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -89,7 +90,7 @@ def _read_meta(data: bytes) -> tuple[int, str, str]:
         vr = data[offset + 4 : offset + 6]
         if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV", b"SV", b"UV"):
             if offset + 12 > len(data):
-                raise DicomFormatError("file meta information is truncated")
+                raise DicomFormatError("truncated: the file meta information is incomplete")
             (length,) = struct.unpack_from("<I", data, offset + 8)
             value_at = offset + 12
         else:
@@ -103,7 +104,7 @@ def _read_meta(data: bytes) -> tuple[int, str, str]:
                 media_class = text
         offset = value_at + length
     if offset > len(data):
-        raise DicomFormatError("file meta information is truncated")
+        raise DicomFormatError("truncated: the file meta information is incomplete")
     return offset, transfer_syntax, media_class
 
 
@@ -112,7 +113,7 @@ def _clean(value: str, field: str) -> str:
 
 
 def _fast_values(data: bytes, offset: int, transfer_syntax: str) -> dict[str, str]:
-    raw = walk_header(data, offset, transfer_syntax, _WANTED)
+    raw = walk_header(data, offset, transfer_syntax, _WANTED, to_end=True)
     charset = raw.get(_CHARSET_TAG, b"").decode("ascii", "replace").strip(" \x00")
     plain = charset in ("", "ISO_IR 100", "ISO_IR 6", "ISO_IR 192")
     encodings = [c.strip() for c in charset.split("\\")] if charset else ["ISO_IR 6"]
@@ -156,7 +157,35 @@ def _pydicom_values(data: bytes, offset: int) -> tuple[dict[str, str], str]:
         raise DicomFormatError(f"not a readable DICOM file: {type(exc).__name__}: {exc}") from exc
     values = {field: _clean(_text(ds, keyword), field) for field, keyword, _tag in _FIELDS}
     meta = getattr(ds, "file_meta", None)
-    return values, str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    transfer_syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if offset:
+        _check_complete(data, offset, transfer_syntax)
+    return values, transfer_syntax
+
+
+def _check_complete(data: bytes, offset: int, transfer_syntax: str) -> None:
+    """Refuse a truncated Part-10 file on the slow path too (pydicom reads them leniently).
+
+    A deflated dataset is inflated and walked. Meta-less legacy files are left to pydicom's
+    judgement: without a declared transfer syntax the walk could misread a good file.
+    """
+    if transfer_syntax == "1.2.840.10008.1.2.1.99":
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            inflated = inflater.decompress(data[offset:])
+        except zlib.error as exc:
+            raise DicomFormatError(f"the deflated dataset is corrupt: {exc}") from exc
+        if not inflater.eof:
+            raise DicomFormatError("truncated: the deflated dataset stops before its end")
+        data, offset, transfer_syntax = inflated, 0, "1.2.840.10008.1.2.1"
+    elif not transfer_syntax:
+        return
+    try:
+        walk_header(data, offset, transfer_syntax, {_CHARSET_TAG}, to_end=True)
+    except TruncatedDataset as exc:
+        raise DicomFormatError(str(exc)) from exc
+    except (HeaderWalkError, LookupError, ValueError):
+        return
 
 
 def _check_uid(values: dict[str, str], field: str, label: str) -> str:
@@ -178,6 +207,8 @@ def parse_part10(data: bytes, transfer_syntax: str | None = None) -> ParsedInsta
     if offset and ts:
         try:
             values = _fast_values(data, offset, ts)
+        except TruncatedDataset as exc:
+            raise DicomFormatError(str(exc)) from exc
         except (HeaderWalkError, LookupError, ValueError):
             values = None
     if values is None:

@@ -48,6 +48,30 @@ class IngestRejected(Exception):
         self.kind = kind  # "invalid" (sender's data) or "storage" (our side: retry later)
 
 
+def storage_failure_reason(exc: BaseException) -> str:
+    """A short, sender-readable cause for a failure on our side (disk full, read-only...).
+
+    DICOM's Error Comment holds 64 characters, so the cause comes first and the details
+    (paths, driver messages) stay in the log.
+    """
+    text = str(exc).lower()
+    errno_reasons = {28: "storage is full", 30: "storage is read-only", 122: "storage quota is exhausted",
+                     13: "storage permission denied", 5: "storage I/O error"}
+    for cause in (exc, exc.__cause__, getattr(exc, "orig", None)):
+        code = getattr(cause, "errno", None)
+        if isinstance(code, int) and code in errno_reasons:
+            return errno_reasons[code]
+    for needle, reason in (
+        ("disk is full", "storage is full"), ("storage is full", "storage is full"),
+        ("readonly", "storage is read-only"), ("read-only", "storage is read-only"),
+        ("disk i/o error", "storage I/O error"), ("database is locked", "catalog is busy"),
+        ("quota", "storage quota is exhausted"),
+    ):
+        if needle in text:
+            return reason
+    return f"storage failure ({type(exc).__name__})"
+
+
 @dataclass(frozen=True)
 class IngestResult:
     sop_instance_uid: str
@@ -170,7 +194,14 @@ class Ingestor:
             return self._record_duplicate(existing, actor, source)
 
         received_at = time.time()
-        study_key = self.study_key(attrs.study_uid)
+        try:
+            study_key = self.study_key(attrs.study_uid)
+        except Exception as exc:  # noqa: BLE001 - the catalog refused the new key: report, keep serving
+            INSTANCES.labels("failed").inc()
+            log.warning("cannot record a data key for study %s: %s", attrs.study_uid, exc)
+            raise IngestRejected(
+                f"{storage_failure_reason(exc)}: study key not recorded; not stored, send again later", kind="storage"
+            ) from exc
         metadata: dict[str, Any] = {
             "format": 1,
             "attributes": attrs.to_dict(),
@@ -187,7 +218,10 @@ class Ingestor:
         except SiteError as exc:
             INSTANCES.labels("failed").inc()
             self._audit_rejection(actor, source, str(exc), attrs.sop_instance_uid, outcome="error")
-            raise IngestRejected(f"{exc}; the instance was not stored, send it again later", kind="storage") from exc
+            log.warning("site write failed for %s: %s", attrs.sop_instance_uid, exc)
+            raise IngestRejected(
+                f"{storage_failure_reason(exc)}: not stored, send again later ({exc})", kind="storage"
+            ) from exc
         record = VersionRecord(
             sop_instance_uid=attrs.sop_instance_uid, version=0, object_id=saved.object_id, sha256=sha256,
             dataset_sha256=dataset_sha256, size_original=len(data), size_stored=saved.size_stored,
@@ -199,7 +233,9 @@ class Ingestor:
         except Exception as exc:  # noqa: BLE001 - the catalog refused: report, keep serving
             INSTANCES.labels("failed").inc()
             log.exception("catalog commit failed for %s", attrs.sop_instance_uid)
-            raise IngestRejected(f"the catalog could not record the instance ({exc}); send it again later", kind="storage") from exc
+            raise IngestRejected(
+                f"{storage_failure_reason(exc)}: catalog not updated, send again later ({exc})", kind="storage"
+            ) from exc
         if saved.written:
             self.durability.committed(saved.object_id)
         if not result.duplicate:

@@ -34,6 +34,7 @@ _REASONS = {
     errno.EROFS: "the storage is read-only",
     errno.ENOSPC: "the storage is full",
     errno.EDQUOT: "the storage quota is exhausted",
+    errno.EIO: "the storage reports an I/O error",
     errno.EACCES: "permission denied",
 }
 
@@ -117,7 +118,7 @@ class FileSite(Site):
             except OSError:
                 pass
             reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
-            raise SiteError(f"cannot write object to {self.url}: {reason}") from exc
+            raise SiteError(f"{reason}: cannot write object to {self.url}") from exc
         with self._lock:
             self._pending[name] = intent
             self._dirty_dirs.add(directory)
