@@ -193,7 +193,7 @@ def _check_uid(values: dict[str, str], field: str, label: str) -> str:
     if not value:
         raise DicomFormatError(f"the dataset has no {label}; it cannot be archived")
     if len(value) > 64 or not all(c.isdigit() or c == "." for c in value):
-        raise DicomFormatError(f"{label} {value[:70]!r} is not a valid DICOM UID")
+        raise DicomFormatError(f"invalid UID in {label}: {value[:70]!r}")
     return value
 
 
