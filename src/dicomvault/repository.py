@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from dicomvault.codec import CodecError, compress, decompress
+from dicomvault.codec import CodecError, compress, decompress, worth_compressing
 from dicomvault.crypto import DecryptionError, Keyring, StudyKey, open_object, seal_object
 from dicomvault.crypto.envelope import read_header
 from dicomvault.sites import Site
@@ -32,7 +32,7 @@ class SavedObject:
 
 
 class Repository:
-    def __init__(self, site: Site, keyring: Keyring, compression_level: int = 3) -> None:
+    def __init__(self, site: Site, keyring: Keyring, compression_level: int = 1) -> None:
         self.site = site
         self.keyring = keyring
         self.compression_level = compression_level
@@ -45,7 +45,11 @@ class Repository:
     def save(self, study_key: StudyKey, sha256_digest: bytes, metadata: dict[str, Any], original: bytes) -> SavedObject:
         """Compress, seal and durably store ``original``; returns once it is on stable storage."""
         object_id = self.object_id_for(sha256_digest)
-        codec, payload = compress(original, self.compression_level)
+        syntax = str(metadata.get("attributes", {}).get("transfer_syntax_uid", ""))
+        if worth_compressing(syntax) or not syntax:
+            codec, payload = compress(original, self.compression_level)
+        else:
+            codec, payload = "none", original
         sealed = seal_object(study_key, {**metadata, "codec": codec}, payload)
         written = self.site.put_if_absent(object_id, sealed)
         return SavedObject(object_id, len(sealed), codec, written)

@@ -43,18 +43,20 @@ def _row_hash(prev_hash: str, ts: float, actor: str, action: str, subject: str, 
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+_LAST_HASH = select(t.audit_log.c.hash).order_by(t.audit_log.c.id.desc()).limit(1)
+_INSERT_ROW = insert(t.audit_log)
+
+
 def append(conn: Connection, event: AuditEvent, ts: float | None = None) -> str:
     """Append one event in the caller's transaction; returns its hash."""
     ts = time.time() if ts is None else ts
-    prev = conn.execute(select(t.audit_log.c.hash).order_by(t.audit_log.c.id.desc()).limit(1)).scalar() or GENESIS
+    prev = conn.execute(_LAST_HASH).scalar() or GENESIS
     detail = json.dumps(event.detail, separators=(",", ":"), sort_keys=True, default=str)
     digest = _row_hash(prev, ts, event.actor, event.action, event.subject, event.outcome, detail)
-    conn.execute(
-        insert(t.audit_log).values(
-            ts=ts, actor=event.actor, action=event.action, subject=event.subject, outcome=event.outcome,
-            detail=detail, prev_hash=prev, hash=digest,
-        )
-    )
+    conn.execute(_INSERT_ROW, {
+        "ts": ts, "actor": event.actor, "action": event.action, "subject": event.subject,
+        "outcome": event.outcome, "detail": detail, "prev_hash": prev, "hash": digest,
+    })
     return digest
 
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, create_engine, event, func, insert, inspect, select, text
+from sqlalchemy import Connection, bindparam, create_engine, event, func, insert, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -33,6 +33,40 @@ HEAD_REVISION = "0001"  # bump together with every new file in migrations/versio
 
 class CatalogError(Exception):
     """The catalog database cannot be opened or written."""
+
+
+def _version_select() -> Any:
+    return (
+        select(
+            t.instances.c.sop_instance_uid, t.versions.c.version, t.versions.c.object_id, t.versions.c.sha256,
+            t.versions.c.dataset_sha256, t.versions.c.size_original, t.versions.c.size_stored,
+            t.versions.c.transfer_syntax_uid, t.versions.c.codec, t.versions.c.key_id,
+            t.versions.c.received_at, t.versions.c.source, t.studies.c.study_uid, t.series.c.series_uid,
+        )
+        .select_from(
+            t.versions.join(t.instances, t.versions.c.instance_pk == t.instances.c.id)
+            .join(t.series, t.instances.c.series_pk == t.series.c.id)
+            .join(t.studies, t.series.c.study_pk == t.studies.c.id)
+        )
+        .order_by(t.studies.c.study_uid, t.series.c.series_uid, t.instances.c.sop_instance_uid, t.versions.c.version)
+    )
+
+
+# Ingest's statements are built once: constructing a Core statement costs far more than
+# executing a cached one, and ingest runs a handful per instance.
+_VERSION_BY_CONTENT = _version_select().where(
+    t.instances.c.sop_instance_uid == bindparam("sop_uid"), t.versions.c.dataset_sha256 == bindparam("dataset_sha256")
+)
+_PATIENT_PK = select(t.patients.c.id).where(
+    t.patients.c.patient_id == bindparam("patient_id"), t.patients.c.issuer == bindparam("issuer")
+)
+_STUDY_PK = select(t.studies.c.id).where(t.studies.c.study_uid == bindparam("study_uid"))
+_SERIES_PK = select(t.series.c.id).where(t.series.c.series_uid == bindparam("series_uid"))
+_INSTANCE_PK = select(t.instances.c.id).where(t.instances.c.sop_instance_uid == bindparam("sop_instance_uid"))
+_LATEST_VERSION = select(func.max(t.versions.c.version)).where(t.versions.c.instance_pk == bindparam("instance_pk"))
+_STUDY_KEY_ROW = select(t.study_keys).where(t.study_keys.c.study_uid == bindparam("study_uid"))
+_HAS_OBJECT = select(t.versions.c.id).where(t.versions.c.object_id == bindparam("object_id"))
+_INSERT = {table.name: insert(table) for table in (t.patients, t.studies, t.series, t.instances, t.versions, t.study_keys)}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -130,13 +164,14 @@ class Catalog:
             finally:
                 raw.close()
 
-    def _cached_pk(self, conn: Connection, kind: str, key: str, lookup: Any, create: Any) -> int:
+    def _cached_pk(self, conn: Connection, kind: str, key: str, lookup: Any, params: dict[str, Any],
+                   create: Any, values: dict[str, Any]) -> int:
         cached = self._pk_cache.get((kind, key))
         if cached is not None:
             return cached
-        pk = conn.execute(lookup).scalar()
+        pk = conn.execute(lookup, params).scalar()
         if pk is None:
-            pk = conn.execute(create).inserted_primary_key[0]
+            pk = conn.execute(create, values).inserted_primary_key[0]
         self._txn_keys[(kind, key)] = int(pk)
         return int(pk)
 
@@ -148,63 +183,50 @@ class Catalog:
     # --- ingest -------------------------------------------------------------------------
 
     def find_version_by_content(self, conn: Connection, sop_uid: str, dataset_sha256: str) -> VersionRecord | None:
-        row = conn.execute(
-            self._version_query().where(
-                t.instances.c.sop_instance_uid == sop_uid, t.versions.c.dataset_sha256 == dataset_sha256
-            )
-        ).first()
+        row = conn.execute(_VERSION_BY_CONTENT, {"sop_uid": sop_uid, "dataset_sha256": dataset_sha256}).first()
         return _version(row) if row else None
 
     def study_key_row(self, conn: Connection, study_uid: str) -> Any:
-        return conn.execute(select(t.study_keys).where(t.study_keys.c.study_uid == study_uid)).first()
+        return conn.execute(_STUDY_KEY_ROW, {"study_uid": study_uid}).first()
 
     def add_study_key(self, conn: Connection, study_uid: str, key_id: str, wrapped_site: bytes, wrapped_recovery: bytes) -> None:
-        conn.execute(
-            insert(t.study_keys).values(
-                key_id=key_id, study_uid=study_uid, wrapped_site=wrapped_site,
-                wrapped_recovery=wrapped_recovery, created_at=time.time(),
-            )
-        )
+        conn.execute(_INSERT["study_keys"], {
+            "key_id": key_id, "study_uid": study_uid, "wrapped_site": wrapped_site,
+            "wrapped_recovery": wrapped_recovery, "created_at": time.time(),
+        })
 
     def _upsert_hierarchy(self, conn: Connection, a: InstanceAttributes, now: float) -> tuple[int, bool]:
         """Patient, study, series and instance rows for ``a``: (instance pk, instance is new)."""
         patient_pk = self._cached_pk(
             conn, "patient", f"{a.issuer}\\{a.patient_id}",
-            select(t.patients.c.id).where(t.patients.c.patient_id == a.patient_id, t.patients.c.issuer == a.issuer),
-            insert(t.patients).values(
-                patient_id=a.patient_id, issuer=a.issuer, patient_name=a.patient_name,
-                birth_date=a.birth_date, sex=a.sex,
-            ),
+            _PATIENT_PK, {"patient_id": a.patient_id, "issuer": a.issuer},
+            _INSERT["patients"], {"patient_id": a.patient_id, "issuer": a.issuer, "patient_name": a.patient_name,
+                                  "birth_date": a.birth_date, "sex": a.sex},
         )
         study_pk = self._cached_pk(
-            conn, "study", a.study_uid,
-            select(t.studies.c.id).where(t.studies.c.study_uid == a.study_uid),
-            insert(t.studies).values(
-                study_uid=a.study_uid, patient_pk=patient_pk, patient_name=a.patient_name,
-                study_date=a.study_date, study_time=a.study_time, accession_number=a.accession_number,
-                study_id=a.study_id, study_description=a.study_description,
-                referring_physician=a.referring_physician, created_at=now, updated_at=now,
-            ),
+            conn, "study", a.study_uid, _STUDY_PK, {"study_uid": a.study_uid},
+            _INSERT["studies"], {
+                "study_uid": a.study_uid, "patient_pk": patient_pk, "patient_name": a.patient_name,
+                "study_date": a.study_date, "study_time": a.study_time, "accession_number": a.accession_number,
+                "study_id": a.study_id, "study_description": a.study_description,
+                "referring_physician": a.referring_physician, "created_at": now, "updated_at": now,
+            },
         )
         series_pk = self._cached_pk(
-            conn, "series", a.series_uid,
-            select(t.series.c.id).where(t.series.c.series_uid == a.series_uid),
-            insert(t.series).values(
-                series_uid=a.series_uid, study_pk=study_pk, modality=a.modality,
-                series_number=a.series_number, series_description=a.series_description, body_part=a.body_part,
-            ),
+            conn, "series", a.series_uid, _SERIES_PK, {"series_uid": a.series_uid},
+            _INSERT["series"], {
+                "series_uid": a.series_uid, "study_pk": study_pk, "modality": a.modality,
+                "series_number": a.series_number, "series_description": a.series_description,
+                "body_part": a.body_part,
+            },
         )
-        instance_pk = conn.execute(
-            select(t.instances.c.id).where(t.instances.c.sop_instance_uid == a.sop_instance_uid)
-        ).scalar()
+        instance_pk = conn.execute(_INSTANCE_PK, {"sop_instance_uid": a.sop_instance_uid}).scalar()
         if instance_pk is not None:
             return int(instance_pk), False
-        instance_pk = conn.execute(
-            insert(t.instances).values(
-                sop_instance_uid=a.sop_instance_uid, series_pk=series_pk,
-                sop_class_uid=a.sop_class_uid, instance_number=a.instance_number,
-            )
-        ).inserted_primary_key[0]
+        instance_pk = conn.execute(_INSERT["instances"], {
+            "sop_instance_uid": a.sop_instance_uid, "series_pk": series_pk,
+            "sop_class_uid": a.sop_class_uid, "instance_number": a.instance_number,
+        }).inserted_primary_key[0]
         return int(instance_pk), True
 
     def add_version(self, conn: Connection, a: InstanceAttributes, record: VersionRecord) -> int:
@@ -212,41 +234,25 @@ class Catalog:
         instance_pk, new_instance = self._upsert_hierarchy(conn, a, record.received_at)
         version = 1
         if not new_instance:
-            latest = conn.execute(
-                select(func.max(t.versions.c.version)).where(t.versions.c.instance_pk == instance_pk)
-            ).scalar()
+            latest = conn.execute(_LATEST_VERSION, {"instance_pk": instance_pk}).scalar()
             version = (latest or 0) + 1
-        conn.execute(
-            insert(t.versions).values(
-                instance_pk=instance_pk, version=version, object_id=record.object_id, sha256=record.sha256,
-                dataset_sha256=record.dataset_sha256, size_original=record.size_original,
-                size_stored=record.size_stored, transfer_syntax_uid=record.transfer_syntax_uid,
-                codec=record.codec, key_id=record.key_id, received_at=record.received_at, source=record.source,
-            )
-        )
+        conn.execute(_INSERT["versions"], {
+            "instance_pk": instance_pk, "version": version, "object_id": record.object_id, "sha256": record.sha256,
+            "dataset_sha256": record.dataset_sha256, "size_original": record.size_original,
+            "size_stored": record.size_stored, "transfer_syntax_uid": record.transfer_syntax_uid,
+            "codec": record.codec, "key_id": record.key_id, "received_at": record.received_at,
+            "source": record.source,
+        })
         return version
 
     def has_object(self, conn: Connection, object_id: str) -> bool:
-        return conn.execute(select(t.versions.c.id).where(t.versions.c.object_id == object_id)).first() is not None
+        return conn.execute(_HAS_OBJECT, {"object_id": object_id}).first() is not None
 
     # --- reading ------------------------------------------------------------------------
 
     @staticmethod
     def _version_query() -> Any:
-        return (
-            select(
-                t.instances.c.sop_instance_uid, t.versions.c.version, t.versions.c.object_id, t.versions.c.sha256,
-                t.versions.c.dataset_sha256, t.versions.c.size_original, t.versions.c.size_stored,
-                t.versions.c.transfer_syntax_uid, t.versions.c.codec, t.versions.c.key_id,
-                t.versions.c.received_at, t.versions.c.source, t.studies.c.study_uid, t.series.c.series_uid,
-            )
-            .select_from(
-                t.versions.join(t.instances, t.versions.c.instance_pk == t.instances.c.id)
-                .join(t.series, t.instances.c.series_pk == t.series.c.id)
-                .join(t.studies, t.series.c.study_pk == t.studies.c.id)
-            )
-            .order_by(t.studies.c.study_uid, t.series.c.series_uid, t.instances.c.sop_instance_uid, t.versions.c.version)
-        )
+        return _version_select()
 
     def versions_for_uid(self, uid: str, all_versions: bool = False) -> list[VersionRecord]:
         """Versions of every instance under a study, series or instance UID (latest only by default)."""

@@ -1,5 +1,5 @@
 """Byte-exact payload compression. The archive keeps exactly what it was given."""
 
-from .zstd import CodecError, compress, decompress
+from .zstd import CodecError, compress, decompress, worth_compressing
 
-__all__ = ["CodecError", "compress", "decompress"]
+__all__ = ["CodecError", "compress", "decompress", "worth_compressing"]

@@ -27,7 +27,18 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return cache[level]
 
 
-def compress(data: bytes, level: int = 3) -> tuple[str, bytes]:
+# Transfer syntaxes whose pixel data is raw (or merely deflated): worth compressing.
+# Everything else is encapsulated JPEG/JPEG 2000/JPEG-LS/RLE/MPEG, which zstd cannot shrink.
+_RAW_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
+})
+
+
+def worth_compressing(transfer_syntax_uid: str) -> bool:
+    return transfer_syntax_uid in _RAW_SYNTAXES
+
+
+def compress(data: bytes, level: int = 1) -> tuple[str, bytes]:
     """Return (codec name, encoded bytes)."""
     packed = _compressor(level).compress(data)
     if len(packed) <= len(data) * (1 - MIN_SAVING):

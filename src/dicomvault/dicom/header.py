@@ -28,30 +28,35 @@ class TruncatedDataset(HeaderWalkError):
 class _Walker:
     def __init__(self, data: bytes, offset: int, implicit: bool, little: bool) -> None:
         self.data = data
+        self.size = len(data)
         self.pos = offset
         self.implicit = implicit
-        self.endian = "<" if little else ">"
+        endian = "<" if little else ">"
+        # Precompiled layouts: tag + 4-byte length (implicit VR, items) and tag + VR + 2-byte
+        # length (explicit VR); the walk runs over every element, so this is the hot loop.
+        self._implicit = struct.Struct(endian + "HHI").unpack_from
+        self._explicit = struct.Struct(endian + "HH2sH").unpack_from
+        self._long = struct.Struct(endian + "I").unpack_from
 
     def header(self) -> tuple[int, bytes | None, int, int]:
         """(tag, vr or None, value length, value offset) of the element at ``pos``."""
         data, pos = self.data, self.pos
-        if pos + 8 > len(data):
+        if pos + 8 > self.size:
             raise TruncatedDataset("truncated: the bytes end inside an element header")
-        group, elem = struct.unpack_from(self.endian + "HH", data, pos)
-        tag = (group << 16) | elem
-        if group == 0xFFFE or self.implicit:
-            (length,) = struct.unpack_from(self.endian + "I", data, pos + 4)
-            return tag, None, length, pos + 8
-        vr = data[pos + 4 : pos + 6]
+        if self.implicit:
+            group, elem, length = self._implicit(data, pos)
+            return (group << 16) | elem, None, length, pos + 8
+        group, elem, vr, length = self._explicit(data, pos)
+        if group == 0xFFFE:
+            group, elem, length = self._implicit(data, pos)
+            return (group << 16) | elem, None, length, pos + 8
         if vr in _LONG_VRS:
-            if pos + 12 > len(data):
+            if pos + 12 > self.size:
                 raise TruncatedDataset("truncated: the bytes end inside an element header")
-            (length,) = struct.unpack_from(self.endian + "I", data, pos + 8)
-            return tag, vr, length, pos + 12
+            return (group << 16) | elem, vr, self._long(data, pos + 8)[0], pos + 12
         if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
             raise HeaderWalkError(f"invalid VR {vr!r}")
-        (length,) = struct.unpack_from(self.endian + "H", data, pos + 6)
-        return tag, vr, length, pos + 8
+        return (group << 16) | elem, vr, length, pos + 8
 
     def skip_undefined(self, depth: int = 0) -> None:
         """Skip a sequence (or item) of undefined length, starting at its first item."""
@@ -98,20 +103,66 @@ def walk_header(
         walker = _Walker(data, offset, implicit=False, little=True)
     found: dict[int, bytes] = {}
     last = max(wanted)
-    while walker.pos < len(data):
+    while walker.pos < walker.size:
         tag, _vr, length, value = walker.header()
-        if tag > last and not to_end:
+        if tag > last:
             break
         walker.pos = value
         if length == UNDEFINED:
             walker.skip_undefined()
             continue
-        if value + length > len(data):
-            raise TruncatedDataset(
-                f"truncated: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) needs {length} bytes,"
-                f" only {len(data) - value} remain"
-            )
+        _check_fits(walker, tag, value, length)
         if tag in wanted:
             found[tag] = data[value : value + length]
         walker.pos = value + length
+    if to_end:
+        _walk_rest(walker)
     return found
+
+
+def _check_fits(walker: _Walker, tag: int, value: int, length: int) -> None:
+    if value + length > walker.size:
+        raise TruncatedDataset(
+            f"truncated: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) needs {length} bytes,"
+            f" only {walker.size - value} remain"
+        )
+
+
+def _walk_rest(walker: _Walker) -> None:
+    """Skip every remaining top-level element, proving the dataset ends where its last element does.
+
+    Inlined loop for explicit VR (nearly every dataset): a method call per element would cost
+    as much as the whole header walk.
+    """
+    if walker.implicit:
+        while walker.pos < walker.size:
+            tag, _vr, length, value = walker.header()
+            walker.pos = value
+            if length == UNDEFINED:
+                walker.skip_undefined()
+                continue
+            _check_fits(walker, tag, value, length)
+            walker.pos = value + length
+        return
+    data, size, pos = walker.data, walker.size, walker.pos
+    explicit, long_length, long_vrs = walker._explicit, walker._long, _LONG_VRS
+    while pos < size:
+        if pos + 8 > size:
+            raise TruncatedDataset("truncated: the bytes end inside an element header")
+        group, elem, vr, length = explicit(data, pos)
+        if group == 0xFFFE or vr in long_vrs or not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+            walker.pos = pos  # the general path handles items, long VRs and errors
+            tag, _vr, length, value = walker.header()
+            walker.pos = value
+            if length == UNDEFINED:
+                walker.skip_undefined()
+            else:
+                _check_fits(walker, tag, value, length)
+                walker.pos = value + length
+            pos = walker.pos
+            continue
+        pos += 8 + length
+    if pos > size:
+        walker.pos = pos - 8 - length
+        _check_fits(walker, (group << 16) | elem, walker.pos + 8, length)
+    walker.pos = pos
