@@ -97,3 +97,16 @@ def test_every_accepted_corpus_file_cut_short_is_refused_as_truncated(corpus: li
                 raise AssertionError(f"{path.name} minus its last byte was accepted")
             checked += 1
     assert checked >= 200, f"only {checked} files checked"
+
+
+def test_hand_packed_file_meta_equals_pydicom_writer() -> None:
+    """build_part10 packs the meta group itself for speed; it must equal pydicom's output."""
+    for sop_class, sop_uid, syntax in (
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1"),  # even lengths
+        ("1.2.840.10008.5.1.4.1.1.4", "1.2.3.45", "1.2.840.10008.1.2"),  # odd lengths: padded
+        ("1.2.840.10008.5.1.4.1.1.7", "2.25." + "9" * 39, "1.2.840.10008.1.2.4.90"),
+    ):
+        dataset = b"\x08\x00\x18\x00UI\x08\x001.2.3.4\x00"
+        fast = part10.build_part10(sop_class, sop_uid, syntax, dataset)
+        assert fast == part10.build_part10_with_pydicom(sop_class, sop_uid, syntax, dataset)
+        assert part10._read_meta(fast)[1] == syntax
