@@ -188,3 +188,22 @@ def copy_tree(files: list[Path], dest: Path) -> Path:
     for i, f in enumerate(files):
         shutil.copy(f, dest / f"{i:04d}_{f.name}")
     return dest
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real tmpfs mount under tmp_path; always unmounted, even when the test fails."""
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "none", str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(mountpoint)], capture_output=True)
+        if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+def remount(mountpoint: Path, mode: str) -> None:
+    run = subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)], capture_output=True, text=True)
+    assert run.returncode == 0, f"remount {mode} failed: {run.stderr}"

@@ -36,7 +36,7 @@ from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from conftest import Vault, dcmtk, make_vault, wait_until
+from conftest import Vault, dcmtk, make_vault, remount, wait_until
 
 STATUS_OUT_OF_RESOURCES = 0xA700
 
@@ -401,20 +401,6 @@ def test_unknown_calling_ae_title_is_rejected_at_association(vault: Vault, ct_sm
 # --- storage that becomes read-only (or full) while the server runs -----------------------
 
 
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A real tmpfs mount under tmp_path; always unmounted, even when the test fails."""
-    mountpoint = tmp_path / "mnt"
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "none", str(mountpoint)], check=True)
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["mount", "-o", "remount,rw", str(mountpoint)], capture_output=True)
-        if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mountpoint)], check=True)
-
-
 def assert_refused(refusals: dict[str, Dataset], wanted: int, reason: str) -> None:
     """Every C-STORE got ``wanted`` with an Error Comment containing ``reason``; lists all misses."""
     seen = {
@@ -423,11 +409,6 @@ def assert_refused(refusals: dict[str, Dataset], wanted: int, reason: str) -> No
     }
     wrong = {label: got for label, got in seen.items() if got[0] != f"{wanted:#06x}" or reason not in got[1]}
     assert not wrong, f"wanted status {wanted:#06x} with an Error Comment saying {reason!r}; got {wrong}"
-
-
-def remount(mountpoint: Path, mode: str) -> None:
-    run = subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)], capture_output=True, text=True)
-    assert run.returncode == 0, f"remount {mode} failed: {run.stderr}"
 
 
 def store_status(vault: Vault, path: Path) -> Dataset:

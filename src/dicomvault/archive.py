@@ -7,6 +7,7 @@ same archive the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from dicomvault.catalog import Catalog
 from dicomvault.config import Settings
@@ -24,6 +25,7 @@ class Archive:
     catalog: Catalog
     repository: Repository
     ingestor: Ingestor
+    replication: Any = None  # the ReplicationService while `serve` runs (live site state)
 
     @classmethod
     def open(cls, settings: Settings) -> "Archive":
@@ -31,7 +33,8 @@ class Archive:
         site = open_site(settings.primary_site_url)
         catalog = Catalog(settings.catalog_url)
         repository = Repository(site, keyring, settings.storage.compression_level)
-        return cls(settings, keyring, site, catalog, repository, Ingestor(catalog, repository, keyring))
+        replicas = [replica.name for replica in settings.replicas]
+        return cls(settings, keyring, site, catalog, repository, Ingestor(catalog, repository, keyring, replicas))
 
     def close(self) -> None:
         self.catalog.close()

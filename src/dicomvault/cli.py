@@ -24,6 +24,9 @@ from dicomvault.config import DEFAULT_CONFIG_NAME, DEFAULT_CONFIG_TEMPLATE, Conf
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="dicomvault: a disaster-recovery archive for DICOM.")
 audit_app = typer.Typer(no_args_is_help=True, help="Inspect and verify the hash-chained audit log.")
 app.add_typer(audit_app, name="audit")
+from dicomvault.cli_sites import SitesFailure, sites_app  # noqa: E402
+
+app.add_typer(sites_app, name="sites")
 console = Console(stderr=True)
 out = Console()
 
@@ -104,6 +107,11 @@ def serve(config: ConfigOption = None) -> None:
     if adopted:
         logging.getLogger("dicomvault").warning("crash recovery re-indexed %d complete object(s)", len(adopted))
     settings = archive.settings
+    from dicomvault.replicate.service import ReplicationService
+
+    replication = ReplicationService(settings, archive.catalog, archive.site)
+    archive.replication = replication
+    archive.ingestor.on_stored.append(replication.notify)
     dimse = DimseServer(settings.dicom, archive.ingestor)
     http = HttpServer(archive, settings.http.bind, settings.http.port) if settings.http.enabled else None
     stop = threading.Event()
@@ -116,6 +124,7 @@ def serve(config: ConfigOption = None) -> None:
     if http is not None:
         http.start()
     archive.ingestor.durability.start()
+    replication.start()
     print(
         f"dicomvault {__version__} serving: DICOM {settings.dicom.ae_title}@{settings.dicom.bind}:{settings.dicom.port}"
         + (f", HTTP {settings.http.bind}:{settings.http.port}" if http else ""),
@@ -125,6 +134,7 @@ def serve(config: ConfigOption = None) -> None:
     dimse.stop()
     if http is not None:
         http.stop()
+    replication.stop()
     archive.ingestor.durability.stop()
     archive.close()
 
@@ -279,7 +289,7 @@ def main() -> None:
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
-    except (CliFailure, ConfigError, KeyError_, SiteError, CatalogError) as exc:
+    except (CliFailure, SitesFailure, ConfigError, KeyError_, SiteError, CatalogError) as exc:
         print(f"dicomvault: error: {exc}", file=sys.stderr)
         sys.exit(1)
     except typer.Exit as exc:

@@ -42,6 +42,74 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class ReplicaSiteSettings:
+    """A site that receives copies of every object (a NAS mount, S3, another dicomvault).
+
+    Backend options (endpoint_url, region, credentials, object_lock_days...) are passed to
+    the backend as they are; throttling and retry settings belong to the replication worker.
+    """
+
+    name: str
+    url: str
+    offsite: bool = True
+    rate: str = "unlimited"
+    schedule: tuple[str, ...] = ()
+    workers: int = 2
+    max_attempts: int = 8
+    options: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def option_map(self) -> dict[str, object]:
+        return dict(self.options)
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """How many verified copies make an instance safe (storage commitment answers by it)."""
+
+    copies: int = 2
+    offsite_copies: int = 1
+
+
+_SITE_KEYS = {"url", "offsite", "rate", "schedule", "workers", "max_attempts"}
+_SITE_NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _replica_sites(base: Path, sites: dict) -> tuple[ReplicaSiteSettings, ...]:
+    result = []
+    for name, raw in sites.items():
+        if name == "primary":
+            continue
+        if not isinstance(raw, dict):
+            raise ConfigError(f"[sites.{name}] must be a table")
+        if not name or not set(name) <= _SITE_NAME_OK or len(name) > 64:
+            raise ConfigError(f"site name {name!r}: use lower-case letters, digits, '-' and '_' (max 64)")
+        url = raw.get("url")
+        if not isinstance(url, str) or "://" not in url:
+            raise ConfigError(f"[sites.{name}] needs url = \"file:///...\", \"s3://bucket/prefix\" or \"vault://host:port\"")
+        env_url = os.environ.get(f"DICOMVAULT_SITES_{name.upper().replace('-', '_')}_URL")
+        url = env_url or url
+        if url.startswith("file://") and not url.startswith("file:///"):
+            url = "file://" + str(_resolve(base, url[len("file://"):]))
+        schedule = raw.get("schedule", [])
+        if isinstance(schedule, str):
+            schedule = [schedule]
+        for key, kind in (("workers", int), ("max_attempts", int), ("offsite", bool), ("rate", str)):
+            if key in raw and not isinstance(raw[key], kind):
+                raise ConfigError(f"[sites.{name}] {key} must be {kind.__name__}, got {raw[key]!r}")
+        workers = int(raw.get("workers", 2))
+        if not 1 <= workers <= 32:
+            raise ConfigError(f"[sites.{name}] workers must be 1-32, got {workers}")
+        options = tuple(sorted((k, v) for k, v in raw.items() if k not in _SITE_KEYS))
+        result.append(ReplicaSiteSettings(
+            name=name, url=url, offsite=bool(raw.get("offsite", True)), rate=str(raw.get("rate", "unlimited")),
+            schedule=tuple(str(w) for w in schedule), workers=workers,
+            max_attempts=int(raw.get("max_attempts", 8)), options=options,
+        ))
+    return tuple(result)
+
+
+@dataclass(frozen=True)
 class Settings:
     base_dir: Path
     catalog_url: str
@@ -52,6 +120,8 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     config_file: Path | None = None
+    replicas: tuple[ReplicaSiteSettings, ...] = ()
+    policy: PolicySettings = field(default_factory=PolicySettings)
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -148,7 +218,16 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         http=HttpSettings(**_section(data, "http", HttpSettings())),
         storage=storage_settings,
         config_file=config_path.resolve(),
+        replicas=_replica_sites(base, sites if isinstance(sites, dict) else {}),
+        policy=_policy(data),
     )
+
+
+def _policy(data: dict) -> PolicySettings:
+    policy = PolicySettings(**_section(data, "policy", PolicySettings()))
+    if policy.copies < 1 or policy.offsite_copies < 0 or policy.offsite_copies >= policy.copies + 1:
+        raise ConfigError(f"[policy] needs copies >= 1 and 0 <= offsite_copies <= copies, got {policy}")
+    return policy
 
 
 DEFAULT_CONFIG_TEMPLATE = """\
@@ -189,6 +268,29 @@ bind = "0.0.0.0"
 allowed_calling_aets = []
 max_associations = 16
 network_timeout = 60.0
+
+[policy]
+# An instance is safe (and storage commitment reports success) once this many verified
+# copies exist, at least offsite_copies of them on sites marked offsite.
+copies = 2
+offsite_copies = 1
+
+# Replica sites receive every object as ciphertext, through a transactional outbox.
+# Add them with `dicomvault sites add NAME URL` or by hand, for example:
+#
+# [sites.nas]
+# url = "file:///mnt/nas/dicomvault"
+# offsite = false
+#
+# [sites.offsite]
+# url = "s3://hospital-dr/dicomvault"
+# endpoint_url = "https://s3.eu-central-1.amazonaws.com"
+# region = "eu-central-1"
+# object_lock_days = 3650        # when the bucket has Object Lock
+# rate = "unlimited"             # outside the windows below
+# schedule = ["Mon-Fri 07:00-19:00 20MB/s"]
+# workers = 2
+# max_attempts = 8               # then the copy is dead-lettered and alerted
 
 [http]
 # Health (/healthz), Prometheus metrics (/metrics) and the API.

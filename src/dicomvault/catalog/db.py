@@ -28,7 +28,7 @@ from . import schema as t
 from .records import InstanceAttributes, VersionRecord
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0001"  # bump together with every new file in migrations/versions/
+HEAD_REVISION = "0002"  # bump together with every new file in migrations/versions/
 
 
 class CatalogError(Exception):
@@ -66,7 +66,11 @@ _INSTANCE_PK = select(t.instances.c.id).where(t.instances.c.sop_instance_uid == 
 _LATEST_VERSION = select(func.max(t.versions.c.version)).where(t.versions.c.instance_pk == bindparam("instance_pk"))
 _STUDY_KEY_ROW = select(t.study_keys).where(t.study_keys.c.study_uid == bindparam("study_uid"))
 _HAS_OBJECT = select(t.versions.c.id).where(t.versions.c.object_id == bindparam("object_id"))
-_INSERT = {table.name: insert(table) for table in (t.patients, t.studies, t.series, t.instances, t.versions, t.study_keys)}
+_INSERT = {
+    table.name: insert(table)
+    for table in (t.patients, t.studies, t.series, t.instances, t.versions, t.study_keys, t.copies)
+}
+PRIMARY_SITE = "primary"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -244,6 +248,24 @@ class Catalog:
             "source": record.source,
         })
         return version
+
+    def add_copies(self, conn: Connection, object_id: str, size: int, since: float, replicas: list[str]) -> None:
+        """In the ingest transaction: the primary holds the object; every replica is owed it."""
+        rows = [{"object_id": object_id, "site": PRIMARY_SITE, "state": "verified", "size": size, "owed_since": since,
+                 "attempts": 0, "next_attempt_at": 0.0, "copied_at": since, "verified_at": since}]
+        rows += [{"object_id": object_id, "site": name, "state": "owed", "size": size, "owed_since": since,
+                  "attempts": 0, "next_attempt_at": 0.0, "copied_at": None, "verified_at": None} for name in replicas]
+        conn.execute(_INSERT["copies"], rows)
+
+    def owe_missing_copies(self, site: str) -> int:
+        """Owe ``site`` a copy of every object it has no row for (a site added later)."""
+        with self.write() as conn:
+            result = conn.execute(text(
+                "INSERT INTO copies (object_id, site, state, size, owed_since, attempts, next_attempt_at)"
+                " SELECT v.object_id, :site, 'owed', v.size_stored, v.received_at, 0, 0 FROM versions v"
+                " WHERE NOT EXISTS (SELECT 1 FROM copies c WHERE c.object_id = v.object_id AND c.site = :site)"
+            ), {"site": site})
+            return int(result.rowcount or 0)
 
     def has_object(self, conn: Connection, object_id: str) -> bool:
         return conn.execute(_HAS_OBJECT, {"object_id": object_id}).first() is not None

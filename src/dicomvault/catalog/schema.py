@@ -123,3 +123,40 @@ audit_log = Table(
 )
 Index("ix_audit_ts", audit_log.c.ts)
 Index("ix_audit_action", audit_log.c.action)
+
+# Where every object lives (promise 6: commitment means copies) and the replication outbox:
+# a row per (object, site). The primary's row is written "verified" in the ingest
+# transaction; every other configured site gets an "owed" row in that same transaction, so
+# an acknowledged object can never be forgotten by replication. States:
+#   owed     - a copy must be made (next_attempt_at says when to try again after a failure)
+#   verified - the copy exists and was checked (checksum or read-back) at verified_at
+#   dead     - gave up after max attempts; alerted; `dicomvault sites retry` re-owes it
+copies = Table(
+    "copies",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("object_id", String(64), nullable=False),
+    Column("site", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("owed_since", Float, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", Float, nullable=False, default=0.0),
+    Column("last_error", Text, nullable=True),
+    Column("copied_at", Float, nullable=True),
+    Column("verified_at", Float, nullable=True),
+    UniqueConstraint("object_id", "site", name="uq_copies_object_site"),
+)
+Index("ix_copies_site_state_next", copies.c.site, copies.c.state, copies.c.next_attempt_at)
+Index("ix_copies_site_verified", copies.c.site, copies.c.verified_at)
+
+# Last known reachability of each replica site, written by the replication workers on every
+# transition, so `status` in another process sees an outage the server is living through.
+site_state = Table(
+    "site_state",
+    metadata,
+    Column("site", String(64), primary_key=True),
+    Column("reachable", Integer, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("changed_at", Float, nullable=False),
+)

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,8 +149,11 @@ class DurabilityBarrier:
 
 
 class Ingestor:
-    def __init__(self, catalog: Catalog, repository: Repository, keyring: Keyring) -> None:
+    def __init__(self, catalog: Catalog, repository: Repository, keyring: Keyring,
+                 replicas: list[str] | None = None) -> None:
         self.catalog = catalog
+        self.replicas = list(replicas or [])  # sites owed a copy of every new object
+        self.on_stored: list[Callable[[], None]] = []  # e.g. wake the replication workers
         self.repository = repository
         self.keyring = keyring
         self.durability = DurabilityBarrier(catalog, repository)
@@ -239,6 +243,9 @@ class Ingestor:
         if saved.written:
             self.durability.committed(saved.object_id)
         if not result.duplicate:
+            for listener in self.on_stored:
+                listener()
+        if not result.duplicate:
             INSTANCES.labels("stored").inc()
             BYTES_RECEIVED.inc(len(data))
             BYTES_STORED.inc(saved.size_stored)
@@ -256,6 +263,7 @@ class Ingestor:
                 duplicate = False
                 version = self.catalog.add_version(conn, attrs, record)
                 object_id = record.object_id
+                self.catalog.add_copies(conn, object_id, record.size_stored, record.received_at, self.replicas)
             append(
                 conn,
                 AuditEvent(

@@ -29,6 +29,23 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
             audit.update(chain_ok=report.ok, first_bad_id=report.first_bad_id, reason=report.reason)
             if not report.ok:
                 alerts.append(f"audit chain broken at row {report.first_bad_id}: {report.reason}")
+    sites: dict[str, Any] = {"primary": site}
+    live = archive.replication.state() if archive.replication is not None else {}
+    from dicomvault.replicate.outbox import Outbox
+
+    outbox = Outbox(archive.catalog)
+    for replica in archive.settings.replicas:
+        lag = outbox.lag(replica.name)
+        entry: dict[str, Any] = {"url": _redacted(replica.url), "offsite": replica.offsite, "rate": replica.rate,
+                                 "schedule": list(replica.schedule), **lag}
+        if replica.name in live:
+            entry.update(live[replica.name])
+        if not entry["reachable"]:
+            alerts.append(f"site {replica.name} unreachable: {entry.get('site_error') or entry.get('last_error')}")
+        if lag["dead_letters"]:
+            alerts.append(f"site {replica.name}: {lag['dead_letters']} copies dead-lettered; "
+                          f"fix the cause, then `dicomvault sites retry {replica.name}`")
+        sites[replica.name] = entry
     newest = stats["newest_ingest"]
     return {
         "ok": not alerts,
@@ -39,9 +56,18 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "compression_ratio": round(stats["bytes_received"] / stats["bytes_stored"], 3) if stats["bytes_stored"] else None,
         "newest_ingest": newest,
         "newest_ingest_age_seconds": round(time.time() - newest, 1) if newest else None,
-        "sites": {"primary": site},
+        "sites": sites,
+        "policy": {"copies": archive.settings.policy.copies, "offsite_copies": archive.settings.policy.offsite_copies},
         "audit": audit,
         "alerts": alerts,
         "catalog": archive.catalog.url.split("://", 1)[0],
         "key_fingerprint": archive.keyring.fingerprint,
     }
+
+
+def _redacted(url: str) -> str:
+    """Site URLs may carry credentials (user:secret@host); never show them."""
+    if "@" in url.split("/", 3)[2] if url.count("/") >= 2 else False:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

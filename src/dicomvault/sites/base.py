@@ -6,7 +6,7 @@ Sites only ever see sealed (encrypted) objects and opaque keyed names; they neve
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from urllib.parse import urlparse
 
 
@@ -64,10 +64,18 @@ class Site(abc.ABC):
         """Remove an unacknowledged object that ``recover`` returned but that failed to open."""
 
 
-def open_site(url: str) -> Site:
+def open_site(url: str, options: Mapping[str, object] | None = None) -> Site:
+    """The backend for ``url``; ``options`` are the backend's settings from the site's table."""
     scheme = urlparse(url).scheme
+    options = dict(options or {})
     if scheme == "file":
+        if options:
+            raise SiteError(f"file site {url}: unknown option(s) {', '.join(sorted(options))}")
         from .file import FileSite
 
         return FileSite.from_url(url)
-    raise SiteError(f"unsupported site URL {url!r}: supported schemes are file://")
+    if scheme == "s3":
+        from .s3 import S3Site
+
+        return S3Site.from_url(url, options)
+    raise SiteError(f"unsupported site URL {url!r}: supported schemes are file:// and s3://")

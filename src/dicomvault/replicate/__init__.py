@@ -1,0 +1,1 @@
+"""Replication to off-site sites: outbox workers, throttling, schedules, retries."""

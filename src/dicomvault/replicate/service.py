@@ -1,0 +1,59 @@
+"""All replica sites of one archive: builds a ``SiteReplicator`` per configured site.
+
+Runs inside ``dicomvault serve``. Sites configured after objects were stored are owed a
+copy of every existing object at start-up, so adding a site backfills it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dicomvault.config import ReplicaSiteSettings, Settings
+from dicomvault.catalog import Catalog
+from dicomvault.sites import Site, open_site
+
+from .outbox import Outbox
+from .worker import Limiter, SiteReplicator
+
+log = logging.getLogger(__name__)
+
+
+def build_limiter(settings: ReplicaSiteSettings) -> Limiter | None:
+    """The site's rate limit and weekly windows; None when always unlimited."""
+    if settings.rate.strip().lower() == "unlimited" and not settings.schedule:
+        return None
+    from .throttle import RateLimiter, Schedule
+
+    return RateLimiter(Schedule.parse(settings.rate, list(settings.schedule)))
+
+
+class ReplicationService:
+    def __init__(self, settings: Settings, catalog: Catalog, primary: Site) -> None:
+        self.outbox = Outbox(catalog)
+        self.catalog = catalog
+        self.replicators: dict[str, SiteReplicator] = {}
+        for replica in settings.replicas:
+            site = open_site(replica.url, replica.option_map)
+            self.replicators[replica.name] = SiteReplicator(
+                replica.name, site, primary, self.outbox, workers=replica.workers,
+                max_attempts=replica.max_attempts, limiter=build_limiter(replica),
+            )
+
+    def start(self) -> None:
+        for name, replicator in self.replicators.items():
+            owed = self.catalog.owe_missing_copies(name)
+            if owed:
+                log.warning("site %s is owed %d existing object(s); backfilling", name, owed)
+            replicator.start()
+
+    def stop(self) -> None:
+        for replicator in self.replicators.values():
+            replicator.stop()
+
+    def notify(self) -> None:
+        for replicator in self.replicators.values():
+            replicator.notify()
+
+    def state(self) -> dict[str, Any]:
+        return {name: replicator.state() for name, replicator in self.replicators.items()}
