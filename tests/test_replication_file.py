@@ -126,9 +126,9 @@ def test_outage_builds_a_backlog_then_drains(vault: Vault, ct_small: Path, tmp_p
 
 def test_kill_during_replication_loses_nothing_and_counts_nothing_false(vault: Vault, ct_small: Path, tmp_path: Path) -> None:
     nas = tmp_path / "nas"
-    vault.cli("sites", "add", "nas", f"file://{nas}", "--onsite", "--rate", "2MB/s")
+    vault.cli("sites", "add", "nas", f"file://{nas}", "--onsite", "--rate", "300KB/s")
     vault.start()
-    make_instances(ct_small, tmp_path / "in", 100)  # ~4 MB at 2 MB/s: replication is mid-way for ~2 s
+    make_instances(ct_small, tmp_path / "in", 100)  # ~2.7 MB sealed at 300 KB/s: ~9 s of copying
     send(vault, tmp_path / "in")
     wait_until(lambda: site_status(vault)["nas"]["verified_objects"] >= 10, timeout=60, what="some copies")
     vault.kill()
