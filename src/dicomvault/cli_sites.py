@@ -64,6 +64,7 @@ def add_site(
     rate: Annotated[str, typer.Option(help='Upload limit outside the windows, e.g. "20MB/s"')] = "unlimited",
     window: Annotated[Optional[list[str]], typer.Option("--window", help='e.g. "Mon-Fri 07:00-19:00 20MB/s" (repeatable)')] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Backend option KEY=VALUE, e.g. endpoint_url=https://... (repeatable)")] = None,
+    workers: Annotated[int, typer.Option(help="Parallel uploads to this site (1-32)")] = 4,
     no_test: Annotated[bool, typer.Option("--no-test", help="Add it even if it does not answer now")] = False,
 ) -> None:
     """Add a replica site to the configuration after checking it answers."""
@@ -86,7 +87,8 @@ def add_site(
             Schedule.parse(rate, list(window or []))
         except ValueError as exc:
             raise SitesFailure(str(exc)) from exc
-    lines = ["", f"[sites.{name}]", f"url = {json.dumps(url)}", f"offsite = {'false' if onsite else 'true'}"]
+    lines = ["", f"[sites.{name}]", f"url = {json.dumps(url)}", f"offsite = {'false' if onsite else 'true'}",
+             f"workers = {workers}"]
     if rate != "unlimited":
         lines.append(f"rate = {json.dumps(rate)}")
     if window:

@@ -54,7 +54,7 @@ class ReplicaSiteSettings:
     offsite: bool = True
     rate: str = "unlimited"
     schedule: tuple[str, ...] = ()
-    workers: int = 2
+    workers: int = 4
     max_attempts: int = 8
     options: tuple[tuple[str, object], ...] = ()
 
@@ -69,6 +69,24 @@ class PolicySettings:
 
     copies: int = 2
     offsite_copies: int = 1
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    """A remote DICOM node dicomvault opens associations to (e.g. a PACS awaiting commitment reports)."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class CommitmentSettings:
+    """Storage commitment (push model) SCP: how long to wait for the copy policy, how often to check."""
+
+    timeout_seconds: float = 3600.0
+    check_interval: float = 1.0
 
 
 _SITE_KEYS = {"url", "offsite", "rate", "schedule", "workers", "max_attempts"}
@@ -97,7 +115,7 @@ def _replica_sites(base: Path, sites: dict) -> tuple[ReplicaSiteSettings, ...]:
         for key, kind in (("workers", int), ("max_attempts", int), ("offsite", bool), ("rate", str)):
             if key in raw and not isinstance(raw[key], kind):
                 raise ConfigError(f"[sites.{name}] {key} must be {kind.__name__}, got {raw[key]!r}")
-        workers = int(raw.get("workers", 2))
+        workers = int(raw.get("workers", 4))
         if not 1 <= workers <= 32:
             raise ConfigError(f"[sites.{name}] workers must be 1-32, got {workers}")
         options = tuple(sorted((k, v) for k, v in raw.items() if k not in _SITE_KEYS))
@@ -122,6 +140,8 @@ class Settings:
     config_file: Path | None = None
     replicas: tuple[ReplicaSiteSettings, ...] = ()
     policy: PolicySettings = field(default_factory=PolicySettings)
+    peers: tuple[PeerSettings, ...] = ()
+    commitment: CommitmentSettings = field(default_factory=CommitmentSettings)
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -220,6 +240,8 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         config_file=config_path.resolve(),
         replicas=_replica_sites(base, sites if isinstance(sites, dict) else {}),
         policy=_policy(data),
+        peers=_peers(data),
+        commitment=_commitment(data),
     )
 
 
@@ -228,6 +250,50 @@ def _policy(data: dict) -> PolicySettings:
     if policy.copies < 1 or policy.offsite_copies < 0 or policy.offsite_copies >= policy.copies + 1:
         raise ConfigError(f"[policy] needs copies >= 1 and 0 <= offsite_copies <= copies, got {policy}")
     return policy
+
+
+_PEER_KEYS = {"ae_title", "host", "port"}
+
+
+def _peers(data: dict) -> tuple[PeerSettings, ...]:
+    """``[peers.NAME]`` tables: ae_title, host, port of nodes we call (storage commitment reports)."""
+    raw_peers = data.get("peers", {})
+    if not isinstance(raw_peers, dict):
+        raise ConfigError("[peers] must hold tables like [peers.pacs]")
+    result: list[PeerSettings] = []
+    seen: dict[str, str] = {}
+    for name, raw in raw_peers.items():
+        if not isinstance(raw, dict):
+            raise ConfigError(f"[peers.{name}] must be a table with ae_title, host and port")
+        unknown = set(raw) - _PEER_KEYS
+        if unknown:
+            raise ConfigError(f"unknown key(s) in [peers.{name}]: {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(sorted(_PEER_KEYS))}")
+        ae_title, host, port = raw.get("ae_title"), raw.get("host"), raw.get("port")
+        if not isinstance(ae_title, str) or not ae_title.strip() or len(ae_title.strip()) > 16:
+            raise ConfigError(f"[peers.{name}] ae_title must be 1-16 characters, got {ae_title!r}")
+        if not isinstance(host, str) or not host.strip():
+            raise ConfigError(f"[peers.{name}] needs host = \"hostname or address\", got {host!r}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ConfigError(f"[peers.{name}] port must be an integer 1-65535, got {port!r}")
+        ae_title = ae_title.strip()
+        if ae_title in seen:
+            raise ConfigError(f"[peers.{name}] and [peers.{seen[ae_title]}] both use AE title {ae_title!r}")
+        seen[ae_title] = name
+        result.append(PeerSettings(name=name, ae_title=ae_title, host=host.strip(), port=port))
+    return tuple(result)
+
+
+def _commitment(data: dict) -> CommitmentSettings:
+    values = _section(data, "commitment", CommitmentSettings())
+    try:
+        timeout, interval = float(values["timeout_seconds"]), float(values["check_interval"])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[commitment] timeout_seconds and check_interval must be numbers: {exc}") from exc
+    if timeout <= 0 or not 0.01 <= interval <= 3600:
+        raise ConfigError(f"[commitment] needs timeout_seconds > 0 and 0.01 <= check_interval <= 3600, "
+                          f"got {timeout}, {interval}")
+    return CommitmentSettings(timeout_seconds=timeout, check_interval=interval)
 
 
 DEFAULT_CONFIG_TEMPLATE = """\
@@ -289,8 +355,23 @@ offsite_copies = 1
 # object_lock_days = 3650        # when the bucket has Object Lock
 # rate = "unlimited"             # outside the windows below
 # schedule = ["Mon-Fri 07:00-19:00 20MB/s"]
-# workers = 2
+# workers = 4
 # max_attempts = 8               # then the copy is dead-lettered and alerted
+
+[commitment]
+# DICOM Storage Commitment (push model): an instance is reported committed once the [policy]
+# above holds for it. Instances still short of the policy after timeout_seconds are reported
+# as failed (with a reason); check_interval is how often pending requests are re-evaluated.
+timeout_seconds = 3600
+check_interval = 1.0
+
+# Nodes dicomvault calls back: the storage commitment report (N-EVENT-REPORT) goes on a new
+# association to the requester, found here by its AE title. For example:
+#
+# [peers.pacs]
+# ae_title = "PACS"
+# host = "10.0.0.12"
+# port = 104
 
 [http]
 # Health (/healthz), Prometheus metrics (/metrics) and the API.
