@@ -273,6 +273,42 @@ def audit_verify(config: ConfigOption = None) -> None:
     out.print(f"audit chain intact: {report.rows} rows")
 
 
+@app.command("recover-read")
+def recover_read(
+    site_url: Annotated[str, typer.Option("--site", help="Where the copies are: s3://bucket/prefix, file:///mnt/nas/...")],
+    recovery_key: Annotated[Path, typer.Option("--recovery-key", help="The offline recovery-key.pem written by init")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the Part-10 files")],
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Site option KEY=VALUE (repeatable)")] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="Only this Study Instance UID")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Disaster recovery: read a site's copies with only the recovery key (no catalog, no site key)."""
+    from dicomvault.crypto.keys import RecoveryKey
+    from dicomvault.disaster import restore_from_site
+    from dicomvault.sites import open_site
+
+    options: dict[str, object] = {}
+    for item in option or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliFailure(f"--option {item!r}: expected KEY=VALUE")
+        options[key.strip()] = value.strip()
+    recovery = RecoveryKey.load(recovery_key)
+    site = open_site(site_url, options)
+    with _progress() as progress:
+        task = progress.add_task("reading copies", total=None)
+        report = restore_from_site(site, recovery, out_dir, study, progress=lambda: progress.advance(task))
+    if json_out:
+        out.print_json(data=report.to_dict())
+    else:
+        out.print(f"wrote {report.written} instance(s), {report.bytes} bytes, to {out_dir}; "
+                  f"{len(report.failed)} object(s) could not be opened")
+        for name, reason in report.failed:
+            out.print(f"  {name}: {reason}", markup=False, highlight=False)
+    if report.failed or not report.written:
+        raise typer.Exit(1)
+
+
 @app.command()
 def version() -> None:
     """Print the version."""
