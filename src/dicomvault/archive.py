@@ -37,4 +37,5 @@ class Archive:
         return cls(settings, keyring, site, catalog, repository, Ingestor(catalog, repository, keyring, replicas))
 
     def close(self) -> None:
+        self.ingestor.committer.stop()  # queued catalog rows first, then the catalog itself
         self.catalog.close()

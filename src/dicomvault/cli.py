@@ -135,7 +135,7 @@ def serve(config: ConfigOption = None) -> None:
     if http is not None:
         http.stop()
     replication.stop()
-    archive.ingestor.durability.stop()
+    archive.ingestor.close()
     archive.close()
 
 

@@ -63,7 +63,8 @@ class DimseServer:
         status = Dataset()
         try:
             part10 = build_part10(sop_class, sop_instance, transfer_syntax, dataset_bytes)
-            self.ingestor.ingest(part10, source=source, actor=f"dicom:{calling}", transfer_syntax=transfer_syntax)
+            self.ingestor.ingest(part10, source=source, actor=f"dicom:{calling}", transfer_syntax=transfer_syntax,
+                                 wait_for_index=False)  # durable now; the catalog row follows (group commit)
         except IngestRejected as exc:
             log.warning("C-STORE %s from %s refused: %s", sop_instance, source, exc.reason)
             status.Status = STATUS_OUT_OF_RESOURCES if exc.kind == "storage" else STATUS_CANNOT_UNDERSTAND

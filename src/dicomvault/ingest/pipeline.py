@@ -29,6 +29,8 @@ from dicomvault.dicom import DicomFormatError, parse_part10
 from dicomvault.repository import IntegrityError, Repository
 from dicomvault.sites import SiteError
 
+from .committer import CatalogCommitter, PendingRow
+
 log = logging.getLogger(__name__)
 
 INSTANCES = Counter("dicomvault_ingest_instances_total", "Instances offered to the archive", ["outcome"])
@@ -154,6 +156,7 @@ class Ingestor:
         self.catalog = catalog
         self.replicas = list(replicas or [])  # sites owed a copy of every new object
         self.on_stored: list[Callable[[], None]] = []  # e.g. wake the replication workers
+        self.committer = CatalogCommitter(self._commit_rows, self._after_commit)
         self.repository = repository
         self.keyring = keyring
         self.durability = DurabilityBarrier(catalog, repository)
@@ -178,8 +181,14 @@ class Ingestor:
             self._study_keys[study_uid] = key
             return key
 
-    def ingest(self, data: bytes, source: str, actor: str, transfer_syntax: str | None = None) -> IngestResult:
-        """Store Part-10 bytes durably, or raise IngestRejected with a reason. Never partial."""
+    def ingest(self, data: bytes, source: str, actor: str, transfer_syntax: str | None = None,
+               wait_for_index: bool = True) -> IngestResult:
+        """Store Part-10 bytes durably, or raise IngestRejected with a reason. Never partial.
+
+        Returns once the object is durable. With ``wait_for_index`` it also waits for its
+        catalog row (group-committed with others), so the result says stored or duplicate;
+        without, the row follows within milliseconds and the result's version is 0.
+        """
         started = time.perf_counter()
         try:
             parsed = parse_part10(data, transfer_syntax)
@@ -232,47 +241,67 @@ class Ingestor:
             transfer_syntax_uid=attrs.transfer_syntax_uid, codec=saved.codec, key_id=study_key.key_id,
             received_at=received_at, source=source,
         )
+        future = self.committer.submit(PendingRow(attrs, record, actor, saved.written))
+        LATENCY.observe(time.perf_counter() - started)
+        if not wait_for_index:
+            return IngestResult(attrs.sop_instance_uid, 0, False, saved.object_id)
         try:
-            result = self._commit(attrs, record, actor)
+            return future.result(timeout=120)
         except Exception as exc:  # noqa: BLE001 - the catalog refused: report, keep serving
             INSTANCES.labels("failed").inc()
-            log.exception("catalog commit failed for %s", attrs.sop_instance_uid)
+            log.warning("catalog commit failed for %s: %s", attrs.sop_instance_uid, exc)
             raise IngestRejected(
                 f"{storage_failure_reason(exc)}: catalog not updated, send again later ({exc})", kind="storage"
             ) from exc
-        if saved.written:
-            self.durability.committed(saved.object_id)
-        if not result.duplicate:
-            for listener in self.on_stored:
-                listener()
-        if not result.duplicate:
-            INSTANCES.labels("stored").inc()
-            BYTES_RECEIVED.inc(len(data))
-            BYTES_STORED.inc(saved.size_stored)
-        LATENCY.observe(time.perf_counter() - started)
-        return result
+
+    def _commit_rows(self, rows: list[PendingRow]) -> list[IngestResult]:
+        """One catalog transaction for a batch of stored objects (the group commit)."""
+        with self.catalog.write() as conn:
+            return [self._index(conn, row.attrs, row.record, row.actor) for row in rows]
+
+    def _after_commit(self, row: PendingRow, result: IngestResult) -> None:
+        if row.written:
+            self.durability.committed(result.object_id if not result.duplicate else row.record.object_id)
+        if result.duplicate:
+            INSTANCES.labels("duplicate").inc()
+            return
+        INSTANCES.labels("stored").inc()
+        BYTES_RECEIVED.inc(row.record.size_original)
+        BYTES_STORED.inc(row.record.size_stored)
+        for listener in self.on_stored:
+            listener()
+
+    def close(self) -> None:
+        """Commit what is queued, then harden and release intents."""
+        self.committer.stop()
+        self.durability.stop()
 
     def _commit(self, attrs: InstanceAttributes, record: VersionRecord, actor: str, action: str = "store") -> IngestResult:
         with self.catalog.write() as conn:
-            existing = self.catalog.find_version_by_content(conn, attrs.sop_instance_uid, record.dataset_sha256)
-            if existing is not None:
-                duplicate = True
-                version = existing.version
-                object_id = existing.object_id
-            else:
-                duplicate = False
-                version = self.catalog.add_version(conn, attrs, record)
-                object_id = record.object_id
-                self.catalog.add_copies(conn, object_id, record.size_stored, record.received_at, self.replicas)
-            append(
-                conn,
-                AuditEvent(
-                    actor=actor, action=action, subject=attrs.sop_instance_uid,
-                    outcome="duplicate" if duplicate else "success",
-                    detail={"study": attrs.study_uid, "version": version, "object": object_id,
-                            "bytes": record.size_original, "source": record.source},
-                ),
-            )
+            return self._index(conn, attrs, record, actor, action)
+
+    def _index(self, conn: Any, attrs: InstanceAttributes, record: VersionRecord, actor: str,
+               action: str = "store") -> IngestResult:
+        """Catalog rows for one stored object, inside the caller's transaction."""
+        existing = self.catalog.find_version_by_content(conn, attrs.sop_instance_uid, record.dataset_sha256)
+        if existing is not None:
+            duplicate = True
+            version = existing.version
+            object_id = existing.object_id
+        else:
+            duplicate = False
+            version = self.catalog.add_version(conn, attrs, record)
+            object_id = record.object_id
+            self.catalog.add_copies(conn, object_id, record.size_stored, record.received_at, self.replicas)
+        append(
+            conn,
+            AuditEvent(
+                actor=actor, action=action, subject=attrs.sop_instance_uid,
+                outcome="duplicate" if duplicate else "success",
+                detail={"study": attrs.study_uid, "version": version, "object": object_id,
+                        "bytes": record.size_original, "source": record.source},
+            ),
+        )
         return IngestResult(attrs.sop_instance_uid, version, duplicate, object_id)
 
     def _record_duplicate(self, existing: VersionRecord, actor: str, source: str) -> IngestResult:
