@@ -112,7 +112,12 @@ def serve(config: ConfigOption = None) -> None:
     replication = ReplicationService(settings, archive.catalog, archive.site)
     archive.replication = replication
     archive.ingestor.on_stored.append(replication.notify)
-    dimse = DimseServer(settings.dicom, archive.ingestor)
+    # --- storage commitment SCP (ingest/commitment.py): N-ACTION handler + background evaluator ---
+    from dicomvault.ingest.commitment import StorageCommitmentService
+
+    commitment = StorageCommitmentService(settings, archive.catalog)
+    # --- end storage commitment ---
+    dimse = DimseServer(settings.dicom, archive.ingestor, commitment=commitment)
     http = HttpServer(archive, settings.http.bind, settings.http.port) if settings.http.enabled else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -125,6 +130,7 @@ def serve(config: ConfigOption = None) -> None:
         http.start()
     archive.ingestor.durability.start()
     replication.start()
+    commitment.start()  # storage commitment evaluator and report deliverer
     print(
         f"dicomvault {__version__} serving: DICOM {settings.dicom.ae_title}@{settings.dicom.bind}:{settings.dicom.port}"
         + (f", HTTP {settings.http.bind}:{settings.http.port}" if http else ""),
@@ -134,6 +140,7 @@ def serve(config: ConfigOption = None) -> None:
     dimse.stop()
     if http is not None:
         http.stop()
+    commitment.stop()  # storage commitment threads
     replication.stop()
     archive.ingestor.close()
     archive.close()

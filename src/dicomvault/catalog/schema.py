@@ -160,3 +160,45 @@ site_state = Table(
     Column("last_error", Text, nullable=True),
     Column("changed_at", Float, nullable=False),
 )
+
+# DICOM Storage Commitment (push model) requests, persisted before the N-ACTION success so a
+# restart resumes them. A request is "pending" while any of its items is undecided, "decided"
+# once every item is committed or failed (its N-EVENT-REPORT is owed to the requester), and
+# "delivered" after the requester answered the N-EVENT-REPORT with success. Delivery retries
+# back off through attempts / next_attempt_at.
+commitment_requests = Table(
+    "commitment_requests",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("transaction_uid", String(64), nullable=False, unique=True),
+    Column("calling_ae", String(16), nullable=False),
+    Column("called_ae", String(16), nullable=False, default=""),
+    Column("peer_address", String(64), nullable=False, default=""),
+    Column("state", String(16), nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("decided_at", Float, nullable=True),
+    Column("delivered_at", Float, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", Float, nullable=False, default=0.0),
+    Column("last_error", Text, nullable=True),
+)
+Index("ix_commitment_requests_state", commitment_requests.c.state, commitment_requests.c.next_attempt_at)
+
+# One row per referenced SOP instance of a request, in request order. state: pending |
+# committed | failed; failure_reason is the DICOM Failure Reason (0008,1197) of a failed item
+# (0x0110 policy not met in time, 0x0112 never received, 0x0119 SOP class differs from stored).
+commitment_items = Table(
+    "commitment_items",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("request_pk", Integer, ForeignKey("commitment_requests.id"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("failure_reason", Integer, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("decided_at", Float, nullable=True),
+    UniqueConstraint("request_pk", "sop_instance_uid", name="uq_commitment_items_request_instance"),
+)
+Index("ix_commitment_items_request_state", commitment_items.c.request_pk, commitment_items.c.state)

@@ -38,6 +38,7 @@ class DimseServer:
     settings: DicomSettings
     ingestor: Ingestor
     server: Any = None
+    commitment: Any = None  # a StorageCommitmentService (ingest/commitment.py) to answer N-ACTION
 
     def _on_conn_open(self, event: evt.Event) -> None:
         """Disable Nagle: small C-STORE exchanges otherwise stall ~40 ms on delayed ACKs."""
@@ -92,6 +93,14 @@ class DimseServer:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
+        # --- Storage Commitment Push Model SCP (ingest/commitment.py) ---
+        if self.commitment is not None:
+            from .commitment import SOP_CLASS_UID as STORAGE_COMMITMENT
+
+            # Default roles (the requester is the SCU); reports go out on associations we open.
+            ae.add_supported_context(STORAGE_COMMITMENT)
+            handlers.append((evt.EVT_N_ACTION, self.commitment.on_n_action))
+        # --- end Storage Commitment ---
         self.server = ae.start_server((self.settings.bind, self.settings.port), block=False, evt_handlers=handlers)
         log.info("DIMSE listening as %s on %s:%d", self.settings.ae_title, self.settings.bind, self.settings.port)
 

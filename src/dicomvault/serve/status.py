@@ -46,6 +46,14 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
             alerts.append(f"site {replica.name}: {lag['dead_letters']} copies dead-lettered; "
                           f"fix the cause, then `dicomvault sites retry {replica.name}`")
         sites[replica.name] = entry
+    # --- storage commitment (ingest/commitment.py) ---
+    from dicomvault.ingest.commitment import commitment_status
+
+    commitment = commitment_status(archive.catalog, archive.settings)
+    if commitment["undeliverable"]:
+        alerts.append(f"storage commitment: {commitment['undeliverable']} report(s) undeliverable, no [peers] entry "
+                      f"for AE title(s) {', '.join(commitment['undeliverable_ae_titles'])}")
+    # --- end storage commitment ---
     newest = stats["newest_ingest"]
     return {
         "ok": not alerts,
@@ -58,6 +66,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "newest_ingest_age_seconds": round(time.time() - newest, 1) if newest else None,
         "sites": sites,
         "policy": {"copies": archive.settings.policy.copies, "offsite_copies": archive.settings.policy.offsite_copies},
+        "commitment": commitment,
         "audit": audit,
         "alerts": alerts,
         "catalog": archive.catalog.url.split("://", 1)[0],
