@@ -117,7 +117,12 @@ def serve(config: ConfigOption = None) -> None:
 
     commitment = StorageCommitmentService(settings, archive.catalog)
     # --- end storage commitment ---
-    dimse = DimseServer(settings.dicom, archive.ingestor, commitment=commitment)
+    if settings.dicom.engine == "pynetdicom":
+        dimse: Any = DimseServer(settings.dicom, archive.ingestor, commitment=commitment)
+    else:
+        from dicomvault.ingest.listener import FastDimseServer
+
+        dimse = FastDimseServer(settings.dicom, archive.ingestor, commitment=commitment)
     http = HttpServer(archive, settings.http.bind, settings.http.port) if settings.http.enabled else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

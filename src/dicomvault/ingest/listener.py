@@ -1,0 +1,96 @@
+"""The archive's DICOM front door on the lean listener (``net/acceptor.py``).
+
+Maps what arrives to the archive: C-STORE into the ingest pipeline (acknowledged once the
+object is durable), N-ACTION (Storage Commitment) into the commitment service. The
+statuses and Error Comments are the same as the pynetdicom server's (``dimse.py``), which
+stays available as ``[dicom] engine = "pynetdicom"``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from dicomvault.config import DicomSettings
+from dicomvault.dicom import build_part10
+from dicomvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomvault.net import pdu
+from dicomvault.net.acceptor import Association, DicomListener
+
+from .pipeline import Ingestor, IngestRejected
+
+log = logging.getLogger(__name__)
+
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_PROCESSING_FAILURE = 0x0110
+
+
+@dataclass
+class FastDimseServer:
+    settings: DicomSettings
+    ingestor: Ingestor
+    commitment: Any = None  # StorageCommitmentService, when serving N-ACTION
+    listener: DicomListener | None = None
+
+    def store(self, assoc: Association, sop_class: str, sop_instance: str, transfer_syntax: str,
+              dataset: bytes) -> tuple[int, str]:
+        source = f"dimse:{assoc.calling_ae}@{assoc.address}"
+        try:
+            part10 = build_part10(sop_class, sop_instance, transfer_syntax, dataset)
+            self.ingestor.ingest(part10, source=source, actor=f"dicom:{assoc.calling_ae}",
+                                 transfer_syntax=transfer_syntax, wait_for_index=False)
+        except IngestRejected as exc:
+            log.warning("C-STORE %s from %s refused: %s", sop_instance, source, exc.reason)
+            return (STATUS_OUT_OF_RESOURCES if exc.kind == "storage" else STATUS_CANNOT_UNDERSTAND), exc.reason
+        except Exception as exc:  # noqa: BLE001 - never let one bad instance kill the association
+            log.exception("C-STORE %s from %s failed", sop_instance, source)
+            return STATUS_PROCESSING_FAILURE, f"internal error: {type(exc).__name__}"
+        return 0x0000, ""
+
+    def action(self, assoc: Association, command: dict[int, bytes], dataset: bytes | None,
+               syntax: str) -> tuple[int, str]:
+        from .commitment import STATUS_PROCESSING_FAILURE as FAILURE, CommitmentRefused, parse_request
+
+        action_type = pdu.command_us(command, pdu.TAG_ACTION_TYPE)
+        requested_class = pdu.command_uid(command, pdu.TAG_REQUESTED_SOP_CLASS)
+        requested_instance = pdu.command_uid(command, pdu.TAG_REQUESTED_SOP_INSTANCE)
+        address = f"{assoc.address}:{assoc.port}"
+        try:
+            request = parse_request(action_type, requested_class, requested_instance,
+                                    lambda: _decode(dataset, syntax) if dataset else None)
+            self.commitment.submit(request, assoc.calling_ae, assoc.called_ae, address)
+        except CommitmentRefused as exc:
+            log.warning("storage commitment N-ACTION from %s@%s refused (0x%04X): %s", assoc.calling_ae, address,
+                        exc.status, exc.comment)
+            self.commitment._audit_refusal(assoc.calling_ae, address, exc)
+            return exc.status, exc.comment
+        except Exception as exc:  # noqa: BLE001 - answer, do not kill the association
+            log.exception("storage commitment N-ACTION from %s failed", address)
+            return FAILURE, f"internal error: {type(exc).__name__}"
+        return 0x0000, ""
+
+    def start(self) -> None:
+        self.listener = DicomListener(
+            self.settings, self.store, self.action if self.commitment is not None else None,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID, implementation_version=IMPLEMENTATION_VERSION_NAME,
+        )
+        self.listener.start()
+
+    def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener = None
+
+
+def _decode(dataset: bytes, transfer_syntax: str) -> Any:
+    """The N-ACTION's Action Information (small; pydicom is fine here)."""
+    from pydicom.filereader import read_dataset
+
+    implicit = transfer_syntax == "1.2.840.10008.1.2"
+    little = transfer_syntax != "1.2.840.10008.1.2.2"
+    return read_dataset(io.BytesIO(dataset), is_implicit_VR=implicit, is_little_endian=little)
+
+

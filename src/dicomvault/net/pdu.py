@@ -1,0 +1,119 @@
+"""PDU framing, P-DATA fragments and DIMSE command sets: the few byte layouts ingest needs.
+
+Association negotiation (A-ASSOCIATE-RQ/AC/RJ) is left to pynetdicom's PDU classes and
+presentation-context negotiation; what lives here is what runs once per message: the
+6-byte PDU header, PDV items (PS3.8 9.3.5) and the implicit-VR little-endian command set
+(PS3.7 9.3, 10.3), kept as raw bytes so the dataset is never decoded or re-encoded.
+"""
+
+from __future__ import annotations
+
+import struct
+
+A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ = 0x01, 0x02, 0x03
+P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x04, 0x05, 0x06, 0x07
+PDU_TYPES = {A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT}
+
+# Command Field values (PS3.7 E.1)
+C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
+C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
+N_ACTION_RQ, N_ACTION_RSP = 0x0130, 0x8130
+NO_DATASET = 0x0101
+
+TAG_AFFECTED_SOP_CLASS = 0x00000002
+TAG_REQUESTED_SOP_CLASS = 0x00000003
+TAG_COMMAND_FIELD = 0x00000100
+TAG_MESSAGE_ID = 0x00000110
+TAG_MESSAGE_ID_RESPONDED = 0x00000120
+TAG_DATASET_TYPE = 0x00000800
+TAG_STATUS = 0x00000900
+TAG_ERROR_COMMENT = 0x00000902
+TAG_AFFECTED_SOP_INSTANCE = 0x00001000
+TAG_REQUESTED_SOP_INSTANCE = 0x00001001
+TAG_ACTION_TYPE = 0x00001008
+
+RELEASE_RP = struct.pack(">BBIxxxx", A_RELEASE_RP, 0, 4)
+
+
+class ProtocolError(Exception):
+    """The peer broke the Upper Layer protocol: the association is aborted."""
+
+
+def abort_pdu(source: int = 2, reason: int = 0) -> bytes:
+    """A-ABORT (PS3.8 9.3.8); source 2 = service provider, 0 = service user."""
+    return struct.pack(">BBIxxBB", A_ABORT, 0, 4, source, reason)
+
+
+def reject_pdu(result: int, source: int, reason: int) -> bytes:
+    """A-ASSOCIATE-RJ (PS3.8 9.3.4); result 1 = permanent, 2 = transient."""
+    return struct.pack(">BBIxBBB", A_ASSOCIATE_RJ, 0, 4, result, source, reason)
+
+
+def pdv_items(body: bytes) -> list[tuple[int, int, memoryview]]:
+    """(context id, message control header, fragment) for each PDV item of a P-DATA-TF."""
+    items = []
+    view = memoryview(body)
+    pos = 0
+    while pos < len(body):
+        if pos + 6 > len(body):
+            raise ProtocolError("P-DATA-TF ends inside a PDV item header")
+        (length,) = struct.unpack_from(">I", body, pos)
+        if length < 2 or pos + 4 + length > len(body):
+            raise ProtocolError(f"PDV item length {length} does not fit its P-DATA-TF")
+        items.append((body[pos + 4], body[pos + 5], view[pos + 6 : pos + 4 + length]))
+        pos += 4 + length
+    return items
+
+
+def p_data(context_id: int, control: int, payload: bytes) -> bytes:
+    """One P-DATA-TF holding one PDV (responses are small: they always fit one PDU)."""
+    return struct.pack(">BBIIBB", P_DATA_TF, 0, len(payload) + 6, len(payload) + 2, context_id, control) + payload
+
+
+def _element(tag: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def uid_value(uid: str) -> bytes:
+    raw = uid.encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def text_value(text: str) -> bytes:
+    raw = text.encode("ascii", "replace")
+    return raw + b" " if len(raw) % 2 else raw
+
+
+def us(value: int) -> bytes:
+    return struct.pack("<H", value)
+
+
+def encode_command(elements: dict[int, bytes]) -> bytes:
+    """An implicit VR little-endian command set with its group length, in tag order."""
+    body = b"".join(_element(tag, elements[tag]) for tag in sorted(elements))
+    return _element(0x00000000, struct.pack("<I", len(body))) + body
+
+
+def decode_command(data: bytes) -> dict[int, bytes]:
+    """Raw values of a command set's elements (implicit VR little endian, group 0000)."""
+    elements: dict[int, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        if pos + 8 > len(data):
+            raise ProtocolError("command set ends inside an element header")
+        group, elem, length = struct.unpack_from("<HHI", data, pos)
+        pos += 8
+        if group != 0 or pos + length > len(data):
+            raise ProtocolError(f"malformed command set element ({group:04X},{elem:04X})")
+        elements[(group << 16) | elem] = data[pos : pos + length]
+        pos += length
+    return elements
+
+
+def command_us(command: dict[int, bytes], tag: int) -> int | None:
+    value = command.get(tag)
+    return struct.unpack("<H", value[:2])[0] if value and len(value) >= 2 else None
+
+
+def command_uid(command: dict[int, bytes], tag: int) -> str:
+    return command.get(tag, b"").decode("ascii", "replace").rstrip("\x00 ")
