@@ -7,10 +7,10 @@ kill -9 mid-upload, and the bandwidth limit measured over 20 s.
 from __future__ import annotations
 
 import hashlib
+import random
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
@@ -121,13 +121,13 @@ def incompressible_instances(ct_small: Path, dest: Path, count: int, side: int =
     del ds[0xFFFCFFFC]
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.Rows = ds.Columns = side
-    rng = np.random.default_rng(5)
+    rng = random.Random(5)
     dest.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.PixelData = rng.integers(0, 65535, side * side, dtype=np.uint16).tobytes()
+        ds.PixelData = rng.randbytes(side * side * 2)
         paths.append(dest / f"{i:04d}.dcm")
         ds.save_as(paths[-1], enforce_file_format=True)
     return paths
