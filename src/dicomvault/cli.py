@@ -27,6 +27,9 @@ app.add_typer(audit_app, name="audit")
 from dicomvault.cli_sites import SitesFailure, sites_app  # noqa: E402
 
 app.add_typer(sites_app, name="sites")
+from dicomvault.cli_replica import replica_app  # noqa: E402
+
+app.add_typer(replica_app, name="replica-token")
 console = Console(stderr=True)
 out = Console()
 

@@ -35,6 +35,10 @@ class HttpSettings:
     port: int = 8080
     bind: str = "0.0.0.0"
     enabled: bool = True
+    # PEM certificate (chain) and key: when both are set the HTTP side speaks only HTTPS. Needed
+    # when [replica_store] is enabled beyond loopback: bearer tokens must not travel in clear.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,22 @@ class PeerSettings:
     ae_title: str
     host: str
     port: int
+
+
+@dataclass(frozen=True)
+class ReplicaStoreSettings:
+    """This vault as a replica target (``vault://``): it keeps other vaults' sealed objects as-is.
+
+    Off by default: accepting replicas is a deliberate choice. Each sending vault is named by a
+    bearer token in ``tokens_file`` (``name:token`` lines, mode 0600) and gets its own directory
+    ``<root>/<name>/``; it never needs the sender's keys (ciphertext only, promise 5).
+    ``allow_delete`` stays false to keep copies write-once against a compromised sender.
+    """
+
+    enabled: bool = False
+    tokens_file: Path = Path("keys/replica-tokens")
+    root: Path = Path("replicas")
+    allow_delete: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +163,7 @@ class Settings:
     policy: PolicySettings = field(default_factory=PolicySettings)
     peers: tuple[PeerSettings, ...] = ()
     commitment: CommitmentSettings = field(default_factory=CommitmentSettings)
+    replica_store: ReplicaStoreSettings = field(default_factory=ReplicaStoreSettings)
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -238,13 +259,40 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         site_key_file=site_key,
         recovery_public_key_file=recovery_pub,
         dicom=dicom,
-        http=HttpSettings(**_section(data, "http", HttpSettings())),
+        http=_http(data, base),
         storage=storage_settings,
         config_file=config_path.resolve(),
         replicas=_replica_sites(base, sites if isinstance(sites, dict) else {}),
         policy=_policy(data),
         peers=_peers(data),
         commitment=_commitment(data),
+        replica_store=_replica_store(data, base, data_dir),
+    )
+
+
+def _http(data: dict, base: Path) -> HttpSettings:
+    """``[http]``; TLS file paths resolve against the config file's directory, like the keys."""
+    values = _section(data, "http", HttpSettings())
+    cert, key = str(values["tls_cert_file"] or ""), str(values["tls_key_file"] or "")
+    if bool(cert) != bool(key):
+        raise ConfigError("[http] needs both tls_cert_file and tls_key_file for HTTPS, or neither for plain HTTP")
+    values["tls_cert_file"] = str(_resolve(base, cert)) if cert else ""
+    values["tls_key_file"] = str(_resolve(base, key)) if key else ""
+    return HttpSettings(**values)
+
+
+def _replica_store(data: dict, base: Path, data_dir: Path) -> ReplicaStoreSettings:
+    """``[replica_store]``: tokens_file is relative to the config file, root to data_dir."""
+    values = _section(data, "replica_store", ReplicaStoreSettings())
+    for key in ("enabled", "allow_delete"):
+        if not isinstance(values[key], bool):
+            raise ConfigError(f"[replica_store] {key} must be true or false, got {values[key]!r}")
+    for key in ("tokens_file", "root"):
+        if not str(values[key]).strip():
+            raise ConfigError(f"[replica_store] {key} must not be empty")
+    return ReplicaStoreSettings(
+        enabled=values["enabled"], allow_delete=values["allow_delete"],
+        tokens_file=_resolve(base, str(values["tokens_file"])), root=_resolve(data_dir, str(values["root"])),
     )
 
 
@@ -384,4 +432,19 @@ check_interval = 1.0
 port = 8080
 bind = "0.0.0.0"
 enabled = true
+# HTTPS: PEM certificate (chain) and private key; both empty = plain HTTP. Set them before
+# enabling [replica_store] on anything but loopback: replica tokens are bearer secrets.
+tls_cert_file = ""
+tls_key_file = ""
+
+# This vault as another vault's off-site copy (its sites.NAME url = "vault://this-host:8080").
+# It stores their sealed objects as-is (ciphertext: it never has their keys), each sending
+# vault under <data_dir>/<root>/<token name>/, write-once. Create a token for each sender
+# with `dicomvault replica-token add NAME` (printed once; give it to the sender's admin).
+#
+# [replica_store]
+# enabled = true
+# tokens_file = "keys/replica-tokens"   # name:token lines, mode 0600
+# root = "replicas"
+# allow_delete = false                  # true lets senders delete (retention); keep false
 """

@@ -49,14 +49,44 @@ def build_app(archive: Archive) -> Starlette:
     async def status(_: Request) -> Response:
         return JSONResponse(archive_status(archive))
 
+    from .replica_api import replica_routes  # this vault as another vault's vault:// site
+
     return Starlette(
-        routes=[Route("/healthz", healthz), Route("/metrics", metrics), Route("/api/status", status)]
+        routes=[Route("/healthz", healthz), Route("/metrics", metrics), Route("/api/status", status),
+                *replica_routes(archive.settings.replica_store, archive.catalog)]
     )
+
+
+def _tls_options(archive: Archive, host: str) -> dict[str, str]:
+    """uvicorn's TLS settings from ``[http] tls_cert_file/tls_key_file``, checked now.
+
+    uvicorn loads them inside its own thread, where a bad file would only kill the thread and
+    leave ``serve`` running without HTTP; loading them here turns that into a one-line error.
+    """
+    http = archive.settings.http
+    if not http.tls_cert_file:
+        if archive.settings.replica_store.enabled and host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("[replica_store] is enabled over plain HTTP on %s: sender tokens travel in clear; "
+                        "set [http] tls_cert_file and tls_key_file", host)
+        return {}
+    import ssl
+
+    from dicomvault.config import ConfigError
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(http.tls_cert_file, http.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"[http] tls_cert_file {http.tls_cert_file} / tls_key_file {http.tls_key_file} cannot be "
+                          f"used for HTTPS: {exc}") from exc
+    return {"ssl_certfile": http.tls_cert_file, "ssl_keyfile": http.tls_key_file}
 
 
 class HttpServer:
     def __init__(self, archive: Archive, host: str, port: int) -> None:
-        config = uvicorn.Config(build_app(archive), host=host, port=port, log_level="warning", access_log=False)
+        # lifespan="off": the app has no startup/shutdown handlers, and a forced stop (see stop())
+        # would otherwise log the cancelled lifespan task as an error.
+        config = uvicorn.Config(build_app(archive), host=host, port=port, log_level="warning", access_log=False,
+                                lifespan="off", **_tls_options(archive, host))  # type: ignore[arg-type]
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
 
@@ -65,7 +95,13 @@ class HttpServer:
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=3)
+        if self.thread.is_alive():
+            # An idle keep-alive TLS connection (a sending vault's pool) closes only once the peer
+            # answers our close_notify, which an idle client never does: after 3 s of grace for
+            # requests in flight, stop waiting for connections instead of hanging for the join.
+            self.server.force_exit = True
+            self.thread.join(timeout=7)
 
     def started(self) -> bool:
         return bool(getattr(self.server, "started", False))

@@ -78,4 +78,8 @@ def open_site(url: str, options: Mapping[str, object] | None = None) -> Site:
         from .s3 import S3Site
 
         return S3Site.from_url(url, options)
-    raise SiteError(f"unsupported site URL {url!r}: supported schemes are file:// and s3://")
+    if scheme == "vault":
+        from .vault import VaultSite
+
+        return VaultSite.from_url(url, options)
+    raise SiteError(f"unsupported site URL {url!r}: supported schemes are file://, s3:// and vault://")

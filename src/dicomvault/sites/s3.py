@@ -205,6 +205,7 @@ class S3Site(Site):
         self._bucket_seen = False
         self._no_conditional_put = False
         self._state_lock = threading.Lock()
+        self._confirmed: dict[str, str] = {}  # names whose PUT response confirmed our SHA-256
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, object] | None = None) -> "S3Site":
@@ -381,7 +382,7 @@ class S3Site(Site):
         else:
             kwargs["IfNoneMatch"] = "*"
         try:
-            self._client.put_object(**kwargs)
+            answer = self._client.put_object(**kwargs)
         except ClientError as exc:
             code = self._code(exc)
             if code == "PreconditionFailed":
@@ -401,6 +402,14 @@ class S3Site(Site):
         except BotoCoreError as exc:
             self._fail(exc, f"PutObject {key}")
         self._bucket_seen = True
+        confirmed = answer.get("ChecksumSHA256")
+        if isinstance(confirmed, str) and confirmed == kwargs["ChecksumSHA256"]:
+            # S3 checked the bytes it received against our SHA-256 (BadDigest otherwise) and
+            # echoes the checksum it stored: that is the verification, without a HEAD.
+            with self._state_lock:
+                self._confirmed[name] = _b64_to_hex(confirmed) or ""
+                if len(self._confirmed) > 10_000:
+                    self._confirmed.clear()
         return True
 
     def get(self, name: str) -> bytes:
@@ -435,6 +444,10 @@ class S3Site(Site):
         None when the server cannot vouch for the bytes (no SHA-256 recorded, a composite
         multipart checksum, or no such object): the caller then falls back to reading back.
         """
+        with self._state_lock:
+            confirmed = self._confirmed.pop(name, None)
+        if confirmed:
+            return confirmed
         head = self._head(name, checksum=True)
         if head is None:
             return None
