@@ -107,6 +107,9 @@ def add_site(
         if isinstance(exc, SitesFailure):
             raise
         raise SitesFailure(f"site {name} not added: {exc}") from exc
+    if url.startswith("dicom://"):
+        out.print("[bold yellow]WARNING:[/bold yellow] a dicom:// site receives DECRYPTED images (a PACS must read "
+                  "them). Use it only for a destination trusted with patient data; it is not an encrypted copy.")
     out.print(f"added site {name} ({added.url}); restart `dicomvault serve` to start copying "
               "(every existing object will be copied to it)")
 

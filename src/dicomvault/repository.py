@@ -70,7 +70,10 @@ class Repository:
 
     def load(self, object_id: str, expected_sha256: str | None = None) -> tuple[dict[str, Any], bytes]:
         """Return (metadata, original bytes), verified; raise IntegrityError on any doubt."""
-        blob = self.site.get(object_id)
+        return self.open_blob(self.site.get(object_id), object_id, expected_sha256)
+
+    def open_blob(self, blob: bytes, object_id: str = "", expected_sha256: str | None = None) -> tuple[dict[str, Any], bytes]:
+        """Authenticate, decrypt and check sealed bytes already in hand (e.g. being replicated)."""
         try:
             opened = open_object(blob, data_key=self._data_key_for(blob))
             metadata = opened.metadata

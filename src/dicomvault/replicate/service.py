@@ -29,12 +29,15 @@ def build_limiter(settings: ReplicaSiteSettings) -> Limiter | None:
 
 
 class ReplicationService:
-    def __init__(self, settings: Settings, catalog: Catalog, primary: Site) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog, primary: Site, opener: Any = None) -> None:
         self.outbox = Outbox(catalog)
         self.catalog = catalog
         self.replicators: dict[str, SiteReplicator] = {}
         for replica in settings.replicas:
-            site = open_site(replica.url, replica.option_map)
+            site = open_site(replica.url, replica.option_map, opener)
+            if getattr(site, "sees_plaintext", False):
+                log.warning("site %s (%s) receives PLAINTEXT images: it must itself be trusted with patient data",
+                            replica.name, replica.url)
             self.replicators[replica.name] = SiteReplicator(
                 replica.name, site, primary, self.outbox, workers=replica.workers,
                 max_attempts=replica.max_attempts, limiter=build_limiter(replica),

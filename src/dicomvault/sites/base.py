@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 
@@ -64,8 +65,12 @@ class Site(abc.ABC):
         """Remove an unacknowledged object that ``recover`` returned but that failed to open."""
 
 
-def open_site(url: str, options: Mapping[str, object] | None = None) -> Site:
-    """The backend for ``url``; ``options`` are the backend's settings from the site's table."""
+def open_site(url: str, options: Mapping[str, object] | None = None, opener: Any = None) -> Site:
+    """The backend for ``url``; ``options`` are the backend's settings from the site's table.
+
+    ``opener`` (sealed bytes -> metadata, original bytes) is needed only by ``dicom://``,
+    the one target that receives plaintext.
+    """
     scheme = urlparse(url).scheme
     options = dict(options or {})
     if scheme == "file":
@@ -82,4 +87,8 @@ def open_site(url: str, options: Mapping[str, object] | None = None) -> Site:
         from .vault import VaultSite
 
         return VaultSite.from_url(url, options)
-    raise SiteError(f"unsupported site URL {url!r}: supported schemes are file://, s3:// and vault://")
+    if scheme == "dicom":
+        from .dicom import DicomSite
+
+        return DicomSite.from_url(url, options, opener)
+    raise SiteError(f"unsupported site URL {url!r}: supported schemes are file://, s3://, vault:// and dicom://")

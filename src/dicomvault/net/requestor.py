@@ -1,0 +1,187 @@
+"""A lean C-STORE requestor: sends datasets exactly as stored, over one kept-open association.
+
+pynetdicom's ``send_c_store`` wants a pydicom Dataset (decoding costs CPU and can change
+bytes) and never sets TCP_NODELAY. This sends the stored dataset bytes unchanged, in PDVs
+sized to the peer's maximum PDU length, with Nagle off. Negotiation uses pynetdicom's PDU
+classes, like the acceptor. Blocking sockets: each replication worker thread owns one.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from . import pdu
+
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+MAX_CONTEXTS = 126  # odd context ids 1..255, with room to spare
+
+
+class AssociationRejected(Exception):
+    """The peer refused the association or the presentation context we need."""
+
+
+class StoreRequestor:
+    def __init__(self, host: str, port: int, called_ae: str, calling_ae: str, timeout: float = 30.0,
+                 implementation_class_uid: str = "", implementation_version: str = "") -> None:
+        self.host, self.port = host, port
+        self.called_ae, self.calling_ae = called_ae, calling_ae
+        self.timeout = timeout
+        self.implementation_class_uid = implementation_class_uid
+        self.implementation_version = implementation_version
+        self._sock: socket.socket | None = None
+        self._wanted: list[tuple[str, str]] = []  # (abstract, transfer syntax) proposed
+        self._accepted: dict[tuple[str, str], int] = {}
+        self._peer_max = 16384
+        self._message_id = 0
+
+    # --- association --------------------------------------------------------------------
+
+    def _recv_exact(self, count: int) -> bytes:
+        assert self._sock is not None
+        chunks = []
+        while count:
+            chunk = self._sock.recv(min(count, 1 << 20))
+            if not chunk:
+                raise ConnectionError(f"{self.called_ae}@{self.host}:{self.port} closed the connection")
+            chunks.append(chunk)
+            count -= len(chunk)
+        return b"".join(chunks)
+
+    def _read_pdu(self) -> tuple[int, bytes, bytes]:
+        header = self._recv_exact(6)
+        kind, _, length = struct.unpack(">BBI", header)
+        return kind, header, self._recv_exact(length)
+
+    def _associate(self) -> None:
+        from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+        from pynetdicom.pdu_primitives import (
+            A_ASSOCIATE,
+            ImplementationClassUIDNotification,
+            ImplementationVersionNameNotification,
+            MaximumLengthNotification,
+        )
+        from pynetdicom.presentation import PresentationContext
+
+        self.close()
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
+        primitive = A_ASSOCIATE()
+        primitive.application_context_name = APPLICATION_CONTEXT
+        primitive.calling_ae_title = self.calling_ae
+        primitive.called_ae_title = self.called_ae
+        contexts = []
+        for index, (abstract, syntax) in enumerate(self._wanted):
+            context = PresentationContext()
+            context.context_id = 2 * index + 1
+            context.abstract_syntax = abstract
+            context.transfer_syntax = [syntax]
+            contexts.append(context)
+        primitive.presentation_context_definition_list = contexts
+        max_length = MaximumLengthNotification()
+        max_length.maximum_length_received = 1 << 20
+        class_uid = ImplementationClassUIDNotification()
+        class_uid.implementation_class_uid = self.implementation_class_uid
+        version = ImplementationVersionNameNotification()
+        version.implementation_version_name = self.implementation_version
+        primitive.user_information = [max_length, class_uid, version]
+        request = A_ASSOCIATE_RQ()
+        request.from_primitive(primitive)
+        sock.sendall(request.encode())
+        kind, header, body = self._read_pdu()
+        if kind == pdu.A_ASSOCIATE_RJ:
+            self.close()
+            raise AssociationRejected(f"{self.called_ae}@{self.host}:{self.port} rejected the association "
+                                      f"(result {body[1]}, source {body[2]}, reason {body[3]}): check its AE title "
+                                      "and that it knows our AE title")
+        if kind != pdu.A_ASSOCIATE_AC:
+            self.close()
+            raise AssociationRejected(f"{self.called_ae}@{self.host}:{self.port} answered PDU type 0x{kind:02X}")
+        answer = A_ASSOCIATE_AC()
+        answer.decode(header + body)
+        accepted = answer.to_primitive()
+        self._accepted = {}
+        by_id = {2 * i + 1: pair for i, pair in enumerate(self._wanted)}
+        for result in accepted.presentation_context_definition_results_list:
+            if result.result == 0 and result.context_id in by_id:
+                self._accepted[by_id[result.context_id]] = result.context_id
+        for item in accepted.user_information:
+            if isinstance(item, MaximumLengthNotification) and item.maximum_length_received:
+                self._peer_max = int(item.maximum_length_received)
+
+    def _context_for(self, abstract: str, syntax: str) -> int:
+        pair = (abstract, syntax)
+        if self._sock is not None and pair in self._accepted:
+            return self._accepted[pair]
+        if pair not in self._wanted:
+            self._wanted.append(pair)
+            del self._wanted[:-MAX_CONTEXTS]
+        self._associate()
+        if pair not in self._accepted:
+            raise AssociationRejected(f"{self.called_ae} does not accept {abstract} in transfer syntax {syntax}")
+        return self._accepted[pair]
+
+    def close(self) -> None:
+        if self._sock is None:
+            return
+        try:
+            self._sock.sendall(struct.pack(">BBIxxxx", pdu.A_RELEASE_RQ, 0, 4))
+            self._read_pdu()
+        except OSError:
+            pass
+        finally:
+            self._sock.close()
+            self._sock = None
+
+    # --- C-STORE ------------------------------------------------------------------------
+
+    def store(self, sop_class: str, sop_instance: str, syntax: str, dataset: bytes) -> tuple[int, str]:
+        """Send one dataset as-is; returns (DIMSE status, Error Comment)."""
+        try:
+            return self._store(sop_class, sop_instance, syntax, dataset)
+        except (OSError, ConnectionError, pdu.ProtocolError):
+            self.close()  # a stale kept-open association: one fresh try
+            return self._store(sop_class, sop_instance, syntax, dataset)
+
+    def _store(self, sop_class: str, sop_instance: str, syntax: str, dataset: bytes) -> tuple[int, str]:
+        context = self._context_for(sop_class, syntax)
+        assert self._sock is not None
+        self._message_id = self._message_id % 65535 + 1
+        command = pdu.encode_command({
+            pdu.TAG_AFFECTED_SOP_CLASS: pdu.uid_value(sop_class),
+            pdu.TAG_COMMAND_FIELD: pdu.us(pdu.C_STORE_RQ),
+            pdu.TAG_MESSAGE_ID: pdu.us(self._message_id),
+            0x00000700: pdu.us(0),  # priority: medium
+            pdu.TAG_DATASET_TYPE: pdu.us(0x0000),
+            pdu.TAG_AFFECTED_SOP_INSTANCE: pdu.uid_value(sop_instance),
+        })
+        self._sock.sendall(pdu.p_data(context, 0x03, command))
+        fragment = max(1024, self._peer_max - 6)  # PDV header inside the PDU
+        view = memoryview(dataset)
+        for start in range(0, len(dataset), fragment):
+            last = start + fragment >= len(dataset)
+            self._sock.sendall(pdu.p_data(context, 0x02 if last else 0x00, bytes(view[start:start + fragment])))
+        if not dataset:
+            self._sock.sendall(pdu.p_data(context, 0x02, b""))
+        buffer = bytearray()
+        while True:
+            kind, _header, body = self._read_pdu()
+            if kind == pdu.A_ABORT:
+                self.close()
+                raise ConnectionError(f"{self.called_ae} aborted the association")
+            if kind != pdu.P_DATA_TF:
+                raise pdu.ProtocolError(f"unexpected PDU type 0x{kind:02X} awaiting C-STORE-RSP")
+            complete = False
+            for _ctx, control, piece in pdu.pdv_items(body):
+                if control & 0x01:
+                    buffer += piece
+                    complete = complete or bool(control & 0x02)
+            if not complete:
+                continue
+            reply = pdu.decode_command(bytes(buffer))
+            buffer.clear()
+            if pdu.command_us(reply, pdu.TAG_COMMAND_FIELD) == pdu.C_STORE_RSP:
+                status = pdu.command_us(reply, pdu.TAG_STATUS) or 0
+                comment = reply.get(pdu.TAG_ERROR_COMMENT, b"").decode("ascii", "replace").strip("\x00 ")
+                return status, comment
