@@ -134,6 +134,24 @@ class Vault:
     def status(self) -> dict:
         return json.loads(self.cli("status", "--json", "--verify-audit", check=False).stdout)
 
+    def pending_intents(self) -> list[str]:
+        """Write intents on the primary file site: objects acknowledged but not yet indexed."""
+        from urllib.parse import unquote, urlparse
+
+        from dicomvault.config import load_settings
+
+        url = urlparse(load_settings(self.config).primary_site_url)
+        intents = Path(unquote(url.netloc + url.path)) / "intents"
+        return sorted(p.name for p in intents.iterdir()) if intents.is_dir() else []
+
+    def wait_settled(self, timeout: float = 30) -> None:
+        """Wait until every acknowledged object is in the catalog (its write intent released).
+
+        A DIMSE ack means the object is durable; its catalog row follows a few milliseconds
+        later through the group committer, so a test that reads the catalog right after
+        storescu returns waits for this first."""
+        wait_until(lambda: not self.pending_intents(), timeout=timeout, what="every acknowledged object indexed")
+
 
 def make_vault(root: Path) -> Vault:
     vault = Vault(root=root, dicom_port=free_port(), http_port=free_port())

@@ -389,6 +389,8 @@ def test_unknown_calling_ae_title_is_rejected_at_association(vault: Vault, ct_sm
     assert echoscu(vault, "GOODPACS").returncode == 0
     good_store = storescu(vault, instance, aet="GOODPACS")
     assert good_store.returncode == 0 and "Received Store Response (Success)" in good_store.stderr, good_store.stderr
+    # The ack comes once the write intent is durable; the catalog row follows by group commit.
+    vault.wait_settled()
     assert snapshot(vault).counts["instances"] == 1
     # A pynetdicom caller outside the list is turned away the same way.
     ae = AE(ae_title="EVIL")

@@ -75,6 +75,7 @@ def test_healthz_metrics_and_status(running_vault: Vault, two_studies: list[Path
         capture_output=True, text=True, timeout=60,
     )
     assert sent.returncode == 0, sent.stderr
+    running_vault.wait_settled()
     base = f"http://127.0.0.1:{running_vault.http_port}"
     with urllib.request.urlopen(f"{base}/healthz", timeout=10) as response:
         assert response.status == 200

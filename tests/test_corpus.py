@@ -436,6 +436,7 @@ def dimse_run(corpus: list[Path], ct_small: Path, tmp_path_factory: pytest.TempP
     vault.start()
     try:
         archive_logs = [run_storescu(group, vault.ae_title, vault.dicom_port) for group in groups]
+        vault.wait_settled()
         for i, log in enumerate(archive_logs):
             (tmp / f"archive-{i}.log").write_text(log)
         for log in reference_logs:

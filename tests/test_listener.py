@@ -162,6 +162,7 @@ def test_both_engines_store_byte_exactly(vault: Vault, ct_small: Path, tmp_path:
     run = subprocess.run([dcmtk("storescu"), "-aec", "DICOMVAULT", "127.0.0.1", str(vault.dicom_port), str(sent)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
+    vault.wait_settled()
     vault.cli("get", str(ds.SOPInstanceUID), "--out", str(tmp_path / "got"))
     (got,) = list((tmp_path / "got").rglob("*.dcm"))
     assert dataset_of(got) == dataset_of(sent), f"{engine}: dataset bytes changed"

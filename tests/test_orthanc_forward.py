@@ -118,7 +118,8 @@ def test_orthanc_forwards_study_to_dicomvault(running_vault: Vault, orthanc: Ort
     assert result.get("InstancesCount") == len(files), result
     assert result.get("RemoteAet") == running_vault.ae_title, result
 
-    # The catalog lists the study.
+    # The catalog lists the study (once the group committer has indexed what was acknowledged).
+    running_vault.wait_settled()
     found = json.loads(running_vault.cli("find", "--study-uid", study_uid, "--json").stdout)
     assert len(found) == 1, found
     (row,) = found

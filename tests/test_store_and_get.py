@@ -40,6 +40,7 @@ def test_store_then_get_returns_identical_dataset(running_vault: Vault, ct_clean
     ct_small = ct_clean
     sent = storescu(running_vault, ct_small)
     assert sent.returncode == 0, sent.stderr
+    running_vault.wait_settled()
     uid = pydicom.dcmread(ct_small).SOPInstanceUID
     running_vault.cli("get", uid, "--out", str(tmp_path / "out"))
     (got,) = list((tmp_path / "out").rglob("*.dcm"))
@@ -51,6 +52,7 @@ def test_store_then_get_returns_identical_dataset(running_vault: Vault, ct_clean
 def test_same_instance_twice_is_stored_once(running_vault: Vault, ct_small: Path) -> None:
     for _ in range(2):
         assert storescu(running_vault, ct_small).returncode == 0
+    running_vault.wait_settled()
     status = running_vault.status()
     assert status["counts"]["instances"] == 1
     assert status["counts"]["versions"] == 1
@@ -65,6 +67,7 @@ def test_changed_bytes_become_a_new_version_and_both_are_kept(running_vault: Vau
     ds.save_as(changed)
     assert storescu(running_vault, ct_small).returncode == 0
     assert storescu(running_vault, changed).returncode == 0
+    running_vault.wait_settled()
     out = tmp_path / "all"
     running_vault.cli("get", ds.SOPInstanceUID, "--out", str(out), "--all-versions")
     files = sorted(out.rglob("*.dcm"))
@@ -103,6 +106,7 @@ def test_four_parallel_associations_all_stored(running_vault: Vault, ct_clean: P
     ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+    running_vault.wait_settled()
     status = running_vault.status()
     assert status["counts"]["instances"] == 100 and status["counts"]["series"] == 4
     assert status["audit"]["chain_ok"] is True
