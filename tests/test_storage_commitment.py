@@ -433,3 +433,19 @@ def test_peers_and_commitment_sections_parse_and_refuse_bad_values(tmp_path: Pat
     path.write_text(DEFAULT_CONFIG_TEMPLATE.replace("timeout_seconds = 3600", "timeout_seconds = -1"))
     with pytest.raises(ConfigError, match="timeout_seconds"):
         load_settings(path)
+
+
+def test_copies_sent_to_a_pacs_do_not_count_towards_commitment(tmp_path: Path) -> None:
+    """A dicom:// target is often the requesting PACS itself; counting it would let the PACS
+    delete its own copy on our word while the archive holds only one."""
+    from dicomvault.config import DEFAULT_CONFIG_TEMPLATE, load_settings
+    from dicomvault.ingest.commitment import StorageCommitmentService
+
+    path = tmp_path / "dicomvault.toml"
+    path.write_text(DEFAULT_CONFIG_TEMPLATE
+                    + '\n[sites.pacs]\nurl = "dicom://PACS@127.0.0.1:4242"\noffsite = true\n'
+                    + f'\n[sites.nas]\nurl = "file://{tmp_path / "nas"}"\noffsite = true\n')
+    service = StorageCommitmentService(load_settings(path), catalog=None)  # type: ignore[arg-type]
+    assert service.sites == {"primary": False, "nas": True}
+    assert service._policy_state(["primary", "pacs"])[0] is False
+    assert service._policy_state(["primary", "nas"])[0] is True

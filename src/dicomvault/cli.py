@@ -124,8 +124,10 @@ def serve(config: ConfigOption = None) -> None:
         dimse: Any = DimseServer(settings.dicom, archive.ingestor, commitment=commitment)
     else:
         from dicomvault.ingest.listener import FastDimseServer
+        from dicomvault.serve.qr import QueryRetrieveService
 
-        dimse = FastDimseServer(settings.dicom, archive.ingestor, commitment=commitment)
+        dimse = FastDimseServer(settings.dicom, archive.ingestor, commitment=commitment,
+                                query_retrieve=QueryRetrieveService(archive))
     http = HttpServer(archive, settings.http.bind, settings.http.port) if settings.http.enabled else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

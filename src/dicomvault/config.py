@@ -28,6 +28,9 @@ class DicomSettings:
     max_associations: int = 16
     network_timeout: float = 60.0
     engine: str = "lean"  # "lean" (net/acceptor.py) or "pynetdicom" (ingest/dimse.py)
+    # C-FIND: match person names case-insensitively ("smith*" finds "SMITH^JOHN"), as many
+    # viewers expect; the standard's default is case-sensitive.
+    case_insensitive_names: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,20 @@ class CommitmentSettings:
     check_interval: float = 1.0
 
 
+@dataclass(frozen=True)
+class DicomwebSettings:
+    """DICOMweb (QIDO-RS, WADO-RS, STOW-RS) under ``/dicomweb`` on the HTTP port.
+
+    Off by default: it serves PHI to whoever can reach the port. ``tokens_file`` (``name:token``
+    lines, mode 0600; empty = no token asked) makes every request carry ``Authorization: Bearer``.
+    """
+
+    enabled: bool = False
+    tokens_file: str = ""
+    max_request_bytes: int = 2 * 1024**3  # STOW-RS request body cap
+    query_limit: int = 1000  # QIDO-RS results per response when the client asks for more (or none)
+
+
 _SITE_KEYS = {"url", "offsite", "rate", "schedule", "workers", "max_attempts"}
 _SITE_NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
@@ -164,6 +181,7 @@ class Settings:
     peers: tuple[PeerSettings, ...] = ()
     commitment: CommitmentSettings = field(default_factory=CommitmentSettings)
     replica_store: ReplicaStoreSettings = field(default_factory=ReplicaStoreSettings)
+    dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -267,6 +285,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         peers=_peers(data),
         commitment=_commitment(data),
         replica_store=_replica_store(data, base, data_dir),
+        dicomweb=_dicomweb(data, base),
     )
 
 
@@ -294,6 +313,20 @@ def _replica_store(data: dict, base: Path, data_dir: Path) -> ReplicaStoreSettin
         enabled=values["enabled"], allow_delete=values["allow_delete"],
         tokens_file=_resolve(base, str(values["tokens_file"])), root=_resolve(data_dir, str(values["root"])),
     )
+
+
+def _dicomweb(data: dict, base: Path) -> DicomwebSettings:
+    """``[dicomweb]``; tokens_file resolves against the config file's directory, like the keys."""
+    values = _section(data, "dicomweb", DicomwebSettings())
+    if not isinstance(values["enabled"], bool):
+        raise ConfigError(f"[dicomweb] enabled must be true or false, got {values['enabled']!r}")
+    if values["max_request_bytes"] < 1024:
+        raise ConfigError(f"[dicomweb] max_request_bytes must be at least 1024, got {values['max_request_bytes']}")
+    if not 1 <= values["query_limit"] <= 100_000:
+        raise ConfigError(f"[dicomweb] query_limit must be 1-100000, got {values['query_limit']}")
+    tokens = str(values["tokens_file"] or "").strip()
+    values["tokens_file"] = str(_resolve(base, tokens)) if tokens else ""
+    return DicomwebSettings(**values)
 
 
 def _policy(data: dict) -> PolicySettings:
@@ -385,9 +418,13 @@ bind = "0.0.0.0"
 allowed_calling_aets = []
 max_associations = 16
 network_timeout = 60.0
-# "lean": dicomvault's own asyncio listener (C-ECHO, C-STORE, Storage Commitment; about
-# twice as fast as pynetdicom's server on one association); "pynetdicom": the library's.
+# "lean": dicomvault's own asyncio listener (C-ECHO, C-STORE, Storage Commitment, C-FIND,
+# C-GET, C-MOVE; about twice as fast as pynetdicom's server on one association);
+# "pynetdicom": the library's (storage and commitment only).
 engine = "lean"
+# C-FIND: match person names case-insensitively ("smith*" finds "SMITH^JOHN").
+case_insensitive_names = false
+# C-MOVE destinations are the [peers.NAME] tables below (ae_title, host, port).
 
 [policy]
 # An instance is safe (and storage commitment reports success) once this many verified
@@ -436,6 +473,19 @@ enabled = true
 # enabling [replica_store] on anything but loopback: replica tokens are bearer secrets.
 tls_cert_file = ""
 tls_key_file = ""
+
+[dicomweb]
+# DICOMweb for viewers (QIDO-RS search, WADO-RS retrieve, STOW-RS store) under /dicomweb on the
+# [http] port. It serves patient data: enable it only on a trusted network, behind HTTPS
+# ([http] tls_cert_file) and preferably with tokens. Every read and query is audited.
+enabled = false
+# "name:token" lines (mode 0600); when set, every request needs "Authorization: Bearer <token>"
+# and the name is recorded in the audit log. Empty = no token asked (trusted network only).
+tokens_file = ""
+# STOW-RS: largest request body accepted (bytes); parts are stored one at a time.
+max_request_bytes = 2147483648
+# QIDO-RS: most results per response; more are announced in a Warning header (use offset).
+query_limit = 1000
 
 # This vault as another vault's off-site copy (its sites.NAME url = "vault://this-host:8080").
 # It stores their sealed objects as-is (ciphertext: it never has their keys), each sending

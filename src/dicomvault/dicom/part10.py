@@ -108,6 +108,13 @@ def _read_meta(data: bytes) -> tuple[int, str, str]:
     return offset, transfer_syntax, media_class
 
 
+def split_part10(data: bytes) -> tuple[int, str]:
+    """(offset where the data set starts, transfer syntax) of stored Part-10 bytes: what a
+    C-GET/C-MOVE sends is ``data[offset:]``, exactly as it was received."""
+    offset, transfer_syntax, _media_class = _read_meta(data)
+    return offset, transfer_syntax
+
+
 def _clean(value: str, field: str) -> str:
     return value.replace("\x00", "").strip()[: _LIMITS.get(field, 64)]
 

@@ -260,8 +260,11 @@ class StorageCommitmentService:
         self.interval = settings.commitment.check_interval
         self.peers = {peer.ae_title: peer for peer in settings.peers}
         # The primary is on-site; replica sites count as configured. Copies on sites no longer
-        # configured do not count: nobody is looking after them.
-        self.sites = {"primary": False, **{replica.name: replica.offsite for replica in settings.replicas}}
+        # configured do not count: nobody is looking after them. Nor do dicom:// targets: a
+        # copy handed to a PACS (often the very PACS asking for commitment, which may then
+        # delete its own) is neither kept nor readable back by the archive.
+        self.sites = {"primary": False, **{replica.name: replica.offsite for replica in settings.replicas
+                                           if not replica.url.startswith("dicom://")}}
         self.sender = sender or (lambda ae_title, peer, report: send_report(ae_title, peer, report))
         self._rng = random.Random()
         self._stop = threading.Event()

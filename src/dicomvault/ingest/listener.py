@@ -1,7 +1,8 @@
 """The archive's DICOM front door on the lean listener (``net/acceptor.py``).
 
 Maps what arrives to the archive: C-STORE into the ingest pipeline (acknowledged once the
-object is durable), N-ACTION (Storage Commitment) into the commitment service. The
+object is durable), N-ACTION (Storage Commitment) into the commitment service, and
+C-FIND/C-GET/C-MOVE to the query/retrieve service (``serve/qr.py``) handed in by ``serve``. The
 statuses and Error Comments are the same as the pynetdicom server's (``dimse.py``), which
 stays available as ``[dicom] engine = "pynetdicom"``.
 """
@@ -33,6 +34,7 @@ class FastDimseServer:
     settings: DicomSettings
     ingestor: Ingestor
     commitment: Any = None  # StorageCommitmentService, when serving N-ACTION
+    query_retrieve: Any = None  # serve.qr.QueryRetrieveService, when serving C-FIND/C-GET/C-MOVE
     listener: DicomListener | None = None
 
     def store(self, assoc: Association, sop_class: str, sop_instance: str, transfer_syntax: str,
@@ -76,6 +78,7 @@ class FastDimseServer:
         self.listener = DicomListener(
             self.settings, self.store, self.action if self.commitment is not None else None,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID, implementation_version=IMPLEMENTATION_VERSION_NAME,
+            on_query=self.query_retrieve,
         )
         self.listener.start()
 

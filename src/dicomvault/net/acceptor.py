@@ -1,4 +1,5 @@
-"""The DICOM listener: a lean asyncio Upper Layer acceptor for C-ECHO, C-STORE and N-ACTION.
+"""The DICOM listener: a lean asyncio Upper Layer acceptor for C-ECHO, C-STORE, N-ACTION,
+C-FIND, C-GET and C-MOVE.
 
 Why not pynetdicom's server: each pynetdicom association runs two polling threads (1 ms
 sleeps) that decode every PDU into Python objects and fight the ingest threads for the
@@ -12,12 +13,18 @@ Protocol conformance kept: ARTIM/idle timeouts (network_timeout), A-ASSOCIATE-RJ
 unknown calling AE (allow-list), a wrong application context or too many associations,
 A-ABORT on protocol errors or PDVs on unaccepted contexts, A-RELEASE, one outstanding
 operation at a time (no asynchronous operations window is negotiated).
+
+Query/retrieve requests run as an ``Operation`` in a worker thread while the event loop
+keeps reading the association, which is how a C-CANCEL reaches a running C-FIND/C-GET/
+C-MOVE and how the peer's C-STORE responses reach a C-GET's sub-operations. Instances go
+out as stored bytes (never decoded), in PDUs sized to the peer's maximum.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import socket
 import struct
 import threading
@@ -50,8 +57,16 @@ _NOT_STORAGE_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.200",  # hanging protocol / color palette Q/R share this root
 )
 
+# Query/retrieve information models we serve (PS3.4 C.6): Patient Root and Study Root.
+QR_FIND = {"1.2.840.10008.5.1.4.1.2.1.1": "PATIENT", "1.2.840.10008.5.1.4.1.2.2.1": "STUDY"}
+QR_MOVE = {"1.2.840.10008.5.1.4.1.2.1.2": "PATIENT", "1.2.840.10008.5.1.4.1.2.2.2": "STUDY"}
+QR_GET = {"1.2.840.10008.5.1.4.1.2.1.3": "PATIENT", "1.2.840.10008.5.1.4.1.2.2.3": "STUDY"}
+QR_MODELS = {**QR_FIND, **QR_MOVE, **QR_GET}
+EXPLICIT_VR_LE, IMPLICIT_VR_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
+
 StoreHandler = Callable[["Association", str, str, str, bytes], tuple[int, str]]
 ActionHandler = Callable[["Association", dict[int, bytes], bytes | None, str], tuple[int, str]]
+QueryHandler = Callable[["Operation"], None]
 
 
 @dataclass
@@ -61,6 +76,126 @@ class Association:
     address: str
     port: int
     contexts: dict[int, tuple[str, str]] = field(default_factory=dict)  # id -> (abstract, transfer syntax)
+    peer_max_pdu: int = 16384  # the requestor's Maximum Length Received (0 = no limit)
+    # SOP classes for which the requestor took the SCP role (SCP/SCU Role Selection): we may
+    # send it C-STOREs on those contexts, which is how C-GET delivers.
+    requestor_scp: set[str] = field(default_factory=set)
+
+    def storage_contexts(self, sop_class: str) -> dict[str, int]:
+        """Transfer syntax -> context id on which we may send a C-STORE of ``sop_class``."""
+        if sop_class not in self.requestor_scp:
+            return {}
+        return {syntax: cid for cid, (abstract, syntax) in self.contexts.items() if abstract == sop_class}
+
+
+class OperationAbandoned(Exception):
+    """The association ended (abort, release, network) while the operation was running."""
+
+
+class Operation:
+    """A C-FIND, C-GET or C-MOVE in progress, driven by a handler in a worker thread.
+
+    The handler calls ``respond`` for each pending response and once for the final one, and
+    (C-GET) ``store`` for each sub-operation; ``cancelled`` is set when a C-CANCEL arrives.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, writer: asyncio.StreamWriter, assoc: Association,
+                 context_id: int, command: dict[int, bytes], identifier: bytes) -> None:
+        self.assoc = assoc
+        self.context_id = context_id
+        self.command = command
+        self.identifier = identifier
+        self.kind = pdu.command_us(command, pdu.TAG_COMMAND_FIELD) or 0
+        self.abstract_syntax, self.transfer_syntax = assoc.contexts[context_id]
+        self.model = QR_MODELS.get(self.abstract_syntax, "STUDY")
+        self.message_id = pdu.command_us(command, pdu.TAG_MESSAGE_ID) or 0
+        self.move_destination = command.get(pdu.TAG_MOVE_DESTINATION, b"").decode("ascii", "replace").strip("\x00 ")
+        self.cancelled = threading.Event()
+        self.finished = False
+        self._loop = loop
+        self._writer = writer
+        self._abandoned = threading.Event()
+        self._store_replies: queue.Queue[dict[int, bytes] | None] = queue.Queue()
+        self._sub_message_id = 0
+
+    # --- called from the event loop -----------------------------------------------------
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def abandon(self) -> None:
+        self._abandoned.set()
+        self.cancelled.set()
+        self._store_replies.put(None)
+
+    def store_reply(self, command: dict[int, bytes]) -> None:
+        self._store_replies.put(command)
+
+    # --- called from the handler's thread -----------------------------------------------
+
+    def _send(self, pdus: list[bytes]) -> None:
+        if self._abandoned.is_set():
+            raise OperationAbandoned("the association has ended")
+
+        async def write() -> None:
+            self._writer.write(b"".join(pdus))
+            await self._writer.drain()
+
+        try:
+            asyncio.run_coroutine_threadsafe(write(), self._loop).result()
+        except (ConnectionError, RuntimeError, asyncio.CancelledError) as exc:
+            self.abandon()
+            raise OperationAbandoned(f"cannot write to the peer: {exc}") from exc
+
+    def respond(self, status: int, identifier: bytes | None = None, *, remaining: int | None = None,
+                completed: int | None = None, failed: int | None = None, warning: int | None = None,
+                comment: str = "") -> None:
+        """A C-FIND/C-GET/C-MOVE response; pending (0xFF00/0xFF01) or final (anything else)."""
+        response_field = {pdu.C_FIND_RQ: pdu.C_FIND_RSP, pdu.C_GET_RQ: pdu.C_GET_RSP,
+                          pdu.C_MOVE_RQ: pdu.C_MOVE_RSP}[self.kind]
+        elements = {
+            pdu.TAG_AFFECTED_SOP_CLASS: pdu.uid_value(self.abstract_syntax),
+            pdu.TAG_COMMAND_FIELD: pdu.us(response_field),
+            pdu.TAG_MESSAGE_ID_RESPONDED: pdu.us(self.message_id),
+            pdu.TAG_DATASET_TYPE: pdu.us(pdu.NO_DATASET if identifier is None else 0x0000),
+            pdu.TAG_STATUS: pdu.us(status),
+        }
+        for tag, value in ((pdu.TAG_REMAINING, remaining), (pdu.TAG_COMPLETED, completed),
+                           (pdu.TAG_FAILED, failed), (pdu.TAG_WARNING, warning)):
+            if value is not None:
+                elements[tag] = pdu.us(min(value, 0xFFFF))
+        if comment:
+            elements[pdu.TAG_ERROR_COMMENT] = pdu.text_value(comment[:64])
+        if status not in (0xFF00, 0xFF01):
+            self.finished = True
+        self._send(pdu.message(self.context_id, pdu.encode_command(elements), identifier, self.assoc.peer_max_pdu))
+
+    def store(self, context_id: int, sop_class: str, sop_instance: str, dataset: bytes,
+              timeout: float) -> tuple[int, str]:
+        """A C-GET sub-operation: C-STORE ``dataset`` (as stored) to the requestor on this
+        association and wait for its response. Returns (status, Error Comment)."""
+        self._sub_message_id = self._sub_message_id % 0xFFFF + 1
+        command = pdu.encode_command({
+            pdu.TAG_AFFECTED_SOP_CLASS: pdu.uid_value(sop_class),
+            pdu.TAG_COMMAND_FIELD: pdu.us(pdu.C_STORE_RQ),
+            pdu.TAG_MESSAGE_ID: pdu.us(self._sub_message_id),
+            pdu.TAG_PRIORITY: pdu.us(0),
+            pdu.TAG_DATASET_TYPE: pdu.us(0x0000),
+            pdu.TAG_AFFECTED_SOP_INSTANCE: pdu.uid_value(sop_instance),
+        })
+        self._send(pdu.message(context_id, command, dataset, self.assoc.peer_max_pdu))
+        while True:
+            try:
+                reply = self._store_replies.get(timeout=timeout)
+            except queue.Empty:
+                self.abandon()
+                raise OperationAbandoned(f"no C-STORE response within {timeout:.0f} s") from None
+            if reply is None:
+                raise OperationAbandoned("the association ended during a C-GET sub-operation")
+            if pdu.command_us(reply, pdu.TAG_MESSAGE_ID_RESPONDED) != self._sub_message_id:
+                continue  # a late answer to an earlier sub-operation
+            status = pdu.command_us(reply, pdu.TAG_STATUS) or 0
+            return status, reply.get(pdu.TAG_ERROR_COMMENT, b"").decode("ascii", "replace").strip("\x00 ")
 
 
 def _ae(value: Any) -> str:
@@ -73,10 +208,12 @@ class DicomListener:
     """Accepts associations on (bind, port) in a thread running its own event loop."""
 
     def __init__(self, settings: DicomSettings, on_store: StoreHandler, on_action: ActionHandler | None = None,
-                 implementation_class_uid: str = "", implementation_version: str = "") -> None:
+                 implementation_class_uid: str = "", implementation_version: str = "",
+                 on_query: QueryHandler | None = None) -> None:
         self.settings = settings
         self.on_store = on_store
         self.on_action = on_action
+        self.on_query = on_query
         self.implementation_class_uid = implementation_class_uid
         self.implementation_version = implementation_version
         self._workers = ThreadPoolExecutor(max_workers=max(2, settings.max_associations), thread_name_prefix="dimse")
@@ -137,8 +274,18 @@ class DicomListener:
 
     # --- one association ----------------------------------------------------------------
 
-    async def _read_pdu(self, reader: asyncio.StreamReader) -> tuple[int, bytes, bytes]:
-        header = await asyncio.wait_for(reader.readexactly(6), self.settings.network_timeout)
+    async def _read_pdu(self, reader: asyncio.StreamReader,
+                        busy: Callable[[], bool] | None = None) -> tuple[int, bytes, bytes]:
+        """The next PDU. While ``busy()`` (an operation of ours is running) the peer's silence
+        is expected, it waits for our responses, so it is not an idle timeout."""
+        while True:
+            try:
+                # Cancelling readexactly while it waits consumes nothing, so retrying is safe.
+                header = await asyncio.wait_for(reader.readexactly(6), self.settings.network_timeout)
+                break
+            except asyncio.TimeoutError:
+                if busy is None or not busy():
+                    raise
         kind, _reserved, length = struct.unpack(">BBI", header)
         if kind not in pdu.PDU_TYPES:
             raise pdu.ProtocolError(f"unknown PDU type 0x{kind:02X}")
@@ -190,6 +337,7 @@ class DicomListener:
             ImplementationClassUIDNotification,
             ImplementationVersionNameNotification,
             MaximumLengthNotification,
+            SCP_SCU_RoleSelectionNegotiation,
         )
         from pynetdicom.presentation import PresentationContext
 
@@ -219,12 +367,36 @@ class DicomListener:
 
         results = []
         assoc = Association(calling, called, str(peer[0]), int(peer[1]) if len(peer) > 1 else 0)
+        role_replies = []
+        for item in primitive.user_information:
+            if isinstance(item, MaximumLengthNotification):
+                assoc.peer_max_pdu = int(item.maximum_length_received or 0)
+            elif isinstance(item, SCP_SCU_RoleSelectionNegotiation) and self.on_query is not None:
+                # Accept the roles as proposed: a C-GET requestor offering to be the storage
+                # SCP is how its retrieved instances reach it.
+                sop_class = str(item.sop_class_uid)
+                reply = SCP_SCU_RoleSelectionNegotiation()
+                reply.sop_class_uid = item.sop_class_uid
+                reply.scu_role = bool(item.scu_role)
+                reply.scp_role = bool(item.scp_role)
+                role_replies.append(reply)
+                if item.scp_role:
+                    assoc.requestor_scp.add(sop_class)
         for proposed in primitive.presentation_context_definition_list:
             result = PresentationContext()
             result.context_id = proposed.context_id
             result.abstract_syntax = proposed.abstract_syntax
             abstract = str(proposed.abstract_syntax)
             syntaxes = [str(ts) for ts in proposed.transfer_syntax]
+            if abstract in QR_MODELS and self.on_query is not None:
+                # Identifiers are small and decoded: any uncompressed little-endian syntax.
+                chosen = next((ts for ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE) if ts in syntaxes), None)
+                result.transfer_syntax = [chosen or (syntaxes[:1] or [IMPLICIT_VR_LE])[0]]
+                result.result = 0x00 if chosen else 0x04
+                if chosen:
+                    assoc.contexts[proposed.context_id] = (abstract, chosen)
+                results.append(result)
+                continue
             supported = abstract == VERIFICATION or (abstract == STORAGE_COMMITMENT and self.on_action is not None) or (
                 abstract != STORAGE_COMMITMENT and not abstract.startswith(_NOT_STORAGE_PREFIXES)
             )
@@ -250,7 +422,7 @@ class DicomListener:
         class_uid.implementation_class_uid = self.implementation_class_uid
         version = ImplementationVersionNameNotification()
         version.implementation_version_name = self.implementation_version
-        accept.user_information = [max_length, class_uid, version]
+        accept.user_information = [max_length, class_uid, version, *role_replies]
         answer = A_ASSOCIATE_AC()
         answer.from_primitive(accept)
         writer.write(answer.encode())
@@ -262,43 +434,102 @@ class DicomListener:
         data_buffer = bytearray()
         command: dict[int, bytes] | None = None
         command_context = 0
-        while True:
-            kind, _header, body = await self._read_pdu(reader)
-            if kind == pdu.A_RELEASE_RQ:
-                writer.write(pdu.RELEASE_RP)
-                return
-            if kind == pdu.A_ABORT:
-                log.info("association from %s@%s aborted by the peer", assoc.calling_ae, assoc.address)
-                return
-            if kind != pdu.P_DATA_TF:
-                raise pdu.ProtocolError(f"unexpected PDU type 0x{kind:02X} during the association")
-            for context_id, control, fragment in pdu.pdv_items(body):
-                if context_id not in assoc.contexts:
-                    raise pdu.ProtocolError(f"PDV on presentation context {context_id}, which was not accepted")
-                if control & 0x01:  # command fragment
-                    if command is not None:
-                        raise pdu.ProtocolError("a new command arrived before the previous one's data set")
-                    command_buffer += fragment
-                    if not control & 0x02:
-                        continue
-                    command = pdu.decode_command(bytes(command_buffer))
-                    command_buffer.clear()
-                    command_context = context_id
-                    if pdu.command_us(command, pdu.TAG_DATASET_TYPE) == pdu.NO_DATASET:
-                        response = await self._dispatch(loop, assoc, command_context, command, None)
-                        writer.write(response)
+        running: list[Operation] = []  # the query/retrieve operation in progress, if any
+        try:
+            while True:
+                kind, _header, body = await self._read_pdu(reader, busy=lambda: bool(running))
+                if kind == pdu.A_RELEASE_RQ:
+                    writer.write(pdu.RELEASE_RP)
+                    return
+                if kind == pdu.A_ABORT:
+                    log.info("association from %s@%s aborted by the peer", assoc.calling_ae, assoc.address)
+                    return
+                if kind != pdu.P_DATA_TF:
+                    raise pdu.ProtocolError(f"unexpected PDU type 0x{kind:02X} during the association")
+                for context_id, control, fragment in pdu.pdv_items(body):
+                    if context_id not in assoc.contexts:
+                        raise pdu.ProtocolError(f"PDV on presentation context {context_id}, which was not accepted")
+                    if control & 0x01:  # command fragment
+                        if command is not None:
+                            raise pdu.ProtocolError("a new command arrived before the previous one's data set")
+                        command_buffer += fragment
+                        if not control & 0x02:
+                            continue
+                        command = pdu.decode_command(bytes(command_buffer))
+                        command_buffer.clear()
+                        command_context = context_id
+                        if pdu.command_us(command, pdu.TAG_DATASET_TYPE) == pdu.NO_DATASET:
+                            response = await self._no_dataset(loop, assoc, command_context, command, running)
+                            if response:
+                                writer.write(response)
+                            command = None
+                    else:  # data set fragment
+                        if command is None or context_id != command_context:
+                            raise pdu.ProtocolError("data set fragment without its command")
+                        data_buffer += fragment
+                        if not control & 0x02:
+                            continue
+                        dataset = bytes(data_buffer)
+                        data_buffer.clear()
+                        field_ = pdu.command_us(command, pdu.TAG_COMMAND_FIELD)
+                        if field_ in (pdu.C_FIND_RQ, pdu.C_GET_RQ, pdu.C_MOVE_RQ) and self.on_query is not None:
+                            self._start_operation(loop, writer, assoc, command_context, command, dataset, running)
+                        else:
+                            if running:
+                                raise pdu.ProtocolError("a request arrived while a query/retrieve was in progress")
+                            writer.write(await self._dispatch(loop, assoc, command_context, command, dataset))
                         command = None
-                else:  # data set fragment
-                    if command is None or context_id != command_context:
-                        raise pdu.ProtocolError("data set fragment without its command")
-                    data_buffer += fragment
-                    if not control & 0x02:
-                        continue
-                    dataset = bytes(data_buffer)
-                    data_buffer.clear()
-                    response = await self._dispatch(loop, assoc, command_context, command, dataset)
-                    writer.write(response)
-                    command = None
+        finally:
+            for operation in running:
+                operation.abandon()
+
+    def _start_operation(self, loop: asyncio.AbstractEventLoop, writer: asyncio.StreamWriter, assoc: Association,
+                         context_id: int, command: dict[int, bytes], identifier: bytes,
+                         running: list[Operation]) -> None:
+        if running:
+            raise pdu.ProtocolError("a second query/retrieve arrived before the first one finished")
+        if assoc.contexts[context_id][0] not in QR_MODELS:
+            raise pdu.ProtocolError("a query/retrieve request on a context of another SOP class")
+        operation = Operation(loop, writer, assoc, context_id, command, identifier)
+        running.append(operation)
+
+        def run() -> None:
+            assert self.on_query is not None
+            try:
+                self.on_query(operation)
+            except OperationAbandoned as exc:
+                log.info("query/retrieve from %s@%s stopped: %s", assoc.calling_ae, assoc.address, exc)
+            except Exception as exc:  # noqa: BLE001 - answer with a failure, keep the association
+                log.exception("query/retrieve from %s@%s failed", assoc.calling_ae, assoc.address)
+                if not operation.finished:
+                    try:
+                        operation.respond(0xC000, comment=f"internal error: {type(exc).__name__}")
+                    except OperationAbandoned:
+                        pass
+
+        future = loop.run_in_executor(self._workers, run)
+        future.add_done_callback(lambda _f: running.remove(operation) if operation in running else None)
+
+    async def _no_dataset(self, loop: asyncio.AbstractEventLoop, assoc: Association, context_id: int,
+                          command: dict[int, bytes], running: list[Operation]) -> bytes | None:
+        """Commands without a data set: C-CANCEL and C-STORE responses (to a running
+        operation), else a request answered at once."""
+        field_ = pdu.command_us(command, pdu.TAG_COMMAND_FIELD)
+        if field_ == pdu.C_CANCEL_RQ:
+            target = pdu.command_us(command, pdu.TAG_MESSAGE_ID_RESPONDED)
+            for operation in running:
+                if operation.message_id == target:
+                    log.info("C-CANCEL from %s@%s for message %s", assoc.calling_ae, assoc.address, target)
+                    operation.cancel()
+            return None  # a cancel of something already finished is simply ignored (PS3.7 9.3.2.3)
+        if field_ == pdu.C_STORE_RSP:
+            if not running:
+                raise pdu.ProtocolError("a C-STORE response with no C-GET in progress")
+            running[0].store_reply(command)
+            return None
+        if running:
+            raise pdu.ProtocolError("a request arrived while a query/retrieve was in progress")
+        return await self._dispatch(loop, assoc, context_id, command, None)
 
     async def _dispatch(self, loop: asyncio.AbstractEventLoop, assoc: Association, context_id: int,
                         command: dict[int, bytes], dataset: bytes | None) -> bytes:

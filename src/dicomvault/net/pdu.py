@@ -18,6 +18,10 @@ PDU_TYPES = {A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF, A_RELEAS
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
 N_ACTION_RQ, N_ACTION_RSP = 0x0130, 0x8130
+C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
+C_GET_RQ, C_GET_RSP = 0x0010, 0x8010
+C_MOVE_RQ, C_MOVE_RSP = 0x0021, 0x8021
+C_CANCEL_RQ = 0x0FFF
 NO_DATASET = 0x0101
 
 TAG_AFFECTED_SOP_CLASS = 0x00000002
@@ -31,6 +35,14 @@ TAG_ERROR_COMMENT = 0x00000902
 TAG_AFFECTED_SOP_INSTANCE = 0x00001000
 TAG_REQUESTED_SOP_INSTANCE = 0x00001001
 TAG_ACTION_TYPE = 0x00001008
+TAG_PRIORITY = 0x00000700
+TAG_MOVE_DESTINATION = 0x00000600
+TAG_REMAINING = 0x00001020
+TAG_COMPLETED = 0x00001021
+TAG_FAILED = 0x00001022
+TAG_WARNING = 0x00001023
+TAG_MOVE_ORIGINATOR_AE = 0x00001030
+TAG_MOVE_ORIGINATOR_ID = 0x00001031
 
 RELEASE_RP = struct.pack(">BBIxxxx", A_RELEASE_RP, 0, 4)
 
@@ -68,6 +80,22 @@ def pdv_items(body: bytes) -> list[tuple[int, int, memoryview]]:
 def p_data(context_id: int, control: int, payload: bytes) -> bytes:
     """One P-DATA-TF holding one PDV (responses are small: they always fit one PDU)."""
     return struct.pack(">BBIIBB", P_DATA_TF, 0, len(payload) + 6, len(payload) + 2, context_id, control) + payload
+
+
+def message(context_id: int, command: bytes, dataset: bytes | None, max_pdu: int) -> list[bytes]:
+    """A whole DIMSE message as P-DATA-TF PDUs no larger than the peer's ``max_pdu``
+    (0 = unlimited), the data set sent as it is, in as few PDUs as that allows."""
+    fragment = max(1024, (max_pdu or (1 << 24)) - 6)  # PDV item header (4 + 2) inside the PDU
+    pdus = [p_data(context_id, 0x03, command)]
+    if dataset is None:
+        return pdus
+    view = memoryview(dataset)
+    for start in range(0, len(dataset), fragment):
+        last = start + fragment >= len(dataset)
+        pdus.append(p_data(context_id, 0x02 if last else 0x00, bytes(view[start:start + fragment])))
+    if not dataset:
+        pdus.append(p_data(context_id, 0x02, b""))
+    return pdus
 
 
 def _element(tag: int, value: bytes) -> bytes:

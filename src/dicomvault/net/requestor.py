@@ -107,8 +107,8 @@ class StoreRequestor:
             if result.result == 0 and result.context_id in by_id:
                 self._accepted[by_id[result.context_id]] = result.context_id
         for item in accepted.user_information:
-            if isinstance(item, MaximumLengthNotification) and item.maximum_length_received:
-                self._peer_max = int(item.maximum_length_received)
+            if isinstance(item, MaximumLengthNotification):
+                self._peer_max = int(item.maximum_length_received or 0)  # 0: no limit
 
     def _context_for(self, abstract: str, syntax: str) -> int:
         pair = (abstract, syntax)
@@ -121,6 +121,18 @@ class StoreRequestor:
         if pair not in self._accepted:
             raise AssociationRejected(f"{self.called_ae} does not accept {abstract} in transfer syntax {syntax}")
         return self._accepted[pair]
+
+    def prepare(self, pairs: list[tuple[str, str]]) -> None:
+        """Propose every (SOP class, transfer syntax) in ``pairs`` on one fresh association, so
+        a whole retrieval runs on it; ``accepts`` then says what the peer took."""
+        wanted = list(dict.fromkeys(pairs))[:MAX_CONTEXTS]
+        if self._sock is not None and all(pair in self._accepted for pair in wanted):
+            return
+        self._wanted = wanted
+        self._associate()
+
+    def accepts(self, sop_class: str, syntax: str) -> bool:
+        return self._sock is not None and (sop_class, syntax) in self._accepted
 
     def close(self) -> None:
         if self._sock is None:
@@ -136,34 +148,34 @@ class StoreRequestor:
 
     # --- C-STORE ------------------------------------------------------------------------
 
-    def store(self, sop_class: str, sop_instance: str, syntax: str, dataset: bytes) -> tuple[int, str]:
-        """Send one dataset as-is; returns (DIMSE status, Error Comment)."""
+    def store(self, sop_class: str, sop_instance: str, syntax: str, dataset: bytes,
+              originator: tuple[str, int] | None = None) -> tuple[int, str]:
+        """Send one dataset as-is; returns (DIMSE status, Error Comment). ``originator`` is the
+        C-MOVE requestor's (AE title, message id) when this is a move sub-operation."""
         try:
-            return self._store(sop_class, sop_instance, syntax, dataset)
+            return self._store(sop_class, sop_instance, syntax, dataset, originator)
         except (OSError, ConnectionError, pdu.ProtocolError):
             self.close()  # a stale kept-open association: one fresh try
-            return self._store(sop_class, sop_instance, syntax, dataset)
+            return self._store(sop_class, sop_instance, syntax, dataset, originator)
 
-    def _store(self, sop_class: str, sop_instance: str, syntax: str, dataset: bytes) -> tuple[int, str]:
+    def _store(self, sop_class: str, sop_instance: str, syntax: str, dataset: bytes,
+               originator: tuple[str, int] | None) -> tuple[int, str]:
         context = self._context_for(sop_class, syntax)
         assert self._sock is not None
         self._message_id = self._message_id % 65535 + 1
-        command = pdu.encode_command({
+        elements = {
             pdu.TAG_AFFECTED_SOP_CLASS: pdu.uid_value(sop_class),
             pdu.TAG_COMMAND_FIELD: pdu.us(pdu.C_STORE_RQ),
             pdu.TAG_MESSAGE_ID: pdu.us(self._message_id),
-            0x00000700: pdu.us(0),  # priority: medium
+            pdu.TAG_PRIORITY: pdu.us(0),  # medium
             pdu.TAG_DATASET_TYPE: pdu.us(0x0000),
             pdu.TAG_AFFECTED_SOP_INSTANCE: pdu.uid_value(sop_instance),
-        })
-        self._sock.sendall(pdu.p_data(context, 0x03, command))
-        fragment = max(1024, self._peer_max - 6)  # PDV header inside the PDU
-        view = memoryview(dataset)
-        for start in range(0, len(dataset), fragment):
-            last = start + fragment >= len(dataset)
-            self._sock.sendall(pdu.p_data(context, 0x02 if last else 0x00, bytes(view[start:start + fragment])))
-        if not dataset:
-            self._sock.sendall(pdu.p_data(context, 0x02, b""))
+        }
+        if originator is not None:
+            elements[pdu.TAG_MOVE_ORIGINATOR_AE] = pdu.text_value(originator[0])
+            elements[pdu.TAG_MOVE_ORIGINATOR_ID] = pdu.us(originator[1])
+        command = pdu.encode_command(elements)
+        self._sock.sendall(b"".join(pdu.message(context, command, dataset, self._peer_max)))
         buffer = bytearray()
         while True:
             kind, _header, body = self._read_pdu()

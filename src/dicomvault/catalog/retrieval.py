@@ -1,0 +1,88 @@
+"""What a retrieval (C-GET, C-MOVE, WADO-RS) sends: the latest version of every instance under
+the requested patients, studies, series or instances, in viewing order.
+
+One query per request, returning everything a sender needs up front (SOP class and stored
+transfer syntax too), so a C-MOVE can propose all its presentation contexts on one
+association before the first instance goes out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import and_, select
+from sqlalchemy.orm import aliased
+
+from . import schema as t
+
+if TYPE_CHECKING:
+    from .db import Catalog
+
+# The attribute that names the unique key of each retrieval level (PS3.4 C.4.2.2.1).
+LEVEL_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
+              "IMAGE": "SOPInstanceUID"}
+_MAX_KEYS_PER_QUERY = 500  # stay well under every database's bound-parameter limit
+
+
+@dataclass(frozen=True)
+class RetrievalItem:
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    object_id: str
+    sha256: str
+    transfer_syntax_uid: str
+    size_original: int
+    version: int
+    series_number: str = ""
+    instance_number: str = ""
+
+
+def _number(text: str) -> tuple[int, float]:
+    """Sort IS values numerically, missing or malformed ones last."""
+    try:
+        return 0, float(text)
+    except ValueError:
+        return 1, 0.0
+
+
+def retrieval_items(catalog: "Catalog", level: str, keys: Sequence[str]) -> list[RetrievalItem]:
+    """Latest version of every instance under ``keys`` (UIDs, or Patient IDs at PATIENT level),
+    ordered by study, series number, instance number."""
+    if level not in LEVEL_KEYS:
+        raise ValueError(f"unknown retrieval level {level!r}")
+    newer = aliased(t.versions)
+    base = (
+        select(
+            t.instances.c.sop_instance_uid, t.instances.c.sop_class_uid, t.studies.c.study_uid,
+            t.series.c.series_uid, t.versions.c.object_id, t.versions.c.sha256, t.versions.c.transfer_syntax_uid,
+            t.versions.c.size_original, t.versions.c.version, t.series.c.series_number, t.instances.c.instance_number,
+        )
+        .select_from(
+            t.versions.join(t.instances, t.versions.c.instance_pk == t.instances.c.id)
+            .join(t.series, t.instances.c.series_pk == t.series.c.id)
+            .join(t.studies, t.series.c.study_pk == t.studies.c.id)
+            .join(t.patients, t.studies.c.patient_pk == t.patients.c.id)
+            # latest version only: no newer version of the same instance exists
+            .outerjoin(newer, and_(newer.c.instance_pk == t.versions.c.instance_pk,
+                                   newer.c.version > t.versions.c.version))
+        )
+        .where(newer.c.id.is_(None))
+    )
+    column = {"PATIENT": t.patients.c.patient_id, "STUDY": t.studies.c.study_uid,
+              "SERIES": t.series.c.series_uid, "IMAGE": t.instances.c.sop_instance_uid}[level]
+    unique = list(dict.fromkeys(k for k in keys if k))
+    items: dict[str, RetrievalItem] = {}
+    with catalog.read() as conn:
+        for start in range(0, len(unique), _MAX_KEYS_PER_QUERY):
+            for row in conn.execute(base.where(column.in_(unique[start:start + _MAX_KEYS_PER_QUERY]))):
+                items[row.sop_instance_uid] = RetrievalItem(
+                    row.sop_instance_uid, row.sop_class_uid, row.study_uid, row.series_uid, row.object_id,
+                    row.sha256, row.transfer_syntax_uid, int(row.size_original), int(row.version),
+                    row.series_number or "", row.instance_number or "",
+                )
+    return sorted(items.values(), key=lambda i: (i.study_uid, _number(i.series_number), i.series_uid,
+                                                 _number(i.instance_number), i.sop_instance_uid))
