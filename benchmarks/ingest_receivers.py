@@ -129,11 +129,12 @@ class DicomVault(Receiver):
     name = "dicomvault"
     ae_title = "DICOMVAULT"
 
-    def __init__(self, workdir: Path, profile_cmd: list[str] | None = None) -> None:
+    def __init__(self, workdir: Path, profile_cmd: list[str] | None = None, extra_toml: str = "") -> None:
         super().__init__(workdir)
         self.root = workdir / "vault"
         self.http_port = 0
         self.profile_cmd = profile_cmd or []
+        self.extra_toml = extra_toml  # appended to dicomvault.toml before start (e.g. [peers.X])
 
     @property
     def config(self) -> Path:
@@ -167,6 +168,9 @@ class DicomVault(Receiver):
         self._set("dicom", "bind", '"127.0.0.1"')
         self._set("http", "port", str(self.http_port))
         self._set("http", "bind", '"127.0.0.1"')
+        if self.extra_toml:
+            with self.config.open("a") as config:
+                config.write("\n" + self.extra_toml + "\n")
         argv = [sys.executable, "-m", "dicomvault.cli", "serve", "--config", str(self.config)]
         self._spawn([*self.profile_cmd, *argv] if self.profile_cmd else argv)
         self._wait_echo(timeout=120 if self.profile_cmd else 60)
@@ -196,9 +200,10 @@ class Orthanc(Receiver):
     name = "orthanc"
     ae_title = "ORTHANC"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_config: dict | None = None) -> None:
         super().__init__(workdir)
         self.http_port = 0
+        self.extra_config = dict(extra_config or {})  # e.g. DicomModalities for Q/R peers
 
     def start(self) -> None:
         self.port, self.http_port = free_port(), free_port()
@@ -214,6 +219,7 @@ class Orthanc(Receiver):
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "DicomAlwaysAllowStore": True,
+            **self.extra_config,
         }
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config, indent=2))

@@ -165,10 +165,12 @@ def test_study_level_wildcard_date_range_and_uid_list(hospital: Hospital) -> Non
     assert values(found, "StudyInstanceUID") == h.studies(patient_name="DOE^JOHN") | h.studies(patient_name="DOE^JANE")
 
     found, _ = findscu(h, "S", "QueryRetrieveLevel=STUDY", "PatientName=SM?TH*", "StudyInstanceUID")
+    assert values(found, "StudyInstanceUID") == h.studies(patient_name="SMITH^ANNA") | h.studies(
+        patient_name="SMYTHE^BOB")
+    found, _ = findscu(h, "S", "QueryRetrieveLevel=STUDY", "PatientName=SM?TH^*", "StudyInstanceUID")
     assert values(found, "StudyInstanceUID") == h.studies(patient_name="SMITH^ANNA")
 
-    found, _ = findscu(h, "S", "QueryRetrieveLevel=STUDY", "StudyDate=20240201-20240229", "StudyInstanceUID",
-                       "StudyDate")
+    found, _ = findscu(h, "S", "QueryRetrieveLevel=STUDY", "StudyDate=20240201-20240229", "StudyInstanceUID")
     assert values(found, "StudyInstanceUID") == h.studies(study_date="20240220")
     assert values(found, "StudyDate") == {"20240220"}
 
@@ -364,3 +366,48 @@ def test_orthanc_pulls_from_its_backup_and_receives_a_move(hospital: Hospital, o
     for instance in (i for i in h.instances if i.study_uid == study):
         (resource,) = pacs.lookup(instance.sop_uid)
         assert dataset_bytes(pacs.instance_file(resource["ID"])) == dataset_bytes(instance.path.read_bytes())
+
+
+def test_cancel_stops_a_streaming_find(hospital: Hospital) -> None:
+    """C-CANCEL during C-FIND. Over loopback all 72 responses fit in the socket buffers before a
+    cancel could arrive, so the network is replaced by a recording operation here; the
+    service, the query engine and the catalog are the real ones."""
+    import threading
+
+    from pydicom.dataset import Dataset
+
+    from dicomvault.archive import Archive
+    from dicomvault.config import load_settings
+    from dicomvault.net import pdu
+    from dicomvault.serve.qr import QueryRetrieveService, encode_identifier
+
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.SOPInstanceUID = ""
+    responses: list[tuple[int, bool]] = []
+
+    class RecordingOperation:
+        kind = pdu.C_FIND_RQ
+        model = "STUDY"
+        transfer_syntax = "1.2.840.10008.1.2"
+        cancelled = threading.Event()
+        finished = False
+
+        class assoc:  # noqa: N801 - stands in for net.acceptor.Association
+            calling_ae, address = "CANCELTEST", "127.0.0.1"
+
+        def __init__(self) -> None:
+            self.identifier = encode_identifier(identifier, self.transfer_syntax)
+
+        def respond(self, status: int, identifier: bytes | None = None, **_: object) -> None:
+            responses.append((status, identifier is not None))
+            if len(responses) == 3:
+                self.cancelled.set()  # the C-CANCEL arrives after the third match
+
+    archive = Archive.open(load_settings(hospital.vault.config))
+    try:
+        QueryRetrieveService(archive)(RecordingOperation())  # type: ignore[arg-type]
+    finally:
+        archive.close()
+    assert responses[:3] == [(0xFF00, True)] * 3
+    assert responses[3:] == [(0xFE00, False)], responses

@@ -139,8 +139,10 @@ class QueryRetrieveService:
         requested = [elem for elem in request if elem.tag.group not in (0x0000, 0x0002)]
         matches = 0
         outcome = "success"
+        rows: Any = iter(())
         try:
-            for row in run_query(self.archive.catalog, query):
+            rows = run_query(self.archive.catalog, query)  # validates first: QueryError before any row
+            for row in rows:
                 if op.cancelled.is_set():
                     op.respond(CANCELLED)
                     outcome = "cancelled"
@@ -178,5 +180,7 @@ class QueryRetrieveService:
             outcome = "abandoned"
             raise
         finally:
+            if hasattr(rows, "close"):
+                rows.close()  # release the catalog snapshot at once when stopping early
             self.audit(op, "query", level, outcome,
                        {"model": op.model, "filters": {k: v for k, v in filters.items() if v}, "matches": matches})
