@@ -37,6 +37,7 @@ from typing import Any
 from dicomvault.config import DicomSettings
 
 from . import pdu
+from .associate import encode_associate_ac, parse_associate_rq
 
 log = logging.getLogger(__name__)
 
@@ -345,27 +346,12 @@ class DicomListener:
 
     async def _negotiate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          peer: tuple[Any, ...]) -> Association | None:
-        from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-        from pynetdicom.pdu_primitives import (
-            A_ASSOCIATE,
-            ImplementationClassUIDNotification,
-            ImplementationVersionNameNotification,
-            MaximumLengthNotification,
-            SCP_SCU_RoleSelectionNegotiation,
-        )
-        from pynetdicom.presentation import PresentationContext
-
-        kind, header, body = await self._read_pdu(reader)
+        kind, _header, body = await self._read_pdu(reader)
         if kind != pdu.A_ASSOCIATE_RQ:
             raise pdu.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{kind:02X}")
-        request = A_ASSOCIATE_RQ()
-        try:
-            request.decode(header + body)
-            primitive = request.to_primitive()
-        except Exception as exc:  # noqa: BLE001 - malformed association request
-            raise pdu.ProtocolError(f"malformed A-ASSOCIATE-RQ: {exc}") from exc
-        calling, called = _ae(primitive.calling_ae_title), _ae(primitive.called_ae_title)
-        if str(primitive.application_context_name) != APPLICATION_CONTEXT:
+        request = parse_associate_rq(body)
+        calling, called = request.calling_ae, request.called_ae
+        if request.application_context != APPLICATION_CONTEXT:
             log.warning("rejecting %s@%s: unsupported application context", calling, peer[0])
             writer.write(pdu.reject_pdu(1, 1, 2))
             return None
@@ -379,67 +365,36 @@ class DicomListener:
             writer.write(pdu.reject_pdu(2, 3, 2))
             return None
 
-        results = []
         assoc = Association(calling, called, str(peer[0]), int(peer[1]) if len(peer) > 1 else 0)
-        role_replies = []
-        for item in primitive.user_information:
-            if isinstance(item, MaximumLengthNotification):
-                assoc.peer_max_pdu = int(item.maximum_length_received or 0)
-            elif isinstance(item, SCP_SCU_RoleSelectionNegotiation) and self.on_query is not None:
-                # Accept the roles as proposed: a C-GET requestor offering to be the storage
-                # SCP is how its retrieved instances reach it.
-                sop_class = str(item.sop_class_uid)
-                reply = SCP_SCU_RoleSelectionNegotiation()
-                reply.sop_class_uid = item.sop_class_uid
-                reply.scu_role = bool(item.scu_role)
-                reply.scp_role = bool(item.scp_role)
-                role_replies.append(reply)
-                if item.scp_role:
+        assoc.peer_max_pdu = request.max_pdu
+        roles: list[tuple[str, bool, bool]] = []
+        if self.on_query is not None:
+            # Accept the roles as proposed: a C-GET requestor offering to be the storage SCP
+            # is how its retrieved instances reach it.
+            for sop_class, (scu, scp) in request.roles.items():
+                roles.append((sop_class, scu, scp))
+                if scp:
                     assoc.requestor_scp.add(sop_class)
-        for proposed in primitive.presentation_context_definition_list:
-            result = PresentationContext()
-            result.context_id = proposed.context_id
-            result.abstract_syntax = proposed.abstract_syntax
-            abstract = str(proposed.abstract_syntax)
-            syntaxes = [str(ts) for ts in proposed.transfer_syntax]
+        results: list[tuple[int, int, str]] = []
+        for proposed in request.contexts:
+            abstract, syntaxes = proposed.abstract_syntax, proposed.transfer_syntaxes
             if abstract in QR_MODELS and self.on_query is not None:
                 # Identifiers are small and decoded: any uncompressed little-endian syntax.
                 chosen = next((ts for ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE) if ts in syntaxes), None)
-                result.transfer_syntax = [chosen or (syntaxes[:1] or [IMPLICIT_VR_LE])[0]]
-                result.result = 0x00 if chosen else 0x04
                 if chosen:
                     assoc.contexts[proposed.context_id] = (abstract, chosen)
-                results.append(result)
+                results.append((proposed.context_id, 0x00 if chosen else 0x04, chosen or IMPLICIT_VR_LE))
                 continue
             supported = abstract == VERIFICATION or (abstract == STORAGE_COMMITMENT and self.on_action is not None) or (
                 abstract != STORAGE_COMMITMENT and not abstract.startswith(_NOT_STORAGE_PREFIXES)
             )
             if supported and syntaxes:
-                result.transfer_syntax = [syntaxes[0]]  # the sender's first choice: never transcode
-                result.result = 0x00
-                assoc.contexts[proposed.context_id] = (abstract, syntaxes[0])
-            else:
-                result.transfer_syntax = syntaxes[:1] or ["1.2.840.10008.1.2"]
-                result.result = 0x03 if not supported else 0x04  # abstract / transfer syntax not supported
-            results.append(result)
-
-        accept = A_ASSOCIATE()
-        accept.application_context_name = APPLICATION_CONTEXT
-        accept.calling_ae_title = primitive.calling_ae_title
-        accept.called_ae_title = primitive.called_ae_title
-        accept.result = 0x00
-        accept.result_source = 0x01
-        accept.presentation_context_definition_results_list = results
-        max_length = MaximumLengthNotification()
-        max_length.maximum_length_received = MAX_PDU_RECEIVED
-        class_uid = ImplementationClassUIDNotification()
-        class_uid.implementation_class_uid = self.implementation_class_uid
-        version = ImplementationVersionNameNotification()
-        version.implementation_version_name = self.implementation_version
-        accept.user_information = [max_length, class_uid, version, *role_replies]
-        answer = A_ASSOCIATE_AC()
-        answer.from_primitive(accept)
-        writer.write(answer.encode())
+                assoc.contexts[proposed.context_id] = (abstract, syntaxes[0])  # the sender's first choice
+                results.append((proposed.context_id, 0x00, syntaxes[0]))
+            else:  # abstract syntax / transfer syntaxes not supported
+                results.append((proposed.context_id, 0x03 if not supported else 0x04, IMPLICIT_VR_LE))
+        writer.write(encode_associate_ac(request, results, MAX_PDU_RECEIVED, self.implementation_class_uid,
+                                         self.implementation_version, roles))
         return assoc
 
     async def _serve(self, assoc: Association, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
