@@ -125,6 +125,7 @@ class DicomwebSettings:
     tokens_file: str = ""
     max_request_bytes: int = 2 * 1024**3  # STOW-RS request body cap
     query_limit: int = 1000  # QIDO-RS results per response when the client asks for more (or none)
+    base_url: str = ""  # public URL of /dicomweb for Retrieve URLs and BulkDataURIs (behind a proxy)
 
 
 _SITE_KEYS = {"url", "offsite", "rate", "schedule", "workers", "max_attempts"}
@@ -324,6 +325,10 @@ def _dicomweb(data: dict, base: Path) -> DicomwebSettings:
         raise ConfigError(f"[dicomweb] max_request_bytes must be at least 1024, got {values['max_request_bytes']}")
     if not 1 <= values["query_limit"] <= 100_000:
         raise ConfigError(f"[dicomweb] query_limit must be 1-100000, got {values['query_limit']}")
+    base_url = str(values["base_url"] or "").strip().rstrip("/")
+    if base_url and not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"[dicomweb] base_url must start with http:// or https://, got {base_url!r}")
+    values["base_url"] = base_url
     tokens = str(values["tokens_file"] or "").strip()
     values["tokens_file"] = str(_resolve(base, tokens)) if tokens else ""
     return DicomwebSettings(**values)
@@ -486,6 +491,9 @@ tokens_file = ""
 max_request_bytes = 2147483648
 # QIDO-RS: most results per response; more are announced in a Warning header (use offset).
 query_limit = 1000
+# Public URL of this service, used in Retrieve URLs and BulkDataURIs; set it behind a reverse
+# proxy (e.g. "https://pacs-dr.example.org/dicomweb"). Empty = from each request's Host header.
+base_url = ""
 
 # This vault as another vault's off-site copy (its sites.NAME url = "vault://this-host:8080").
 # It stores their sealed objects as-is (ciphertext: it never has their keys), each sending

@@ -49,11 +49,12 @@ def build_app(archive: Archive) -> Starlette:
     async def status(_: Request) -> Response:
         return JSONResponse(archive_status(archive))
 
+    from .dicomweb import dicomweb_routes  # QIDO-RS, WADO-RS, STOW-RS under /dicomweb
     from .replica_api import replica_routes  # this vault as another vault's vault:// site
 
     return Starlette(
         routes=[Route("/healthz", healthz), Route("/metrics", metrics), Route("/api/status", status),
-                *replica_routes(archive.settings.replica_store, archive.catalog)]
+                *replica_routes(archive.settings.replica_store, archive.catalog), *dicomweb_routes(archive)]
     )
 
 
@@ -64,6 +65,10 @@ def _tls_options(archive: Archive, host: str) -> dict[str, str]:
     leave ``serve`` running without HTTP; loading them here turns that into a one-line error.
     """
     http = archive.settings.http
+    from .dicomweb import plain_http_warning
+
+    if (warning := plain_http_warning(archive, host)) is not None:
+        log.warning("%s", warning)
     if not http.tls_cert_file:
         if archive.settings.replica_store.enabled and host not in ("127.0.0.1", "::1", "localhost"):
             log.warning("[replica_store] is enabled over plain HTTP on %s: sender tokens travel in clear; "
