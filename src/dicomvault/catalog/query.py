@@ -40,41 +40,50 @@ Output
 iterator (a generator): rows are fetched ``CHUNK_ROWS`` at a time from a streaming cursor,
 never the whole result. It holds one catalog read connection (one consistent snapshot)
 until it is exhausted or closed; close it (``.close()``) when stopping early, e.g. on a
-C-CANCEL. Each row is a dict keyword -> DICOM string value ("" when not known) for exactly
-the keys of ``supported_keys(level)``: the level's own attributes and those of every level
-above it, computed ones included. Multi-valued values (ModalitiesInStudy,
-SOPClassesInStudy) are sorted and joined with a backslash; counts are decimal strings.
-At STUDY level and below, PatientName is the name recorded with the study; at PATIENT
-level the patient record's name.
+C-CANCEL. Each row is a dict keyword -> DICOM string value ("" when not known), with
+exactly the keys of ``supported_keys(level)`` in that order: the level's own attributes and
+those of every level above it, computed ones included. Multi-valued values
+(ModalitiesInStudy, SOPClassesInStudy) are sorted and joined with a backslash; counts are
+decimal strings. At STUDY level and below, PatientName is the name recorded with the study;
+at PATIENT level the patient record's name. One exception, for speed: below PATIENT level
+the NumberOfPatientRelated* counts are filled only when the query names one of them in
+``filters`` (as a return key, ""), otherwise they are "" (they cost a walk over every
+instance of the patient, 5-10x the study's own).
 
 Order (stable; limit/offset apply to it):
-- PATIENT: PatientName, PatientID, IssuerOfPatientID
-- STUDY:   StudyDate desc, StudyTime desc, StudyInstanceUID desc (newest first)
+- PATIENT: PatientName, PatientID, IssuerOfPatientID (database collation; code points on
+  SQLite)
+- STUDY:   StudyDate desc, StudyTime desc, StudyInstanceUID desc (newest first, undated last)
 - SERIES:  study order, then SeriesNumber numerically, SeriesInstanceUID
 - IMAGE:   series order, then InstanceNumber numerically, SOPInstanceUID
-(numerically = shorter first, then by text; non-numbers sort among them by length).
+(numerically = shorter first, then by text: right for integers without leading zeros).
 
-Computed attributes: why batch queries and no counters
-------------------------------------------------------
+Computed attributes: why per-chunk queries over covering indexes and no counters
+--------------------------------------------------------------------------------
 Counts, ModalitiesInStudy and SOPClassesInStudy are computed per chunk of streamed rows
-with one grouped query for all the chunk's studies (and one for its patients), walking only
-covering indexes: series(study_pk, modality) and instances(series_pk, sop_class_uid). The
-cost per row is proportional to the instances of that row's study/patient (an index range
-scan of ~100-500 entries, a few microseconds), never to the whole catalog. Measured with
-benchmarks/retrieve/cfind.py (10,000 studies, 1,000,000 instances, SQLite) the
-study-level mix has p95 well under the 50 ms target (numbers in
-benchmarks/retrieve/README.md). Denormalised counters on studies/series would make the
-read O(1) but cost two UPDATEs in every ingest transaction and must be kept right by every
-future writer (deletion, retention, rebuild), and they drift silently when one forgets;
-the catalog stays a plain index instead, and the migration (0004) only reshapes indexes so
-that ingest still writes the same number of index entries per instance.
+by one query over the chunk's studies (``_SERIES_OF_STUDIES``): per series, its modality,
+a count of its instances and the min/max of their SOP classes, all from the covering
+indexes series(study_pk, modality) and instances(series_pk, sop_class_uid) that migration
+0004 creates (replacing the single-column indexes, so ingest writes no extra index entry
+per instance). The cost per row is proportional to its study's instances (an index range
+walk, ~0.2-0.4 us per instance on SQLite), never to the catalog size.
+
+Measured (benchmarks/retrieve/cfind.py, SQLite, 10,000 studies / 1,000,000 instances,
+shared 2-core machine): the study-level mix has p95 ~10 ms and max ~16 ms against the 50 ms
+target; a 100-study "SMI*" answer takes ~10 ms, a 400-study one ~30 ms. Denormalised
+counters (series/study instance counts kept by ``Catalog.add_version``) would make the read
+O(series) instead, but they add UPDATEs to every ingest transaction, must be kept right by
+every future writer (deletion, retention, rebuild-index, bulk tools) and drift silently
+when one forgets. At this scale the plain index meets the target with margin, so the
+catalog stays an index of facts; counters remain the upgrade path if archives grow to
+studies of many thousands of instances being listed in bulk.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -186,7 +195,6 @@ def supported_keys(level: str) -> dict[str, str]:
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DATE = re.compile(r"^[0-9]{8}$")
 _TIME = re.compile(r"^([0-9]{2})(([0-9]{2})(([0-9]{2})(\.[0-9]{1,6})?)?)?$")
-_TIME_TOP = "~"  # sorts after every character a TM value holds: "1200~" >= "120059.999999"
 
 
 def _check_uid(keyword: str, uid: str) -> str:
@@ -246,19 +254,29 @@ def _date_condition(keyword: str, column: Any, value: str) -> Any:
     return and_(*conditions)
 
 
+def _after_prefix(time: str) -> str:
+    """The smallest TM string above every time that starts with ``time`` ("1200" -> "1201",
+    "0959" -> "0960", "093000.5" -> "093000.6"): digits only, so it compares right in any
+    collation (a sentinel like "~" does not under a locale collation on PostgreSQL)."""
+    digits = time.replace(".", "")
+    bumped = str(int(digits) + 1).zfill(len(digits))
+    dot = time.find(".")
+    return bumped if dot < 0 else bumped[:dot] + "." + bumped[dot:]
+
+
 def _time_condition(keyword: str, column: Any, value: str) -> Any:
     if "\\" in value:
         raise QueryError(f"{keyword}: a time key takes one value or one range, not a list ({value!r})")
     bounds = _split_range(keyword, value)
     if bounds is None:
-        exact = _check_time(keyword, value, value)
-        return and_(column >= exact, column <= exact + _TIME_TOP)
+        exact = _check_time(keyword, value, value)  # every stored time it is a prefix of
+        return and_(column >= exact, column < _after_prefix(exact))
     low, high = (_check_time(keyword, b, value) if b else "" for b in bounds)
     conditions = [column != ""]
     if low:
         conditions.append(column >= low)
     if high:
-        conditions.append(column <= high + _TIME_TOP)
+        conditions.append(column < _after_prefix(high))  # inclusive at the bound's precision
     return and_(*conditions)
 
 
@@ -306,8 +324,8 @@ class _Matcher:
             return _date_condition(keyword, column, value)
         if vr == "TM":
             return _time_condition(keyword, column, value)
-        alternatives = [v.strip(" \x00") for v in value.split("\\")]
-        if any(v in ("", "*") for v in alternatives):
+        alternatives = [v for v in (v.strip(" \x00") for v in value.split("\\")) if v]
+        if not alternatives or "*" in alternatives:
             return None  # one alternative is universal: the key does not narrow the result
         conditions = [self.text_value(column, v, vr) for v in dict.fromkeys(alternatives)]
         return conditions[0] if len(conditions) == 1 else or_(*conditions)
@@ -339,6 +357,7 @@ class _Plan:
     uses_fold: bool
     keys: list[str]
     plain: list[str]  # keywords read straight from the row
+    patient_counts: bool  # compute NumberOfPatientRelated* (always at PATIENT level, else on request)
 
 
 def _column_for(attr: _Attr, level: str) -> Any:
@@ -381,19 +400,21 @@ def _plan(query: Query, dialect: str) -> _Plan:
         if cond is not None:
             where.append(cond)
 
+    # The row's SQL-read values first (in supported_keys order), then the pks that computed
+    # attributes are looked up by: patient, study, series.
     plain = [a.keyword for a in attrs if a.column is not None]
     columns = [_column_for(a, level).label(a.keyword) for a in attrs if a.column is not None]
-    columns.append(_p.c.id.label("_patient_pk"))
+    pks = [_p.c.id.label("_patient_pk")]
     if level == "PATIENT":
         source: Any = _p
-        order = [_p.c.patient_name, _p.c.patient_id, _p.c.issuer, _p.c.id]
+        order: list[Any] = [_p.c.patient_name, _p.c.patient_id, _p.c.issuer, _p.c.id]
     else:
         source = _st.join(_p, _st.c.patient_pk == _p.c.id)
-        columns.append(_st.c.id.label("_study_pk"))
+        pks.append(_st.c.id.label("_study_pk"))
         order = [_st.c.study_date.desc(), _st.c.study_time.desc(), _st.c.study_uid.desc()]
     if level in ("SERIES", "IMAGE"):
         source = _se.join(source, _se.c.study_pk == _st.c.id)
-        columns.append(_se.c.id.label("_series_pk"))
+        pks.append(_se.c.id.label("_series_pk"))
         order += [func.length(_se.c.series_number), _se.c.series_number, _se.c.series_uid]
     if level == "IMAGE":
         source = _i.join(source, _i.c.series_pk == _se.c.id)
@@ -408,13 +429,15 @@ def _plan(query: Query, dialect: str) -> _Plan:
         columns.append(latest_ts.label("AvailableTransferSyntaxUID"))
         plain.append("AvailableTransferSyntaxUID")
         order += [func.length(_i.c.instance_number), _i.c.instance_number, _i.c.sop_instance_uid]
+    columns += pks
 
     statement = select(*columns).select_from(source).where(*where).order_by(*order)
     if query.limit is not None:
         statement = statement.limit(query.limit)
     if query.offset:
         statement = statement.offset(query.offset)
-    return _Plan(level, statement, matcher.uses_fold, [a.keyword for a in attrs], plain)
+    patient_counts = level == "PATIENT" or any(k in query.filters for k in _PATIENT_COUNTS)
+    return _Plan(level, statement, matcher.uses_fold, [a.keyword for a in attrs], plain, patient_counts)
 
 
 # --- computed attributes ------------------------------------------------------------------
@@ -425,88 +448,151 @@ class _StudyStats:
     series: dict[int, int] = field(default_factory=dict)  # series pk -> instances
     modalities: set[str] = field(default_factory=set)
     sop_classes: set[str] = field(default_factory=set)
+    _values: tuple[str, str, str, str] | None = None  # built at the first row that needs it
 
     @property
     def instances(self) -> int:
         return sum(self.series.values())
 
+    def values(self) -> tuple[str, str, str, str]:
+        """ModalitiesInStudy, SOPClassesInStudy, NumberOfStudyRelatedSeries/Instances."""
+        if self._values is None:
+            self._values = ("\\".join(sorted(self.modalities)), "\\".join(sorted(self.sop_classes)),
+                            str(len(self.series)), str(self.instances))
+        return self._values
 
-_STUDY_STATS = (
-    select(_se.c.study_pk, _se.c.id, _se.c.modality, _i.c.sop_class_uid, func.count(_i.c.id))
-    .select_from(_se.outerjoin(_i, _i.c.series_pk == _se.c.id))
-    .where(_se.c.study_pk.in_(bindparam("pks", expanding=True)))
-    .group_by(_se.c.study_pk, _se.c.id, _se.c.modality, _i.c.sop_class_uid)
+
+@dataclass
+class _PatientStats:
+    studies: dict[int, _StudyStats]
+    _counts: tuple[str, str, str] | None = None
+
+    def counts(self) -> tuple[str, str, str]:
+        """NumberOfPatientRelatedStudies/Series/Instances."""
+        if self._counts is None:
+            self._counts = (str(len(self.studies)), str(sum(len(s.series) for s in self.studies.values())),
+                            str(sum(s.instances for s in self.studies.values())))
+        return self._counts
+
+
+# The series of the chunk's studies (or of every study of the chunk's patients), each with
+# its instance count and its smallest and largest SOP class: study/patient counts,
+# ModalitiesInStudy and (nearly always) SOPClassesInStudy in one pass over covering indexes.
+# The count walks the series' entries of instances(series_pk, sop_class_uid); min and max
+# are one index seek each. Only a series holding several SOP classes (min != max) needs a
+# second look (_SERIES_CLASSES) for what lies between.
+_SERIES_INSTANCES = select(func.count()).select_from(_i).where(_i.c.series_pk == _se.c.id).correlate(_se)
+_SERIES_COLUMNS = (
+    _se.c.id,
+    _se.c.modality,
+    _SERIES_INSTANCES.scalar_subquery(),
+    _SERIES_INSTANCES.with_only_columns(func.min(_i.c.sop_class_uid)).scalar_subquery(),
+    _SERIES_INSTANCES.with_only_columns(func.max(_i.c.sop_class_uid)).scalar_subquery(),
 )
-_PATIENT_STATS = (
-    select(_st.c.patient_pk, _st.c.id, _se.c.id, func.count(_i.c.id))
-    .select_from(_st.outerjoin(_se, _se.c.study_pk == _st.c.id).outerjoin(_i, _i.c.series_pk == _se.c.id))
+_SERIES_OF_STUDIES = select(_se.c.study_pk, *_SERIES_COLUMNS).where(
+    _se.c.study_pk.in_(bindparam("pks", expanding=True))
+)
+_SERIES_OF_PATIENTS = (
+    select(_st.c.patient_pk, _st.c.id, *_SERIES_COLUMNS)
+    .select_from(_st.outerjoin(_se, _se.c.study_pk == _st.c.id))
     .where(_st.c.patient_pk.in_(bindparam("pks", expanding=True)))
-    .group_by(_st.c.patient_pk, _st.c.id, _se.c.id)
 )
+_SERIES_CLASSES = (
+    select(_i.c.series_pk, _i.c.sop_class_uid)
+    .where(_i.c.series_pk.in_(bindparam("pks", expanding=True)))
+    .group_by(_i.c.series_pk, _i.c.sop_class_uid)
+)
+_PATIENT_COUNTS = ("NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries", "NumberOfPatientRelatedInstances")
+_STUDY_COMPUTED = ("ModalitiesInStudy", "SOPClassesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
 
 
 class _Enricher:
-    """Computed attributes for one chunk of rows, by a grouped query per chunk (cached for
-    the pks the previous chunk already had: rows come ordered by hierarchy)."""
+    """Computed attributes for one chunk of rows, by one query for the chunk's studies (or,
+    when patient counts are wanted, for every study of the chunk's patients). What the
+    previous chunk computed is reused (rows come ordered by hierarchy); nothing more is
+    kept, so memory stays bounded by the chunk."""
 
-    def __init__(self, conn: Any, level: str) -> None:
+    def __init__(self, conn: Any, plan: _Plan) -> None:
         self.conn = conn
-        self.level = level
+        self.plan = plan
+        self.level = plan.level
+        self.patients: dict[int, _PatientStats] = {}
         self.studies: dict[int, _StudyStats] = {}
-        self.patients: dict[int, tuple[int, int, int]] = {}
+        n = len(plan.plain)
+        self.n_plain, self.patient_at, self.study_at, self.series_at = n, n, n + 1, n + 2
+        self.template = dict.fromkeys(plan.keys, "")
 
-    def _study_stats(self, pks: set[int]) -> None:
-        kept = {pk: self.studies[pk] for pk in pks if pk in self.studies}
-        missing = sorted(pks - kept.keys())
+    def _add_series(self, stats: _StudyStats, series_pk: Any, modality: str, count: int, low: Any, high: Any,
+                    mixed: dict[int, _StudyStats]) -> None:
+        if series_pk is None:
+            return  # a study without series (outer join)
+        stats.series[series_pk] = int(count)
+        if modality:
+            stats.modalities.add(modality)
+        if low is not None:
+            stats.sop_classes.add(low)
+            stats.sop_classes.add(high)
+            if low != high:
+                mixed[series_pk] = stats
+
+    def _classes_between(self, mixed: dict[int, _StudyStats]) -> None:
+        if mixed:
+            for series_pk, sop_class in self.conn.execute(_SERIES_CLASSES, {"pks": sorted(mixed)}):
+                mixed[series_pk].sop_classes.add(sop_class)
+
+    def _load_patients(self, chunk: Sequence[Any]) -> None:
+        at = self.patient_at
+        wanted = {r[at] for r in chunk}
+        patients = {pk: self.patients[pk] for pk in wanted if pk in self.patients}
+        missing = sorted(wanted - patients.keys())
         if missing:
+            mixed: dict[int, _StudyStats] = {}
             for pk in missing:
-                kept[pk] = _StudyStats()
-            for study_pk, series_pk, modality, sop_class, count in self.conn.execute(_STUDY_STATS, {"pks": missing}):
-                stats = kept[study_pk]
-                stats.series[series_pk] = stats.series.get(series_pk, 0) + int(count)
-                if modality:
-                    stats.modalities.add(modality)
-                if sop_class:
-                    stats.sop_classes.add(sop_class)
-        self.studies = kept
+                patients[pk] = _PatientStats({})
+            rows = self.conn.execute(_SERIES_OF_PATIENTS, {"pks": missing})
+            for patient_pk, study_pk, series_pk, modality, count, low, high in rows:
+                stats = patients[patient_pk].studies.get(study_pk)
+                if stats is None:
+                    stats = patients[patient_pk].studies[study_pk] = _StudyStats()
+                self._add_series(stats, series_pk, modality, count, low, high, mixed)
+            self._classes_between(mixed)
+        self.patients = patients
 
-    def _patient_stats(self, pks: set[int]) -> None:
-        kept = {pk: self.patients[pk] for pk in pks if pk in self.patients}
-        missing = sorted(pks - kept.keys())
+    def _load_studies(self, chunk: Sequence[Any]) -> None:
+        at = self.study_at
+        wanted = {r[at] for r in chunk}
+        studies = {pk: self.studies[pk] for pk in wanted if pk in self.studies}
+        if self.plan.patient_counts:  # the patients' query has read these studies already
+            for r in chunk:
+                studies[r[at]] = self.patients[r[self.patient_at]].studies.setdefault(r[at], _StudyStats())
+        missing = sorted(wanted - studies.keys())
         if missing:
-            studies: dict[int, set[int]] = {pk: set() for pk in missing}
-            series: dict[int, set[int]] = {pk: set() for pk in missing}
-            instances: dict[int, int] = dict.fromkeys(missing, 0)
-            for patient_pk, study_pk, series_pk, count in self.conn.execute(_PATIENT_STATS, {"pks": missing}):
-                studies[patient_pk].add(study_pk)
-                if series_pk is not None:
-                    series[patient_pk].add(series_pk)
-                instances[patient_pk] += int(count)
+            mixed: dict[int, _StudyStats] = {}
             for pk in missing:
-                kept[pk] = (len(studies[pk]), len(series[pk]), instances[pk])
-        self.patients = kept
+                studies[pk] = _StudyStats()
+            rows = self.conn.execute(_SERIES_OF_STUDIES, {"pks": missing})
+            for study_pk, series_pk, modality, count, low, high in rows:
+                self._add_series(studies[study_pk], series_pk, modality, count, low, high, mixed)
+            self._classes_between(mixed)
+        self.studies = studies
 
-    def rows(self, chunk: list[Any], plan: _Plan) -> Iterator[dict[str, str]]:
-        level = self.level
-        self._patient_stats({r._patient_pk for r in chunk})
+    def rows(self, chunk: Sequence[Any]) -> Iterator[dict[str, str]]:
+        plan, level, template, n_plain = self.plan, self.level, self.template, self.n_plain
+        if plan.patient_counts:
+            self._load_patients(chunk)
         if level != "PATIENT":
-            self._study_stats({r._study_pk for r in chunk})
+            self._load_studies(chunk)
         for r in chunk:
-            m = r._mapping
-            row = {kw: ("" if m[kw] is None else str(m[kw])) for kw in plan.plain}
-            n_studies, n_series, n_instances = self.patients[r._patient_pk]
-            row["NumberOfPatientRelatedStudies"] = str(n_studies)
-            row["NumberOfPatientRelatedSeries"] = str(n_series)
-            row["NumberOfPatientRelatedInstances"] = str(n_instances)
+            row = template.copy()
+            row.update(zip(plan.plain, ("" if v is None else v for v in r[:n_plain])))
+            if plan.patient_counts:
+                row.update(zip(_PATIENT_COUNTS, self.patients[r[self.patient_at]].counts()))
             if level != "PATIENT":
-                stats = self.studies[r._study_pk]
-                row["ModalitiesInStudy"] = "\\".join(sorted(stats.modalities))
-                row["SOPClassesInStudy"] = "\\".join(sorted(stats.sop_classes))
-                row["NumberOfStudyRelatedSeries"] = str(len(stats.series))
-                row["NumberOfStudyRelatedInstances"] = str(stats.instances)
+                stats = self.studies[r[self.study_at]]
+                row.update(zip(_STUDY_COMPUTED, stats.values()))
                 if level != "STUDY":
-                    row["NumberOfSeriesRelatedInstances"] = str(stats.series.get(r._series_pk, 0))
-            yield {kw: row[kw] for kw in plan.keys}
+                    row["NumberOfSeriesRelatedInstances"] = str(stats.series.get(r[self.series_at], 0))
+            yield row
 
 
 # --- running ------------------------------------------------------------------------------
@@ -541,9 +627,9 @@ def _stream(catalog: "Catalog", plan: _Plan) -> Iterator[dict[str, str]]:
         if plan.uses_fold:
             _register_fold(conn)
         result = conn.execute(plan.statement.execution_options(stream_results=True, yield_per=CHUNK_ROWS))
-        enricher = _Enricher(conn, plan.level)
+        enricher = _Enricher(conn, plan)
         try:
             for chunk in result.partitions(CHUNK_ROWS):
-                yield from enricher.rows(chunk, plan)
+                yield from enricher.rows(chunk)
         finally:
             result.close()

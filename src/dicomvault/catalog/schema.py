@@ -59,8 +59,12 @@ studies = Table(
     Column("updated_at", Float, nullable=False),
 )
 Index("ix_studies_patient", studies.c.patient_pk)
-Index("ix_studies_date", studies.c.study_date)
 Index("ix_studies_accession", studies.c.accession_number)
+# Query indexes (migration 0004, see catalog/query.py): the date index also yields the
+# C-FIND/QIDO study order (date, time, uid) without a sort; the name index serves exact and
+# prefix-wildcard PatientName matching (GLOB on SQLite, LIKE with pattern ops on PostgreSQL).
+Index("ix_studies_date_time_uid", studies.c.study_date, studies.c.study_time, studies.c.study_uid)
+Index("ix_studies_patient_name", studies.c.patient_name, postgresql_ops={"patient_name": "varchar_pattern_ops"})
 
 series = Table(
     "series",
@@ -73,7 +77,8 @@ series = Table(
     Column("series_description", String(256), nullable=False, default=""),
     Column("body_part", String(64), nullable=False, default=""),
 )
-Index("ix_series_study", series.c.study_pk)
+# Covers ModalitiesInStudy (matching and the computed value) per study (migration 0004).
+Index("ix_series_study_modality", series.c.study_pk, series.c.modality)
 Index("ix_series_modality", series.c.modality)
 
 instances = Table(
@@ -85,7 +90,9 @@ instances = Table(
     Column("sop_class_uid", String(64), nullable=False),
     Column("instance_number", String(12), nullable=False, default=""),
 )
-Index("ix_instances_series", instances.c.series_pk)
+# Covers per-series instance counts and SOPClassesInStudy without touching the table rows
+# (migration 0004; replaces the plain series_pk index, so ingest writes no extra entry).
+Index("ix_instances_series_class", instances.c.series_pk, instances.c.sop_class_uid)
 
 versions = Table(
     "versions",
