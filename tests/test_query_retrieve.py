@@ -411,3 +411,44 @@ def test_cancel_stops_a_streaming_find(hospital: Hospital) -> None:
         archive.close()
     assert responses[:3] == [(0xFF00, True)] * 3
     assert responses[3:] == [(0xFE00, False)], responses
+
+
+def test_cancelled_get_stops_after_the_current_sub_operation(hospital: Hospital) -> None:
+    """A C-GET requestor (pynetdicom) sends C-CANCEL while receiving its first instance: the
+    cancel precedes that C-STORE's response on the wire, so exactly one is completed."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
+
+    h = hospital
+    patient = "QR-PID-003"
+    total = len([i for i in h.instances if i.patient_id == patient])
+    received: list[str] = []
+    holder: dict[str, object] = {}
+
+    def on_store(event: evt.Event) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        if len(received) == 1:
+            holder["assoc"].send_c_cancel(1, query_model=StudyRootQueryRetrieveInformationModelGet)  # type: ignore[attr-defined]
+        return 0x0000
+
+    ae = AE(ae_title="GETCANCEL")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", h.vault.dicom_port, ae_title=h.vault.ae_title,
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    holder["assoc"] = assoc
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = "\\".join(sorted(h.studies(patient_id=patient)))
+    try:
+        responses = [(status.Status, status.get("NumberOfCompletedSuboperations"),
+                      status.get("NumberOfRemainingSuboperations"))
+                     for status, _identifier in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)]
+    finally:
+        assoc.release()
+    assert responses[-1] == (0xFE00, 1, total - 1), responses
+    assert len(received) == 1
+    assert h.vault.echo(), "the server must go on serving"

@@ -121,6 +121,11 @@ class Operation:
         self._sub_message_id = 0
         self._out: socket.socket | None = None
         self.task: asyncio.Task[None] | None = None
+        # C-GET: the event loop stops reading while the operation runs and the operation's
+        # thread reads the answers to its sub-operations itself (``_read_command``);
+        # ``_handover`` holds bytes the loop had already buffered.
+        self.reads_directly = self.kind == pdu.C_GET_RQ
+        self._handover = b""
 
     def open_output(self) -> None:
         """Writes of the operation go straight from its thread to the socket (a duplicate of
@@ -200,17 +205,72 @@ class Operation:
         })
         self._send(pdu.message(context_id, command, dataset, self.assoc.peer_max_pdu))
         while True:
-            try:
-                reply = self._store_replies.get(timeout=timeout)
-            except queue.Empty:
-                self.abandon()
-                raise OperationAbandoned(f"no C-STORE response within {timeout:.0f} s") from None
+            if self.reads_directly:
+                reply = self._read_command()
+            else:
+                try:
+                    reply = self._store_replies.get(timeout=timeout)
+                except queue.Empty:
+                    self.abandon()
+                    raise OperationAbandoned(f"no C-STORE response within {timeout:.0f} s") from None
             if reply is None:
                 raise OperationAbandoned("the association ended during a C-GET sub-operation")
+            if pdu.command_us(reply, pdu.TAG_COMMAND_FIELD) != pdu.C_STORE_RSP:
+                continue  # a C-CANCEL, already noted
             if pdu.command_us(reply, pdu.TAG_MESSAGE_ID_RESPONDED) != self._sub_message_id:
                 continue  # a late answer to an earlier sub-operation
             status = pdu.command_us(reply, pdu.TAG_STATUS) or 0
             return status, reply.get(pdu.TAG_ERROR_COMMENT, b"").decode("ascii", "replace").strip("\x00 ")
+
+    # --- direct reads (C-GET): the operation's thread reads the peer's answers itself -------
+
+    def _recv_exact(self, count: int) -> bytes:
+        assert self._out is not None
+        chunks = []
+        if self._handover:
+            taken, self._handover = self._handover[:count], self._handover[count:]
+            chunks.append(taken)
+            count -= len(taken)
+        while count:
+            try:
+                chunk = self._out.recv(min(count, 1 << 20))
+            except OSError as exc:  # includes the socket timeout
+                self.abandon()
+                raise OperationAbandoned(f"reading the peer's answer failed: {exc}") from exc
+            if not chunk:
+                self.abandon()
+                raise OperationAbandoned("the peer closed the connection")
+            chunks.append(chunk)
+            count -= len(chunk)
+        return b"".join(chunks)
+
+    def _read_command(self) -> dict[int, bytes]:
+        """The next complete command the peer sends (C-STORE-RSP or C-CANCEL-RQ): read from
+        the socket in this thread, so a sub-operation's answer needs no event-loop wake-up.
+        A C-CANCEL sets ``cancelled``; anything else than commands ends the operation."""
+        buffer = bytearray()
+        while True:
+            kind, _, length = struct.unpack(">BBI", self._recv_exact(6))
+            if length > MAX_PDU_RECEIVED + 6:
+                self.abandon()
+                raise OperationAbandoned(f"{length}-byte PDU during a C-GET")
+            body = self._recv_exact(length)
+            if kind != pdu.P_DATA_TF:
+                self.abandon()  # A-ABORT, or a release in the middle of our operation
+                raise OperationAbandoned(f"the peer sent PDU type 0x{kind:02X} during a C-GET")
+            for context_id, control, fragment in pdu.pdv_items(body):
+                if context_id not in self.assoc.contexts or not control & 0x01:
+                    self.abandon()
+                    raise OperationAbandoned("unexpected data set or context during a C-GET")
+                buffer += fragment
+                if control & 0x02:
+                    command = pdu.decode_command(bytes(buffer))
+                    if pdu.command_us(command, pdu.TAG_COMMAND_FIELD) == pdu.C_CANCEL_RQ:
+                        if pdu.command_us(command, pdu.TAG_MESSAGE_ID_RESPONDED) == self.message_id:
+                            log.info("C-CANCEL from %s@%s for message %s", self.assoc.calling_ae,
+                                     self.assoc.address, self.message_id)
+                            self.cancel()
+                    return command
 
 
 def _ae(value: Any) -> str:
@@ -296,7 +356,9 @@ class DicomListener:
         while True:
             try:
                 # Cancelling readexactly while it waits consumes nothing, so retrying is safe.
-                header = await asyncio.wait_for(reader.readexactly(6), self.settings.network_timeout)
+                # (asyncio.timeout, not wait_for: no extra task per read, twice per PDU.)
+                async with asyncio.timeout(self.settings.network_timeout):
+                    header = await reader.readexactly(6)
                 break
             except asyncio.TimeoutError:
                 if busy is None or not busy():
@@ -308,7 +370,8 @@ class DicomListener:
             raise pdu.ProtocolError(f"PDU of {length} bytes exceeds the negotiated maximum {MAX_PDU_RECEIVED}")
         if length > 1 << 20 and kind != pdu.P_DATA_TF:
             raise pdu.ProtocolError(f"{length}-byte control PDU")
-        body = await asyncio.wait_for(reader.readexactly(length), self.settings.network_timeout)
+        async with asyncio.timeout(self.settings.network_timeout):
+            body = await reader.readexactly(length)
         return kind, header, body
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -442,7 +505,8 @@ class DicomListener:
                         data_buffer.clear()
                         field_ = pdu.command_us(command, pdu.TAG_COMMAND_FIELD)
                         if field_ in (pdu.C_FIND_RQ, pdu.C_GET_RQ, pdu.C_MOVE_RQ) and self.on_query is not None:
-                            self._start_operation(loop, writer, assoc, command_context, command, dataset, running)
+                            self._start_operation(loop, reader, writer, assoc, command_context, command, dataset,
+                                                  running)
                         else:
                             if any(not op.finished for op in running):
                                 raise pdu.ProtocolError("a request arrived while a query/retrieve was in progress")
@@ -452,9 +516,9 @@ class DicomListener:
             for operation in running:
                 operation.abandon()
 
-    def _start_operation(self, loop: asyncio.AbstractEventLoop, writer: asyncio.StreamWriter, assoc: Association,
-                         context_id: int, command: dict[int, bytes], identifier: bytes,
-                         running: list[Operation]) -> None:
+    def _start_operation(self, loop: asyncio.AbstractEventLoop, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter, assoc: Association, context_id: int,
+                         command: dict[int, bytes], identifier: bytes, running: list[Operation]) -> None:
         # An operation counts as running until its final response is on its way (its thread
         # may still be writing the audit row): a peer may send the next request at once.
         running[:] = [op for op in running if not op.finished]
@@ -490,7 +554,17 @@ class DicomListener:
                 await writer.drain()
             finally:
                 writer.transport.set_write_buffer_limits()
-            await loop.run_in_executor(self._workers, run)
+            if operation.reads_directly:
+                writer.transport.pause_reading()
+                buffered = getattr(reader, "_buffer", None)  # what the StreamReader already holds
+                if buffered:
+                    operation._handover = bytes(buffered)
+                    buffered.clear()
+            try:
+                await loop.run_in_executor(self._workers, run)
+            finally:
+                if operation.reads_directly and not writer.is_closing():
+                    writer.transport.resume_reading()
 
         task = operation.task = loop.create_task(start())  # a strong reference while it runs
         task.add_done_callback(lambda _t: running.remove(operation) if operation in running else None)
