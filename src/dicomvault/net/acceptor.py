@@ -82,12 +82,17 @@ class Association:
     # SOP classes for which the requestor took the SCP role (SCP/SCU Role Selection): we may
     # send it C-STOREs on those contexts, which is how C-GET delivers.
     requestor_scp: set[str] = field(default_factory=set)
+    _storage_cache: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def storage_contexts(self, sop_class: str) -> dict[str, int]:
         """Transfer syntax -> context id on which we may send a C-STORE of ``sop_class``."""
         if sop_class not in self.requestor_scp:
             return {}
-        return {syntax: cid for cid, (abstract, syntax) in self.contexts.items() if abstract == sop_class}
+        found = self._storage_cache.get(sop_class)
+        if found is None:
+            found = {syntax: cid for cid, (abstract, syntax) in self.contexts.items() if abstract == sop_class}
+            self._storage_cache[sop_class] = found
+        return found
 
 
 class OperationAbandoned(Exception):

@@ -84,17 +84,24 @@ def p_data(context_id: int, control: int, payload: bytes) -> bytes:
 
 def message(context_id: int, command: bytes, dataset: bytes | None, max_pdu: int) -> list[bytes]:
     """A whole DIMSE message as P-DATA-TF PDUs no larger than the peer's ``max_pdu``
-    (0 = unlimited), the data set sent as it is, in as few PDUs as that allows."""
+    (0 = unlimited), the data set sent as it is. The data set's PDUs are built in one buffer
+    (one copy of the data set, not three: this runs for every instance a retrieval sends)."""
     fragment = max(1024, (max_pdu or (1 << 24)) - 6)  # PDV item header (4 + 2) inside the PDU
     pdus = [p_data(context_id, 0x03, command)]
     if dataset is None:
         return pdus
-    view = memoryview(dataset)
-    for start in range(0, len(dataset), fragment):
-        last = start + fragment >= len(dataset)
-        pdus.append(p_data(context_id, 0x02 if last else 0x00, bytes(view[start:start + fragment])))
     if not dataset:
         pdus.append(p_data(context_id, 0x02, b""))
+        return pdus
+    view = memoryview(dataset)
+    out = bytearray()
+    header = struct.Struct(">BBIIBB")
+    for start in range(0, len(dataset), fragment):
+        piece = view[start:start + fragment]
+        last = start + fragment >= len(dataset)
+        out += header.pack(P_DATA_TF, 0, len(piece) + 6, len(piece) + 2, context_id, 0x02 if last else 0x00)
+        out += piece
+    pdus.append(bytes(out) if len(out) < 65536 else out)  # type: ignore[arg-type]
     return pdus
 
 
