@@ -452,3 +452,28 @@ def test_cancelled_get_stops_after_the_current_sub_operation(hospital: Hospital)
     assert responses[-1] == (0xFE00, 1, total - 1), responses
     assert len(received) == 1
     assert h.vault.echo(), "the server must go on serving"
+
+
+def test_partial_failure_names_the_instances_that_could_not_be_sent(hospital: Hospital, tmp_path: Path) -> None:
+    """storescp (default: uncompressed syntaxes only) cannot take a JPEG instance, which the
+    archive never decompresses: the move completes the rest and reports that one UID."""
+    from pydicom.data import get_testdata_file
+
+    h = hospital
+    target = next(i for i in h.instances if i.patient_id == "QR-PID-006")
+    jpeg = pydicom.dcmread(get_testdata_file("JPEG-LL.dcm"))
+    jpeg.PatientID, jpeg.PatientName = target.patient_id, target.patient_name
+    jpeg.StudyInstanceUID, jpeg.SeriesInstanceUID = target.study_uid, generate_uid()
+    jpeg.SOPInstanceUID = generate_uid()
+    jpeg.file_meta.MediaStorageSOPInstanceUID = jpeg.SOPInstanceUID
+    (tmp_path / "jpeg").mkdir()
+    jpeg.save_as(tmp_path / "jpeg" / "jpeg.dcm", enforce_file_format=True)
+    h.vault.cli("import", str(tmp_path / "jpeg"))
+
+    others = {i.sop_uid for i in h.instances if i.study_uid == target.study_uid}
+    log = movescu(h, "STORESCP", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={target.study_uid}")
+    assert final_status(log) == "0xb000", log[-3000:]
+    assert final_counts(log) == {"remaining": 0, "completed": len(others), "failed": 1, "warning": 0}, log[-3000:]
+    failed = re.findall(r"\(0008,0058\) UI \[([0-9.]+)\]", log)
+    assert failed == [str(jpeg.SOPInstanceUID)], log[-3000:]
+    assert h.vault.echo()
