@@ -20,9 +20,6 @@ traceback and answered 500 without details. The server keeps serving either way.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -36,63 +33,10 @@ from dicomvault.archive import Archive
 
 from . import dicomweb_qido, dicomweb_stow, dicomweb_wado
 from .dicomweb_common import PREFIX, DicomwebError, audit, client_address, error_response, log
+from .tokens import TokenFile
 
 Handler = Callable[..., Awaitable[Response]]
 _DENIAL_AUDIT_INTERVAL = 60.0  # at most one audit row per client address per minute for bad tokens
-
-
-class BearerTokens:
-    """``name:token`` lines from a file (mode 0600), re-read when the file changes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._stamp: tuple[int, int, int] | None = None
-        self._entries: list[tuple[str, bytes]] = []
-        self.problem: str | None = None
-        self._lock = threading.Lock()
-
-    def _refresh(self) -> None:
-        try:
-            st = self.path.stat()
-        except OSError as exc:
-            self._entries, self._stamp = [], None
-            self.problem = f"[dicomweb] tokens_file {self.path} cannot be read: {exc.strerror}"
-            return
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if stamp == self._stamp:
-            return
-        self._stamp, self._entries, self.problem = stamp, [], None
-        if st.st_mode & 0o077:
-            self.problem = f"[dicomweb] tokens_file {self.path} is readable by other users; run chmod 600 on it"
-            return
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            self.problem = f"[dicomweb] tokens_file {self.path} cannot be read: {exc}"
-            return
-        for number, raw in enumerate(lines, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            name, sep, token = line.partition(":")
-            if not sep or not name.strip() or len(token.strip()) < 16:
-                log.error("[dicomweb] tokens_file %s line %d ignored: expected name:token with a token of "
-                          "16+ characters", self.path, number)
-                continue
-            self._entries.append((name.strip(), hashlib.sha256(token.strip().encode()).digest()))
-        log.info("DICOMweb: %d token(s) loaded from %s", len(self._entries), self.path)
-
-    def identify(self, token: str) -> str | None:
-        """The name of ``token``; every entry is compared, so timing tells nothing."""
-        with self._lock:
-            self._refresh()
-            entries = self._entries
-        digest = hashlib.sha256(token.encode()).digest()
-        found = None
-        for name, expected in entries:
-            if hmac.compare_digest(digest, expected) and found is None:
-                found = name
-        return found
 
 
 def _subject(request: Request) -> str:
@@ -110,7 +54,7 @@ def dicomweb_routes(archive: Archive) -> list[BaseRoute]:
         return [Route(PREFIX, disabled, methods=["GET", "POST"]),
                 Mount(PREFIX, routes=[Route("/{rest:path}", disabled, methods=["GET", "POST"])])]
 
-    tokens = BearerTokens(Path(settings.tokens_file)) if settings.tokens_file else None
+    tokens = TokenFile(Path(settings.tokens_file), label="DICOMweb") if settings.tokens_file else None
     denials: dict[str, float] = {}
 
     async def authorise(request: Request) -> Response | None:
@@ -194,4 +138,4 @@ def plain_http_warning(archive: Archive, host: str) -> str | None:
             "set [http] tls_cert_file and tls_key_file, or bind to a trusted network only")
 
 
-__all__ = ["BearerTokens", "dicomweb_routes", "plain_http_warning"]
+__all__ = ["dicomweb_routes", "plain_http_warning"]

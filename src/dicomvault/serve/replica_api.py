@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import hmac
 import logging
 import os
 import shutil
@@ -50,6 +49,8 @@ from dicomvault.catalog import Catalog
 from dicomvault.config import ReplicaStoreSettings
 from dicomvault.sites.base import SiteError
 from dicomvault.sites.file import FileSite
+
+from .tokens import TokenFile
 
 log = logging.getLogger(__name__)
 
@@ -111,78 +112,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class TokenFile:
-    """``name:token`` lines, re-read whenever the file changes (adding a sender needs no restart).
-
-    Only SHA-256 digests of the tokens are kept in memory and compared, each with
-    ``hmac.compare_digest`` and without stopping at a match, so timing reveals neither a token
-    nor which names exist.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._stamp: tuple[int, int, int] | None = None
-        self._entries: list[tuple[str, bytes]] = []
-        self.problem: str | None = None
-        self._lock = threading.Lock()
-
-    def _refresh(self) -> None:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            self._set([], f"tokens file {self.path} does not exist; create one with `dicomvault replica-token add NAME`",
-                       None)
-            return
-        except OSError as exc:
-            self._set([], f"cannot read tokens file {self.path}: {exc.strerror}", None)
-            return
-        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if stamp == self._stamp:
-            return
-        if st.st_mode & 0o077:
-            self._set([], f"tokens file {self.path} is readable by other users (mode {st.st_mode & 0o777:o}); "
-                          "run chmod 600 on it", stamp)
-            return
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            self._set([], f"cannot read tokens file {self.path}: {exc}", None)
-            return
-        entries: list[tuple[str, bytes]] = []
-        seen: set[str] = set()
-        for number, raw in enumerate(lines, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            name, sep, token = line.partition(":")
-            name, token = name.strip(), token.strip()
-            if not sep or not valid_store_name(name) or len(token) < 16 or name in seen:
-                log.error("replica tokens file %s line %d ignored: expected a unique name:token with a name of "
-                          "a-z, 0-9, '-', '_' and a token of 16+ characters", self.path, number)
-                continue
-            seen.add(name)
-            entries.append((name, hashlib.sha256(token.encode()).digest()))
-        self._set(entries, None, stamp)
-        log.info("replica store: %d sender token(s) loaded from %s", len(entries), self.path)
-
-    def _set(self, entries: list[tuple[str, bytes]], problem: str | None, stamp: tuple[int, int, int] | None) -> None:
-        if problem and problem != self.problem:
-            log.error("replica store refuses every request: %s", problem)
-        self._entries, self.problem, self._stamp = entries, problem, stamp
-
-    def identify(self, token: str) -> str | None:
-        """The sender's name for ``token``, or None."""
-        with self._lock:
-            self._refresh()
-            entries = self._entries
-        given = hashlib.sha256(token.encode()).digest()
-        found = None
-        for name, digest in entries:
-            if hmac.compare_digest(given, digest):
-                found = name
-        return found
-
-
 @dataclass
 class _Store:
     """One sender's directory and the lock that orders its directory fsyncs."""
@@ -198,7 +127,10 @@ class ReplicaStore:
     def __init__(self, settings: ReplicaStoreSettings, catalog: Catalog) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.tokens = TokenFile(settings.tokens_file)
+        self.tokens = TokenFile(
+            settings.tokens_file, label="replica store", valid_name=valid_store_name,
+            missing_hint="create one with `dicomvault replica-token add NAME`",
+            name_rule="a name of a-z, 0-9, '-', '_'")
         self.root = settings.root
         self._stores: dict[str, _Store] = {}
         self._lock = threading.Lock()
