@@ -22,7 +22,6 @@ from dicomvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VER
 from dicomvault.dicom.transcode import EXPLICIT_VR_LE, IMPLICIT_VR_LE, UNCOMPRESSED, TranscodeError, transcode
 from dicomvault.net import pdu
 from dicomvault.net.requestor import AssociationRejected, StoreRequestor
-from dicomvault.repository import IntegrityError
 
 from .qr import (
     CANCELLED,
@@ -121,7 +120,7 @@ class Retriever:
         if is_move:
             try:
                 deliver = self._move_sender(op, requestor, items)
-            except (AssociationRejected, OSError) as exc:
+            except (AssociationRejected, OSError, pdu.ProtocolError) as exc:
                 reason = f"cannot reach {op.move_destination}: {exc}"
                 log.warning("C-MOVE from %s: %s", op.assoc.calling_ae, reason)
                 op.respond(SUBOPERATIONS_FAILED if items else SUCCESS, failed=len(items), completed=0, warning=0,
@@ -152,7 +151,9 @@ class Retriever:
                 try:
                     try:
                         dataset = loading.result()
-                    except (IntegrityError, KeyError, OSError) as exc:
+                    except Exception as exc:  # noqa: BLE001 - damaged, missing or unreadable copy
+                        log.error("ALERT: the stored copy of %s (object %s) cannot be read back: %s",
+                                  item.sop_instance_uid, item.object_id, exc)
                         raise SubOperationFailed(f"stored copy unreadable: {exc}") from exc
                     deliver(item, dataset)
                     completed += 1
