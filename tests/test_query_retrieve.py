@@ -477,3 +477,34 @@ def test_partial_failure_names_the_instances_that_could_not_be_sent(hospital: Ho
     failed = re.findall(r"\(0008,0058\) UI \[([0-9.]+)\]", log)
     assert failed == [str(jpeg.SOPInstanceUID)], log[-3000:]
     assert h.vault.echo()
+
+
+def test_a_damaged_stored_copy_fails_only_its_own_sub_operation(hospital: Hospital) -> None:
+    """Never send wrong bytes: the altered object fails its SHA-256/AEAD check and is reported
+    by UID; the rest of the series goes out byte-identical."""
+    from dicomvault.catalog import Catalog
+    from dicomvault.config import load_settings
+    from dicomvault.sites import open_site
+
+    h = hospital
+    chosen = next(i for i in h.instances if i.patient_id == "QR-PID-004" and i.modality == "CT")
+    series = chosen.series_uid
+    members = sorted(i.sop_uid for i in h.instances if i.series_uid == series)
+    settings = load_settings(h.vault.config)
+    catalog = Catalog(settings.catalog_url)
+    try:
+        (record,) = catalog.versions_for_uid(members[0])
+    finally:
+        catalog.close()
+    path = open_site(settings.primary_site_url).path_of(record.object_id)  # type: ignore[attr-defined]
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01
+    path.chmod(0o600)
+    path.write_bytes(bytes(damaged))
+
+    log = movescu(h, "STORESCP", "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={chosen.study_uid}",
+                  f"SeriesInstanceUID={series}")
+    assert final_status(log) == "0xb000", log[-3000:]
+    assert re.findall(r"\(0008,0058\) UI \[([0-9.]+)\]", log) == [members[0]], log[-3000:]
+    assert final_counts(log)["completed"] == len(members) - 1
+    assert "ALERT" in h.vault.log() and members[0] in h.vault.log()
