@@ -1,7 +1,7 @@
 """PDU framing, P-DATA fragments and DIMSE command sets: the few byte layouts ingest needs.
 
-Association negotiation (A-ASSOCIATE-RQ/AC/RJ) is left to pynetdicom's PDU classes and
-presentation-context negotiation; what lives here is what runs once per message: the
+Association negotiation lives in ``associate.py`` (acceptor) and pynetdicom's PDU classes
+(requestor); what lives here is what runs once per message: the
 6-byte PDU header, PDV items (PS3.8 9.3.5) and the implicit-VR little-endian command set
 (PS3.7 9.3, 10.3), kept as raw bytes so the dataset is never decoded or re-encoded.
 """
