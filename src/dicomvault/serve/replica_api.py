@@ -48,7 +48,7 @@ from dicomvault.audit import AuditEvent, append
 from dicomvault.catalog import Catalog
 from dicomvault.config import ReplicaStoreSettings
 from dicomvault.sites.base import SiteError
-from dicomvault.sites.file import FileSite
+from dicomvault.sites.file import FileSite, fsync_dir
 
 from .tokens import TokenFile
 
@@ -102,14 +102,6 @@ def _sha256_file(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -228,7 +220,7 @@ class ReplicaStore:
         directory = store.site.path_of(name).parent
         with store.flush_lock:
             for path in (directory, directory.parent, directory.parent.parent):
-                _fsync_dir(path)
+                fsync_dir(path)
 
     def head(self, sender: str, name: str, digest: bool) -> tuple[Path, os.stat_result, str | None] | None:
         """Path, stat and (for HEAD, where the sender verifies by it) the SHA-256 read from disk now."""

@@ -39,7 +39,8 @@ _REASONS = {
 }
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a new or renamed file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -106,7 +107,7 @@ class FileSite(Site):
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
-            _fsync_dir(self.intents)
+            fsync_dir(self.intents)
             try:
                 os.link(intent, final)
             except FileExistsError:
@@ -130,7 +131,7 @@ class FileSite(Site):
             dirty, self._dirty_dirs = self._dirty_dirs, set()
         try:
             for directory in sorted(dirty, key=lambda p: len(p.parts), reverse=True):
-                _fsync_dir(directory)
+                fsync_dir(directory)
         except OSError:
             with self._lock:
                 self._dirty_dirs |= dirty
@@ -174,7 +175,7 @@ class FileSite(Site):
             path.unlink()
         except FileNotFoundError:
             return
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def recover(self) -> list[str]:
         """Re-link intents whose object name was lost; return every intent's object name."""

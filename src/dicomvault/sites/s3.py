@@ -34,7 +34,6 @@ import binascii
 import datetime as dt
 import hashlib
 import re
-import socket
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn
@@ -46,6 +45,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .base import Site, SiteError
+from .network import connection_reason, seconds_option
 
 # Options understood in a site's configuration table. Anything else is refused, so that a
 # typo such as ``object_lock_day = 30`` cannot silently leave copies deletable.
@@ -93,37 +93,6 @@ def _b64_to_hex(value: str) -> str | None:
     return raw.hex() if len(raw) == 32 else None
 
 
-def _connection_reason(exc: BaseException) -> str:
-    """Why a connection failed, in a few plain words, from the socket error under botocore's."""
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        err = stack.pop()
-        if err is None or id(err) in seen:
-            continue
-        seen.add(id(err))
-        if isinstance(err, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(err, socket.gaierror):
-            return "host name not found"
-        if isinstance(err, ConnectionResetError):
-            return "connection reset"
-        if isinstance(err, TimeoutError):
-            return "connection timed out"
-        kwargs = getattr(err, "kwargs", None)
-        if isinstance(kwargs, dict) and isinstance(kwargs.get("error"), BaseException):
-            stack.append(kwargs["error"])
-        stack.extend([err.__cause__, err.__context__])
-        stack.extend(a for a in getattr(err, "args", ()) if isinstance(a, BaseException))
-    text = str(exc)
-    for needle, reason in (("Connection refused", "connection refused"),
-                           ("Name or service not known", "host name not found"),
-                           ("timed out", "connection timed out")):
-        if needle in text:
-            return reason
-    return text
-
-
 def _int_option(options: Mapping[str, object], key: str, default: int) -> int:
     value = options.get(key, default)
     try:
@@ -132,17 +101,6 @@ def _int_option(options: Mapping[str, object], key: str, default: int) -> int:
         raise SiteError(f"S3 site option {key} must be a whole number, got {value!r}") from None
     if number < 0:
         raise SiteError(f"S3 site option {key} must not be negative, got {number}")
-    return number
-
-
-def _float_option(options: Mapping[str, object], key: str, default: float) -> float:
-    value = options.get(key, default)
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise SiteError(f"S3 site option {key} must be a number of seconds, got {value!r}") from None
-    if not number > 0:
-        raise SiteError(f"S3 site option {key} must be positive, got {number}")
     return number
 
 
@@ -242,8 +200,8 @@ class S3Site(Site):
             object_lock_days=_int_option(opts, "object_lock_days", 0),
             object_lock_mode=text("object_lock_mode") or "COMPLIANCE",
             storage_class=text("storage_class"),
-            connect_timeout=_float_option(opts, "connect_timeout", CONNECT_TIMEOUT),
-            read_timeout=_float_option(opts, "read_timeout", READ_TIMEOUT),
+            connect_timeout=seconds_option(opts, "connect_timeout", CONNECT_TIMEOUT, "S3"),
+            read_timeout=seconds_option(opts, "read_timeout", READ_TIMEOUT, "S3"),
         )
 
     def key_of(self, name: str) -> str:
@@ -300,13 +258,13 @@ class S3Site(Site):
             raise SiteError(f"cannot reach S3 endpoint {self.endpoint}: the proxy refused: {exc} {where}") from exc
         if isinstance(exc, bx.EndpointConnectionError):
             raise SiteError(
-                f"cannot reach S3 endpoint {self.endpoint}: {_connection_reason(exc)} {where}"
+                f"cannot reach S3 endpoint {self.endpoint}: {connection_reason(exc)} {where}"
             ) from exc
         if isinstance(exc, (bx.ConnectionClosedError, bx.ResponseStreamingError, bx.HTTPClientError,
                             bx.ConnectionError)):
             raise SiteError(
                 f"cannot reach S3 endpoint {self.endpoint}: the connection broke mid-request "
-                f"({_connection_reason(exc)}) {where}"
+                f"({connection_reason(exc)}) {where}"
             ) from exc
         if isinstance(exc, bx.FlexibleChecksumError):
             raise SiteError(f"object on S3 is corrupted: checksum mismatch on download: {exc} {where}") from exc

@@ -26,7 +26,6 @@ Why it works the way it does:
 from __future__ import annotations
 
 import hashlib
-import socket
 import ssl
 from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn
@@ -35,6 +34,7 @@ from urllib.parse import urlparse
 import httpx
 
 from .base import Site, SiteError
+from .network import connection_reason, seconds_option
 
 OPTIONS = frozenset({"token", "tls", "ca_file", "timeout", "connect_timeout"})
 
@@ -63,48 +63,18 @@ def _bool_option(options: Mapping[str, object], key: str, default: bool) -> bool
     raise SiteError(f"vault site option {key} must be true or false, got {value!r}")
 
 
-def _seconds_option(options: Mapping[str, object], key: str, default: float) -> float:
-    value = options.get(key, default)
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise SiteError(f"vault site option {key} must be a number of seconds, got {value!r}") from None
-    if not number > 0:
-        raise SiteError(f"vault site option {key} must be positive, got {number}")
-    return number
+def _tls_reason(err: BaseException) -> str | None:
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({err.verify_message}); set the site's ca_file to the receiver's CA"
+    if isinstance(err, ssl.SSLError):
+        return f"TLS failed ({err.reason or err}); is the receiver serving HTTPS (its [http] tls_cert_file)?"
+    return None
 
 
 def _connection_reason(exc: BaseException) -> str:
-    """Why a connection failed, in a few plain words, from the socket error under httpx's."""
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        err = stack.pop()
-        if err is None or id(err) in seen:
-            continue
-        seen.add(id(err))
-        if isinstance(err, ssl.SSLCertVerificationError):
-            return f"TLS certificate not trusted ({err.verify_message}); set the site's ca_file to the receiver's CA"
-        if isinstance(err, ssl.SSLError):
-            return f"TLS failed ({err.reason or err}); is the receiver serving HTTPS (its [http] tls_cert_file)?"
-        if isinstance(err, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(err, socket.gaierror):
-            return "host name not found"
-        if isinstance(err, ConnectionResetError):
-            return "connection reset"
-        if isinstance(err, TimeoutError):
-            return "connection timed out"
-        stack.extend([err.__cause__, err.__context__])
-        stack.extend(a for a in getattr(err, "args", ()) if isinstance(a, BaseException))
-    text = str(exc)
-    for needle, reason in (("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted; set the site's ca_file"),
-                           ("Connection refused", "connection refused"),
-                           ("Name or service not known", "host name not found"),
-                           ("timed out", "connection timed out")):
-        if needle in text:
-            return reason
-    return text or type(exc).__name__
+    """Why a connection failed, TLS problems named first."""
+    return connection_reason(exc, special=_tls_reason, text_reasons=(
+        ("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted; set the site's ca_file"),))
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -177,8 +147,8 @@ class VaultSite(Site):
         if ca_file is not None and not isinstance(ca_file, str):
             raise SiteError(f"vault site option ca_file must be a path, got {ca_file!r}")
         return cls(host, port, token.strip(), tls=_bool_option(opts, "tls", True), ca_file=ca_file or None,
-                   timeout=_seconds_option(opts, "timeout", TIMEOUT),
-                   connect_timeout=_seconds_option(opts, "connect_timeout", CONNECT_TIMEOUT),
+                   timeout=seconds_option(opts, "timeout", TIMEOUT, "vault"),
+                   connect_timeout=seconds_option(opts, "connect_timeout", CONNECT_TIMEOUT, "vault"),
                    netloc=parsed.netloc)
 
     # -- transport and errors --------------------------------------------------------------------
