@@ -15,10 +15,11 @@ unknown calling AE (allow-list), a wrong application context or too many associa
 A-ABORT on protocol errors or PDVs on unaccepted contexts, A-RELEASE, one outstanding
 operation at a time (no asynchronous operations window is negotiated).
 
-Query/retrieve requests run as an ``Operation`` in a worker thread while the event loop
-keeps reading the association, which is how a C-CANCEL reaches a running C-FIND/C-GET/
-C-MOVE and how the peer's C-STORE responses reach a C-GET's sub-operations. Instances go
-out as stored bytes (never decoded), in PDUs sized to the peer's maximum.
+Query/retrieve requests run as an ``Operation`` in a worker thread that writes to the socket
+itself. For C-FIND and C-MOVE the event loop keeps reading the association, which is how a
+C-CANCEL reaches them; for C-GET the loop pauses and the operation's thread reads the
+peer's C-STORE responses (and any C-CANCEL) itself. Instances go out as stored bytes
+(never decoded), in PDUs sized to the peer's maximum.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
 import socket
 import struct
 import threading
@@ -123,7 +123,6 @@ class Operation:
         self._writer = writer
         self._timeout = timeout
         self._abandoned = threading.Event()
-        self._store_replies: queue.Queue[dict[int, bytes] | None] = queue.Queue()
         self._sub_message_id = 0
         self._out: socket.socket | None = None
         self.task: asyncio.Task[None] | None = None
@@ -157,10 +156,6 @@ class Operation:
     def abandon(self) -> None:
         self._abandoned.set()
         self.cancelled.set()
-        self._store_replies.put(None)
-
-    def store_reply(self, command: dict[int, bytes]) -> None:
-        self._store_replies.put(command)
 
     # --- called from the handler's thread -----------------------------------------------
 
@@ -196,10 +191,10 @@ class Operation:
             self.finished = True
         self._send(pdu.message(self.context_id, pdu.encode_command(elements), identifier, self.assoc.peer_max_pdu))
 
-    def store(self, context_id: int, sop_class: str, sop_instance: str, dataset: bytes,
-              timeout: float) -> tuple[int, str]:
+    def store(self, context_id: int, sop_class: str, sop_instance: str, dataset: bytes) -> tuple[int, str]:
         """A C-GET sub-operation: C-STORE ``dataset`` (as stored) to the requestor on this
-        association and wait for its response. Returns (status, Error Comment)."""
+        association and read its response here (``_read_command``; the socket's timeout is
+        the network timeout). Returns (status, Error Comment)."""
         self._sub_message_id = self._sub_message_id % 0xFFFF + 1
         command = pdu.encode_command({
             pdu.TAG_AFFECTED_SOP_CLASS: pdu.uid_value(sop_class),
@@ -211,16 +206,7 @@ class Operation:
         })
         self._send(pdu.message(context_id, command, dataset, self.assoc.peer_max_pdu))
         while True:
-            if self.reads_directly:
-                reply = self._read_command()
-            else:
-                try:
-                    reply = self._store_replies.get(timeout=timeout)
-                except queue.Empty:
-                    self.abandon()
-                    raise OperationAbandoned(f"no C-STORE response within {timeout:.0f} s") from None
-            if reply is None:
-                raise OperationAbandoned("the association ended during a C-GET sub-operation")
+            reply = self._read_command()
             if pdu.command_us(reply, pdu.TAG_COMMAND_FIELD) != pdu.C_STORE_RSP:
                 continue  # a C-CANCEL, already noted
             if pdu.command_us(reply, pdu.TAG_MESSAGE_ID_RESPONDED) != self._sub_message_id:
@@ -581,13 +567,9 @@ class DicomListener:
                     log.info("C-CANCEL from %s@%s for message %s", assoc.calling_ae, assoc.address, target)
                     operation.cancel()
             return None  # a cancel of something already finished is simply ignored (PS3.7 9.3.2.3)
-        active = [op for op in running if not op.finished]
-        if field_ == pdu.C_STORE_RSP:
-            if not active:
-                raise pdu.ProtocolError("a C-STORE response with no C-GET in progress")
-            active[0].store_reply(command)
-            return None
-        if active:
+        if field_ == pdu.C_STORE_RSP:  # a running C-GET reads its answers itself (the loop is paused)
+            raise pdu.ProtocolError("a C-STORE response with no C-GET in progress")
+        if any(not op.finished for op in running):
             raise pdu.ProtocolError("a request arrived while a query/retrieve was in progress")
         return await self._dispatch(loop, assoc, context_id, command, None)
 

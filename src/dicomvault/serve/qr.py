@@ -93,6 +93,17 @@ def element_text(elem: Any) -> str:
     return str(value)
 
 
+def audit_operation(catalog: Any, op: "Operation", action: str, subject: str, outcome: str,
+                    detail: dict[str, Any]) -> None:
+    """One audit row for a query or retrieval, by the calling AE; never fails the answer."""
+    try:
+        with catalog.write() as conn:
+            append(conn, AuditEvent(actor=f"dicom:{op.assoc.calling_ae}", action=action, subject=subject[:256],
+                                    outcome=outcome, detail={"address": op.assoc.address, **detail}))
+    except Exception:  # noqa: BLE001 - never fail the answer over the audit row; but say so loudly
+        log.exception("ALERT: could not audit %s by %s", action, op.assoc.calling_ae)
+
+
 class QueryRetrieveService:
     """The ``on_query`` handler of the DIMSE listener."""
 
@@ -110,12 +121,7 @@ class QueryRetrieveService:
             self.retriever.retrieve(op)
 
     def audit(self, op: "Operation", action: str, subject: str, outcome: str, detail: dict[str, Any]) -> None:
-        try:
-            with self.archive.catalog.write() as conn:
-                append(conn, AuditEvent(actor=f"dicom:{op.assoc.calling_ae}", action=action, subject=subject[:256],
-                                        outcome=outcome, detail={"address": op.assoc.address, **detail}))
-        except Exception:  # noqa: BLE001 - never fail the answer over the audit row; but say so loudly
-            log.exception("ALERT: could not audit %s by %s", action, op.assoc.calling_ae)
+        audit_operation(self.archive.catalog, op, action, subject, outcome, detail)
 
     # --- C-FIND -------------------------------------------------------------------------
 

@@ -29,8 +29,10 @@ from .qr import (
     PENDING,
     SUCCESS,
     IdentifierError,
+    audit_operation,
     decode_identifier,
     element_text,
+    encode_identifier,
     query_level,
 )
 
@@ -44,7 +46,6 @@ MOVE_DESTINATION_UNKNOWN = 0xA801
 SUBOPERATIONS_FAILED = 0xA702  # none of the sub-operations succeeded
 WARNING_SOME_FAILED = 0xB000
 PREFETCH = 4  # instances decrypted ahead of the one being sent
-STORE_RESPONSE_TIMEOUT = 120.0
 
 
 class SubOperationFailed(Exception):
@@ -181,21 +182,12 @@ class Retriever:
     def _failed_list(self, op: "Operation", uids: list[str]) -> bytes:
         from pydicom.dataset import Dataset
 
-        from .qr import encode_identifier
-
         ds = Dataset()
         ds.FailedSOPInstanceUIDList = uids
         return encode_identifier(ds, op.transfer_syntax)
 
     def _audit(self, op: "Operation", action: str, subject: str, outcome: str, detail: dict[str, Any]) -> None:
-        from dicomvault.audit import AuditEvent, append
-
-        try:
-            with self.archive.catalog.write() as conn:
-                append(conn, AuditEvent(actor=f"dicom:{op.assoc.calling_ae}", action=action, subject=subject[:256],
-                                        outcome=outcome, detail={"address": op.assoc.address, **detail}))
-        except Exception:  # noqa: BLE001
-            log.exception("ALERT: could not audit C-%s by %s", action.upper(), op.assoc.calling_ae)
+        audit_operation(self.archive.catalog, op, action, subject, outcome, detail)
 
     # --- C-GET: C-STOREs back on the requestor's own association ------------------------
 
@@ -207,8 +199,7 @@ class Retriever:
                                          "(no storage context with the SCP role)")
             syntax = _pick_syntax(item.transfer_syntax_uid, list(contexts))
             payload = _encode_for(item, dataset, syntax)
-            status, comment = op.store(contexts[syntax], item.sop_class_uid, item.sop_instance_uid, payload,
-                                       STORE_RESPONSE_TIMEOUT)
+            status, comment = op.store(contexts[syntax], item.sop_class_uid, item.sop_instance_uid, payload)
             if status not in (0x0000, 0xB000, 0xB007, 0xB006):
                 raise SubOperationFailed(f"C-STORE status 0x{status:04X} {comment}".strip())
 
