@@ -134,14 +134,18 @@ class Vault:
     def status(self) -> dict:
         return json.loads(self.cli("status", "--json", "--verify-audit", check=False).stdout)
 
-    def pending_intents(self) -> list[str]:
-        """Write intents on the primary file site: objects acknowledged but not yet indexed."""
+    def site_root(self) -> Path:
+        """The primary file site's directory."""
         from urllib.parse import unquote, urlparse
 
         from dicomvault.config import load_settings
 
         url = urlparse(load_settings(self.config).primary_site_url)
-        intents = Path(unquote(url.netloc + url.path)) / "intents"
+        return Path(unquote(url.netloc + url.path))
+
+    def pending_intents(self) -> list[str]:
+        """Write intents on the primary file site: objects acknowledged but not yet indexed."""
+        intents = self.site_root() / "intents"
         return sorted(p.name for p in intents.iterdir()) if intents.is_dir() else []
 
     def wait_settled(self, timeout: float = 30) -> None:

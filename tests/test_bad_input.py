@@ -26,7 +26,6 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import pydicom
 import pytest
@@ -62,13 +61,6 @@ def dataset_of(path: Path) -> bytes:
     return path.read_bytes()[offset:]
 
 
-def site_root(vault: Vault) -> Path:
-    from dicomvault.config import load_settings
-
-    url = load_settings(vault.config).primary_site_url
-    return Path(unquote(urlparse(url).netloc + urlparse(url).path))
-
-
 @dataclass(frozen=True)
 class Snapshot:
     counts: dict[str, int]
@@ -86,7 +78,7 @@ def snapshot(vault: Vault) -> Snapshot:
         counts = catalog.statistics()["counts"]
     finally:
         catalog.close()
-    root = site_root(vault)
+    root = vault.site_root()
     objects = root / "objects"
     names = frozenset(p.name for p in objects.rglob("*") if p.is_file())
     staging = tuple(sorted(
@@ -556,7 +548,7 @@ def tampered(tmp_path_factory: pytest.TempPathFactory, ct_small: Path) -> tuple[
         for name, tamper in TAMPERING.items():
             (record,) = catalog.versions_for_uid(pydicom.dcmread(files[name]).SOPInstanceUID)
             oid = record.object_id
-            path = site_root(vault) / "objects" / oid[:2] / oid[2:4] / oid
+            path = vault.site_root() / "objects" / oid[:2] / oid[2:4] / oid
             assert path.is_file(), path
             blob = path.read_bytes()
             os.chmod(path, 0o644)
