@@ -220,12 +220,13 @@ def can_transcode(source: str, target: str) -> bool:
 
 
 def transcode(data: bytes, target: str) -> bytes:
-    """The instance re-written in ``target`` (an uncompressed little-endian syntax), as Part-10."""
-    import pydicom
-    from pydicom.uid import UID
+    """The instance re-written in ``target`` (an uncompressed little-endian syntax), as Part-10:
+    the data set through ``dicom/transcode.py`` (the same re-encoding C-GET/C-MOVE use),
+    wrapped in a fresh file meta."""
+    from dicomvault.dicom import build_part10, parse_part10
+    from dicomvault.dicom.transcode import transcode as transcode_dataset
 
-    ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    ds.file_meta.TransferSyntaxUID = UID(target)
-    out = io.BytesIO()
-    ds.save_as(out, implicit_vr=target == IMPLICIT_LE, little_endian=True, enforce_file_format=True)
-    return out.getvalue()
+    parsed = parse_part10(data)
+    attributes = parsed.attributes
+    dataset = transcode_dataset(data[parsed.dataset_offset:], attributes.transfer_syntax_uid, target)
+    return build_part10(attributes.sop_class_uid, attributes.sop_instance_uid, target, dataset)
