@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
-import os
 import signal
-import socket
 import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from dicomvault import __version__
-from dicomvault.config import DEFAULT_CONFIG_NAME, DEFAULT_CONFIG_TEMPLATE, ConfigError, Settings, load_settings
+from dicomvault.cli_common import CliFailure, ConfigOption, out, progress_bar
+from dicomvault.cli_common import actor as _actor
+from dicomvault.cli_common import open_archive as _open
+from dicomvault.config import DEFAULT_CONFIG_NAME, DEFAULT_CONFIG_TEMPLATE, ConfigError, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="dicomvault: a disaster-recovery archive for DICOM.")
 audit_app = typer.Typer(no_args_is_help=True, help="Inspect and verify the hash-chained audit log.")
@@ -30,35 +28,10 @@ app.add_typer(sites_app, name="sites")
 from dicomvault.cli_replica import replica_app  # noqa: E402
 
 app.add_typer(replica_app, name="replica-token")
-console = Console(stderr=True)
-out = Console()
+from dicomvault import cli_export, cli_reconcile, cli_restore  # noqa: E402
 
-ConfigOption = Annotated[
-    Optional[Path],
-    typer.Option("--config", "-c", help="dicomvault.toml (default: $DICOMVAULT_CONFIG, else ./dicomvault.toml)"),
-]
-
-
-class CliFailure(Exception):
-    """A failure to report as one line and a non-zero exit."""
-
-
-def _actor() -> str:
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no passwd entry in some containers
-        user = str(os.getuid())
-    return f"cli:{user}@{socket.gethostname()}"
-
-
-def _open(config: Optional[Path]) -> Any:
-    from dicomvault.archive import Archive
-
-    return Archive.open(load_settings(config))
-
-
-def _settings(config: Optional[Path]) -> Settings:
-    return load_settings(config)
+for _commands in (cli_restore, cli_reconcile, cli_export):  # each adds its top-level command(s)
+    _commands.register(app)
 
 
 @app.command()
@@ -156,13 +129,6 @@ def serve(config: ConfigOption = None) -> None:
     archive.close()
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), console=console, transient=False, disable=not console.is_terminal,
-    )
-
-
 @app.command("import")
 def import_(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders (recursive)")],
@@ -174,7 +140,7 @@ def import_(
 
     archive = _open(config)
     total = sum(1 for _ in iter_files(paths))
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("importing", total=total)
         report = import_paths(archive.ingestor, paths, _actor(), progress=lambda _p: progress.advance(task))
     archive.ingestor.durability.flush()
@@ -241,7 +207,7 @@ def get(
 
     archive = _open(config)
     try:
-        with _progress() as progress:
+        with progress_bar() as progress:
             task = progress.add_task("retrieving", total=None)
             files = retrieve_to_dir(archive.catalog, archive.repository, uid, out_dir, _actor(), all_versions,
                                     progress=lambda _r: progress.advance(task))
@@ -312,7 +278,7 @@ def recover_read(
         options[key.strip()] = value.strip()
     recovery = RecoveryKey.load(recovery_key)
     site = open_site(site_url, options)
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("reading copies", total=None)
         report = restore_from_site(site, recovery, out_dir, study, progress=lambda: progress.advance(task))
     if json_out:

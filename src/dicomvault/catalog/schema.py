@@ -209,3 +209,81 @@ commitment_items = Table(
     UniqueConstraint("request_pk", "sop_instance_uid", name="uq_commitment_items_request_instance"),
 )
 Index("ix_commitment_items_request_state", commitment_items.c.request_pk, commitment_items.c.state)
+
+# Restore and network-export jobs (jobs/restore.py, migration 0005). A job is planned once:
+# its instances, in sending order, become restore_items rows, so a killed job resumes where
+# the PACS stopped acknowledging and its report adds up across runs. Job states: running
+# (heartbeat_at shows a live runner) | completed | failed (could not run: peer unreachable...)
+# | superseded (an operator started the same selection afresh). Item states: pending | sent
+# (the peer answered success or warning) | failed (refused, unreadable copy, no context).
+restore_jobs = Table(
+    "restore_jobs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("kind", String(16), nullable=False),  # restore | export
+    Column("peer", String(64), nullable=False),
+    Column("destination", String(128), nullable=False),  # AET@host:port at planning time
+    Column("selection", Text, nullable=False),  # canonical JSON of the filters
+    Column("ordering", String(16), nullable=False),  # urgency | study
+    Column("options", Text, nullable=False, default="{}"),  # associations, rate
+    Column("state", String(16), nullable=False),
+    Column("actor", String(256), nullable=False, default=""),
+    Column("total", Integer, nullable=False, default=0),
+    Column("total_bytes", BigInteger, nullable=False, default=0),
+    Column("runs", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("heartbeat_at", Float, nullable=True),
+    Column("seconds_sending", Float, nullable=False, default=0.0),  # summed over runs
+    Column("last_error", Text, nullable=True),
+)
+Index("ix_restore_jobs_state", restore_jobs.c.state, restore_jobs.c.peer)
+
+restore_items = Table(
+    "restore_items",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("job_id", Integer, ForeignKey("restore_jobs.id"), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("tier", Integer, nullable=False),  # 0 last 24 h, 1 last 7 days, 2 older (urgency order)
+    Column("study_uid", String(64), nullable=False),
+    Column("sop_instance_uid", String(64), nullable=False),
+    Column("sop_class_uid", String(64), nullable=False),
+    Column("object_id", String(64), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("transfer_syntax_uid", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("status", Integer, nullable=True),  # the DICOM status the peer answered
+    Column("detail", Text, nullable=True),  # error comment or our reason
+    Column("sent_syntax", String(64), nullable=True),  # set when transcoded (losslessly)
+    Column("run", Integer, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    UniqueConstraint("job_id", "sop_instance_uid", name="uq_restore_items_job_instance"),
+)
+Index("ix_restore_items_job_state_position", restore_items.c.job_id, restore_items.c.state, restore_items.c.position)
+
+# Reconciliation with a PACS (jobs/reconcile.py, migration 0005): one row per run; the
+# summary counts are columns (for `status`), the full difference lists are the JSON report.
+reconcile_runs = Table(
+    "reconcile_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("peer", String(64), nullable=False),
+    Column("date_from", String(8), nullable=False),
+    Column("date_to", String(8), nullable=False),
+    Column("backfill", Integer, nullable=False, default=0),
+    Column("state", String(16), nullable=False),  # running | completed | failed
+    Column("actor", String(256), nullable=False, default=""),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Column("pacs_studies", Integer, nullable=False, default=0),
+    Column("vault_studies", Integer, nullable=False, default=0),
+    Column("missing_in_vault", Integer, nullable=False, default=0),  # studies (or parts) only the PACS has
+    Column("missing_in_pacs", Integer, nullable=False, default=0),  # studies (or parts) only the vault has
+    Column("backfilled_instances", Integer, nullable=False, default=0),
+    Column("report", Text, nullable=False, default="{}"),
+    Column("error", Text, nullable=True),
+)
+Index("ix_reconcile_runs_peer_started", reconcile_runs.c.peer, reconcile_runs.c.started_at)
