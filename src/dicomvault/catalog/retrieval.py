@@ -12,10 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import and_, select
-from sqlalchemy.orm import aliased
-
 from . import schema as t
+from .selection import latest_versions_select, number_key
 
 if TYPE_CHECKING:
     from .db import Catalog
@@ -41,36 +39,15 @@ class RetrievalItem:
     instance_number: str = ""
 
 
-def _number(text: str) -> tuple[int, float]:
-    """Sort IS values numerically, missing or malformed ones last."""
-    try:
-        return 0, float(text)
-    except ValueError:
-        return 1, 0.0
-
-
 def retrieval_items(catalog: "Catalog", level: str, keys: Sequence[str]) -> list[RetrievalItem]:
     """Latest version of every instance under ``keys`` (UIDs, or Patient IDs at PATIENT level),
     ordered by study, series number, instance number."""
     if level not in LEVEL_KEYS:
         raise ValueError(f"unknown retrieval level {level!r}")
-    newer = aliased(t.versions)
-    base = (
-        select(
-            t.instances.c.sop_instance_uid, t.instances.c.sop_class_uid, t.studies.c.study_uid,
-            t.series.c.series_uid, t.versions.c.object_id, t.versions.c.sha256, t.versions.c.transfer_syntax_uid,
-            t.versions.c.size_original, t.versions.c.version, t.series.c.series_number, t.instances.c.instance_number,
-        )
-        .select_from(
-            t.versions.join(t.instances, t.versions.c.instance_pk == t.instances.c.id)
-            .join(t.series, t.instances.c.series_pk == t.series.c.id)
-            .join(t.studies, t.series.c.study_pk == t.studies.c.id)
-            .join(t.patients, t.studies.c.patient_pk == t.patients.c.id)
-            # latest version only: no newer version of the same instance exists
-            .outerjoin(newer, and_(newer.c.instance_pk == t.versions.c.instance_pk,
-                                   newer.c.version > t.versions.c.version))
-        )
-        .where(newer.c.id.is_(None))
+    base = latest_versions_select(
+        t.instances.c.sop_instance_uid, t.instances.c.sop_class_uid, t.studies.c.study_uid,
+        t.series.c.series_uid, t.versions.c.object_id, t.versions.c.sha256, t.versions.c.transfer_syntax_uid,
+        t.versions.c.size_original, t.versions.c.version, t.series.c.series_number, t.instances.c.instance_number,
     )
     column = {"PATIENT": t.patients.c.patient_id, "STUDY": t.studies.c.study_uid,
               "SERIES": t.series.c.series_uid, "IMAGE": t.instances.c.sop_instance_uid}[level]
@@ -84,5 +61,5 @@ def retrieval_items(catalog: "Catalog", level: str, keys: Sequence[str]) -> list
                     row.sha256, row.transfer_syntax_uid, int(row.size_original), int(row.version),
                     row.series_number or "", row.instance_number or "",
                 )
-    return sorted(items.values(), key=lambda i: (i.study_uid, _number(i.series_number), i.series_uid,
-                                                 _number(i.instance_number), i.sop_instance_uid))
+    return sorted(items.values(), key=lambda i: (i.study_uid, number_key(i.series_number), i.series_uid,
+                                                 number_key(i.instance_number), i.sop_instance_uid))
