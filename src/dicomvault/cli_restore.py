@@ -1,9 +1,165 @@
-"""`dicomvault restore` (placeholder until the command lands)."""
+"""``dicomvault restore``: pour the archive back into a PACS, most urgent first, resumably.
+
+Exit codes: 0 every selected instance is in the PACS; 1 the job could not run or stopped
+(PACS unreachable, interrupted: run the same command again to resume); 2 it finished but
+the PACS refused some instances (the report names each one with the status it gave).
+"""
 
 from __future__ import annotations
 
+import json
+import signal
+import threading
+from typing import Annotated, Any, Optional
+
 import typer
+
+from dicomvault.cli_common import CliFailure, ConfigOption, actor, console, open_archive, out, progress_bar
+
+EXIT_SOME_FAILED = 2
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's command(s) to the `dicomvault` app."""
+    app.command("restore")(restore)
+
+
+def resolve_peer(settings: Any, name: str) -> Any:
+    """A ``[peers.NAME]`` entry by name or AE title: the archive sends only to nodes it knows."""
+    for peer in settings.peers:
+        if name in (peer.name, peer.ae_title):
+            return peer
+    known = ", ".join(f"{p.name} ({p.ae_title}@{p.host}:{p.port})" for p in settings.peers) or "none configured"
+    raise CliFailure(f"{name!r} is not a configured DICOM peer (known: {known}); add a [peers.NAME] table with "
+                     "ae_title, host and port to dicomvault.toml")
+
+
+def restore(
+    to: Annotated[Optional[str], typer.Option("--to", help="The [peers.NAME] (name or AE title) to restore into")] = None,
+    since: Annotated[Optional[str], typer.Option(help="Only studies dated on/after YYYYMMDD")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Only studies dated on/before YYYYMMDD")] = None,
+    patient: Annotated[Optional[list[str]], typer.Option("--patient", help="Patient ID (repeatable)")] = None,
+    modality: Annotated[Optional[list[str]], typer.Option("--modality", help="Series modality (repeatable)")] = None,
+    study: Annotated[Optional[list[str]], typer.Option("--study", help="Study Instance UID (repeatable)")] = None,
+    associations: Annotated[int, typer.Option(help="Parallel associations to the PACS")] = 4,
+    rate: Annotated[Optional[str], typer.Option(help="Keep the PACS responsive: e.g. 20MB/s or 50/s (instances)")] = None,
+    resume: Annotated[Optional[int], typer.Option("--resume", help="Resume job ID (its peer and selection)")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Plan anew even if the same restore was started before")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Send the job's refused instances again")] = False,
+    report: Annotated[Optional[int], typer.Option("--report", help="Print job ID's report and exit (sends nothing)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Restore into a PACS: last 24 h first, then the last 7 days, then newest first.
+
+    Running the same command again resumes the job (what the PACS acknowledged is not sent
+    again); --fresh starts over. Progress shows in `dicomvault status --json` and /api/restores.
+    """
+    from dicomvault.catalog.selection import Selection, SelectionError
+    from dicomvault.jobs.restore import RateLimit
+    from dicomvault.jobs.restore_plan import (
+        RestoreError,
+        job_report,
+        latest_job_for,
+        load_job,
+        plan_job,
+        requeue_failed,
+        supersede,
+    )
+
+    archive = open_archive(config)
+    try:
+        if report is not None:
+            try:
+                _print_report(job_report(archive, report), json_out)
+            except RestoreError as exc:
+                raise CliFailure(str(exc)) from exc
+            return
+        already_done = False
+        try:
+            if not 1 <= associations <= 32:
+                raise RestoreError(f"--associations must be between 1 and 32, got {associations}")
+            limit = RateLimit.parse(rate)
+            if resume is not None:
+                if to or since or until or patient or modality or study:
+                    raise CliFailure("--resume takes the job's own peer and selection; drop --to and the filters")
+                job = load_job(archive.catalog, resume)
+                peer = resolve_peer(archive.settings, job.peer)
+                job_id = job.id
+            else:
+                if not to:
+                    raise CliFailure("say where to restore: --to PEER (a [peers.NAME] entry), or --resume JOB")
+                peer = resolve_peer(archive.settings, to)
+                selection = Selection.build(since, until, patient or (), modality or (), study or ())
+                previous = latest_job_for(archive.catalog, "restore", peer.name, selection)
+                if previous is not None and fresh:
+                    if previous.state != "completed":
+                        supersede(archive.catalog, previous.id)
+                    previous = None
+                if previous is None:
+                    job_id = plan_job(archive.catalog, kind="restore", peer=peer, selection=selection,
+                                      ordering="urgency", actor=actor(),
+                                      options={"associations": associations, "rate": rate or "unlimited"})
+                    console.print(f"restore job {job_id}: {selection.describe()} to {peer.name}")
+                elif previous.state == "completed" and not retry_failed:
+                    console.print(f"restore job {previous.id} with this selection already completed; nothing sent "
+                                  "(--retry-failed resends its refused instances, --fresh sends everything again)")
+                    job_id, already_done = previous.id, True
+                else:
+                    job_id = previous.id
+                    console.print(f"resuming restore job {job_id} to {peer.name} (use --fresh to start over)")
+            if retry_failed:
+                console.print(f"{requeue_failed(archive.catalog, job_id)} refused instance(s) queued again")
+            if already_done:
+                result = job_report(archive, job_id)
+            else:
+                result = _run(archive, job_id, peer, associations, limit)
+        except (RestoreError, SelectionError) as exc:
+            raise CliFailure(str(exc)) from exc
+    finally:
+        archive.close()
+    _print_report(result, json_out)
+    if result["failed"]:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _run(archive: Any, job_id: int, peer: Any, associations: int, limit: Any) -> dict[str, Any]:
+    from dicomvault.jobs.restore import RestoreRunner
+    from dicomvault.jobs.restore_plan import job_progress
+
+    start = job_progress(archive.catalog, job_id)
+    with progress_bar() as bar:
+        task = bar.add_task(f"restoring to {peer.name}", total=start["total"],
+                            completed=start["sent"] + start["failed"])
+        base = start["sent"] + start["failed"]
+        runner = RestoreRunner(archive, job_id, peer, associations, limit, actor(),
+                               on_progress=lambda c: bar.update(task, completed=base + c["sent"] + c["failed"]))
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):  # stop cleanly: the job stays resumable
+                previous[signum] = signal.signal(signum, lambda *_: runner.stop())
+        try:
+            result = runner.run()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    return result
+
+
+def _print_report(report: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    out.print(f"{report['kind']} job {report['id']} to {report['peer']} ({report['destination']}): {report['state']}; "
+              f"{report['sent']}/{report['total']} sent, {report['failed']} failed, {report['pending']} pending, "
+              f"{report['transcoded']} transcoded")
+    if report.get("instances_per_second"):
+        out.print(f"  {report['bytes_sent'] / 1e6:.1f} MB in {report['seconds_sending']:.1f} s "
+                  f"({report['instances_per_second']} instances/s, {report['megabytes_per_second']} MB/s)")
+    for tier in report["tiers"]:
+        out.print(f"  {tier['tier']}: {tier['sent']}/{tier['total']} sent, {tier['failed']} failed")
+    for failure in report.get("failures", []):
+        out.print(f"  FAILED {failure['sop_instance_uid']} ({failure['sop_class_uid']}): "
+                  f"status {failure['status'] or '-'} {failure['reason']}", markup=False, highlight=False)
+    for converted in report.get("transcoded_instances", []):
+        out.print(f"  transcoded {converted['sop_instance_uid']}: {converted['stored']} -> {converted['sent']}",
+                  markup=False, highlight=False)

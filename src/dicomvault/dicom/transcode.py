@@ -52,3 +52,26 @@ def transcode(dataset: bytes, source: str, target: str) -> bytes:
         compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
         encoded = compressor.compress(encoded) + compressor.flush()
     return encoded
+
+
+def pick_syntax(stored: str, accepted: list[str]) -> str:
+    """The stored syntax when the receiver accepts it (bytes unchanged), else an uncompressed
+    one reachable without loss; ``TranscodeError`` says why there is none."""
+    if stored in accepted:
+        return stored
+    for syntax in (EXPLICIT_VR_LE, IMPLICIT_VR_LE, *accepted):
+        if syntax in accepted and stored in UNCOMPRESSED and syntax in UNCOMPRESSED:
+            return syntax
+    raise TranscodeError(f"receiver accepts only {', '.join(accepted) or 'no syntax'} for this SOP class; the "
+                         f"instance is stored as {stored} and is never converted with loss")
+
+
+def proposals(pairs: "list[tuple[str, str]]") -> "list[tuple[str, str]]":
+    """The (SOP class, transfer syntax) pairs to propose for sending instances stored as
+    ``pairs``: each stored pair first, then uncompressed fallbacks for the uncompressed ones,
+    so a receiver refusing, say, Big Endian still gets the instance losslessly."""
+    wanted = list(dict.fromkeys(pairs))
+    for sop_class, syntax in list(wanted):
+        if syntax in UNCOMPRESSED:
+            wanted += [(sop_class, EXPLICIT_VR_LE), (sop_class, IMPLICIT_VR_LE)]
+    return list(dict.fromkeys(wanted))

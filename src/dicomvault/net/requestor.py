@@ -15,6 +15,12 @@ from . import pdu
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 MAX_CONTEXTS = 126  # odd context ids 1..255, with room to spare
+CONTEXT_RESULTS = {  # PS3.8 9.3.3.2, A-ASSOCIATE-AC presentation context result/reason
+    1: "rejected by the receiver (user rejection)",
+    2: "rejected by the receiver (no reason given)",
+    3: "SOP class not supported by the receiver (abstract syntax not supported)",
+    4: "transfer syntax not supported by the receiver",
+}
 
 
 class AssociationRejected(Exception):
@@ -32,6 +38,7 @@ class StoreRequestor:
         self._sock: socket.socket | None = None
         self._wanted: list[tuple[str, str]] = []  # (abstract, transfer syntax) proposed
         self._accepted: dict[tuple[str, str], int] = {}
+        self._refused: dict[tuple[str, str], int] = {}  # pair -> presentation context result
         self._peer_max = 16384
         self._message_id = 0
 
@@ -101,11 +108,15 @@ class StoreRequestor:
         answer = A_ASSOCIATE_AC()
         answer.decode(header + body)
         accepted = answer.to_primitive()
-        self._accepted = {}
+        self._accepted, self._refused = {}, {}
         by_id = {2 * i + 1: pair for i, pair in enumerate(self._wanted)}
         for result in accepted.presentation_context_definition_results_list:
-            if result.result == 0 and result.context_id in by_id:
+            if result.context_id not in by_id:
+                continue
+            if result.result == 0:
                 self._accepted[by_id[result.context_id]] = result.context_id
+            else:
+                self._refused[by_id[result.context_id]] = int(result.result)
         for item in accepted.user_information:
             if isinstance(item, MaximumLengthNotification):
                 self._peer_max = int(item.maximum_length_received or 0)  # 0: no limit
@@ -133,6 +144,13 @@ class StoreRequestor:
 
     def accepts(self, sop_class: str, syntax: str) -> bool:
         return self._sock is not None and (sop_class, syntax) in self._accepted
+
+    def refusal(self, sop_class: str, syntax: str) -> str | None:
+        """Why the peer refused this proposed pair at negotiation (None: accepted or not proposed)."""
+        result = self._refused.get((sop_class, syntax))
+        if result is None:
+            return None
+        return CONTEXT_RESULTS.get(result, f"presentation context result {result}")
 
     def close(self) -> None:
         if self._sock is None:

@@ -14,6 +14,8 @@ from starlette.routing import Route
 
 from dicomvault.archive import Archive
 
+from dicomvault.jobs.restore_plan import RestoreError, job_report, recent_jobs, status_lock_dir
+
 from .status import archive_status
 
 log = logging.getLogger(__name__)
@@ -48,11 +50,25 @@ def build_app(archive: Archive) -> Starlette:
     async def status(_: Request) -> Response:
         return JSONResponse(archive_status(archive))
 
+    async def restores(_: Request) -> Response:
+        """Restore and network-export jobs: unfinished ones and those of the last 7 days."""
+        return JSONResponse({"jobs": recent_jobs(archive.catalog, lock_dir=status_lock_dir(archive.settings))})
+
+    async def restore_job(request: Request) -> Response:
+        """One job's progress, per-instance failures (with the PACS's status) and transcodings."""
+        try:
+            job_id = int(request.path_params["job_id"])
+            body = job_report(archive, job_id)
+        except (ValueError, RestoreError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        return JSONResponse(body)
+
     from .dicomweb import dicomweb_routes  # QIDO-RS, WADO-RS, STOW-RS under /dicomweb
     from .replica_api import replica_routes  # this vault as another vault's vault:// site
 
     return Starlette(
         routes=[Route("/healthz", healthz), Route("/metrics", metrics), Route("/api/status", status),
+                Route("/api/restores", restores), Route("/api/restores/{job_id}", restore_job),
                 *replica_routes(archive.settings.replica_store, archive.catalog), *dicomweb_routes(archive)]
     )
 

@@ -11,15 +11,15 @@ peers (``[peers.NAME]``): the archive never sends PHI to an address a request na
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from dicomvault.catalog.retrieval import LEVEL_KEYS, RetrievalItem, retrieval_items
 from dicomvault.dicom import split_part10
 from dicomvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from dicomvault.dicom.transcode import EXPLICIT_VR_LE, IMPLICIT_VR_LE, UNCOMPRESSED, TranscodeError, transcode
+from dicomvault.dicom.transcode import EXPLICIT_VR_LE, IMPLICIT_VR_LE, TranscodeError, pick_syntax, proposals, transcode
+from dicomvault.jobs.prefetch import Prefetcher
 from dicomvault.net import pdu
 from dicomvault.net.requestor import AssociationRejected, StoreRequestor
 
@@ -66,20 +66,8 @@ class Retriever:
         offset, _syntax = split_part10(data)
         return data[offset:]
 
-    def _prefetched(self, items: list[RetrievalItem]) -> Iterator[tuple[RetrievalItem, Future[bytes]]]:
-        window: deque[tuple[RetrievalItem, Future[bytes]]] = deque()
-        pending = iter(items)
-        for item in pending:
-            window.append((item, self._loaders.submit(self._load, item)))
-            if len(window) >= PREFETCH:
-                break
-        while window:
-            current = window.popleft()
-            following = next(pending, None)
-            if following is not None:
-                window.append((following, self._loaders.submit(self._load, following)))
-            yield current
-        # an early exit (cancel) leaves at most PREFETCH loads running; their results are dropped
+    def _prefetched(self, items: list[RetrievalItem]) -> Prefetcher[RetrievalItem, bytes]:
+        return Prefetcher(items, self._load, self._loaders, PREFETCH)
 
     def retrieve(self, op: "Operation") -> None:
         is_move = op.kind == pdu.C_MOVE_RQ
@@ -209,14 +197,8 @@ class Retriever:
 
     def _move_sender(self, op: "Operation", requestor: StoreRequestor,
                      items: list[RetrievalItem]) -> Callable[[RetrievalItem, bytes], None]:
-        pairs: list[tuple[str, str]] = []
-        for item in items:
-            pairs.append((item.sop_class_uid, item.transfer_syntax_uid))
-        for item in items:  # fallbacks for receivers that refuse a stored uncompressed syntax
-            if item.transfer_syntax_uid in UNCOMPRESSED:
-                pairs += [(item.sop_class_uid, EXPLICIT_VR_LE), (item.sop_class_uid, IMPLICIT_VR_LE)]
-        if pairs:
-            requestor.prepare(pairs)
+        if items:
+            requestor.prepare(proposals([(item.sop_class_uid, item.transfer_syntax_uid) for item in items]))
         originator = (op.assoc.calling_ae, op.message_id)
 
         def deliver(item: RetrievalItem, dataset: bytes) -> None:
@@ -239,19 +221,13 @@ class Retriever:
 
 
 def _pick_syntax(stored: str, accepted: list[str]) -> str:
-    """The stored syntax when accepted (bytes unchanged), else an uncompressed one we can reach."""
-    if stored in accepted:
-        return stored
-    for syntax in (EXPLICIT_VR_LE, IMPLICIT_VR_LE, *accepted):
-        if syntax in accepted and stored in UNCOMPRESSED and syntax in UNCOMPRESSED:
-            return syntax
-    raise SubOperationFailed(f"receiver accepts only {', '.join(accepted)}; the instance is stored as {stored} "
-                             "and is never converted with loss")
+    try:
+        return pick_syntax(stored, accepted)
+    except TranscodeError as exc:
+        raise SubOperationFailed(str(exc)) from exc
 
 
 def _encode_for(item: RetrievalItem, dataset: bytes, syntax: str) -> bytes:
-    if syntax == item.transfer_syntax_uid:
-        return dataset
     try:
         return transcode(dataset, item.transfer_syntax_uid, syntax)
     except TranscodeError as exc:

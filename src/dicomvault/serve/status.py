@@ -55,6 +55,12 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         alerts.append(f"storage commitment: {commitment['undeliverable']} report(s) undeliverable, no [peers] entry "
                       f"for AE title(s) {', '.join(commitment['undeliverable_ae_titles'])}")
     # --- end storage commitment ---
+    # --- restore and network-export jobs (jobs/restore_plan.py) ---
+    from dicomvault.jobs.restore_plan import recent_jobs, restore_alerts, status_lock_dir
+
+    restores = recent_jobs(archive.catalog, lock_dir=status_lock_dir(archive.settings))
+    alerts += restore_alerts(restores)
+    # --- end restore jobs ---
     newest = stats["newest_ingest"]
     return {
         "ok": not alerts,
@@ -68,6 +74,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "sites": sites,
         "policy": {"copies": archive.settings.policy.copies, "offsite_copies": archive.settings.policy.offsite_copies},
         "commitment": commitment,
+        "restores": restores,
         "audit": audit,
         "alerts": alerts,
         "catalog": archive.catalog.url.split("://", 1)[0],

@@ -1,0 +1,390 @@
+"""Pouring the archive back into a PACS: C-STORE over parallel associations, most urgent first.
+
+What leaves is the stored data set, byte for byte, in its stored transfer syntax (verified
+against its SHA-256 when opened). Only when the PACS refuses that syntax at negotiation is an
+uncompressed instance re-encoded losslessly (``dicom/transcode.py``), and the item records
+what it was sent as. Compressed instances are never decompressed here: they fail with the
+reason, and the report names them.
+
+Each association is one sender thread with its own lean requestor (``net/requestor.py``,
+TCP_NODELAY on); they take instances from one shared decrypt-ahead queue, so four
+associations still send in urgency order. A rate limit (bytes or instances per second) is
+shared by all of them. Outcomes are recorded by the calling thread in small batches, and the
+job's heartbeat with them, so a killed job resends at most the instances acknowledged in the
+last fraction of a second. Losing the PACS mid-way stops the job (items stay pending, the
+job resumable) rather than failing thousands of instances one by one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from sqlalchemy import select, update
+
+from dicomvault.audit import AuditEvent, append
+from dicomvault.catalog import schema as t
+from dicomvault.dicom import split_part10
+from dicomvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomvault.dicom.transcode import (
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    UNCOMPRESSED,
+    TranscodeError,
+    pick_syntax,
+    proposals,
+    transcode,
+)
+from dicomvault.net import pdu
+from dicomvault.net.requestor import AssociationRejected, StoreRequestor
+from dicomvault.replicate.throttle import RateLimiter, Schedule, ThrottleConfigError, parse_rate
+
+from .prefetch import Prefetcher
+from .restore_plan import JobRow, RestoreError, job_lock_path, job_report, load_job, lock_dir
+
+if TYPE_CHECKING:
+    from dicomvault.archive import Archive
+    from dicomvault.config import PeerSettings
+
+log = logging.getLogger(__name__)
+
+STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})  # success, or stored with a warning
+RECORD_EVERY = 0.25  # seconds between batched outcome writes (and heartbeats)
+INSTANCE_UNIT = 1_000_000  # an instances/s limit runs the byte limiter with one instance = 1 MB
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """``--rate``: ``20MB/s`` (bytes) or ``50/s`` (instances)."""
+
+    bytes_per_second: float | None = None
+    instances_per_second: float | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> "RateLimit":
+        if not text or text.strip().lower() == "unlimited":
+            return cls()
+        stripped = text.strip()
+        if stripped.endswith("/s") and stripped[:-2].replace(".", "", 1).isdigit():
+            value = float(stripped[:-2])
+            if value <= 0:
+                raise RestoreError(f"--rate {text!r}: the rate must be above zero")
+            return cls(instances_per_second=value)
+        try:
+            rate = parse_rate(stripped)
+        except ThrottleConfigError as exc:
+            raise RestoreError(f"--rate: {exc}, or e.g. 50/s for instances per second") from exc
+        if rate is not None and rate <= 0:
+            raise RestoreError(f"--rate {text!r}: the rate must be above zero")
+        return cls(bytes_per_second=rate)
+
+    def limiters(self) -> list[tuple[RateLimiter, Callable[[int], int]]]:
+        """(limiter, cost of one instance of n bytes) pairs to acquire before each send."""
+        result: list[tuple[RateLimiter, Callable[[int], int]]] = []
+        if self.bytes_per_second:
+            result.append((RateLimiter(Schedule(self.bytes_per_second)), lambda n: n))
+        if self.instances_per_second:
+            result.append((RateLimiter(Schedule(self.instances_per_second * INSTANCE_UNIT)),
+                           lambda _n: INSTANCE_UNIT))
+        return result
+
+
+@dataclass(frozen=True)
+class PlannedItem:
+    id: int
+    tier: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    object_id: str
+    sha256: str
+    transfer_syntax_uid: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    item: PlannedItem
+    state: str  # sent | failed
+    status: int | None
+    detail: str | None
+    sent_syntax: str | None
+    at: float
+
+
+class PeerLost(Exception):
+    """The PACS went away or refused the association: the job stops, resumable."""
+
+
+class JobLock:
+    """One runner per job, across processes: an flock the kernel drops if the runner dies."""
+
+    def __init__(self, directory: Path, job_id: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = job_lock_path(directory, job_id)
+        self._file: IO[str] | None = None
+
+    def __enter__(self) -> "JobLock":
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            handle.close()
+            raise RestoreError(f"job {self.path.stem.split('-')[-1]} is already being run by another process; "
+                               "watch it with `dicomvault status`") from exc
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class RestoreRunner:
+    """Runs one planned job's pending items to the peer; ``stop()`` ends it cleanly (resumable)."""
+
+    def __init__(self, archive: "Archive", job_id: int, peer: "PeerSettings", associations: int = 4,
+                 rate: RateLimit | None = None, actor: str = "",
+                 on_progress: Callable[[dict[str, int]], None] | None = None) -> None:
+        if associations < 1 or associations > 32:
+            raise RestoreError(f"--associations must be between 1 and 32, got {associations}")
+        self.archive = archive
+        self.catalog = archive.catalog
+        self.job: JobRow = load_job(archive.catalog, job_id)
+        self.peer = peer
+        self.associations = associations
+        self.rate = rate or RateLimit()
+        self.actor = actor
+        self.on_progress = on_progress
+        self._stop = threading.Event()
+        self._outcomes: queue.Queue[Outcome] = queue.Queue()
+        self._lost: list[str] = []
+        self._counts = {"sent": 0, "failed": 0, "bytes": 0, "transcoded": 0}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- the job ----------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Send what is pending; returns the job report (totals over every run of the job)."""
+        with JobLock(lock_dir(self.archive.settings), self.job.id):
+            return self._run_locked()
+
+    def _pending(self) -> list[PlannedItem]:
+        items = t.restore_items
+        with self.catalog.read() as conn:
+            return [PlannedItem(r.id, r.tier, r.sop_instance_uid, r.sop_class_uid, r.object_id, r.sha256,
+                                r.transfer_syntax_uid, int(r.size))
+                    for r in conn.execute(
+                        select(items.c.id, items.c.tier, items.c.sop_instance_uid, items.c.sop_class_uid,
+                               items.c.object_id, items.c.sha256, items.c.transfer_syntax_uid, items.c.size)
+                        .where(items.c.job_id == self.job.id, items.c.state == "pending")
+                        .order_by(items.c.position))]
+
+    def _run_locked(self) -> dict[str, Any]:
+        if self.job.state == "superseded":
+            raise RestoreError(f"job {self.job.id} was superseded by a newer job; it cannot be resumed")
+        pending = self._pending()
+        run_number = self.job.runs + 1
+        started = time.time()
+        with self.catalog.write() as conn:
+            conn.execute(update(t.restore_jobs).where(t.restore_jobs.c.id == self.job.id).values(
+                runs=run_number, started_at=started, heartbeat_at=started, state="active", last_error=None,
+                finished_at=None))
+            append(conn, AuditEvent(actor=self.actor, action=self.job.kind, subject=self.peer.name, outcome="started",
+                                    detail={"job": self.job.id, "run": run_number, "destination": self.job.destination,
+                                            "selection": self.job.selection.describe(), "pending": len(pending)}))
+        error = None
+        try:
+            if pending:
+                self._send_all(pending, run_number)
+        except Exception as exc:  # noqa: BLE001 - recorded on the job, then re-raised
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            if self._lost and error is None:
+                error = self._lost[0]
+            self._finish(run_number, started, error)
+        report = self.report()
+        if self._lost:
+            raise RestoreError(f"{self._lost[0]}; {report['sent']}/{report['total']} sent so far. Fix the cause and "
+                               f"run the same command again (or `dicomvault restore --resume {self.job.id}`): "
+                               "acknowledged instances are not sent again")
+        return report
+
+    def _finish(self, run_number: int, started: float, error: str | None) -> None:
+        now = time.time()
+        with self.catalog.write() as conn:
+            still_pending = conn.execute(
+                select(t.restore_items.c.id).where(t.restore_items.c.job_id == self.job.id,
+                                                   t.restore_items.c.state == "pending").limit(1)).first()
+            finished = still_pending is None
+            conn.execute(update(t.restore_jobs).where(t.restore_jobs.c.id == self.job.id).values(
+                state="completed" if finished else "active", finished_at=now if finished else None,
+                heartbeat_at=None, last_error=error))
+            append(conn, AuditEvent(
+                actor=self.actor, action=self.job.kind, subject=self.peer.name,
+                outcome=("failure" if error else "partial" if self._counts["failed"] else "success") if finished
+                else "interrupted",
+                detail={"job": self.job.id, "run": run_number, "destination": self.job.destination,
+                        "sent": self._counts["sent"], "failed": self._counts["failed"], "bytes": self._counts["bytes"],
+                        "transcoded": self._counts["transcoded"], "seconds": round(now - started, 3),
+                        **({"error": error} if error else {})}))
+
+    def report(self) -> dict[str, Any]:
+        return {**job_report(self.archive, self.job.id), "this_run": dict(self._counts)}
+
+    # --- sending ----------------------------------------------------------------------------
+
+    def _load(self, item: PlannedItem) -> bytes:
+        _meta, data = self.archive.repository.load(item.object_id, item.sha256)
+        offset, _syntax = split_part10(data)
+        return data[offset:]
+
+    def _send_all(self, pending: list[PlannedItem], run_number: int) -> None:
+        pairs = proposals([(i.sop_class_uid, i.transfer_syntax_uid) for i in pending])
+        limiters = self.rate.limiters()
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="restore-load") as loaders:
+            feed: Prefetcher[PlannedItem, bytes] = Prefetcher(pending, self._load, loaders, 2 * self.associations + 2)
+            senders = [threading.Thread(target=self._sender, args=(feed, pairs, limiters), daemon=True,
+                                        name=f"restore-send-{n}") for n in range(self.associations)]
+            for sender in senders:
+                sender.start()
+            last_beat = time.monotonic()
+            while any(s.is_alive() for s in senders) or not self._outcomes.empty():
+                batch = self._drain(timeout=RECORD_EVERY)
+                now = time.monotonic()
+                if batch or now - last_beat >= RECORD_EVERY:
+                    self._record(batch, run_number, now - last_beat)
+                    last_beat = now
+            for sender in senders:
+                sender.join()
+            self._stop.set()  # drop what is still prefetched
+
+    def _drain(self, timeout: float) -> list[Outcome]:
+        batch: list[Outcome] = []
+        try:
+            batch.append(self._outcomes.get(timeout=timeout))
+            while len(batch) < 500:
+                batch.append(self._outcomes.get_nowait())
+        except queue.Empty:
+            pass
+        return batch
+
+    def _record(self, batch: list[Outcome], run_number: int, elapsed: float) -> None:
+        now = time.time()
+        with self.catalog.write() as conn:
+            if batch:
+                conn.execute(
+                    update(t.restore_items).where(t.restore_items.c.id == _bind("item_id")).values(
+                        state=_bind("new_state"), status=_bind("new_status"), detail=_bind("new_detail"),
+                        sent_syntax=_bind("new_syntax"), run=run_number, finished_at=_bind("at")),
+                    [{"item_id": o.item.id, "new_state": o.state, "new_status": o.status, "new_detail": o.detail,
+                      "new_syntax": o.sent_syntax, "at": o.at} for o in batch])
+            conn.execute(update(t.restore_jobs).where(t.restore_jobs.c.id == self.job.id).values(
+                heartbeat_at=now, seconds_sending=t.restore_jobs.c.seconds_sending + elapsed))
+        for outcome in batch:
+            self._counts[outcome.state] += 1
+            if outcome.state == "sent":
+                self._counts["bytes"] += outcome.item.size
+                self._counts["transcoded"] += outcome.sent_syntax is not None
+        if self.on_progress is not None and batch:
+            self.on_progress(dict(self._counts))
+
+    def _sender(self, feed: Prefetcher[PlannedItem, bytes], pairs: list[tuple[str, str]],
+                limiters: list[tuple[RateLimiter, Callable[[int], int]]]) -> None:
+        settings = self.archive.settings
+        requestor = StoreRequestor(self.peer.host, self.peer.port, self.peer.ae_title, settings.dicom.ae_title,
+                                   timeout=settings.dicom.network_timeout,
+                                   implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                                   implementation_version=IMPLEMENTATION_VERSION_NAME)
+        try:
+            requestor.prepare(pairs)
+            while not self._stop.is_set():
+                entry = feed.next_item()
+                if entry is None:
+                    return
+                item, loading = entry
+                try:
+                    dataset = loading.result()
+                except Exception as exc:  # noqa: BLE001 - damaged, missing or unreadable stored copy
+                    log.error("ALERT: the stored copy of %s (object %s) cannot be read back: %s",
+                              item.sop_instance_uid, item.object_id, exc)
+                    self._outcomes.put(Outcome(item, "failed", None, f"stored copy unreadable: {exc}", None,
+                                               time.time()))
+                    continue
+                self._outcomes.put(self._send_one(requestor, item, dataset, limiters))
+        except PeerLost as exc:
+            self._lost.append(str(exc))
+            self._stop.set()
+        except (AssociationRejected, OSError, pdu.ProtocolError) as exc:
+            self._lost.append(f"cannot send to {self.peer.name} ({self.job.destination}): {exc}")
+            self._stop.set()
+        finally:
+            requestor.close()
+
+    def _send_one(self, requestor: StoreRequestor, item: PlannedItem, dataset: bytes,
+                  limiters: list[tuple[RateLimiter, Callable[[int], int]]]) -> Outcome:
+        candidates = (item.transfer_syntax_uid, EXPLICIT_VR_LE, IMPLICIT_VR_LE)
+        accepted = [ts for ts in candidates if requestor.accepts(item.sop_class_uid, ts)]
+        if not accepted:
+            reasons = {requestor.refusal(item.sop_class_uid, ts) for ts in candidates} - {None}
+            if reasons:
+                lossy_only = "" if item.transfer_syntax_uid in UNCOMPRESSED else (
+                    f"; it is stored as {item.transfer_syntax_uid} and is never converted with loss")
+                return Outcome(item, "failed", None, f"{self.peer.ae_title} refused SOP class {item.sop_class_uid} "
+                               f"({'; '.join(sorted(r for r in reasons if r))}){lossy_only}", None, time.time())
+            accepted = [item.transfer_syntax_uid]  # not proposed yet (over 126 pairs): negotiate it now
+        try:
+            syntax = pick_syntax(item.transfer_syntax_uid, accepted)
+            payload = transcode(dataset, item.transfer_syntax_uid, syntax)
+        except TranscodeError as exc:
+            return Outcome(item, "failed", None, str(exc), None, time.time())
+        for limiter, cost in limiters:
+            limiter.acquire(cost(len(payload)))
+        try:
+            status, comment = requestor.store(item.sop_class_uid, item.sop_instance_uid, syntax, payload)
+        except AssociationRejected as exc:
+            return Outcome(item, "failed", None, str(exc), None, time.time())
+        except (OSError, ConnectionError, pdu.ProtocolError) as exc:
+            raise PeerLost(f"lost the association with {self.peer.name} ({self.job.destination}): {exc}") from exc
+        converted = syntax if syntax != item.transfer_syntax_uid else None
+        if status in STORED_STATUSES:
+            warning = f"stored with warning 0x{status:04X} {comment}".strip() if status else None
+            return Outcome(item, "sent", status, warning, converted, time.time())
+        return Outcome(item, "failed", status, comment or _status_text(status), converted, time.time())
+
+
+def _bind(name: str) -> Any:
+    from sqlalchemy import bindparam
+
+    return bindparam(name)
+
+
+def _status_text(status: int) -> str:
+    """PS3.4 Annex B C-STORE status classes, for a PACS that gave no Error Comment."""
+    if status == 0xA700 or 0xA700 <= status <= 0xA7FF:
+        return "refused: out of resources"
+    if 0xA900 <= status <= 0xA9FF:
+        return "error: data set does not match SOP class"
+    if 0xC000 <= status <= 0xCFFF:
+        return "error: cannot understand"
+    if status == 0x0122:
+        return "refused: SOP class not supported"
+    if status == 0x0124:
+        return "refused: not authorized"
+    if status == 0x0211:
+        return "unrecognized operation"
+    return "failure"

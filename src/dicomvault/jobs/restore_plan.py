@@ -1,0 +1,313 @@
+"""Restore jobs as rows: planning (which instances, in which order), finding a job to resume,
+and the progress and report every surface shows (CLI, ``status --json``, ``/api/restores``).
+
+A job is planned once, in one transaction: every selected instance becomes a
+``restore_items`` row with its position in the sending order. Resuming a killed job sends
+only the rows still pending, so what the PACS acknowledged is not sent again, and counts add
+up across runs because they are counted from the rows, not kept in memory.
+
+Urgency order (a rebuilt, empty PACS needs today's work first): studies acquired in the last
+24 hours, then in the last 7 days, then everything else, newest first within each tier; a
+study keeps its instances together, in series and instance number order. "Acquired" is the
+Study Date and Time; a study without a usable date counts from when the vault received it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import case, func, insert, select, update
+
+from dicomvault.catalog import schema as t
+from dicomvault.catalog.selection import SelectedInstance, Selection, number_key, select_instances
+
+if TYPE_CHECKING:
+    from dicomvault.catalog import Catalog
+    from dicomvault.config import PeerSettings
+
+TIER_NAMES = ("last 24 h", "last 7 days", "older")
+TIER_LIMITS = (24 * 3600.0, 7 * 24 * 3600.0)
+HEARTBEAT_STALE = 30.0  # seconds without a heartbeat before an active job counts as interrupted
+_INSERT_BATCH = 1000
+
+
+class RestoreError(Exception):
+    """The job cannot be planned or run; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    kind: str
+    peer: str
+    destination: str
+    selection: Selection
+    ordering: str
+    options: dict[str, Any]
+    state: str
+    runs: int
+    total: int
+
+
+def study_moment(row: SelectedInstance) -> float:
+    """When the study was acquired (local time), from StudyDate/StudyTime; arrival time if unusable."""
+    date = row.study_date.strip()
+    if len(date) == 8 and date.isdigit():
+        digits = "".join(c for c in row.study_time.split(".")[0] if c.isdigit())[:6].ljust(6, "0")
+        try:
+            return datetime.strptime(date + digits, "%Y%m%d%H%M%S").timestamp()
+        except ValueError:
+            pass
+    return row.received_at
+
+
+def urgency_tier(moment: float, now: float) -> int:
+    age = now - moment  # a study dated in the future (clock skew) is as urgent as today's
+    for tier, limit in enumerate(TIER_LIMITS):
+        if age <= limit:
+            return tier
+    return len(TIER_LIMITS)
+
+
+def order_rows(rows: Sequence[SelectedInstance], ordering: str, now: float) -> list[tuple[int, SelectedInstance]]:
+    """(tier, row) in sending order. ``study`` keeps the selection's patient/study order."""
+    if ordering == "study":
+        return [(urgency_tier(study_moment(r), now), r) for r in rows]
+    moments: dict[str, float] = {}
+    for row in rows:  # one moment per study (its instances may have arrived at different times)
+        moments[row.study_uid] = max(moments.get(row.study_uid, 0.0), study_moment(row))
+    keyed = [((urgency_tier(moments[r.study_uid], now), -moments[r.study_uid], r.study_uid,
+               number_key(r.series_number), r.series_uid, number_key(r.instance_number), r.sop_instance_uid), r)
+             for r in rows]
+    keyed.sort(key=lambda pair: pair[0])
+    return [(key[0], row) for key, row in keyed]
+
+
+def plan_job(catalog: "Catalog", *, kind: str, peer: "PeerSettings", selection: Selection, ordering: str,
+             options: dict[str, Any], actor: str, now: float | None = None) -> int:
+    """Create the job and its items in one transaction; returns the job id."""
+    now = time.time() if now is None else now
+    rows = select_instances(catalog, selection)
+    if not rows:
+        raise RestoreError(f"nothing in the vault matches the selection ({selection.describe()})")
+    ordered = order_rows(rows, ordering, now)
+    with catalog.write() as conn:
+        job_id = conn.execute(insert(t.restore_jobs).values(
+            kind=kind, peer=peer.name, destination=f"{peer.ae_title}@{peer.host}:{peer.port}",
+            selection=selection.to_json(), ordering=ordering, options=json.dumps(options, sort_keys=True),
+            state="active", actor=actor, total=len(ordered), total_bytes=sum(r.size_original for _, r in ordered),
+            runs=0, created_at=now, seconds_sending=0.0,
+        )).inserted_primary_key[0]
+        batch: list[dict[str, Any]] = []
+        for position, (tier, row) in enumerate(ordered):
+            batch.append(dict(job_id=job_id, position=position, tier=tier, study_uid=row.study_uid,
+                              sop_instance_uid=row.sop_instance_uid, sop_class_uid=row.sop_class_uid,
+                              object_id=row.object_id, sha256=row.sha256,
+                              transfer_syntax_uid=row.transfer_syntax_uid, size=row.size_original, state="pending"))
+            if len(batch) >= _INSERT_BATCH:
+                conn.execute(insert(t.restore_items), batch)
+                batch = []
+        if batch:
+            conn.execute(insert(t.restore_items), batch)
+    return int(job_id)
+
+
+def load_job(catalog: "Catalog", job_id: int) -> JobRow:
+    with catalog.read() as conn:
+        row = conn.execute(select(t.restore_jobs).where(t.restore_jobs.c.id == job_id)).first()
+    if row is None:
+        raise RestoreError(f"there is no restore job {job_id}; `dicomvault status --json` lists the jobs")
+    return JobRow(row.id, row.kind, row.peer, row.destination, Selection.from_json(row.selection), row.ordering,
+                  json.loads(row.options or "{}"), row.state, row.runs, row.total)
+
+
+def latest_job_for(catalog: "Catalog", kind: str, peer: str, selection: Selection) -> JobRow | None:
+    """The newest job of this kind to this peer with exactly this selection (not superseded)."""
+    with catalog.read() as conn:
+        job_id = conn.execute(
+            select(t.restore_jobs.c.id)
+            .where(t.restore_jobs.c.kind == kind, t.restore_jobs.c.peer == peer,
+                   t.restore_jobs.c.selection == selection.to_json(), t.restore_jobs.c.state != "superseded")
+            .order_by(t.restore_jobs.c.id.desc()).limit(1)
+        ).scalar()
+    return load_job(catalog, int(job_id)) if job_id is not None else None
+
+
+def supersede(catalog: "Catalog", job_id: int) -> None:
+    with catalog.write() as conn:
+        conn.execute(update(t.restore_jobs).where(t.restore_jobs.c.id == job_id).values(state="superseded"))
+
+
+def requeue_failed(catalog: "Catalog", job_id: int) -> int:
+    """Put a job's failed instances back in the queue (after fixing the PACS side); returns how many."""
+    with catalog.write() as conn:
+        count = conn.execute(
+            update(t.restore_items).where(t.restore_items.c.job_id == job_id, t.restore_items.c.state == "failed")
+            .values(state="pending", status=None, detail=None, run=None, finished_at=None)
+        ).rowcount
+        if count:
+            conn.execute(update(t.restore_jobs).where(t.restore_jobs.c.id == job_id)
+                         .values(state="active", finished_at=None))
+    return int(count or 0)
+
+
+# --- progress and reports ------------------------------------------------------------------------
+
+def job_lock_path(lock_dir: Path, job_id: int) -> Path:
+    return lock_dir / f"restore-{job_id}.lock"
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a live process holds the job's flock (the kernel drops it when the runner dies)."""
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def _display_state(job: Any, failed: int, now: float, lock_dir: Path | None) -> str:
+    if job.state == "superseded":
+        return "superseded"
+    if job.state == "completed":
+        return "completed with failures" if failed else "completed"
+    if lock_dir is not None:  # same host: the runner's lock is the truth, at once
+        running = lock_held(job_lock_path(lock_dir, job.id))
+    else:  # another host (a shared PostgreSQL catalog): a recent heartbeat
+        running = bool(job.heartbeat_at and now - job.heartbeat_at <= HEARTBEAT_STALE)
+    if running:
+        return "running"
+    return "interrupted" if job.runs else "planned"
+
+
+def job_progress(catalog: "Catalog", job_id: int, now: float | None = None,
+                 lock_dir: Path | None = None) -> dict[str, Any]:
+    """Counts from the item rows, the derived state, throughput and an ETA. ``lock_dir``
+    (the archive's ``locks`` folder) tells a killed runner from a live one at once."""
+    now = time.time() if now is None else now
+    items = t.restore_items
+    with catalog.read() as conn:
+        job = conn.execute(select(t.restore_jobs).where(t.restore_jobs.c.id == job_id)).first()
+        if job is None:
+            raise RestoreError(f"there is no restore job {job_id}")
+        tiers = conn.execute(
+            select(items.c.tier, items.c.state, func.count(), func.coalesce(func.sum(items.c.size), 0),
+                   func.sum(case((items.c.sent_syntax.is_not(None), 1), else_=0)))
+            .where(items.c.job_id == job_id).group_by(items.c.tier, items.c.state)
+        ).all()
+    by_state = {"pending": 0, "sent": 0, "failed": 0}
+    bytes_sent, transcoded = 0, 0
+    tier_rows: dict[int, dict[str, Any]] = {}
+    for tier, state, count, size, converted in tiers:
+        by_state[state] = by_state.get(state, 0) + count
+        entry = tier_rows.setdefault(tier, {"tier": TIER_NAMES[tier], "total": 0, "sent": 0, "failed": 0})
+        entry["total"] += count
+        if state in ("sent", "failed"):
+            entry[state] += count
+        if state == "sent":
+            bytes_sent += int(size)
+            transcoded += int(converted or 0)
+    done = by_state["sent"] + by_state["failed"]
+    rate = bytes_sent / job.seconds_sending if job.seconds_sending else None
+    instances_rate = by_state["sent"] / job.seconds_sending if job.seconds_sending else None
+    pending_bytes = max(0, int(job.total_bytes) - bytes_sent)
+    return {
+        "id": job.id, "kind": job.kind, "peer": job.peer, "destination": job.destination,
+        "selection": json.loads(job.selection), "ordering": job.ordering, "options": json.loads(job.options or "{}"),
+        "state": _display_state(job, by_state["failed"], now, lock_dir),
+        "total": job.total, "sent": by_state["sent"], "failed": by_state["failed"], "pending": by_state["pending"],
+        "transcoded": transcoded,
+        "percent": round(100.0 * done / job.total, 1) if job.total else 100.0,
+        "bytes_total": int(job.total_bytes), "bytes_sent": bytes_sent,
+        "tiers": [tier_rows[k] for k in sorted(tier_rows)],
+        "runs": job.runs, "created_at": job.created_at, "started_at": job.started_at,
+        "finished_at": job.finished_at, "heartbeat_at": job.heartbeat_at,
+        "seconds_sending": round(job.seconds_sending, 3),
+        "instances_per_second": round(instances_rate, 1) if instances_rate else None,
+        "megabytes_per_second": round(rate / 1e6, 2) if rate else None,
+        "eta_seconds": round(pending_bytes / rate, 1) if rate and by_state["pending"] else None,
+        "last_error": job.last_error, "actor": job.actor,
+    }
+
+
+def job_failures(catalog: "Catalog", job_id: int, limit: int | None = None) -> list[dict[str, Any]]:
+    """Every failed instance with the DICOM status the peer gave (None: never got that far) and why."""
+    items = t.restore_items
+    query = (select(items.c.sop_instance_uid, items.c.study_uid, items.c.sop_class_uid, items.c.transfer_syntax_uid,
+                    items.c.status, items.c.detail)
+             .where(items.c.job_id == job_id, items.c.state == "failed").order_by(items.c.position))
+    if limit is not None:
+        query = query.limit(limit)
+    with catalog.read() as conn:
+        return [{"sop_instance_uid": r.sop_instance_uid, "study_uid": r.study_uid, "sop_class_uid": r.sop_class_uid,
+                 "transfer_syntax_uid": r.transfer_syntax_uid,
+                 "status": f"0x{r.status:04X}" if r.status is not None else None, "reason": r.detail or ""}
+                for r in conn.execute(query)]
+
+
+def job_transcoded(catalog: "Catalog", job_id: int, limit: int = 1000) -> list[dict[str, str]]:
+    items = t.restore_items
+    with catalog.read() as conn:
+        return [{"sop_instance_uid": r.sop_instance_uid, "stored": r.transfer_syntax_uid, "sent": r.sent_syntax}
+                for r in conn.execute(select(items.c.sop_instance_uid, items.c.transfer_syntax_uid, items.c.sent_syntax)
+                                      .where(items.c.job_id == job_id, items.c.sent_syntax.is_not(None))
+                                      .order_by(items.c.position).limit(limit))]
+
+
+def recent_jobs(catalog: "Catalog", within_seconds: float = 7 * 24 * 3600, limit: int = 10,
+                now: float | None = None, lock_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Unfinished jobs and those finished recently, newest first (for status and the API)."""
+    now = time.time() if now is None else now
+    jobs = t.restore_jobs
+    with catalog.read() as conn:
+        ids = conn.execute(
+            select(jobs.c.id).where(jobs.c.state != "superseded")
+            .where((jobs.c.state == "active") | (jobs.c.finished_at >= now - within_seconds))
+            .order_by(jobs.c.id.desc()).limit(limit)
+        ).scalars().all()
+    return [job_progress(catalog, int(job_id), now, lock_dir) for job_id in ids]
+
+
+def lock_dir(settings: Any) -> Path:
+    """Where job runners hold their locks: the archive's data directory."""
+    return Path(settings.base_dir) / "locks"
+
+
+def status_lock_dir(settings: Any) -> Path | None:
+    """The lock folder to judge liveness by, when every runner shares this host (an embedded
+    SQLite catalog); with a shared PostgreSQL catalog a runner may be elsewhere: heartbeats."""
+    return lock_dir(settings) if str(settings.catalog_url).startswith("sqlite") else None
+
+
+def job_report(archive: Any, job_id: int) -> dict[str, Any]:
+    """Progress plus every failure and transcoding: the final report, the API's job view."""
+    catalog = archive.catalog
+    return {**job_progress(catalog, job_id, lock_dir=status_lock_dir(archive.settings)),
+            "failures": job_failures(catalog, job_id), "transcoded_instances": job_transcoded(catalog, job_id)}
+
+
+def restore_alerts(jobs: list[dict[str, Any]], now: float | None = None) -> list[str]:
+    now = time.time() if now is None else now
+    alerts = []
+    for job in jobs:
+        if job["state"] == "interrupted":
+            alerts.append(f"{job['kind']} job {job['id']} to {job['peer']} interrupted at {job['sent']}/{job['total']}"
+                          + (f" ({job['last_error']})" if job["last_error"] else "")
+                          + f"; resume it with `dicomvault restore --resume {job['id']}`")
+        elif job["failed"] and job["finished_at"] and now - job["finished_at"] < 24 * 3600:
+            alerts.append(f"{job['kind']} job {job['id']} to {job['peer']}: {job['failed']} instance(s) refused or "
+                          f"unreadable; `dicomvault restore --report {job['id']}` lists them")
+    return alerts

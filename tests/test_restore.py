@@ -1,0 +1,325 @@
+"""`dicomvault restore`: the archive poured back into a real, empty Orthanc (the rebuilt PACS),
+most urgent studies first, byte-exact, resumable after a kill, and honest about refusals.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+
+from conftest import Vault, dcmtk, free_port, make_vault, wait_until
+from orthanc import Orthanc, orthanc_factory  # noqa: F401 - fixture
+
+from dicomvault.dicom import split_part10
+
+PRIVATE_SOP_CLASS = "1.2.826.0.1.3680043.9.7433.99.1"  # no PACS knows it
+
+
+@dataclass(frozen=True)
+class Made:
+    path: Path
+    sop_uid: str
+    study_uid: str
+    study_moment: datetime
+
+
+def dataset_bytes(data: bytes) -> bytes:
+    return data[split_part10(data)[0]:]
+
+
+def make_study(template: pydicom.Dataset, dest: Path, patient: str, moment: datetime, series: int = 2,
+               per_series: int = 3, syntax: str = ExplicitVRLittleEndian, sop_class: str | None = None) -> list[Made]:
+    dest.mkdir(parents=True, exist_ok=True)
+    study_uid = generate_uid()
+    made = []
+    for s in range(series):
+        series_uid = generate_uid()
+        for n in range(per_series):
+            ds = copy.deepcopy(template)  # a shallow copy shares (and would change) the elements
+            ds.PatientID, ds.PatientName = patient, f"{patient}^TEST"
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study_uid, series_uid, generate_uid()
+            ds.StudyDate, ds.StudyTime = moment.strftime("%Y%m%d"), moment.strftime("%H%M%S")
+            ds.SeriesNumber, ds.InstanceNumber = s + 1, n + 1
+            if sop_class:
+                ds.SOPClassUID = sop_class
+            ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.file_meta.TransferSyntaxUID = syntax
+            path = dest / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian,
+                       little_endian=True)
+            made.append(Made(path, ds.SOPInstanceUID, study_uid, moment))
+    return made
+
+
+@pytest.fixture(scope="module")
+def template() -> pydicom.Dataset:
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds[0xFFFCFFFC]  # trailing padding: keep files comparable
+    return ds
+
+
+def add_peer(vault: Vault, name: str, ae_title: str, port: int) -> None:
+    with vault.config.open("a") as config:
+        config.write(f'\n[peers.{name}]\nae_title = "{ae_title}"\nhost = "127.0.0.1"\nport = {port}\n')
+
+
+def empty_pacs(factory: Callable[..., Orthanc], vault: Vault, **config: object) -> Orthanc:
+    pacs = factory(aet="PACS", config=config or None)
+    pacs.add_modality("vault", vault.ae_title, "127.0.0.1", vault.dicom_port)
+    assert pacs.rest("GET", "/instances") == []
+    add_peer(vault, "pacs", "PACS", pacs.dicom_port)
+    return pacs
+
+
+def restore(vault: Vault, *args: str, check: bool = False) -> tuple[int, dict]:
+    proc = vault.cli("restore", "--to", "pacs", "--json", *args, check=check)
+    assert proc.stdout.strip(), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def audit_rows(vault: Vault, action: str) -> list[tuple[str, str, dict]]:
+    with sqlite3.connect(vault.root / "catalog.sqlite3") as db:
+        rows = db.execute("SELECT subject, outcome, detail FROM audit_log WHERE action = ? ORDER BY id",
+                          (action,)).fetchall()
+    return [(subject, outcome, json.loads(detail)) for subject, outcome, detail in rows]
+
+
+def study_arrival_order(pacs: Orthanc) -> list[str]:
+    """Study Instance UIDs in the order Orthanc first saw each study (its change log)."""
+    changes = pacs.rest("GET", "/changes?since=0&limit=10000")["Changes"]
+    ids = [c["ID"] for c in changes if c["ChangeType"] == "NewStudy"]
+    return [pacs.rest("GET", f"/studies/{i}")["MainDicomTags"]["StudyInstanceUID"] for i in ids]
+
+
+def test_restore_into_an_empty_pacs_most_urgent_first_and_byte_exact(
+        tmp_path: Path, template: pydicom.Dataset, orthanc_factory) -> None:  # noqa: F811
+    now = datetime.now()
+    ages = {"2 hours": timedelta(hours=2), "20 hours": timedelta(hours=20), "3 days": timedelta(days=3),
+            "6 days": timedelta(days=6), "40 days": timedelta(days=40), "3 years": timedelta(days=1100)}
+    made: dict[str, list[Made]] = {}
+    for n, (label, age) in enumerate(sorted(ages.items(), key=lambda kv: kv[1], reverse=True)):  # oldest imported first
+        syntax = ImplicitVRLittleEndian if n % 2 else ExplicitVRLittleEndian
+        made[label] = make_study(template, tmp_path / "files" / label.replace(" ", "_"), f"PAT{n % 3}",
+                                 now - age, syntax=syntax)
+    vault = make_vault(tmp_path / "vault")
+    vault.cli("import", str(tmp_path / "files"))
+    pacs = empty_pacs(orthanc_factory, vault)
+    vault.start()  # the HTTP API shows the job
+
+    code, report = restore(vault, "--associations", "2")
+
+    assert code == 0, report
+    total = sum(len(m) for m in made.values())
+    assert (report["total"], report["sent"], report["failed"], report["pending"]) == (total, total, 0, 0)
+    assert report["state"] == "completed" and report["transcoded"] == 0
+    assert [(t["tier"], t["total"]) for t in report["tiers"]] == [("last 24 h", 12), ("last 7 days", 12),
+                                                                  ("older", 12)]
+    expected = [made[label][0].study_uid for label in ("2 hours", "20 hours", "3 days", "6 days", "40 days",
+                                                         "3 years")]
+    assert study_arrival_order(pacs) == expected
+    for instance in (m for study in made.values() for m in study):
+        (resource,) = pacs.lookup(instance.sop_uid)
+        assert dataset_bytes(pacs.instance_file(resource["ID"])) == dataset_bytes(instance.path.read_bytes())
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{vault.http_port}/api/restores", timeout=10) as answer:
+        (job,) = json.loads(answer.read())["jobs"]
+    assert (job["id"], job["state"], job["sent"], job["percent"]) == (report["id"], "completed", total, 100.0)
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"http://127.0.0.1:{vault.http_port}/api/restores/999", timeout=10)
+    assert missing.value.code == 404
+    status = vault.status()
+    assert status["restores"][0]["state"] == "completed" and status["ok"], status["alerts"]
+    events = audit_rows(vault, "restore")
+    assert [outcome for _, outcome, _ in events] == ["started", "success"]
+    assert events[-1][2]["sent"] == total and events[-1][0] == "pacs"
+
+    # The same command again sends nothing: the job is done.
+    code, again = restore(vault)
+    assert code == 0 and again["id"] == report["id"] and again["runs"] == 1
+    vault.stop()
+
+
+def test_killed_restore_resumes_without_resending_what_the_pacs_acknowledged(
+        tmp_path: Path, template: pydicom.Dataset, orthanc_factory) -> None:  # noqa: F811
+    made = []
+    for n in range(4):
+        made += make_study(template, tmp_path / "files", f"KILL{n}", datetime.now() - timedelta(days=n * 3),
+                           series=3, per_series=10)
+    vault = make_vault(tmp_path / "vault")
+    vault.cli("import", str(tmp_path / "files"))
+    pacs = empty_pacs(orthanc_factory, vault)
+    catalog = vault.root / "catalog.sqlite3"
+
+    def recorded_sent() -> int:
+        with sqlite3.connect(catalog) as db:
+            return db.execute("SELECT count(*) FROM restore_items WHERE state = 'sent'").fetchone()[0]
+
+    runner = subprocess.Popen([sys.executable, "-m", "dicomvault.cli", "restore", "--config", str(vault.config),
+                               "--to", "pacs", "--associations", "1", "--rate", "40/s", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_until(lambda: recorded_sent() >= 30, timeout=60, what="30 instances acknowledged and recorded")
+        os.killpg(runner.pid, signal.SIGKILL)
+    finally:
+        runner.wait(timeout=30)
+    sent_before = recorded_sent()
+    in_pacs_before = len(pacs.rest("GET", "/instances"))
+    assert 30 <= sent_before <= in_pacs_before < len(made)
+    (job,) = vault.status()["restores"]
+    assert job["state"] == "interrupted" and job["sent"] == sent_before
+    assert any("interrupted" in alert and "--resume" in alert for alert in vault.status()["alerts"])
+
+    code, report = restore(vault, "--associations", "2")
+
+    assert code == 0, report
+    assert (report["total"], report["sent"], report["failed"], report["pending"]) == (len(made), len(made), 0, 0)
+    assert report["runs"] == 2
+    assert report["this_run"]["sent"] == len(made) - sent_before  # nothing recorded as acknowledged went again
+    resent = in_pacs_before - sent_before  # acknowledged in the last moment before the kill, not yet recorded
+    assert resent <= 12, f"{resent} instances were acknowledged but not recorded when the runner died"
+    held = pacs.rest("GET", "/instances?expand")
+    assert sorted(i["MainDicomTags"]["SOPInstanceUID"] for i in held) == sorted(m.sop_uid for m in made)
+
+
+def test_a_refused_sop_class_is_named_in_the_report_and_the_rest_arrive(
+        tmp_path: Path, template: pydicom.Dataset, orthanc_factory) -> None:  # noqa: F811
+    good = make_study(template, tmp_path / "files", "OK1", datetime.now() - timedelta(hours=3))
+    odd = make_study(template, tmp_path / "files", "ODD", datetime.now() - timedelta(hours=4), series=1,
+                     per_series=2, sop_class=PRIVATE_SOP_CLASS)
+    vault = make_vault(tmp_path / "vault")
+    vault.cli("import", str(tmp_path / "files"))
+    pacs = empty_pacs(orthanc_factory, vault)  # Orthanc refuses SOP classes it does not know
+
+    code, report = restore(vault)
+
+    assert code == 2, report  # finished, with refusals
+    assert (report["sent"], report["failed"], report["pending"]) == (len(good), len(odd), 0)
+    assert sorted(f["sop_instance_uid"] for f in report["failures"]) == sorted(m.sop_uid for m in odd)
+    for failure in report["failures"]:
+        assert failure["sop_class_uid"] == PRIVATE_SOP_CLASS
+        assert "SOP class not supported" in failure["reason"], failure
+    assert sorted(i["MainDicomTags"]["SOPInstanceUID"] for i in pacs.rest("GET", "/instances?expand")) == \
+        sorted(m.sop_uid for m in good)
+    assert any("refused or unreadable" in a for a in vault.status()["alerts"])
+    text = vault.cli("restore", "--report", str(report["id"])).stdout
+    assert all(m.sop_uid in text for m in odd)
+
+
+def test_a_receiver_refusing_instances_with_a_status_gets_them_reported_with_that_status(
+        tmp_path: Path, template: pydicom.Dataset) -> None:
+    """A C-STORE failure status (here from a pynetdicom SCP that is out of room for MR; Orthanc
+    1.10's instance filter answers success even when it discards) is recorded per instance."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
+
+    kept = make_study(template, tmp_path / "files", "CTPAT", datetime.now() - timedelta(hours=1))
+    mr = copy.deepcopy(template)
+    mr.SOPClassUID, mr.Modality = MRImageStorage, "MR"
+    refused = make_study(mr, tmp_path / "files", "MRPAT", datetime.now() - timedelta(hours=2), series=1)
+    vault = make_vault(tmp_path / "vault")
+    vault.cli("import", str(tmp_path / "files"))
+    received: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        if event.context.abstract_syntax == MRImageStorage:
+            return 0xA700  # Refused: Out of Resources
+        received.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    scp = AE(ae_title="FULLPACS")
+    for sop_class in (CTImageStorage, MRImageStorage):
+        scp.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    add_peer(vault, "pacs", "FULLPACS", port)
+    try:
+        code, report = restore(vault)
+    finally:
+        server.shutdown()
+
+    assert code == 2, report
+    assert (report["sent"], report["failed"]) == (len(kept), len(refused)), report["failures"][:2]
+    assert {f["sop_instance_uid"]: f["status"] for f in report["failures"]} == {m.sop_uid: "0xA700" for m in refused}
+    assert all(f["reason"] == "refused: out of resources" for f in report["failures"])
+    assert sorted(received) == sorted(m.sop_uid for m in kept)
+
+
+def test_transcodes_only_when_the_receiver_refuses_the_stored_syntax_and_never_with_loss(
+        tmp_path: Path, template: pydicom.Dataset) -> None:
+    from pydicom.data import get_testdata_file
+
+    stored_explicit = make_study(template, tmp_path / "files", "TX", datetime.now(), series=1, per_series=2)
+    jpeg = tmp_path / "files" / "jpeg2000.dcm"
+    jpeg.write_bytes(Path(get_testdata_file("JPEG2000.dcm")).read_bytes())
+    vault = make_vault(tmp_path / "vault")
+    vault.cli("import", str(tmp_path / "files"))
+    received = tmp_path / "received"
+    received.mkdir()
+    port = free_port()
+    add_peer(vault, "pacs", "IMPLICITONLY", port)
+    scp = subprocess.Popen([dcmtk("storescp"), "-aet", "IMPLICITONLY", "+xi", "-od", str(received), str(port)])
+    try:
+        wait_until(lambda: subprocess.run([dcmtk("echoscu"), "-aec", "IMPLICITONLY", "127.0.0.1", str(port)],
+                                          capture_output=True).returncode == 0, what="storescp up")
+        code, report = restore(vault)
+    finally:
+        scp.terminate()
+        scp.wait(timeout=10)
+
+    assert code == 2, report
+    assert (report["sent"], report["failed"], report["transcoded"]) == (2, 1, 2)
+    assert {t["sent"] for t in report["transcoded_instances"]} == {ImplicitVRLittleEndian}
+    (failure,) = report["failures"]
+    assert "never converted with loss" in failure["reason"] and failure["status"] is None
+    for instance in stored_explicit:
+        (path,) = received.glob(f"*{instance.sop_uid}*")
+        got, original = pydicom.dcmread(path), pydicom.dcmread(instance.path)
+        assert got.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+        assert got == original  # every element, pixel data included, unchanged
+
+
+def test_bad_requests_get_clear_errors_and_change_nothing(tmp_path: Path, template: pydicom.Dataset) -> None:
+    make_study(template, tmp_path / "files", "BAD", datetime.now(), series=1, per_series=1)
+    vault = make_vault(tmp_path / "vault")
+    vault.cli("import", str(tmp_path / "files"))
+    dead_port = free_port()  # nothing listens there
+    add_peer(vault, "pacs", "GONE", dead_port)
+    cases = [
+        (("--to", "nowhere"), "not a configured DICOM peer"),
+        (("--to", "pacs", "--since", "2024-01-01"), "YYYYMMDD"),
+        (("--to", "pacs", "--since", "20250101", "--until", "20240101"), "nothing can match"),
+        (("--to", "pacs", "--rate", "100Mb/s"), "capital B"),
+        (("--to", "pacs", "--associations", "0"), "between 1 and 32"),
+        (("--to", "pacs", "--patient", "NOBODY"), "nothing in the vault matches"),
+        (("--resume", "42"), "no restore job 42"),
+        (("--since", "20240101"), "--to PEER"),
+    ]
+    for args, message in cases:
+        proc = vault.cli("restore", *args, check=False)
+        assert proc.returncode == 1 and message in proc.stderr, (args, proc.stderr)
+    assert vault.status()["restores"] == []
+
+    proc = vault.cli("restore", "--to", "pacs", check=False)  # planned, but the PACS is down
+    assert proc.returncode == 1 and "Connection refused" in proc.stderr and "--resume" in proc.stderr
+    (job,) = vault.status()["restores"]
+    assert (job["state"], job["pending"], job["sent"]) == ("interrupted", 1, 0)
+    assert "Connection refused" in job["last_error"]
+    assert audit_rows(vault, "restore")[-1][1] == "interrupted"
