@@ -159,11 +159,11 @@ class Operation:
 
     # --- called from the handler's thread -----------------------------------------------
 
-    def _send(self, pdus: list[bytes]) -> None:
+    def _send(self, pdus: list[bytes | memoryview]) -> None:
         if self._abandoned.is_set() or self._out is None:
             raise OperationAbandoned("the association has ended")
         try:
-            self._out.sendall(b"".join(pdus))
+            pdu.send_buffers(self._out, pdus)
         except OSError as exc:
             self.abandon()
             raise OperationAbandoned(f"cannot write to the peer: {exc}") from exc

@@ -8,6 +8,7 @@ Association negotiation lives in ``associate.py`` (acceptor) and pynetdicom's PD
 
 from __future__ import annotations
 
+import socket
 import struct
 
 A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ = 0x01, 0x02, 0x03
@@ -82,27 +83,45 @@ def p_data(context_id: int, control: int, payload: bytes) -> bytes:
     return struct.pack(">BBIIBB", P_DATA_TF, 0, len(payload) + 6, len(payload) + 2, context_id, control) + payload
 
 
-def message(context_id: int, command: bytes, dataset: bytes | None, max_pdu: int) -> list[bytes]:
+def message(context_id: int, command: bytes, dataset: bytes | None, max_pdu: int) -> list[bytes | memoryview]:
     """A whole DIMSE message as P-DATA-TF PDUs no larger than the peer's ``max_pdu``
-    (0 = unlimited), the data set sent as it is. The data set's PDUs are built in one buffer
-    (one copy of the data set, not three: this runs for every instance a retrieval sends)."""
+    (0 = unlimited), for ``send_buffers``: small PDU headers interleaved with views into the
+    data set, so the data set is never copied in Python (this runs for every instance a
+    retrieval or a restore sends; the kernel gathers the pieces)."""
     fragment = max(1024, (max_pdu or (1 << 24)) - 6)  # PDV item header (4 + 2) inside the PDU
-    pdus = [p_data(context_id, 0x03, command)]
+    buffers: list[bytes | memoryview] = [p_data(context_id, 0x03, command)]
     if dataset is None:
-        return pdus
+        return buffers
     if not dataset:
-        pdus.append(p_data(context_id, 0x02, b""))
-        return pdus
+        buffers.append(p_data(context_id, 0x02, b""))
+        return buffers
     view = memoryview(dataset)
-    out = bytearray()
-    header = struct.Struct(">BBIIBB")
     for start in range(0, len(dataset), fragment):
         piece = view[start:start + fragment]
         last = start + fragment >= len(dataset)
-        out += header.pack(P_DATA_TF, 0, len(piece) + 6, len(piece) + 2, context_id, 0x02 if last else 0x00)
-        out += piece
-    pdus.append(bytes(out) if len(out) < 65536 else out)  # type: ignore[arg-type]
-    return pdus
+        buffers.append(_PDV_HEADER.pack(P_DATA_TF, 0, len(piece) + 6, len(piece) + 2, context_id,
+                                        0x02 if last else 0x00))
+        buffers.append(piece)
+    return buffers
+
+
+_PDV_HEADER = struct.Struct(">BBIIBB")
+_MAX_IOV = 512  # well under every kernel's IOV_MAX (1024 on Linux)
+
+
+def send_buffers(sock: socket.socket, buffers: list[bytes | memoryview]) -> None:
+    """``sendall`` for a list of buffers, gathered by the kernel (``sendmsg``), no joining."""
+    pending = [memoryview(b) for b in buffers if len(b)]
+    while pending:
+        sent = sock.sendmsg(pending[:_MAX_IOV])
+        while sent:
+            head = pending[0]
+            if sent >= len(head):
+                sent -= len(head)
+                pending.pop(0)
+            else:
+                pending[0] = head[sent:]
+                sent = 0
 
 
 def _element(tag: int, value: bytes) -> bytes:

@@ -193,7 +193,7 @@ class StoreRequestor:
             elements[pdu.TAG_MOVE_ORIGINATOR_AE] = pdu.text_value(originator[0])
             elements[pdu.TAG_MOVE_ORIGINATOR_ID] = pdu.us(originator[1])
         command = pdu.encode_command(elements)
-        self._sock.sendall(b"".join(pdu.message(context, command, dataset, self._peer_max)))
+        pdu.send_buffers(self._sock, pdu.message(context, command, dataset, self._peer_max))
         buffer = bytearray()
         while True:
             kind, _header, body = self._read_pdu()

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Restore throughput: dicomvault pouring 500 CT instances into an empty Orthanc, against DCMTK
+storescu sending the same plain files from disk into an equally empty Orthanc.
+
+Not a test. Writes 500 512x512 16-bit CT instances (fresh UIDs, 10 studies), imports them
+into a fresh dicomvault (zstd + AES-GCM, as stored in production), then for every repeat and
+for 1 and 4 associations, alternating who goes first:
+
+- storescu: one ``storescu`` process per association, each sending a quarter (or all) of the
+  files, timed from the first start to the last exit;
+- dicomvault: ``dicomvault restore --to pacs --associations N --fresh``, timed from start to
+  exit (planning, decrypting, verifying every SHA-256 and sending included).
+
+Each run gets a fresh Orthanc (TCP_NODELAY=1, the same as every DCMTK process) and is checked
+to hold all 500 instances afterwards. Best of ``--repeat`` runs; prints instances/s and the
+dicomvault/storescu ratios against the targets (>= 0.9x on one association, > 1.0x on four).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from ingest_data import ct_source, make_set  # noqa: E402
+from ingest_receivers import Orthanc, dcmtk, dcmtk_env  # noqa: E402
+
+TARGETS = {1: 0.9, 4: 1.0}  # dicomvault / storescu instances per second (4: must exceed)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "dicomvault.cli", *args], capture_output=True, text=True,
+                          timeout=1800)
+
+
+def run_storescu(orthanc: Orthanc, folders: list[Path]) -> float:
+    started = time.perf_counter()
+    procs = [subprocess.Popen([dcmtk("storescu"), "-aec", orthanc.ae_title, "+sd", "+r", "127.0.0.1", str(orthanc.port),
+                               str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dcmtk_env())
+             for folder in folders]
+    for proc in procs:
+        _out, err = proc.communicate(timeout=1800)
+        if proc.returncode != 0:
+            raise SystemExit(f"storescu failed ({proc.returncode}): {err.decode()[-2000:]}")
+    return time.perf_counter() - started
+
+
+def run_restore(config: Path, base_config: str, orthanc: Orthanc, associations: int) -> tuple[float, dict]:
+    config.write_text(base_config + f'\n[peers.pacs]\nae_title = "{orthanc.ae_title}"\nhost = "127.0.0.1"\n'
+                                    f"port = {orthanc.port}\n")
+    started = time.perf_counter()
+    proc = cli("restore", "--config", str(config), "--to", "pacs", "--associations", str(associations), "--fresh",
+               "--json")
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"dicomvault restore failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return elapsed, json.loads(proc.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=500)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=None, help="keep data and servers' files here")
+    args = parser.parse_args()
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="dv-restore-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"work folder: {work}")
+    data = make_set("ct", ct_source(), work / "data", args.instances, studies=10, series_per_study=2)
+    print(f"{data.count} instances, {data.total_bytes / 1e6:.0f} MB")
+    vault = work / "vault"
+    for step in (("init", "--dir", str(vault)), ("import", "--config", str(vault / "dicomvault.toml"), str(data.root))):
+        proc = cli(*step)
+        if proc.returncode != 0:
+            raise SystemExit(f"dicomvault {step[0]} failed: {proc.stderr[-2000:]}")
+    config = vault / "dicomvault.toml"
+    base_config = config.read_text()
+
+    results: dict[tuple[str, int], list[float]] = {}
+    run = 0
+    for repeat in range(args.repeat):
+        for associations in (1, 4):
+            order = ["storescu", "dicomvault"] if (repeat + associations) % 2 else ["dicomvault", "storescu"]
+            for who in order:
+                run += 1
+                orthanc = Orthanc(work / f"orthanc-{run}")
+                orthanc.start()
+                try:
+                    if who == "storescu":
+                        folders = data.parts if associations == 4 else [data.root]
+                        seconds = run_storescu(orthanc, folders)
+                    else:
+                        seconds, report = run_restore(config, base_config, orthanc, associations)
+                        if report["sent"] != data.count:
+                            raise SystemExit(f"restore sent {report['sent']} of {data.count}: {report['failures'][:3]}")
+                    held = orthanc.count()
+                    if held != data.count:
+                        raise SystemExit(f"{who} run left {held} of {data.count} instances in Orthanc")
+                finally:
+                    orthanc.stop()
+                    shutil.rmtree(orthanc.workdir, ignore_errors=True)
+                results.setdefault((who, associations), []).append(seconds)
+                print(f"  repeat {repeat + 1}, {associations} association(s): {who:<10} "
+                      f"{data.count / seconds:6.1f} instances/s", flush=True)
+
+    print()
+    print(f"{'associations':<13} {'dicomvault/s':>13} {'storescu/s':>11} {'ratio':>7} {'target':>8}")
+    for associations, target in TARGETS.items():
+        ours = data.count / min(results[("dicomvault", associations)])
+        theirs = data.count / min(results[("storescu", associations)])
+        ratio = ours / theirs
+        passed = ratio > target if associations == 4 else ratio >= target
+        sign = ">" if associations == 4 else ">="
+        print(f"{associations:<13} {ours:13.1f} {theirs:11.1f} {ratio:6.2f}x {sign}{target:.1f}x "
+              f"{'PASS' if passed else 'miss'}")
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
