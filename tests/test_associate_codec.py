@@ -99,3 +99,39 @@ def test_answer_decodes_in_pynetdicom(getscu_request: bytes) -> None:
 def test_truncated_request_is_a_protocol_error(getscu_request: bytes, cut: int) -> None:
     with pytest.raises(ProtocolError):
         parse_associate_rq(getscu_request[6:6 + cut])
+
+
+def test_our_request_decodes_in_pynetdicom_and_its_answer_decodes_in_ours() -> None:
+    """The requestor side (restore, C-MOVE, replication to a PACS) against pynetdicom's codec."""
+    from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import MaximumLengthNotification
+
+    from dicomvault.net.associate import encode_associate_rq, parse_associate_ac
+
+    contexts = [(1, "1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"]),
+                (3, "1.2.840.10008.5.1.4.1.1.4", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"]),
+                (5, "1.2.826.0.1.3680043.9.7433.99.1", ["1.2.840.10008.1.2.1"])]
+    encoded = encode_associate_rq("PACS", "DICOMVAULT", "1.2.840.10008.3.1.1.1", contexts, 1 << 20,
+                                  "1.2.3.4", "DV_1")
+    request = A_ASSOCIATE_RQ()
+    request.decode(encoded)
+    primitive = request.to_primitive()
+    assert primitive.called_ae_title.strip() == "PACS" and primitive.calling_ae_title.strip() == "DICOMVAULT"
+    assert [(c.context_id, str(c.abstract_syntax), [str(t) for t in c.transfer_syntax])
+            for c in primitive.presentation_context_definition_list] == contexts
+    assert str(primitive.implementation_class_uid) == "1.2.3.4"
+    assert primitive.maximum_length_received == 1 << 20
+
+    for context, result in zip(primitive.presentation_context_definition_list, (0, 4, 3)):
+        context.result = result
+        context.transfer_syntax = context.transfer_syntax[-1:]
+    primitive.presentation_context_definition_results_list = primitive.presentation_context_definition_list
+    for item in primitive.user_information:
+        if isinstance(item, MaximumLengthNotification):
+            item.maximum_length_received = 16384
+    answer = A_ASSOCIATE_AC()
+    answer.from_primitive(primitive)
+    parsed = parse_associate_ac(answer.encode()[6:])
+    assert parsed.results == {1: (0, "1.2.840.10008.1.2.1"), 3: (4, "1.2.840.10008.1.2.1"),
+                              5: (3, "1.2.840.10008.1.2.1")}
+    assert parsed.max_pdu == 16384

@@ -2,8 +2,9 @@
 
 pynetdicom's ``send_c_store`` wants a pydicom Dataset (decoding costs CPU and can change
 bytes) and never sets TCP_NODELAY. This sends the stored dataset bytes unchanged, in PDVs
-sized to the peer's maximum PDU length, with Nagle off. Negotiation uses pynetdicom's PDU
-classes, like the acceptor. Blocking sockets: each replication worker thread owns one.
+sized to the peer's maximum PDU length, with Nagle off. Negotiation uses our own small
+A-ASSOCIATE codec (``associate.py``), like the acceptor. Blocking sockets: each sender
+thread (replication worker, restore association, C-MOVE) owns one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import socket
 import struct
 
 from . import pdu
+from .associate import encode_associate_rq, parse_associate_ac
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 MAX_CONTEXTS = 126  # odd context ids 1..255, with room to spare
@@ -61,42 +63,14 @@ class StoreRequestor:
         return kind, header, self._recv_exact(length)
 
     def _associate(self) -> None:
-        from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-        from pynetdicom.pdu_primitives import (
-            A_ASSOCIATE,
-            ImplementationClassUIDNotification,
-            ImplementationVersionNameNotification,
-            MaximumLengthNotification,
-        )
-        from pynetdicom.presentation import PresentationContext
-
         self.close()
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
-        primitive = A_ASSOCIATE()
-        primitive.application_context_name = APPLICATION_CONTEXT
-        primitive.calling_ae_title = self.calling_ae
-        primitive.called_ae_title = self.called_ae
-        contexts = []
-        for index, (abstract, syntax) in enumerate(self._wanted):
-            context = PresentationContext()
-            context.context_id = 2 * index + 1
-            context.abstract_syntax = abstract
-            context.transfer_syntax = [syntax]
-            contexts.append(context)
-        primitive.presentation_context_definition_list = contexts
-        max_length = MaximumLengthNotification()
-        max_length.maximum_length_received = 1 << 20
-        class_uid = ImplementationClassUIDNotification()
-        class_uid.implementation_class_uid = self.implementation_class_uid
-        version = ImplementationVersionNameNotification()
-        version.implementation_version_name = self.implementation_version
-        primitive.user_information = [max_length, class_uid, version]
-        request = A_ASSOCIATE_RQ()
-        request.from_primitive(primitive)
-        sock.sendall(request.encode())
-        kind, header, body = self._read_pdu()
+        contexts = [(2 * i + 1, abstract, [syntax]) for i, (abstract, syntax) in enumerate(self._wanted)]
+        sock.sendall(encode_associate_rq(self.called_ae, self.calling_ae, APPLICATION_CONTEXT, contexts, 1 << 20,
+                                         self.implementation_class_uid, self.implementation_version))
+        kind, _header, body = self._read_pdu()
         if kind == pdu.A_ASSOCIATE_RJ:
             self.close()
             raise AssociationRejected(f"{self.called_ae}@{self.host}:{self.port} rejected the association "
@@ -105,21 +79,17 @@ class StoreRequestor:
         if kind != pdu.A_ASSOCIATE_AC:
             self.close()
             raise AssociationRejected(f"{self.called_ae}@{self.host}:{self.port} answered PDU type 0x{kind:02X}")
-        answer = A_ASSOCIATE_AC()
-        answer.decode(header + body)
-        accepted = answer.to_primitive()
+        answer = parse_associate_ac(body)
         self._accepted, self._refused = {}, {}
         by_id = {2 * i + 1: pair for i, pair in enumerate(self._wanted)}
-        for result in accepted.presentation_context_definition_results_list:
-            if result.context_id not in by_id:
+        for context_id, (result, _syntax) in answer.results.items():
+            if context_id not in by_id:
                 continue
-            if result.result == 0:
-                self._accepted[by_id[result.context_id]] = result.context_id
+            if result == 0:
+                self._accepted[by_id[context_id]] = context_id
             else:
-                self._refused[by_id[result.context_id]] = int(result.result)
-        for item in accepted.user_information:
-            if isinstance(item, MaximumLengthNotification):
-                self._peer_max = int(item.maximum_length_received or 0)  # 0: no limit
+                self._refused[by_id[context_id]] = result
+        self._peer_max = answer.max_pdu  # 0: no limit
 
     def _context_for(self, abstract: str, syntax: str) -> int:
         pair = (abstract, syntax)
