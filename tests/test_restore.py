@@ -323,3 +323,27 @@ def test_bad_requests_get_clear_errors_and_change_nothing(tmp_path: Path, templa
     assert (job["state"], job["pending"], job["sent"]) == ("interrupted", 1, 0)
     assert "Connection refused" in job["last_error"]
     assert audit_rows(vault, "restore")[-1][1] == "interrupted"
+
+
+def test_export_to_a_peer_sends_the_selection_byte_exact_and_resumably(
+        tmp_path: Path, template: pydicom.Dataset, orthanc_factory) -> None:  # noqa: F811
+    """`export --to PEER`: a migration over the network, the same engine in study order."""
+    wanted = make_study(template, tmp_path / "files", "MOVE1", datetime.now() - timedelta(days=400))
+    wanted += make_study(template, tmp_path / "files", "MOVE1", datetime.now() - timedelta(days=2))
+    others = make_study(template, tmp_path / "files", "STAY", datetime.now(), series=1, per_series=2)
+    vault = make_vault(tmp_path / "vault")
+    vault.cli("import", str(tmp_path / "files"))
+    pacs = empty_pacs(orthanc_factory, vault)
+
+    proc = vault.cli("export", "--to", "pacs", "--patient", "MOVE1", "--json")
+    report = json.loads(proc.stdout)
+
+    assert (report["kind"], report["ordering"], report["sent"], report["failed"]) == ("export", "study", 12, 0)
+    held = {i["MainDicomTags"]["SOPInstanceUID"]: i["ID"] for i in pacs.rest("GET", "/instances?expand")}
+    assert sorted(held) == sorted(m.sop_uid for m in wanted) and not set(held) & {m.sop_uid for m in others}
+    for instance in wanted:
+        assert dataset_bytes(pacs.instance_file(held[instance.sop_uid])) == dataset_bytes(instance.path.read_bytes())
+    assert study_arrival_order(pacs) == [wanted[0].study_uid, wanted[-1].study_uid]  # by date, oldest first
+    again = json.loads(vault.cli("export", "--to", "pacs", "--patient", "MOVE1", "--json").stdout)
+    assert again["id"] == report["id"] and again["runs"] == 1  # done once: nothing sent twice
+    assert [outcome for _, outcome, _ in audit_rows(vault, "export")] == ["started", "success"]

@@ -59,18 +59,15 @@ def restore(
     from dicomvault.jobs.restore_plan import (
         RestoreError,
         job_report,
-        latest_job_for,
         load_job,
-        plan_job,
         requeue_failed,
-        supersede,
     )
 
     archive = open_archive(config)
     try:
         if report is not None:
             try:
-                _print_report(job_report(archive, report), json_out)
+                print_job_report(job_report(archive, report), json_out)
             except RestoreError as exc:
                 raise CliFailure(str(exc)) from exc
             return
@@ -90,45 +87,55 @@ def restore(
                     raise CliFailure("say where to restore: --to PEER (a [peers.NAME] entry), or --resume JOB")
                 peer = resolve_peer(archive.settings, to)
                 selection = Selection.build(since, until, patient or (), modality or (), study or ())
-                previous = latest_job_for(archive.catalog, "restore", peer.name, selection)
-                if previous is not None and fresh:
-                    if previous.state != "completed":
-                        supersede(archive.catalog, previous.id)
-                    previous = None
-                if previous is None:
-                    job_id = plan_job(archive.catalog, kind="restore", peer=peer, selection=selection,
-                                      ordering="urgency", actor=actor(),
-                                      options={"associations": associations, "rate": rate or "unlimited"})
-                    console.print(f"restore job {job_id}: {selection.describe()} to {peer.name}")
-                elif previous.state == "completed" and not retry_failed:
-                    console.print(f"restore job {previous.id} with this selection already completed; nothing sent "
-                                  "(--retry-failed resends its refused instances, --fresh sends everything again)")
-                    job_id, already_done = previous.id, True
-                else:
-                    job_id = previous.id
-                    console.print(f"resuming restore job {job_id} to {peer.name} (use --fresh to start over)")
+                job_id, already_done = plan_or_resume(archive, "restore", "urgency", peer, selection, fresh,
+                                                      retry_failed, associations, rate)
             if retry_failed:
                 console.print(f"{requeue_failed(archive.catalog, job_id)} refused instance(s) queued again")
             if already_done:
                 result = job_report(archive, job_id)
             else:
-                result = _run(archive, job_id, peer, associations, limit)
+                result = run_job(archive, job_id, peer, associations, limit)
         except (RestoreError, SelectionError) as exc:
             raise CliFailure(str(exc)) from exc
     finally:
         archive.close()
-    _print_report(result, json_out)
+    print_job_report(result, json_out)
     if result["failed"]:
         raise typer.Exit(EXIT_SOME_FAILED)
 
 
-def _run(archive: Any, job_id: int, peer: Any, associations: int, limit: Any) -> dict[str, Any]:
+def plan_or_resume(archive: Any, kind: str, ordering: str, peer: Any, selection: Any, fresh: bool,
+                   retry_failed: bool, associations: int, rate: str | None) -> tuple[int, bool]:
+    """The job to run for this request: the same request's unfinished job is resumed, a
+    finished one is shown (not resent) unless --fresh or --retry-failed. Returns (job id,
+    already done)."""
+    from dicomvault.jobs.restore_plan import latest_job_for, plan_job, supersede
+
+    previous = latest_job_for(archive.catalog, kind, peer.name, selection)
+    if previous is not None and fresh:
+        if previous.state != "completed":
+            supersede(archive.catalog, previous.id)
+        previous = None
+    if previous is None:
+        job_id = plan_job(archive.catalog, kind=kind, peer=peer, selection=selection, ordering=ordering,
+                          actor=actor(), options={"associations": associations, "rate": rate or "unlimited"})
+        console.print(f"{kind} job {job_id}: {selection.describe()} to {peer.name}")
+        return job_id, False
+    if previous.state == "completed" and not retry_failed:
+        console.print(f"{kind} job {previous.id} with this selection already completed; nothing sent "
+                      "(--retry-failed resends its refused instances, --fresh sends everything again)")
+        return previous.id, True
+    console.print(f"resuming {kind} job {previous.id} to {peer.name} (use --fresh to start over)")
+    return previous.id, False
+
+
+def run_job(archive: Any, job_id: int, peer: Any, associations: int, limit: Any) -> dict[str, Any]:
     from dicomvault.jobs.restore import RestoreRunner
     from dicomvault.jobs.restore_plan import job_progress
 
     start = job_progress(archive.catalog, job_id)
     with progress_bar() as bar:
-        task = bar.add_task(f"restoring to {peer.name}", total=start["total"],
+        task = bar.add_task(f"sending to {peer.name}", total=start["total"],
                             completed=start["sent"] + start["failed"])
         base = start["sent"] + start["failed"]
         runner = RestoreRunner(archive, job_id, peer, associations, limit, actor(),
@@ -145,7 +152,7 @@ def _run(archive: Any, job_id: int, peer: Any, associations: int, limit: Any) ->
     return result
 
 
-def _print_report(report: dict[str, Any], json_out: bool) -> None:
+def print_job_report(report: dict[str, Any], json_out: bool) -> None:
     if json_out:
         print(json.dumps(report, indent=2, default=str))
         return
