@@ -114,6 +114,12 @@ def serve(config: ConfigOption = None) -> None:
     archive.ingestor.durability.start()
     replication.start()
     commitment.start()  # storage commitment evaluator and report deliverer
+    # --- scheduled reconcile ---
+    from dicomvault.jobs.reconcile import ReconcileScheduler
+
+    reconcile_scheduler = ReconcileScheduler(archive.catalog, settings)
+    reconcile_scheduler.start()  # off unless [reconcile] peer is set
+    # --- end scheduled reconcile ---
     print(
         f"dicomvault {__version__} serving: DICOM {settings.dicom.ae_title}@{settings.dicom.bind}:{settings.dicom.port}"
         + (f", HTTP {settings.http.bind}:{settings.http.port}" if http else ""),
@@ -123,6 +129,9 @@ def serve(config: ConfigOption = None) -> None:
     dimse.stop()
     if http is not None:
         http.stop()
+    # --- scheduled reconcile ---
+    reconcile_scheduler.stop()  # interrupts a run in progress; never hangs
+    # --- end scheduled reconcile ---
     commitment.stop()  # storage commitment threads
     replication.stop()
     archive.ingestor.close()

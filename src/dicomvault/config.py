@@ -128,6 +128,42 @@ class DicomwebSettings:
     base_url: str = ""  # public URL of /dicomweb for Retrieve URLs and BulkDataURIs (behind a proxy)
 
 
+@dataclass(frozen=True)
+class ReconcileSettings:
+    """Scheduled reconciliation with a PACS inside ``dicomvault serve`` (jobs/reconcile.py).
+
+    Off while ``peer`` is empty. Every ``every`` (e.g. "24h", "6h", "30m", "2s") the last
+    ``window_days`` days of studies are compared with the PACS ``peer`` (a ``[peers.NAME]``
+    name or its AE title); with ``backfill`` the PACS is asked to C-MOVE what the vault lacks.
+    """
+
+    peer: str = ""
+    every: str = "24h"
+    window_days: int = 7
+    backfill: bool = False
+
+    @property
+    def period_seconds(self) -> float:
+        return parse_duration(self.every)
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: str) -> float:
+    """ "30s", "30m", "6h", "1d", "1.5h" -> seconds; ValueError saying what is expected."""
+    raw = str(value).strip().lower()
+    number, unit = raw[:-1].strip(), raw[-1:]
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except (KeyError, ValueError):
+        raise ValueError(f"{value!r} is not a duration: use a number and a unit s, m, h or d, "
+                         "e.g. \"30m\", \"6h\", \"24h\"") from None
+    if not seconds > 0 or seconds != seconds:
+        raise ValueError(f"{value!r}: the duration must be positive")
+    return seconds
+
+
 _SITE_KEYS = {"url", "offsite", "rate", "schedule", "workers", "max_attempts"}
 _SITE_NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
@@ -183,6 +219,7 @@ class Settings:
     commitment: CommitmentSettings = field(default_factory=CommitmentSettings)
     replica_store: ReplicaStoreSettings = field(default_factory=ReplicaStoreSettings)
     dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
+    reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -287,6 +324,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         commitment=_commitment(data),
         replica_store=_replica_store(data, base, data_dir),
         dicomweb=_dicomweb(data, base),
+        reconcile=_reconcile(data),
     )
 
 
@@ -371,6 +409,33 @@ def _peers(data: dict) -> tuple[PeerSettings, ...]:
         seen[ae_title] = name
         result.append(PeerSettings(name=name, ae_title=ae_title, host=host.strip(), port=port))
     return tuple(result)
+
+
+def _reconcile(data: dict) -> ReconcileSettings:
+    """``[reconcile]``: the scheduled PACS comparison (jobs/reconcile.py); off while peer is empty."""
+    values = _section(data, "reconcile", ReconcileSettings())
+    for key, kind, what in (("peer", str, "a [peers.NAME] name or AE title (\"\" = off)"),
+                            ("every", str, "a duration like \"24h\", \"6h\" or \"30m\""),
+                            ("backfill", bool, "true or false")):
+        if not isinstance(values[key], kind):
+            raise ConfigError(f"[reconcile] {key} must be {what}, got {values[key]!r}")
+    try:
+        period = parse_duration(values["every"])
+    except ValueError as exc:
+        raise ConfigError(f"[reconcile] every: {exc}") from None
+    if not 1 <= period <= 366 * 86400:
+        raise ConfigError(f"[reconcile] every must be between 1s and 366d, got {values['every']!r}")
+    if not 1 <= values["window_days"] <= 3660:
+        raise ConfigError(f"[reconcile] window_days must be 1-3660, got {values['window_days']}")
+    peer = values["peer"].strip()
+    if peer:
+        peers = _peers(data)
+        if not any(peer in (p.name, p.ae_title) for p in peers):
+            known = ", ".join(f"{p.name} ({p.ae_title})" for p in peers) or "none"
+            raise ConfigError(f"[reconcile] peer {peer!r} is not a configured [peers.NAME] name or AE title; "
+                              f"configured: {known}")
+    return ReconcileSettings(peer=peer, every=values["every"].strip(), window_days=values["window_days"],
+                             backfill=values["backfill"])
 
 
 def _commitment(data: dict) -> CommitmentSettings:
@@ -468,6 +533,18 @@ check_interval = 1.0
 # ae_title = "PACS"
 # host = "10.0.0.12"
 # port = 104
+
+[reconcile]
+# Scheduled reconciliation inside `dicomvault serve`: every `every` ("24h", "6h", "30m") the
+# last window_days days of studies are compared with the PACS `peer` (a [peers.NAME] name or
+# its AE title; "" = off) and the result shows in `dicomvault status` (an alert when the vault
+# lacks something). backfill = true also asks the PACS to C-MOVE what is missing to this
+# vault's AE title (the PACS must know this vault as a DICOM node). By hand:
+# `dicomvault reconcile --pacs NAME --since YYYYMMDD [--backfill]`.
+peer = ""
+every = "24h"
+window_days = 7
+backfill = false
 
 [http]
 # Health (/healthz), Prometheus metrics (/metrics) and the API.

@@ -55,6 +55,12 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         alerts.append(f"storage commitment: {commitment['undeliverable']} report(s) undeliverable, no [peers] entry "
                       f"for AE title(s) {', '.join(commitment['undeliverable_ae_titles'])}")
     # --- end storage commitment ---
+    # --- reconcile (jobs/reconcile.py) ---
+    from dicomvault.jobs.reconcile import reconcile_status
+
+    reconcile = reconcile_status(archive.catalog, archive.settings)
+    alerts.extend(reconcile["alerts"])
+    # --- end reconcile ---
     # --- restore and network-export jobs (jobs/restore_plan.py) ---
     from dicomvault.jobs.restore_plan import recent_jobs, restore_alerts, status_lock_dir
 
@@ -74,6 +80,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "sites": sites,
         "policy": {"copies": archive.settings.policy.copies, "offsite_copies": archive.settings.policy.offsite_copies},
         "commitment": commitment,
+        "reconcile": reconcile,  # jobs/reconcile.py
         "restores": restores,
         "audit": audit,
         "alerts": alerts,
