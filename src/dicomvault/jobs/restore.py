@@ -168,7 +168,7 @@ class RestoreRunner:
         self.actor = actor
         self.on_progress = on_progress
         self._stop = threading.Event()
-        self._outcomes: queue.Queue[Outcome] = queue.Queue()
+        self._outcomes: queue.Queue[Outcome | None] = queue.Queue()  # None: a sender finished
         self._lost: list[str] = []
         self._counts = {"sent": 0, "failed": 0, "bytes": 0, "transcoded": 0}
 
@@ -263,22 +263,28 @@ class RestoreRunner:
             for sender in senders:
                 sender.start()
             last_beat = time.monotonic()
+            batch: list[Outcome] = []
             while any(s.is_alive() for s in senders) or not self._outcomes.empty():
-                batch = self._drain(timeout=RECORD_EVERY)
+                batch += self._drain(timeout=max(0.0, last_beat + RECORD_EVERY - time.monotonic()))
                 now = time.monotonic()
-                if batch or now - last_beat >= RECORD_EVERY:
-                    self._record(batch, run_number, now - last_beat)
-                    last_beat = now
+                if now - last_beat >= RECORD_EVERY or len(batch) >= 500:
+                    self._record(batch, run_number, now - last_beat)  # one transaction per quarter second
+                    batch, last_beat = [], now
+            self._record(batch, run_number, time.monotonic() - last_beat)
             for sender in senders:
                 sender.join()
             self._stop.set()  # drop what is still prefetched
 
     def _drain(self, timeout: float) -> list[Outcome]:
+        """Outcomes that arrive within ``timeout`` (returns early on a sender's sentinel)."""
         batch: list[Outcome] = []
+        deadline = time.monotonic() + timeout
         try:
-            batch.append(self._outcomes.get(timeout=timeout))
             while len(batch) < 500:
-                batch.append(self._outcomes.get_nowait())
+                outcome = self._outcomes.get(timeout=max(0.0, deadline - time.monotonic()))
+                if outcome is None:  # a sender finished: look at the senders again
+                    break
+                batch.append(outcome)
         except queue.Empty:
             pass
         return batch
@@ -334,6 +340,7 @@ class RestoreRunner:
             self._stop.set()
         finally:
             requestor.close()
+            self._outcomes.put(None)
 
     def _send_one(self, requestor: StoreRequestor, item: PlannedItem, dataset: bytes,
                   limiters: list[tuple[RateLimiter, Callable[[int], int]]]) -> Outcome:
