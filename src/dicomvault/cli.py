@@ -115,7 +115,7 @@ def serve(config: ConfigOption = None) -> None:
     replication.start()
     commitment.start()  # storage commitment evaluator and report deliverer
     # --- scheduled reconcile ---
-    from dicomvault.jobs.reconcile import ReconcileScheduler
+    from dicomvault.jobs.reconcile_schedule import ReconcileScheduler
 
     reconcile_scheduler = ReconcileScheduler(archive.catalog, settings)
     reconcile_scheduler.start()  # off unless [reconcile] peer is set

@@ -44,7 +44,8 @@ def reconcile(
 
     Exit status: 0 nothing missing in the vault; 3 the vault lacks studies the PACS has; 1 error (one line says why).
     """
-    from dicomvault.jobs.reconcile import COMPLETED, ReconcileError, Reconciler, parse_date
+    from dicomvault.jobs.reconcile import ReconcileError, Reconciler, parse_date
+    from dicomvault.jobs.reconcile_report import COMPLETED
 
     # Cheap checks before opening anything.
     try:

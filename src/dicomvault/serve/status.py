@@ -56,7 +56,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
                       f"for AE title(s) {', '.join(commitment['undeliverable_ae_titles'])}")
     # --- end storage commitment ---
     # --- reconcile (jobs/reconcile.py) ---
-    from dicomvault.jobs.reconcile import reconcile_status
+    from dicomvault.jobs.reconcile_runs import reconcile_status
 
     reconcile = reconcile_status(archive.catalog, archive.settings)
     alerts.extend(reconcile["alerts"])
