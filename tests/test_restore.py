@@ -347,3 +347,31 @@ def test_export_to_a_peer_sends_the_selection_byte_exact_and_resumably(
     again = json.loads(vault.cli("export", "--to", "pacs", "--patient", "MOVE1", "--json").stdout)
     assert again["id"] == report["id"] and again["runs"] == 1  # done once: nothing sent twice
     assert [outcome for _, outcome, _ in audit_rows(vault, "export")] == ["started", "success"]
+
+
+def test_sigterm_stops_a_restore_cleanly_and_the_same_command_resumes_it(
+        tmp_path: Path, template: pydicom.Dataset, orthanc_factory) -> None:  # noqa: F811
+    made = make_study(template, tmp_path / "files", "TERM", datetime.now(), series=2, per_series=10)
+    vault = make_vault(tmp_path / "vault")
+    vault.cli("import", str(tmp_path / "files"))
+    pacs = empty_pacs(orthanc_factory, vault)
+    catalog = vault.root / "catalog.sqlite3"
+
+    def recorded_sent() -> int:
+        with sqlite3.connect(catalog) as db:
+            return db.execute("SELECT count(*) FROM restore_items WHERE state = 'sent'").fetchone()[0]
+
+    runner = subprocess.Popen([sys.executable, "-m", "dicomvault.cli", "restore", "--config", str(vault.config),
+                               "--to", "pacs", "--rate", "10/s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    wait_until(lambda: recorded_sent() >= 3, timeout=60, what="3 instances acknowledged and recorded")
+    runner.send_signal(signal.SIGTERM)
+    _out, err = runner.communicate(timeout=60)
+
+    assert runner.returncode == 1 and "stopped on request" in err and "--resume" in err, err
+    (job,) = vault.status()["restores"]
+    assert job["state"] == "interrupted" and 3 <= job["sent"] < len(made)
+    assert audit_rows(vault, "restore")[-1][1] == "interrupted"
+    code, report = restore(vault)
+    assert code == 0 and report["sent"] == len(made) and report["runs"] == 2
+    assert len(pacs.rest("GET", "/instances")) == len(made)

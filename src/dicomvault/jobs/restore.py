@@ -218,9 +218,11 @@ class RestoreRunner:
                 error = self._lost[0]
             self._finish(run_number, started, error)
         report = self.report()
-        if self._lost:
-            raise RestoreError(f"{self._lost[0]}; {report['sent']}/{report['total']} sent so far. Fix the cause and "
-                               f"run the same command again (or `dicomvault restore --resume {self.job.id}`): "
+        if self._lost or report["pending"]:
+            reason = self._lost[0] if self._lost else "stopped on request"
+            raise RestoreError(f"{reason}; {report['sent']}/{report['total']} sent so far. "
+                               + ("Fix the cause and r" if self._lost else "R")
+                               + f"un the same command again (or `dicomvault restore --resume {self.job.id}`): "
                                "acknowledged instances are not sent again")
         return report
 
@@ -337,6 +339,10 @@ class RestoreRunner:
             self._stop.set()
         except (AssociationRejected, OSError, pdu.ProtocolError) as exc:
             self._lost.append(f"cannot send to {self.peer.name} ({self.job.destination}): {exc}")
+            self._stop.set()
+        except Exception as exc:  # noqa: BLE001 - a bug must stop the job loudly, not leave it hanging
+            log.exception("restore sender failed")
+            self._lost.append(f"internal error while sending: {type(exc).__name__}: {exc}")
             self._stop.set()
         finally:
             requestor.close()
