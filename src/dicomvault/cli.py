@@ -28,9 +28,9 @@ app.add_typer(sites_app, name="sites")
 from dicomvault.cli_replica import replica_app  # noqa: E402
 
 app.add_typer(replica_app, name="replica-token")
-from dicomvault import cli_export, cli_reconcile, cli_restore  # noqa: E402
+from dicomvault import cli_export, cli_reconcile, cli_restore, cli_verify  # noqa: E402
 
-for _commands in (cli_restore, cli_reconcile, cli_export):  # each adds its top-level command(s)
+for _commands in (cli_restore, cli_reconcile, cli_export, cli_verify):  # each adds its top-level command(s)
     _commands.register(app)
 
 

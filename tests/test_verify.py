@@ -1,0 +1,89 @@
+"""`dicomvault verify`: every copy on every site read back and checked; bit rot and lost
+objects found and repaired from the other site, on real file sites (the primary and a NAS)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from conftest import Vault, wait_until
+from test_replication_file import drained, make_instances, objects_under, send
+
+COUNT = 200
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[offset % len(data)] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def verify(vault: Vault, *args: str) -> tuple[int, dict]:
+    proc = vault.cli("verify", "--json", *args, check=False)
+    assert proc.stdout.strip(), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def audit_count(vault: Vault, action: str) -> int:
+    with sqlite3.connect(vault.root / "catalog.sqlite3") as db:
+        return db.execute("SELECT count(*) FROM audit_log WHERE action = ?", (action,)).fetchone()[0]
+
+
+def test_bit_rot_and_lost_copies_are_found_repaired_and_gone_on_the_second_pass(
+        vault: Vault, ct_small: Path, tmp_path: Path) -> None:
+    nas = tmp_path / "nas"
+    vault.cli("sites", "add", "nas", f"file://{nas}", "--onsite")
+    vault.start()
+    make_instances(ct_small, tmp_path / "in", COUNT)
+    send(vault, tmp_path / "in")
+    wait_until(lambda: drained(vault, "nas", COUNT), timeout=120, what=f"{COUNT} verified copies on the NAS")
+    vault.stop()
+    before = objects_under(vault.root / "objects")
+    assert before == objects_under(nas) and len(before) == COUNT
+
+    primary_files = sorted(p for p in (vault.root / "objects").rglob("*") if p.is_file())
+    rotten = primary_files[:COUNT // 100]  # 1% of the primary's objects: one bit flipped
+    for n, path in enumerate(rotten):
+        flip_byte(path, 1000 + 7919 * n)
+    nas_files = sorted(p for p in nas.rglob("*") if p.is_file() and "objects" in p.parts)
+    lost = nas_files[-3:]  # three objects gone from the NAS
+    for path in lost:
+        path.unlink()
+
+    code, report = verify(vault, "--all")
+
+    assert code == 0, report
+    found = {(f["site"], f["object_id"], f["problem"]) for f in report["findings"]}
+    assert found == {("primary", p.name, "damaged") for p in rotten} | {("nas", p.name, "missing") for p in lost}
+    assert all(f["repaired_from"] == ("nas" if f["site"] == "primary" else "primary") for f in report["findings"])
+    assert report["sites"]["primary"] == {"checked": COUNT, "ok": COUNT - len(rotten), "missing": 0,
+                                          "damaged": len(rotten), "repaired": len(rotten), "unrepaired": 0,
+                                          "bytes": report["sites"]["primary"]["bytes"]}
+    assert report["sites"]["nas"]["missing"] == len(lost) and report["sites"]["nas"]["repaired"] == len(lost)
+    assert objects_under(vault.root / "objects") == before == objects_under(nas)  # byte for byte as written
+    assert audit_count(vault, "repair") == len(rotten) + len(lost)
+
+    code, second = verify(vault, "--all")
+    assert code == 0 and second["findings"] == [] and second["sites"]["primary"]["ok"] == COUNT
+    assert vault.cli("audit", "verify").returncode == 0
+
+
+def test_damage_without_a_healthy_copy_is_reported_not_hidden(vault: Vault, ct_small: Path, tmp_path: Path) -> None:
+    make_instances(ct_small, tmp_path / "in", 5)
+    vault.cli("import", str(tmp_path / "in"))
+    victim = sorted(p for p in (vault.root / "objects").rglob("*") if p.is_file())[2]
+    flip_byte(victim, 500)
+
+    code, report = verify(vault, "--sample", "5")
+
+    assert code == 2
+    (finding,) = report["findings"]
+    assert (finding["object_id"], finding["problem"], finding["repaired_from"]) == (victim.name, "damaged", None)
+    assert "no other site" in finding["repair_error"]
+    assert audit_count(vault, "damage") == 1
+    for args, message in ((["--site", "offsite"], "unknown or unreadable site"), (["--sample", "0"], "at least 1"),
+                          (["--all", "--sample", "3"], "exclude each other")):
+        proc = vault.cli("verify", *args, check=False)
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
