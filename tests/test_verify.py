@@ -8,9 +8,15 @@ import sqlite3
 from pathlib import Path
 
 from conftest import Vault, wait_until
+from dicomvault.dicom import split_part10
 from test_replication_file import drained, make_instances, objects_under, send
 
 COUNT = 200
+
+
+def dataset_bytes(data: bytes) -> bytes:
+    """What storescu sent (the vault wraps it in its own file meta)."""
+    return data[split_part10(data)[0]:]
 
 
 def flip_byte(path: Path, offset: int) -> None:
@@ -87,3 +93,27 @@ def test_damage_without_a_healthy_copy_is_reported_not_hidden(vault: Vault, ct_s
                           (["--all", "--sample", "3"], "exclude each other")):
         proc = vault.cli("verify", *args, check=False)
         assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+
+
+def test_a_damaged_primary_copy_is_never_served_the_replica_is(vault: Vault, ct_small: Path, tmp_path: Path) -> None:
+    """Retrievals, restores and exports read through Repository.load: every primary copy is
+    damaged here, yet `get` returns the original bytes, read from the NAS."""
+    import pydicom
+
+    nas = tmp_path / "nas"
+    vault.cli("sites", "add", "nas", f"file://{nas}", "--onsite")
+    vault.start()
+    originals = make_instances(ct_small, tmp_path / "in", 10)
+    send(vault, tmp_path / "in")
+    wait_until(lambda: drained(vault, "nas", 10), timeout=60, what="10 verified copies on the NAS")
+    vault.stop()
+    for n, path in enumerate(p for p in (vault.root / "objects").rglob("*") if p.is_file()):
+        flip_byte(path, 300 + n)
+
+    study = str(pydicom.dcmread(originals[0], stop_before_pixels=True).StudyInstanceUID)
+    vault.cli("get", study, "--out", str(tmp_path / "out"))
+
+    got = {p.name: p.read_bytes() for p in (tmp_path / "out").rglob("*.dcm")}
+    want = {f"{pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID}.dcm": p.read_bytes() for p in originals}
+    assert got.keys() == want.keys()
+    assert all(dataset_bytes(got[name]) == dataset_bytes(want[name]) for name in want)

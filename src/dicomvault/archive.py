@@ -32,7 +32,9 @@ class Archive:
         keyring = Keyring.load(settings.site_key_file, settings.recovery_public_key_file)
         site = open_site(settings.primary_site_url)
         catalog = Catalog(settings.catalog_url)
-        repository = Repository(site, keyring, settings.storage.compression_level)
+        fallbacks = [(r.name, (lambda r=r: open_site(r.url, r.option_map))) for r in settings.replicas
+                     if not r.url.startswith("dicom://")]  # a PACS cannot hand back sealed objects
+        repository = Repository(site, keyring, settings.storage.compression_level, fallbacks)
         replicas = [replica.name for replica in settings.replicas]
         return cls(settings, keyring, site, catalog, repository, Ingestor(catalog, repository, keyring, replicas))
 

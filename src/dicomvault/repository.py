@@ -8,15 +8,19 @@ SHA-256 of the restored original equals the one recorded at ingest.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from dicomvault.codec import CodecError, compress, decompress, worth_compressing
 from dicomvault.crypto import DecryptionError, Keyring, StudyKey, open_object, seal_object
 from dicomvault.crypto.envelope import read_header
-from dicomvault.sites import Site
+from dicomvault.sites import Site, SiteError
+
+log = logging.getLogger(__name__)
 
 
 class IntegrityError(Exception):
@@ -32,10 +36,15 @@ class SavedObject:
 
 
 class Repository:
-    def __init__(self, site: Site, keyring: Keyring, compression_level: int = 1) -> None:
+    def __init__(self, site: Site, keyring: Keyring, compression_level: int = 1,
+                 fallbacks: "list[tuple[str, Callable[[], Site]]] | None" = None) -> None:
         self.site = site
         self.keyring = keyring
         self.compression_level = compression_level
+        # Replica sites to read from when the primary's copy is missing or damaged, opened on
+        # first need: (name, opener). A damaged copy is never served; a healthy one elsewhere is.
+        self.fallbacks = list(fallbacks or [])
+        self._opened: dict[str, Site] = {}
         self._data_keys: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -69,8 +78,36 @@ class Repository:
         return key
 
     def load(self, object_id: str, expected_sha256: str | None = None) -> tuple[dict[str, Any], bytes]:
-        """Return (metadata, original bytes), verified; raise IntegrityError on any doubt."""
-        return self.open_blob(self.site.get(object_id), object_id, expected_sha256)
+        """Return (metadata, original bytes), verified; raise IntegrityError on any doubt.
+
+        When the primary's copy is missing or fails verification, the replicas are tried in
+        order (an ALERT is logged: `dicomvault verify` repairs the primary); the first copy
+        that verifies is returned, so a retrieval, restore or export never gets wrong bytes
+        and still succeeds while one healthy copy exists."""
+        try:
+            return self.open_blob(self.site.get(object_id), object_id, expected_sha256)
+        except (IntegrityError, KeyError) as exc:
+            if not self.fallbacks:
+                raise
+            first_error = exc
+        log.error("ALERT: primary copy of object %s is %s; reading a replica", object_id,
+                  "missing" if isinstance(first_error, KeyError) else f"damaged ({first_error})")
+        for name, opener in self.fallbacks:
+            try:
+                site = self._fallback_site(name, opener)
+                return self.open_blob(site.get(object_id), object_id, expected_sha256)
+            except (IntegrityError, KeyError, SiteError) as exc:
+                log.error("ALERT: copy of object %s on site %s unusable too: %s", object_id, name, exc)
+        raise first_error
+
+    def _fallback_site(self, name: str, opener: "Callable[[], Site]") -> Site:
+        with self._lock:
+            site = self._opened.get(name)
+        if site is None:
+            site = opener()
+            with self._lock:
+                self._opened[name] = site
+        return site
 
     def open_blob(self, blob: bytes, object_id: str = "", expected_sha256: str | None = None) -> tuple[dict[str, Any], bytes]:
         """Authenticate, decrypt and check sealed bytes already in hand (e.g. being replicated)."""
