@@ -117,3 +117,27 @@ def test_a_damaged_primary_copy_is_never_served_the_replica_is(vault: Vault, ct_
     want = {f"{pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID}.dcm": p.read_bytes() for p in originals}
     assert got.keys() == want.keys()
     assert all(dataset_bytes(got[name]) == dataset_bytes(want[name]) for name in want)
+
+
+def test_the_background_scrub_proves_copies_and_repairs_damage_by_itself(
+        vault: Vault, ct_small: Path, tmp_path: Path) -> None:
+    nas = tmp_path / "nas"
+    vault.cli("sites", "add", "nas", f"file://{nas}", "--onsite")
+    vault.set_config("scrub", "period", '"2s"')
+    vault.set_config("scrub", "check_every", '"1s"')
+    vault.start()
+    make_instances(ct_small, tmp_path / "in", 12)
+    send(vault, tmp_path / "in")
+    wait_until(lambda: drained(vault, "nas", 12), timeout=60, what="12 verified copies on the NAS")
+    victim = sorted(p for p in (vault.root / "objects").rglob("*") if p.is_file())[5]
+    healthy = next(p for p in nas.rglob(victim.name)).read_bytes()
+    flip_byte(victim, 777)
+
+    wait_until(lambda: victim.read_bytes() == healthy, timeout=60, what="the scrub rewrote the damaged copy")
+
+    wait_until(lambda: audit_count(vault, "repair") == 1, timeout=30, what="the repair audited")
+    status = vault.status()
+    scrub = status["scrub"]
+    assert set(scrub["sites"]) == {"primary", "nas"} and scrub["last_run"]["by"] == "scrub"
+    assert all(site["copies"] == 12 for site in scrub["sites"].values())
+    assert "repaired" in vault.log() and "ALERT: copy of object" in vault.log()

@@ -120,6 +120,10 @@ def serve(config: ConfigOption = None) -> None:
     reconcile_scheduler = ReconcileScheduler(archive.catalog, settings)
     reconcile_scheduler.start()  # off unless [reconcile] peer is set
     # --- end scheduled reconcile ---
+    from dicomvault.jobs.scrub import ScrubScheduler
+
+    scrub = ScrubScheduler(archive)
+    scrub.start()  # proves every copy once per [scrub] period
     print(
         f"dicomvault {__version__} serving: DICOM {settings.dicom.ae_title}@{settings.dicom.bind}:{settings.dicom.port}"
         + (f", HTTP {settings.http.bind}:{settings.http.port}" if http else ""),
@@ -129,6 +133,7 @@ def serve(config: ConfigOption = None) -> None:
     dimse.stop()
     if http is not None:
         http.stop()
+    scrub.stop()
     # --- scheduled reconcile ---
     reconcile_scheduler.stop()  # interrupts a run in progress; never hangs
     # --- end scheduled reconcile ---

@@ -147,6 +147,19 @@ class ReconcileSettings:
         return parse_duration(self.every)
 
 
+@dataclass(frozen=True)
+class ScrubSettings:
+    """The background scrub inside ``dicomvault serve`` (jobs/scrub.py): every copy on every
+    readable site is read back and checked at least once per ``period`` ("30d"), at most at
+    ``rate`` ("50MB/s" of original data, or "unlimited"), looking for due copies every
+    ``check_every``. Damage is repaired from a healthy copy, audited and alerted."""
+
+    enabled: bool = True
+    period: str = "30d"
+    rate: str = "50MB/s"
+    check_every: str = "10m"
+
+
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -220,6 +233,7 @@ class Settings:
     replica_store: ReplicaStoreSettings = field(default_factory=ReplicaStoreSettings)
     dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
+    scrub: ScrubSettings = field(default_factory=ScrubSettings)
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -325,6 +339,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         replica_store=_replica_store(data, base, data_dir),
         dicomweb=_dicomweb(data, base),
         reconcile=_reconcile(data),
+        scrub=_scrub(data),
     )
 
 
@@ -409,6 +424,25 @@ def _peers(data: dict) -> tuple[PeerSettings, ...]:
         seen[ae_title] = name
         result.append(PeerSettings(name=name, ae_title=ae_title, host=host.strip(), port=port))
     return tuple(result)
+
+
+def _scrub(data: dict) -> ScrubSettings:
+    """``[scrub]``: how often every copy is proven (jobs/scrub.py)."""
+    from dicomvault.replicate.throttle import ThrottleConfigError, parse_rate
+
+    values = _section(data, "scrub", ScrubSettings())
+    if not isinstance(values["enabled"], bool):
+        raise ConfigError(f"[scrub] enabled must be true or false, got {values['enabled']!r}")
+    for key in ("period", "check_every"):
+        try:
+            parse_duration(values[key])
+        except ValueError as exc:
+            raise ConfigError(f"[scrub] {key}: {exc}") from None
+    try:
+        parse_rate(values["rate"])
+    except ThrottleConfigError as exc:
+        raise ConfigError(f"[scrub] rate: {exc}") from None
+    return ScrubSettings(values["enabled"], str(values["period"]), str(values["rate"]), str(values["check_every"]))
 
 
 def _reconcile(data: dict) -> ReconcileSettings:
@@ -545,6 +579,16 @@ peer = ""
 every = "24h"
 window_days = 7
 backfill = false
+
+[scrub]
+# Backups fail silently: `dicomvault serve` reads back every copy on every site (primary and
+# replicas, not a dicom:// PACS) at least once per `period`, at most at `rate` (original data),
+# checking authentication and the SHA-256 of the original; a missing or damaged copy is
+# rewritten from a healthy one, audited and alerted. On demand: `dicomvault verify`.
+enabled = true
+period = "30d"
+rate = "50MB/s"
+check_every = "10m"
 
 [http]
 # Health (/healthz), Prometheus metrics (/metrics) and the API.

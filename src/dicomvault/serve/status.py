@@ -61,6 +61,12 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
     reconcile = reconcile_status(archive.catalog, archive.settings)
     alerts.extend(reconcile["alerts"])
     # --- end reconcile ---
+    # --- scrub: copies proven within the period (jobs/scrub.py) ---
+    from dicomvault.jobs.scrub import scrub_status
+
+    scrub = scrub_status(archive)
+    alerts += scrub["alerts"]
+    # --- end scrub ---
     # --- restore and network-export jobs (jobs/restore_plan.py) ---
     from dicomvault.jobs.restore_plan import recent_jobs, restore_alerts, status_lock_dir
 
@@ -82,6 +88,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "commitment": commitment,
         "reconcile": reconcile,  # jobs/reconcile.py
         "restores": restores,
+        "scrub": scrub,
         "audit": audit,
         "alerts": alerts,
         "catalog": archive.catalog.url.split("://", 1)[0],
