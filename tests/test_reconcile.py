@@ -220,7 +220,9 @@ def test_reconcile_reports_what_each_side_lacks(vault: Vault, orthanc_factory, t
 
     # The PACS does not know the vault yet: the association is rejected, and the message says what to check.
     line = one_line_error(reconcile(vault, *RANGE))
-    assert "rejected the association" in line and "DICOMVAULT" in line and "knows us" in line, line
+    # Orthanc answers A-ASSOCIATE-RJ and may hang up at once (pynetdicom then sees an abort).
+    assert ("rejected the association" in line or "no DICOM association" in line) and "DICOMVAULT" in line \
+        and "knows us" in line, line
 
     pacs.add_modality("dicomvault", vault.ae_title, "127.0.0.1", vault.dicom_port)
     proc = reconcile(vault, *RANGE, "--json")

@@ -20,10 +20,12 @@ def dataset_bytes(data: bytes) -> bytes:
 
 
 def flip_byte(path: Path, offset: int) -> None:
-    path.chmod(0o644)
+    """One bit flipped, replaced in one rename so a running scrub never reads half a file."""
     data = bytearray(path.read_bytes())
     data[offset % len(data)] ^= 0x01
-    path.write_bytes(bytes(data))
+    tmp = path.with_name(path.name + ".rot")
+    tmp.write_bytes(bytes(data))
+    tmp.replace(path)
 
 
 def verify(vault: Vault, *args: str) -> tuple[int, dict]:
@@ -141,3 +143,44 @@ def test_the_background_scrub_proves_copies_and_repairs_damage_by_itself(
     assert set(scrub["sites"]) == {"primary", "nas"} and scrub["last_run"]["by"] == "scrub"
     assert all(site["copies"] == 12 for site in scrub["sites"].values())
     assert "repaired" in vault.log() and "ALERT: copy of object" in vault.log()
+
+
+def test_a_site_overwritten_with_garbage_is_quarantined_and_images_still_come_back(
+        vault: Vault, ct_small: Path, tmp_path: Path) -> None:
+    """Ransomware on the primary's share: every object replaced by garbage."""
+    import os
+
+    import pydicom
+
+    nas = tmp_path / "nas"
+    vault.cli("sites", "add", "nas", f"file://{nas}", "--onsite")
+    vault.start()
+    originals = make_instances(ct_small, tmp_path / "in", 20)
+    send(vault, tmp_path / "in")
+    wait_until(lambda: drained(vault, "nas", 20), timeout=60, what="20 verified copies on the NAS")
+    vault.stop()
+    healthy = objects_under(nas)
+    for path in (p for p in (vault.root / "objects").rglob("*") if p.is_file()):
+        path.chmod(0o644)
+        path.write_bytes(os.urandom(path.stat().st_size))
+
+    code, report = verify(vault, "--all")
+
+    assert code == 2 and report["quarantined"] == ["primary"]
+    assert len(report["findings"]) == 20 and all("quarantined" in f["repair_error"] for f in report["findings"])
+    status = vault.status()
+    assert any("primary is QUARANTINED" in alert for alert in status["alerts"]), status["alerts"]
+    assert objects_under(nas) == healthy  # nothing was "repaired" from or onto the bad share
+
+    study = str(pydicom.dcmread(originals[0], stop_before_pixels=True).StudyInstanceUID)
+    vault.cli("get", study, "--out", str(tmp_path / "out"))  # served from the NAS
+    got = sorted(dataset_bytes(p.read_bytes()) for p in (tmp_path / "out").rglob("*.dcm"))
+    assert got == sorted(dataset_bytes(p.read_bytes()) for p in originals)
+
+    assert vault.cli("verify", "--all", check=False).returncode == 2  # still quarantined: skipped
+    vault.cli("sites", "clear", "primary")
+    code, report = verify(vault, "--all")
+    assert code == 0 and report["sites"]["primary"]["repaired"] == 20
+    assert objects_under(vault.root / "objects") == healthy
+    assert not any("QUARANTINED" in alert for alert in vault.status()["alerts"])
+    assert audit_count(vault, "quarantine") == 2  # quarantined, then cleared

@@ -35,6 +35,9 @@ class Archive:
         fallbacks = [(r.name, (lambda r=r: open_site(r.url, r.option_map))) for r in settings.replicas
                      if not r.url.startswith("dicom://")]  # a PACS cannot hand back sealed objects
         repository = Repository(site, keyring, settings.storage.compression_level, fallbacks)
+        from dicomvault.jobs.quarantine import active
+
+        repository.excluded = set(active(catalog))  # quarantined sites are not read from
         replicas = [replica.name for replica in settings.replicas]
         return cls(settings, keyring, site, catalog, repository, Ingestor(catalog, repository, keyring, replicas))
 

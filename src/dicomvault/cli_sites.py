@@ -169,3 +169,20 @@ def retry_dead(name: Annotated[str, typer.Argument()], config: ConfigOption = No
     count = Outbox(archive.catalog).retry_dead(name)
     archive.close()
     out.print(f"{count} dead-lettered copies of {name} queued again")
+
+
+@sites_app.command("clear")
+def clear_quarantine(name: Annotated[str, typer.Argument(help="primary or a [sites.NAME]")],
+                     config: ConfigOption = None) -> None:
+    """End a site's quarantine once you have investigated; the next verify repairs it."""
+    from dicomvault.archive import Archive
+    from dicomvault.cli_common import actor
+    from dicomvault.jobs.quarantine import clear
+
+    archive = Archive.open(load_settings(config))
+    try:
+        if not clear(archive.catalog, name, actor()):
+            raise SitesFailure(f"site {name!r} is not quarantined")
+    finally:
+        archive.close()
+    out.print(f"site {name} is back in service; run `dicomvault verify --site {name}` to repair its copies now")

@@ -2,7 +2,8 @@
 
 Exit codes: 0 every copy checked is good (damage found was repaired: the report and the
 audit log say which); 1 the check could not run; 2 some copy is damaged or missing and could
-not be repaired from any other site (ALERT: that object has fewer good copies than promised).
+not be repaired from any other site (ALERT: that object has fewer good copies than promised),
+or a site is quarantined (its copies are neither checked nor trusted until it is cleared).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def verify(
         print(json.dumps(summary, indent=2))
     else:
         for name, result in summary["sites"].items():
+            if name in summary["quarantined"] and not result["checked"]:
+                out.print(f"{name}: QUARANTINED, not checked (`dicomvault sites clear {name}` after investigating)")
+                continue
             out.print(f"{name}: {result['checked']} checked, {result['ok']} good, {result['missing']} missing, "
                       f"{result['damaged']} damaged, {result['repaired']} repaired, {result['unrepaired']} NOT repaired")
         for finding in summary["findings"]:
@@ -61,5 +65,5 @@ def verify(
             out.print(f"  {finding['site']} {finding['object_id']}: {finding['problem']} ({finding['detail']}); {fix}",
                       markup=False, highlight=False)
         out.print(f"{summary['original_megabytes_per_second']} MB/s of original data verified in {summary['seconds']} s")
-    if report.unrepaired:
+    if report.unrepaired or report.quarantined:
         raise typer.Exit(EXIT_UNREPAIRED)

@@ -45,6 +45,7 @@ class Repository:
         # first need: (name, opener). A damaged copy is never served; a healthy one elsewhere is.
         self.fallbacks = list(fallbacks or [])
         self._opened: dict[str, Site] = {}
+        self.excluded: set[str] = set()  # quarantined sites (jobs/quarantine.py): never read from
         self._data_keys: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -93,6 +94,8 @@ class Repository:
         log.error("ALERT: primary copy of object %s is %s; reading a replica", object_id,
                   "missing" if isinstance(first_error, KeyError) else f"damaged ({first_error})")
         for name, opener in self.fallbacks:
+            if name in self.excluded:
+                continue
             try:
                 site = self._fallback_site(name, opener)
                 return self.open_blob(site.get(object_id), object_id, expected_sha256)

@@ -28,7 +28,7 @@ from . import schema as t
 from .records import InstanceAttributes, VersionRecord
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0005"  # bump together with every new file in migrations/versions/
+HEAD_REVISION = "0006"  # bump together with every new file in migrations/versions/
 
 
 class CatalogError(Exception):

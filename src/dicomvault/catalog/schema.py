@@ -287,3 +287,19 @@ reconcile_runs = Table(
     Column("error", Text, nullable=True),
 )
 Index("ix_reconcile_runs_peer_started", reconcile_runs.c.peer, reconcile_runs.c.started_at)
+
+# Sites taken out of service after showing the signature of ransomware or mass corruption
+# (jobs/quarantine.py, migration 0006): many copies changed, unknown or unreadable at once.
+# A row with cleared_at NULL is in force: the site is neither a source for repair nor for
+# reads, and is not repaired, until an operator clears it (`dicomvault sites clear NAME`).
+site_quarantine = Table(
+    "site_quarantine",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("site", String(64), nullable=False),
+    Column("since", Float, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("cleared_at", Float, nullable=True),
+    Column("cleared_by", String(256), nullable=True),
+)
+Index("ix_site_quarantine_site", site_quarantine.c.site, site_quarantine.c.cleared_at)

@@ -148,8 +148,11 @@ class PacsClient:
                     f"{self._describe()} rejected the association from our AE title {self.our_ae_title!r}: check "
                     f"that the PACS knows us (AE title {self.our_ae_title}, this host) and that its AE title is "
                     f"{self.peer.ae_title!r}")
+            # A PACS that refuses an unknown AE title may close the connection right after its
+            # A-ASSOCIATE-RJ; pynetdicom then reports an abort, so both causes are named.
             raise PacsError(f"{self._describe()} accepted the connection but no DICOM association was established "
-                            f"(aborted or timed out after {self.timeout:g} s); check the port is the PACS's DICOM port")
+                            f"(aborted, or no answer within {self.timeout:g} s): check that the PACS knows us (AE "
+                            f"title {self.our_ae_title}, this host) and that this is its DICOM port")
         with self._lock:
             self._assoc = assoc
         accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}

@@ -31,6 +31,8 @@ from dicomvault.catalog import schema as t
 from dicomvault.repository import IntegrityError
 from dicomvault.sites import SiteError, open_site
 
+from . import quarantine
+
 if TYPE_CHECKING:
     from dicomvault.archive import Archive
     from dicomvault.sites.base import Site
@@ -71,6 +73,7 @@ class VerifyReport:
     finished_at: float = 0.0
     sites: dict[str, SiteResult] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
 
     @property
     def unrepaired(self) -> int:
@@ -82,7 +85,8 @@ class VerifyReport:
         return {"started_at": self.started_at, "finished_at": self.finished_at,
                 "seconds": round(seconds, 3), "original_megabytes_per_second": round(total_bytes / seconds / 1e6, 2),
                 "sites": {name: asdict(result) for name, result in self.sites.items()},
-                "findings": [asdict(f) for f in self.findings], "unrepaired": self.unrepaired}
+                "findings": [asdict(f) for f in self.findings], "unrepaired": self.unrepaired,
+                "quarantined": self.quarantined}
 
 
 def readable_sites(archive: "Archive") -> dict[str, "Site"]:
@@ -132,17 +136,23 @@ def verify(archive: "Archive", actor: str, *, only_sites: list[str] | None = Non
     report = VerifyReport(started_at=time.time())
     done = 0
     workers = workers or max(2, os.cpu_count() or 2)
+    quarantined = set(quarantine.active(archive.catalog))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
         for name in chosen:
             result = report.sites.setdefault(name, SiteResult())
+            if name in quarantined:
+                report.quarantined.append(name)
+                continue  # out of service until an operator clears it
             verified: list[str] = []
+            found: list[tuple[Finding, str]] = []
             site = sites[name]
-            # Reading, AES-GCM, zstd and SHA-256 release the GIL: a few objects are checked at once.
+
             def checked(items: list[tuple[str, str, int]]) -> Any:
                 for start in range(0, len(items), 1000):  # bounded number of futures in flight
                     chunk = items[start:start + 1000]
                     yield from zip(chunk, pool.map(lambda item: _paced_check(archive, site, item, pace), chunk))
 
+            # Reading, AES-GCM, zstd and SHA-256 release the GIL: a few objects are checked at once.
             for (object_id, sha256, size), problem in checked(work[name]):
                 result.checked += 1
                 if problem is None:
@@ -158,28 +168,42 @@ def verify(archive: "Archive", actor: str, *, only_sites: list[str] | None = Non
                         result.missing += 1
                     else:
                         result.damaged += 1
-                    finding = Finding(name, object_id, kind, detail)
                     log.error("ALERT: copy of object %s on site %s is %s: %s", object_id, name, kind, detail)
-                    if repair:
-                        _repair(archive, sites, finding, sha256)
-                    if finding.repaired_from:
-                        result.repaired += 1
-                    else:
-                        result.unrepaired += 1
-                    report.findings.append(finding)
-                    _audit_finding(archive, actor, finding)
+                    found.append((Finding(name, object_id, kind, detail), sha256))
                 done += 1
                 if progress is not None:
                     progress(done, total)
             _mark_verified(archive, name, verified)
+            if quarantine.looks_like_mass_damage(result.checked, len(found)) and \
+                    not quarantine.recently_cleared(archive.catalog, name):
+                reason = (f"{len(found)} of {result.checked} copies checked were damaged or missing at once "
+                          "(the signature of ransomware or of a wiped share)")
+                log.error("ALERT: site %s QUARANTINED: %s", name, reason)
+                quarantine.quarantine(archive.catalog, name, reason, actor)
+                quarantined.add(name)
+                report.quarantined.append(name)
+                archive.repository.excluded.add(name)
+            healthy = {n: s for n, s in sites.items() if n not in quarantined}
+            for finding, sha256 in found:
+                if name in quarantined:
+                    finding.repair_error = "site quarantined: not repaired until an operator clears it"
+                elif repair:
+                    _repair(archive, healthy, finding, sha256)
+                if finding.repaired_from:
+                    result.repaired += 1
+                else:
+                    result.unrepaired += 1
+                report.findings.append(finding)
+                _audit_finding(archive, actor, finding)
     report.finished_at = time.time()
     if due_before is not None and not report.findings and not any(r.checked for r in report.sites.values()):
         return report  # a scrub round with nothing due: no audit row every few minutes
     with archive.catalog.write() as conn:
         append(conn, AuditEvent(actor=actor, action="verify", subject=",".join(chosen),
-                                outcome="success" if not report.findings else
-                                "repaired" if not report.unrepaired else "failure",
-                                detail={"sample": sample, "sites": {n: asdict(r) for n, r in report.sites.items()}}))
+                                outcome="success" if not report.findings and not report.quarantined else
+                                "repaired" if not report.unrepaired and not report.quarantined else "failure",
+                                detail={"sample": sample, "sites": {n: asdict(r) for n, r in report.sites.items()},
+                                        "quarantined": report.quarantined}))
     return report
 
 
@@ -205,7 +229,8 @@ def _check(archive: "Archive", site: "Site", object_id: str, sha256: str) -> tup
 
 
 def _repair(archive: "Archive", sites: dict[str, "Site"], finding: Finding, sha256: str) -> None:
-    """Rewrite the copy from the first other site where the object verifies; read it back."""
+    """Rewrite the copy from the first other site where the object verifies; read it back.
+    ``sites`` holds the sites in service (quarantined ones are left out) and the target."""
     for source_name, source in sites.items():
         if source_name == finding.site:
             continue
@@ -214,7 +239,7 @@ def _repair(archive: "Archive", sites: dict[str, "Site"], finding: Finding, sha2
             archive.repository.open_blob(blob, finding.object_id, sha256)
         except (KeyError, SiteError, IntegrityError):
             continue
-        target = sites[finding.site]
+        target = sites[finding.site]  # in ``sites``: the caller never repairs a quarantined site
         try:
             target.delete(finding.object_id)  # the copy proven wrong (absent: nothing to do)
             target.put_if_absent(finding.object_id, blob)

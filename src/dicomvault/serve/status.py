@@ -64,8 +64,11 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
     # --- scrub: copies proven within the period (jobs/scrub.py) ---
     from dicomvault.jobs.scrub import scrub_status
 
+    from dicomvault.jobs import quarantine
+
     scrub = scrub_status(archive)
-    alerts += scrub["alerts"]
+    alerts += scrub["alerts"] + quarantine.alerts(archive.catalog)
+    scrub["quarantined"] = quarantine.active(archive.catalog)
     # --- end scrub ---
     # --- restore and network-export jobs (jobs/restore_plan.py) ---
     from dicomvault.jobs.restore_plan import recent_jobs, restore_alerts, status_lock_dir
