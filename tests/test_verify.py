@@ -67,7 +67,7 @@ def test_bit_rot_and_lost_copies_are_found_repaired_and_gone_on_the_second_pass(
     assert found == {("primary", p.name, "damaged") for p in rotten} | {("nas", p.name, "missing") for p in lost}
     assert all(f["repaired_from"] == ("nas" if f["site"] == "primary" else "primary") for f in report["findings"])
     assert report["sites"]["primary"] == {"checked": COUNT, "ok": COUNT - len(rotten), "missing": 0,
-                                          "damaged": len(rotten), "repaired": len(rotten), "unrepaired": 0,
+                                          "damaged": len(rotten), "unreadable": 0, "repaired": len(rotten), "unrepaired": 0,
                                           "bytes": report["sites"]["primary"]["bytes"]}
     assert report["sites"]["nas"]["missing"] == len(lost) and report["sites"]["nas"]["repaired"] == len(lost)
     assert objects_under(vault.root / "objects") == before == objects_under(nas)  # byte for byte as written

@@ -24,7 +24,7 @@ from dicomvault.catalog import schema as t
 from dicomvault.config import parse_duration
 from dicomvault.replicate.throttle import RateLimiter, Schedule, parse_rate
 
-from .verify import verify
+from .verify import readable_site_names, verify
 
 if TYPE_CHECKING:
     from dicomvault.archive import Archive
@@ -87,7 +87,7 @@ def scrub_status(archive: "Archive", now: float | None = None) -> dict[str, Any]
     sites: dict[str, Any] = {}
     alerts: list[str] = []
     with archive.catalog.read() as conn:
-        for name in readable_site_names(archive):
+        for name in readable_site_names(archive.settings):
             copies = t.copies
             row = conn.execute(
                 select(func.count(),
@@ -115,7 +115,3 @@ def scrub_status(archive: "Archive", now: float | None = None) -> dict[str, Any]
                           "see `dicomvault verify` and the audit log (action damage)")
     return {"enabled": archive.settings.scrub.enabled, "period": archive.settings.scrub.period,
             "rate": archive.settings.scrub.rate, "sites": sites, "last_run": last_run, "alerts": alerts}
-
-
-def readable_site_names(archive: "Archive") -> list[str]:
-    return ["primary", *(r.name for r in archive.settings.replicas if not r.url.startswith("dicom://"))]

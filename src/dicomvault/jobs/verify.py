@@ -62,6 +62,7 @@ class SiteResult:
     ok: int = 0
     missing: int = 0
     damaged: int = 0
+    unreadable: int = 0  # the site did not answer (an outage is not damage: not repaired, not counted)
     repaired: int = 0
     unrepaired: int = 0
     bytes: int = 0
@@ -89,14 +90,15 @@ class VerifyReport:
                 "quarantined": self.quarantined}
 
 
-def readable_sites(archive: "Archive") -> dict[str, "Site"]:
+def readable_site_names(settings: Any) -> list[str]:
     """Every site whose sealed objects can be read back: the primary and each replica but a PACS."""
-    sites: dict[str, Site] = {PRIMARY: archive.site}
-    for replica in archive.settings.replicas:
-        if replica.url.startswith("dicom://"):
-            continue
-        sites[replica.name] = open_site(replica.url, replica.option_map)
-    return sites
+    return [PRIMARY, *(r.name for r in settings.replicas if not r.url.startswith("dicom://"))]
+
+
+def readable_sites(archive: "Archive") -> dict[str, "Site"]:
+    by_name = {r.name: r for r in archive.settings.replicas}
+    return {name: archive.site if name == PRIMARY else open_site(by_name[name].url, by_name[name].option_map)
+            for name in readable_site_names(archive.settings)}
 
 
 def _copies(archive: "Archive", site: str, sample: int | None, due_before: float | None = None,
@@ -164,19 +166,24 @@ def verify(archive: "Archive", actor: str, *, only_sites: list[str] | None = Non
                         verified = []
                 else:
                     kind, detail = problem
-                    if kind == "missing":
+                    if kind == "unreadable":  # the site failed, not (necessarily) the copy
+                        result.unreadable += 1
+                        log.error("ALERT: site %s could not be read for object %s: %s", name, object_id, detail)
+                    elif kind == "missing":
                         result.missing += 1
                     else:
                         result.damaged += 1
-                    log.error("ALERT: copy of object %s on site %s is %s: %s", object_id, name, kind, detail)
+                    if kind != "unreadable":
+                        log.error("ALERT: copy of object %s on site %s is %s: %s", object_id, name, kind, detail)
                     found.append((Finding(name, object_id, kind, detail), sha256))
                 done += 1
                 if progress is not None:
                     progress(done, total)
             _mark_verified(archive, name, verified)
-            if quarantine.looks_like_mass_damage(result.checked, len(found)) and \
+            bad = result.missing + result.damaged
+            if quarantine.looks_like_mass_damage(result.checked - result.unreadable, bad) and \
                     not quarantine.recently_cleared(archive.catalog, name):
-                reason = (f"{len(found)} of {result.checked} copies checked were damaged or missing at once "
+                reason = (f"{bad} of {result.checked} copies checked were damaged or missing at once "
                           "(the signature of ransomware or of a wiped share)")
                 log.error("ALERT: site %s QUARANTINED: %s", name, reason)
                 quarantine.quarantine(archive.catalog, name, reason, actor)
@@ -185,7 +192,9 @@ def verify(archive: "Archive", actor: str, *, only_sites: list[str] | None = Non
                 archive.repository.excluded.add(name)
             healthy = {n: s for n, s in sites.items() if n not in quarantined}
             for finding, sha256 in found:
-                if name in quarantined:
+                if finding.problem == "unreadable":
+                    finding.repair_error = "the site did not answer; the copy may be fine: check the site, verify again"
+                elif name in quarantined:
                     finding.repair_error = "site quarantined: not repaired until an operator clears it"
                 elif repair:
                     _repair(archive, healthy, finding, sha256)
