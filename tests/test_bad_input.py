@@ -409,7 +409,10 @@ def store_status(vault: Vault, path: Path) -> Dataset:
     assoc = associate(vault)
     try:
         status = assoc.send_c_store(path)
-        assert assoc.send_c_echo().Status == 0x0000, "association unusable after the refused store"
+        echo = assoc.send_c_echo()
+        assert getattr(echo, "Status", None) == 0x0000, (
+            f"association unusable after the refused store (aborted: {assoc.is_aborted}, store status: "
+            f"{getattr(status, 'Status', None)}); server log tail:\n{vault.log()[-3000:]}")
         return status
     finally:
         assoc.release()
