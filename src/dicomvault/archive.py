@@ -33,7 +33,7 @@ class Archive:
         site = open_site(settings.primary_site_url)
         catalog = Catalog(settings.catalog_url)
         fallbacks = [(r.name, (lambda r=r: open_site(r.url, r.option_map))) for r in settings.replicas
-                     if not r.url.startswith("dicom://")]  # a PACS cannot hand back sealed objects
+                     if not r.is_pacs]  # a PACS cannot hand back sealed objects
         repository = Repository(site, keyring, settings.storage.compression_level, fallbacks)
         from dicomvault.jobs.quarantine import active
 

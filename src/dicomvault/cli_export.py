@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from dicomvault.cli_common import CliFailure, ConfigOption, actor, open_archive, out, progress_bar, settings
+from dicomvault.config import find_peer
 
 if TYPE_CHECKING:
     from dicomvault.catalog.selection import Selection
@@ -70,9 +71,7 @@ def export(
 
 def _configured_peer(to: str, config: Optional[Path]) -> object | None:
     """The ``[peers.NAME]`` that ``--to`` names (by name or AE title), when it has no slash."""
-    if "/" in to:
-        return None
-    return next((p for p in settings(config).peers if to in (p.name, p.ae_title)), None)
+    return None if "/" in to else find_peer(settings(config).peers, to)
 
 
 def _export_to_peer(peer: object, selection: "Selection", associations: int, rate: Optional[str], fresh: bool,

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from dicomvault.cli_common import CliFailure, ConfigOption, actor, console, open_archive, out, progress_bar
+from dicomvault.config import describe_peers, find_peer
 
 EXIT_SOME_FAILED = 2
 
@@ -25,10 +26,10 @@ def register(app: typer.Typer) -> None:
 
 def resolve_peer(settings: Any, name: str) -> Any:
     """A ``[peers.NAME]`` entry by name or AE title: the archive sends only to nodes it knows."""
-    for peer in settings.peers:
-        if name in (peer.name, peer.ae_title):
-            return peer
-    known = ", ".join(f"{p.name} ({p.ae_title}@{p.host}:{p.port})" for p in settings.peers) or "none configured"
+    peer = find_peer(settings.peers, name)
+    if peer is not None:
+        return peer
+    known = describe_peers(settings.peers) or "none configured"
     raise CliFailure(f"{name!r} is not a configured DICOM peer (known: {known}); add a [peers.NAME] table with "
                      "ae_title, host and port to dicomvault.toml")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,12 @@ class ReplicaSiteSettings:
     def option_map(self) -> dict[str, object]:
         return dict(self.options)
 
+    @property
+    def is_pacs(self) -> bool:
+        """A ``dicom://`` target: it holds plaintext images and cannot hand sealed objects back
+        (no reads, no verification, no commitment)."""
+        return self.url.startswith("dicom://")
+
 
 @dataclass(frozen=True)
 class PolicySettings:
@@ -87,6 +94,21 @@ class PeerSettings:
     ae_title: str
     host: str
     port: int
+
+
+def find_peer(peers: Iterable[PeerSettings], name: str, ignore_case: bool = False) -> PeerSettings | None:
+    """The ``[peers.NAME]`` entry called ``name`` or with that AE title."""
+    wanted = name.strip().lower() if ignore_case else name
+    for peer in peers:
+        candidates = (peer.name.lower(), peer.ae_title.lower()) if ignore_case else (peer.name, peer.ae_title)
+        if wanted in candidates:
+            return peer
+    return None
+
+
+def describe_peers(peers: Iterable[PeerSettings]) -> str:
+    """``name (AE@host:port), ...`` for error messages that list what is configured."""
+    return ", ".join(f"{p.name} ({p.ae_title}@{p.host}:{p.port})" for p in peers)
 
 
 @dataclass(frozen=True)
@@ -464,7 +486,7 @@ def _reconcile(data: dict) -> ReconcileSettings:
     peer = values["peer"].strip()
     if peer:
         peers = _peers(data)
-        if not any(peer in (p.name, p.ae_title) for p in peers):
+        if find_peer(peers, peer) is None:
             known = ", ".join(f"{p.name} ({p.ae_title})" for p in peers) or "none"
             raise ConfigError(f"[reconcile] peer {peer!r} is not a configured [peers.NAME] name or AE title; "
                               f"configured: {known}")

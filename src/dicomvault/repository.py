@@ -18,6 +18,7 @@ from typing import Any
 from dicomvault.codec import CodecError, compress, decompress, worth_compressing
 from dicomvault.crypto import DecryptionError, Keyring, StudyKey, open_object, seal_object
 from dicomvault.crypto.envelope import read_header
+from dicomvault.dicom import split_part10
 from dicomvault.sites import Site, SiteError
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,12 @@ class Repository:
             except (IntegrityError, KeyError, SiteError) as exc:
                 log.error("ALERT: copy of object %s on site %s unusable too: %s", object_id, name, exc)
         raise first_error
+
+    def load_dataset(self, object_id: str, expected_sha256: str | None = None) -> bytes:
+        """The stored data set without its file meta (what a C-STORE carries), verified as by ``load``."""
+        _meta, data = self.load(object_id, expected_sha256)
+        offset, _syntax = split_part10(data)
+        return data[offset:]
 
     def _fallback_site(self, name: str, opener: "Callable[[], Site]") -> Site:
         with self._lock:

@@ -264,7 +264,7 @@ class StorageCommitmentService:
         # copy handed to a PACS (often the very PACS asking for commitment, which may then
         # delete its own) is neither kept nor readable back by the archive.
         self.sites = {"primary": False, **{replica.name: replica.offsite for replica in settings.replicas
-                                           if not replica.url.startswith("dicom://")}}
+                                           if not replica.is_pacs}}
         self.sender = sender or (lambda ae_title, peer, report: send_report(ae_title, peer, report))
         self._rng = random.Random()
         self._stop = threading.Event()

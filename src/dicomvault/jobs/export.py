@@ -32,7 +32,7 @@ from dicomvault.catalog.selection import SelectedInstance, Selection, select_ins
 from dicomvault.dicom.dicomdir import ROOT_FOLDER, DicomDir, FileSetError, frame_for_file_set, read_header
 from dicomvault.repository import IntegrityError
 from dicomvault.sites import SiteError
-from dicomvault.sites.file import fsync_dir
+from dicomvault.sites.file import fsync_dir, write_all
 
 if TYPE_CHECKING:
     from dicomvault.archive import Archive
@@ -245,9 +245,7 @@ def write_durably(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.partial")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

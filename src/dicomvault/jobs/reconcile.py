@@ -29,7 +29,7 @@ import threading
 from typing import Any
 
 from dicomvault.catalog import Catalog
-from dicomvault.config import PeerSettings, Settings
+from dicomvault.config import PeerSettings, Settings, describe_peers, find_peer
 from dicomvault.jobs.reconcile_backfill import Backfill
 from dicomvault.jobs.reconcile_compare import Comparison, Progress
 from dicomvault.jobs.reconcile_pacs import PacsClient, PacsError
@@ -59,15 +59,13 @@ def parse_date(label: str, value: str) -> _dt.date:
 def resolve_peer(settings: Settings, name: str) -> PeerSettings:
     """A ``[peers.NAME]`` entry by name or AE title (exact first, then ignoring case)."""
     wanted = (name or "").strip()
-    for exact in (True, False):
-        for peer in settings.peers:
-            candidates = (peer.name, peer.ae_title)
-            if (wanted in candidates) if exact else (wanted.lower() in (c.lower() for c in candidates)):
-                return peer
+    peer = find_peer(settings.peers, wanted) or find_peer(settings.peers, wanted, ignore_case=True)
+    if peer is not None:
+        return peer
     if not settings.peers:
         raise ReconcileError(f"unknown PACS {wanted!r}: no [peers.NAME] is configured; add one with ae_title, host "
                              "and port to the config")
-    known = ", ".join(f"{p.name} ({p.ae_title}@{p.host}:{p.port})" for p in settings.peers)
+    known = describe_peers(settings.peers)
     raise ReconcileError(f"unknown PACS {wanted!r}: configured peers are {known}")
 
 

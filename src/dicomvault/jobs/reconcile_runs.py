@@ -34,7 +34,7 @@ from sqlalchemy import func, insert, select, update
 from dicomvault.audit import AuditEvent, append
 from dicomvault.catalog import Catalog
 from dicomvault.catalog import schema as t
-from dicomvault.config import Settings
+from dicomvault.config import Settings, find_peer
 from dicomvault.jobs.reconcile_report import COMPLETED, FAILED, RUNNING, ReconcileReport, dicom_date
 
 REPORT_LIST_LIMIT = 1000  # entries per list in the persisted report (the CLI's --json has all)
@@ -164,7 +164,8 @@ def reconcile_status(catalog: Catalog, settings: Settings, now: float | None = N
         running = {row.peer: row for row in conn.execute(latest(runs.c.state == RUNNING))}
         scheduled_last = None
         if cfg.peer:
-            peer_names = {p.name for p in settings.peers if cfg.peer in (p.name, p.ae_title)} or {cfg.peer}
+            configured = find_peer(settings.peers, cfg.peer)
+            peer_names = {configured.name} if configured is not None else {cfg.peer}
             scheduled_last = conn.execute(select(func.max(runs.c.started_at)).where(
                 runs.c.actor == SCHEDULER_ACTOR, runs.c.peer.in_(sorted(peer_names)))).scalar()
     peers: dict[str, Any] = {}

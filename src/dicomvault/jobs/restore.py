@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from dicomvault.audit import AuditEvent, append
 from dicomvault.catalog import schema as t
-from dicomvault.dicom import split_part10
 from dicomvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomvault.dicom.transcode import (
     EXPLICIT_VR_LE,
@@ -57,6 +56,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# One executemany per batch of outcomes (the bind names differ from the columns, as SQLAlchemy
+# requires for an UPDATE with a WHERE on a bound parameter).
+_RECORD_OUTCOME = update(t.restore_items).where(t.restore_items.c.id == bindparam("item_id")).values(
+    state=bindparam("new_state"), status=bindparam("new_status"), detail=bindparam("new_detail"),
+    sent_syntax=bindparam("new_syntax"), run=bindparam("new_run"), finished_at=bindparam("at"))
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})  # success, or stored with a warning
 RECORD_EVERY = 0.25  # seconds between batched outcome writes (and heartbeats)
 INSTANCE_UNIT = 1_000_000  # an instances/s limit runs the byte limiter with one instance = 1 MB
@@ -251,9 +255,7 @@ class RestoreRunner:
     # --- sending ----------------------------------------------------------------------------
 
     def _load(self, item: PlannedItem) -> bytes:
-        _meta, data = self.archive.repository.load(item.object_id, item.sha256)
-        offset, _syntax = split_part10(data)
-        return data[offset:]
+        return self.archive.repository.load_dataset(item.object_id, item.sha256)
 
     def _send_all(self, pending: list[PlannedItem], run_number: int) -> None:
         pairs = proposals([(i.sop_class_uid, i.transfer_syntax_uid) for i in pending])
@@ -295,12 +297,9 @@ class RestoreRunner:
         now = time.time()
         with self.catalog.write() as conn:
             if batch:
-                conn.execute(
-                    update(t.restore_items).where(t.restore_items.c.id == _bind("item_id")).values(
-                        state=_bind("new_state"), status=_bind("new_status"), detail=_bind("new_detail"),
-                        sent_syntax=_bind("new_syntax"), run=run_number, finished_at=_bind("at")),
-                    [{"item_id": o.item.id, "new_state": o.state, "new_status": o.status, "new_detail": o.detail,
-                      "new_syntax": o.sent_syntax, "at": o.at} for o in batch])
+                conn.execute(_RECORD_OUTCOME, [
+                    {"item_id": o.item.id, "new_state": o.state, "new_status": o.status, "new_detail": o.detail,
+                     "new_syntax": o.sent_syntax, "new_run": run_number, "at": o.at} for o in batch])
             conn.execute(update(t.restore_jobs).where(t.restore_jobs.c.id == self.job.id).values(
                 heartbeat_at=now, seconds_sending=t.restore_jobs.c.seconds_sending + elapsed))
         for outcome in batch:
@@ -378,12 +377,6 @@ class RestoreRunner:
             warning = f"stored with warning 0x{status:04X} {comment}".strip() if status else None
             return Outcome(item, "sent", status, warning, converted, time.time())
         return Outcome(item, "failed", status, comment or _status_text(status), converted, time.time())
-
-
-def _bind(name: str) -> Any:
-    from sqlalchemy import bindparam
-
-    return bindparam(name)
 
 
 def _status_text(status: int) -> str:

@@ -92,7 +92,7 @@ class VerifyReport:
 
 def readable_site_names(settings: Any) -> list[str]:
     """Every site whose sealed objects can be read back: the primary and each replica but a PACS."""
-    return [PRIMARY, *(r.name for r in settings.replicas if not r.url.startswith("dicom://"))]
+    return [PRIMARY, *(r.name for r in settings.replicas if not r.is_pacs)]
 
 
 def readable_sites(archive: "Archive") -> dict[str, "Site"]:

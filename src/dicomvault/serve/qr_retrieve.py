@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from dicomvault.catalog.retrieval import LEVEL_KEYS, RetrievalItem, retrieval_items
-from dicomvault.dicom import split_part10
 from dicomvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomvault.dicom.transcode import EXPLICIT_VR_LE, IMPLICIT_VR_LE, TranscodeError, pick_syntax, proposals, transcode
 from dicomvault.jobs.prefetch import Prefetcher
@@ -62,9 +61,7 @@ class Retriever:
 
     def _load(self, item: RetrievalItem) -> bytes:
         """The stored data set bytes (decrypted, SHA-256 verified, file meta removed)."""
-        _meta, data = self.archive.repository.load(item.object_id, item.sha256)
-        offset, _syntax = split_part10(data)
-        return data[offset:]
+        return self.archive.repository.load_dataset(item.object_id, item.sha256)
 
     def _prefetched(self, items: list[RetrievalItem]) -> Prefetcher[RetrievalItem, bytes]:
         return Prefetcher(items, self._load, self._loaders, PREFETCH)

@@ -37,7 +37,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
     for replica in archive.settings.replicas:
         lag = outbox.lag(replica.name)
         entry: dict[str, Any] = {"url": _redacted(replica.url), "offsite": replica.offsite, "rate": replica.rate,
-                                 "sees_plaintext": replica.url.startswith("dicom://"),
+                                 "sees_plaintext": replica.is_pacs,
                                  "schedule": list(replica.schedule), **lag}
         if replica.name in live:
             entry.update(live[replica.name])

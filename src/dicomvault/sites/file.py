@@ -48,6 +48,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is out: a write may take only part of a large buffer."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _valid_name(name: str) -> str:
     if len(name) < 8 or not all(c in "0123456789abcdef" for c in name):
         raise SiteError(f"invalid object name {name!r}")
@@ -101,9 +108,7 @@ class FileSite(Site):
             directory = self._object_dir(name)
             fd = os.open(intent, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
