@@ -7,7 +7,9 @@ DIR/<set>/part<k>`` processes send a quarter each.
 
 from __future__ import annotations
 
+import argparse
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,3 +99,17 @@ def make_set(name: str, source: Path, root: Path, count: int, studies: int, seri
         template.save_as(path, enforce_file_format=True)
         total += os.path.getsize(path)
     return DataSet(name, source, out, count, total, studies, studies * series_per_study, parts)
+
+
+def corpus_run_arguments(doc: str, prefix: str) -> tuple[argparse.Namespace, Path]:
+    """The options every corpus benchmark takes (--instances, --repeat, --workdir) and its work
+    folder: ``--workdir`` (kept afterwards) or a fresh temporary one named ``prefix...``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=500)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=None, help="keep data and servers' files here")
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"work folder: {work}")
+    return args, work

@@ -21,19 +21,17 @@ dicomvault/storescu ratios against the targets (>= 0.9x on one association, > 1.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from ingest_data import ct_source, make_set  # noqa: E402
+from ingest_data import corpus_run_arguments, ct_source, make_set  # noqa: E402
 from ingest_receivers import Orthanc, dcmtk, dcmtk_env  # noqa: E402
 
 TARGETS = {1: 0.9, 4: 1.0}  # dicomvault / storescu instances per second (4: must exceed)
@@ -69,15 +67,8 @@ def run_restore(config: Path, base_config: str, orthanc: Orthanc, associations: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--instances", type=int, default=500)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=None, help="keep data and servers' files here")
-    args = parser.parse_args()
+    args, work = corpus_run_arguments(__doc__, "dv-restore-")
 
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="dv-restore-"))
-    work.mkdir(parents=True, exist_ok=True)
-    print(f"work folder: {work}")
     data = make_set("ct", ct_source(), work / "data", args.instances, studies=10, series_per_study=2)
     print(f"{data.count} instances, {data.total_bytes / 1e6:.0f} MB")
     vault = work / "vault"

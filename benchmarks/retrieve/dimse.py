@@ -15,19 +15,17 @@ dicomvault/Orthanc ratio against the target (>= 1.0x). See README.md in this fol
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from ingest_data import ct_source, make_set  # noqa: E402
+from ingest_data import corpus_run_arguments, ct_source, make_set  # noqa: E402
 from ingest_receivers import DicomVault, Orthanc, Receiver, StoreScp, dcmtk, dcmtk_env  # noqa: E402
 
 TARGET = 1.0  # dicomvault / Orthanc instances per second, for C-GET and C-MOVE
@@ -56,15 +54,8 @@ def count_files(folder: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--instances", type=int, default=500)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=None, help="keep data and servers' files here")
-    args = parser.parse_args()
+    args, work = corpus_run_arguments(__doc__, "dv-retrieve-")
 
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="dv-retrieve-"))
-    work.mkdir(parents=True, exist_ok=True)
-    print(f"work folder: {work}")
     data = make_set("study", ct_source(), work / "data", args.instances, studies=1, series_per_study=1)
     import pydicom
 

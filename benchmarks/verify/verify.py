@@ -19,20 +19,18 @@ Targets: >= 0.7x sha256sum's rate and faster than restic.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from ingest_data import ct_source, make_set  # noqa: E402
+from ingest_data import corpus_run_arguments, ct_source, make_set  # noqa: E402
 
 TARGET_VS_SHA256SUM = 0.7
 
@@ -47,17 +45,10 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--instances", type=int, default=500)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=None)
-    args = parser.parse_args()
+    args, work = corpus_run_arguments(__doc__, "dv-verify-")
     if shutil.which("restic") is None:
         raise SystemExit("restic is not installed: apt-get install restic")
 
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="dv-verify-"))
-    work.mkdir(parents=True, exist_ok=True)
-    print(f"work folder: {work}")
     data = make_set("ct", ct_source(), work / "data", args.instances, studies=10, series_per_study=2)
     files = sorted(str(p) for p in data.root.rglob("*.dcm"))
     megabytes = data.total_bytes / 1e6
