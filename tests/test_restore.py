@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,6 +101,12 @@ def audit_rows(vault: Vault, action: str) -> list[tuple[str, str, dict]]:
     return [(subject, outcome, json.loads(detail)) for subject, outcome, detail in rows]
 
 
+def recorded_sent(vault: Vault) -> int:
+    """Instances the restore job has recorded as acknowledged by the PACS."""
+    with sqlite3.connect(vault.root / "catalog.sqlite3") as db:
+        return db.execute("SELECT count(*) FROM restore_items WHERE state = 'sent'").fetchone()[0]
+
+
 def study_arrival_order(pacs: Orthanc) -> list[str]:
     """Study Instance UIDs in the order Orthanc first saw each study (its change log)."""
     changes = pacs.rest("GET", "/changes?since=0&limit=10000")["Changes"]
@@ -166,21 +171,15 @@ def test_killed_restore_resumes_without_resending_what_the_pacs_acknowledged(
     vault = make_vault(tmp_path / "vault")
     vault.cli("import", str(tmp_path / "files"))
     pacs = empty_pacs(orthanc_factory, vault)
-    catalog = vault.root / "catalog.sqlite3"
-
-    def recorded_sent() -> int:
-        with sqlite3.connect(catalog) as db:
-            return db.execute("SELECT count(*) FROM restore_items WHERE state = 'sent'").fetchone()[0]
-
     runner = subprocess.Popen([sys.executable, "-m", "dicomvault.cli", "restore", "--config", str(vault.config),
                                "--to", "pacs", "--associations", "1", "--rate", "40/s", "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        wait_until(lambda: recorded_sent() >= 30, timeout=60, what="30 instances acknowledged and recorded")
+        wait_until(lambda: recorded_sent(vault) >= 30, timeout=60, what="30 instances acknowledged and recorded")
         os.killpg(runner.pid, signal.SIGKILL)
     finally:
         runner.wait(timeout=30)
-    sent_before = recorded_sent()
+    sent_before = recorded_sent(vault)
     in_pacs_before = len(pacs.rest("GET", "/instances"))
     assert 30 <= sent_before <= in_pacs_before < len(made)
     (job,) = vault.status()["restores"]
@@ -355,16 +354,10 @@ def test_sigterm_stops_a_restore_cleanly_and_the_same_command_resumes_it(
     vault = make_vault(tmp_path / "vault")
     vault.cli("import", str(tmp_path / "files"))
     pacs = empty_pacs(orthanc_factory, vault)
-    catalog = vault.root / "catalog.sqlite3"
-
-    def recorded_sent() -> int:
-        with sqlite3.connect(catalog) as db:
-            return db.execute("SELECT count(*) FROM restore_items WHERE state = 'sent'").fetchone()[0]
-
     runner = subprocess.Popen([sys.executable, "-m", "dicomvault.cli", "restore", "--config", str(vault.config),
                                "--to", "pacs", "--rate", "10/s"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
-    wait_until(lambda: recorded_sent() >= 3, timeout=60, what="3 instances acknowledged and recorded")
+    wait_until(lambda: recorded_sent(vault) >= 3, timeout=60, what="3 instances acknowledged and recorded")
     runner.send_signal(signal.SIGTERM)
     _out, err = runner.communicate(timeout=60)
 

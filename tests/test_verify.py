@@ -28,6 +28,24 @@ def flip_byte(path: Path, offset: int) -> None:
     tmp.replace(path)
 
 
+def replicated(vault: Vault, ct_small: Path, tmp_path: Path, count: int,
+               timeout: float = 60) -> tuple[Path, list[Path]]:
+    """A served vault with a file replica "nas" holding verified copies of ``count`` instances
+    sent by storescu; returns the NAS folder and the sent files (the vault keeps running)."""
+    nas = tmp_path / "nas"
+    vault.cli("sites", "add", "nas", f"file://{nas}", "--onsite")
+    vault.start()
+    originals = make_instances(ct_small, tmp_path / "in", count)
+    send(vault, tmp_path / "in")
+    wait_until(lambda: drained(vault, "nas", count), timeout=timeout, what=f"{count} verified copies on the NAS")
+    return nas, originals
+
+
+def object_files(site_root: Path) -> list[Path]:
+    """The object files of a file site, in name order."""
+    return sorted(p for p in (site_root / "objects").rglob("*") if p.is_file())
+
+
 def verify(vault: Vault, *args: str) -> tuple[int, dict]:
     proc = vault.cli("verify", "--json", *args, check=False)
     assert proc.stdout.strip(), proc.stderr
@@ -41,21 +59,16 @@ def audit_count(vault: Vault, action: str) -> int:
 
 def test_bit_rot_and_lost_copies_are_found_repaired_and_gone_on_the_second_pass(
         vault: Vault, ct_small: Path, tmp_path: Path) -> None:
-    nas = tmp_path / "nas"
-    vault.cli("sites", "add", "nas", f"file://{nas}", "--onsite")
-    vault.start()
-    make_instances(ct_small, tmp_path / "in", COUNT)
-    send(vault, tmp_path / "in")
-    wait_until(lambda: drained(vault, "nas", COUNT), timeout=120, what=f"{COUNT} verified copies on the NAS")
+    nas, _ = replicated(vault, ct_small, tmp_path, COUNT, timeout=120)
     vault.stop()
     before = objects_under(vault.root / "objects")
     assert before == objects_under(nas) and len(before) == COUNT
 
-    primary_files = sorted(p for p in (vault.root / "objects").rglob("*") if p.is_file())
+    primary_files = object_files(vault.root)
     rotten = primary_files[:COUNT // 100]  # 1% of the primary's objects: one bit flipped
     for n, path in enumerate(rotten):
         flip_byte(path, 1000 + 7919 * n)
-    nas_files = sorted(p for p in nas.rglob("*") if p.is_file() and "objects" in p.parts)
+    nas_files = object_files(nas)
     lost = nas_files[-3:]  # three objects gone from the NAS
     for path in lost:
         path.unlink()
@@ -81,7 +94,7 @@ def test_bit_rot_and_lost_copies_are_found_repaired_and_gone_on_the_second_pass(
 def test_damage_without_a_healthy_copy_is_reported_not_hidden(vault: Vault, ct_small: Path, tmp_path: Path) -> None:
     make_instances(ct_small, tmp_path / "in", 5)
     vault.cli("import", str(tmp_path / "in"))
-    victim = sorted(p for p in (vault.root / "objects").rglob("*") if p.is_file())[2]
+    victim = object_files(vault.root)[2]
     flip_byte(victim, 500)
 
     code, report = verify(vault, "--sample", "5")
@@ -102,14 +115,9 @@ def test_a_damaged_primary_copy_is_never_served_the_replica_is(vault: Vault, ct_
     damaged here, yet `get` returns the original bytes, read from the NAS."""
     import pydicom
 
-    nas = tmp_path / "nas"
-    vault.cli("sites", "add", "nas", f"file://{nas}", "--onsite")
-    vault.start()
-    originals = make_instances(ct_small, tmp_path / "in", 10)
-    send(vault, tmp_path / "in")
-    wait_until(lambda: drained(vault, "nas", 10), timeout=60, what="10 verified copies on the NAS")
+    nas, originals = replicated(vault, ct_small, tmp_path, 10)
     vault.stop()
-    for n, path in enumerate(p for p in (vault.root / "objects").rglob("*") if p.is_file()):
+    for n, path in enumerate(object_files(vault.root)):
         flip_byte(path, 300 + n)
 
     study = str(pydicom.dcmread(originals[0], stop_before_pixels=True).StudyInstanceUID)
@@ -123,15 +131,10 @@ def test_a_damaged_primary_copy_is_never_served_the_replica_is(vault: Vault, ct_
 
 def test_the_background_scrub_proves_copies_and_repairs_damage_by_itself(
         vault: Vault, ct_small: Path, tmp_path: Path) -> None:
-    nas = tmp_path / "nas"
-    vault.cli("sites", "add", "nas", f"file://{nas}", "--onsite")
     vault.set_config("scrub", "period", '"2s"')
     vault.set_config("scrub", "check_every", '"1s"')
-    vault.start()
-    make_instances(ct_small, tmp_path / "in", 12)
-    send(vault, tmp_path / "in")
-    wait_until(lambda: drained(vault, "nas", 12), timeout=60, what="12 verified copies on the NAS")
-    victim = sorted(p for p in (vault.root / "objects").rglob("*") if p.is_file())[5]
+    nas, _ = replicated(vault, ct_small, tmp_path, 12)
+    victim = object_files(vault.root)[5]
     healthy = next(p for p in nas.rglob(victim.name)).read_bytes()
     flip_byte(victim, 777)
 
@@ -152,15 +155,10 @@ def test_a_site_overwritten_with_garbage_is_quarantined_and_images_still_come_ba
 
     import pydicom
 
-    nas = tmp_path / "nas"
-    vault.cli("sites", "add", "nas", f"file://{nas}", "--onsite")
-    vault.start()
-    originals = make_instances(ct_small, tmp_path / "in", 20)
-    send(vault, tmp_path / "in")
-    wait_until(lambda: drained(vault, "nas", 20), timeout=60, what="20 verified copies on the NAS")
+    nas, originals = replicated(vault, ct_small, tmp_path, 20)
     vault.stop()
     healthy = objects_under(nas)
-    for path in (p for p in (vault.root / "objects").rglob("*") if p.is_file()):
+    for path in object_files(vault.root):
         path.chmod(0o644)
         path.write_bytes(os.urandom(path.stat().st_size))
 
