@@ -72,7 +72,8 @@ def clear(catalog: "Catalog", site: str, actor: str) -> bool:
     return bool(count)
 
 
-def alerts(catalog: "Catalog") -> list[str]:
+def alerts(quarantined: dict[str, dict[str, Any]]) -> list[str]:
+    """Status alerts for the quarantines ``active`` returned."""
     return [f"site {site} is QUARANTINED since {time.strftime('%Y-%m-%d %H:%M', time.localtime(info['since']))}: "
             f"{info['reason']}; it is not used for repairs, reads or restores until you investigate and run "
-            f"`dicomvault sites clear {site}`" for site, info in active(catalog).items()]
+            f"`dicomvault sites clear {site}`" for site, info in quarantined.items()]

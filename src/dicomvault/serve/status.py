@@ -67,8 +67,8 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
     from dicomvault.jobs import quarantine
 
     scrub = scrub_status(archive)
-    alerts += scrub["alerts"] + quarantine.alerts(archive.catalog)
     scrub["quarantined"] = quarantine.active(archive.catalog)
+    alerts += scrub["alerts"] + quarantine.alerts(scrub["quarantined"])
     # --- end scrub ---
     # --- restore and network-export jobs (jobs/restore_plan.py) ---
     from dicomvault.jobs.restore_plan import recent_jobs, restore_alerts, status_lock_dir
