@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -92,3 +94,11 @@ def test_healthz_metrics_and_status(running_vault: Vault, two_studies: list[Path
     assert status["audit"]["chain_ok"] is True and status["ok"] is True
     with urllib.request.urlopen(f"{base}/api/status", timeout=10) as response:
         assert json.load(response)["counts"]["instances"] == 2
+
+
+def test_an_unknown_command_or_option_is_one_usage_line_not_a_traceback(tmp_path: Path) -> None:
+    for args in (["bogus"], ["find", "--no-such-option"]):
+        run = subprocess.run([sys.executable, "-m", "dicomvault.cli", *args], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=60)
+        assert run.returncode == 2 and "Traceback" not in run.stderr and "╭" not in run.stderr, run.stderr
+        assert "No such command 'bogus'" in run.stderr or "No such option: --no-such-option" in run.stderr

@@ -182,9 +182,11 @@ def start_senders(vault: Vault, files: list[Path], count: int, kill_after: int =
 
 
 def staging_leftovers(site) -> list[str]:
-    """Files on the site outside objects/: temp files or write intents (tmp/, intents/...)."""
+    """Files on the site outside objects/ (and the catalog snapshots): temp files or write intents."""
+    snapshots = site.root / "snapshots"
     return sorted(
-        str(p.relative_to(site.root)) for p in site.root.rglob("*") if p.is_file() and site.objects not in p.parents
+        str(p.relative_to(site.root)) for p in site.root.rglob("*")
+        if p.is_file() and site.objects not in p.parents and snapshots not in p.parents
     )
 
 

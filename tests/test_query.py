@@ -1,4 +1,4 @@
-"""The query engine shared by C-FIND and QIDO-RS (catalog/query.py), on a real SQLite catalog."""
+"""The query engine shared by C-FIND and QIDO-RS (catalog/query.py), on real SQLite and PostgreSQL catalogs."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from dicomvault.catalog import Catalog, InstanceAttributes, VersionRecord
 from dicomvault.catalog import query as q
 from dicomvault.catalog.db import HEAD_REVISION, MIGRATIONS_DIR
 from dicomvault.catalog.query import LEVELS, Query, QueryError, run_query, supported_keys
+from pgserver import postgres_server  # noqa: F401 - fixture
 
 CT, MR, CR, US = (f"1.2.840.10008.5.1.4.1.1.{n}" for n in ("2", "4", "1", "6.1"))
 EXPLICIT, JPEG_LS = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.80"
@@ -88,9 +89,10 @@ def populate(catalog: Catalog) -> None:
     assert store(catalog, second, content="v2", at=2.0) == 2
 
 
-# The matching tests also run on PostgreSQL when DICOMVAULT_TEST_POSTGRES_URL names an
-# empty scratch database (e.g. postgresql+psycopg://postgres@/dvq?host=/tmp/pg); it is wiped.
-BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("DICOMVAULT_TEST_POSTGRES_URL") else [])
+# Every matching test runs on SQLite and on a real PostgreSQL, started for the session by
+# pgserver.py (a fresh database each). DICOMVAULT_TEST_POSTGRES_URL may name an empty scratch
+# database on another server instead (e.g. postgresql+psycopg://postgres@/dvq?host=/tmp/pg); it is wiped.
+BACKENDS = ["sqlite", "postgresql"]
 
 
 def _scratch_postgres(url: str) -> None:
@@ -107,10 +109,13 @@ def _scratch_postgres(url: str) -> None:
 def catalog(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Catalog:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('query') / 'c.db'}"
-    else:
+    elif os.environ.get("DICOMVAULT_TEST_POSTGRES_URL"):
         url = os.environ["DICOMVAULT_TEST_POSTGRES_URL"]
         _scratch_postgres(url)
+    else:  # only now: a run of the SQLite tests alone starts no server
+        url = request.getfixturevalue("postgres_server").create_database()
     catalog = Catalog(url)
+    assert catalog.engine.dialect.name == request.param
     populate(catalog)
     yield catalog
     catalog.close()

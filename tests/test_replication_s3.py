@@ -24,10 +24,11 @@ def add_s3_site(vault: Vault, server: S3Server, bucket: str, *extra: str) -> Non
     vault.cli("sites", "add", "offsite", f"s3://{bucket}/dv", *[a for o in options for a in ("--option", o)], *extra)
 
 
-def bucket_objects(server: S3Server, bucket: str) -> dict[str, bytes]:
+def bucket_objects(server: S3Server, bucket: str, folder: str = "objects") -> dict[str, bytes]:
+    """Keys and bodies under ``<prefix>/<folder>/`` (objects; catalog snapshots live in snapshots/)."""
     client = server.client()
     names = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-             for o in page.get("Contents", [])]
+             for o in page.get("Contents", []) if f"{folder}/" in o["Key"]]
     return {name: client.get_object(Bucket=bucket, Key=name)["Body"].read() for name in names}
 
 
@@ -61,6 +62,13 @@ def test_offsite_bucket_holds_only_ciphertext_under_object_lock(
     head = client.head_object(Bucket=bucket, Key=some_key)
     assert head["ObjectLockMode"] == "COMPLIANCE" and head.get("ObjectLockRetainUntilDate")
     assert not head.get("Metadata"), "no metadata may travel with an object"
+    # The catalog snapshot `serve` wrote at start is sealed and locked like the objects.
+    wait_until(lambda: bucket_objects(s3_server, bucket, "snapshots"), timeout=30, what="the start-up snapshot")
+    snapshots = bucket_objects(s3_server, bucket, "snapshots")
+    assert all(body.startswith(b"DVLTOBJ1") for body in snapshots.values())
+    assert not [s[:40] for s in secrets if any(s in body for body in snapshots.values())]
+    head = client.head_object(Bucket=bucket, Key=next(iter(snapshots)))
+    assert head["ObjectLockMode"] == "COMPLIANCE" and head.get("ObjectLockRetainUntilDate")
 
 
 def test_s3_outage_while_500_instances_arrive(

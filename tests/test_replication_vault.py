@@ -395,3 +395,31 @@ def test_full_or_read_only_receiver_is_reported_with_the_reason(
     finally:
         sender.stop()
         receiver.vault.stop()
+
+
+def test_catalog_snapshots_go_to_vault_b_and_a_rebuilds_from_them(
+    sender: Vault, receiver: Receiver, ct_small: Path, tmp_path: Path
+) -> None:
+    add_vault_site(sender, receiver)
+    sender.start()
+    make_instances(ct_small, tmp_path / "in", 10)
+    send(sender, tmp_path / "in")
+    wait_until(lambda: drained(sender, "dr", 10), timeout=90, what="10 verified copies on vault B")
+    snapshot = json.loads(sender.cli("snapshot", "--site", "dr", "--json").stdout)
+    assert snapshot["sites"] == {"dr": "ok"}, snapshot
+    held = sorted(p.name for p in (receiver.store / "snapshots").iterdir())
+    assert snapshot["name"] in held  # with the one `serve` wrote at start
+    assert ("replica:" + SENDER, snapshot["name"], "stored") in receiver.audit_rows("replica-snapshot")
+    with receiver.client() as client:  # write-once and the name rule hold for snapshots too
+        assert client.delete(f"/snapshots/{snapshot['name']}").status_code == 405
+        assert client.get("/snapshots/not-a-snapshot").status_code == 400
+        assert sorted(client.get("/snapshots").json()["names"]) == held
+    sender.stop()
+    for path in sender.root.glob("catalog.sqlite3*"):
+        path.unlink()
+
+    rebuilt = json.loads(sender.cli("rebuild-index", "--from", "dr", "--recovery-key",
+                                    str(sender.root / "recovery-key.pem"), "--json").stdout)
+
+    assert (rebuilt["snapshot"], rebuilt["instances"], rebuilt["objects_after_snapshot"]) == (snapshot["name"], 10, 0)
+    assert sender.cli("audit", "verify").returncode == 0

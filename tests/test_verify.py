@@ -138,7 +138,13 @@ def test_the_background_scrub_proves_copies_and_repairs_damage_by_itself(
     healthy = next(p for p in nas.rglob(victim.name)).read_bytes()
     flip_byte(victim, 777)
 
-    wait_until(lambda: victim.read_bytes() == healthy, timeout=60, what="the scrub rewrote the damaged copy")
+    def rewritten() -> bool:
+        try:
+            return victim.read_bytes() == healthy
+        except FileNotFoundError:  # between the repair's delete and its write of the good copy
+            return False
+
+    wait_until(rewritten, timeout=60, what="the scrub rewrote the damaged copy")
 
     wait_until(lambda: audit_count(vault, "repair") == 1, timeout=30, what="the repair audited")
     status = vault.status()

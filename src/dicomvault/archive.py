@@ -6,15 +6,18 @@ same archive the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from dicomvault.catalog import Catalog
 from dicomvault.config import Settings
 from dicomvault.crypto import Keyring
-from dicomvault.ingest import Ingestor
 from dicomvault.repository import Repository
 from dicomvault.sites import Site, open_site
+
+if TYPE_CHECKING:
+    from dicomvault.ingest import Ingestor
 
 
 @dataclass
@@ -24,8 +27,9 @@ class Archive:
     site: Site
     catalog: Catalog
     repository: Repository
-    ingestor: Ingestor
     replication: Any = None  # the ReplicationService while `serve` runs (live site state)
+    _ingestor: Ingestor | None = field(default=None, repr=False)
+    _ingestor_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def open(cls, settings: Settings) -> "Archive":
@@ -38,9 +42,21 @@ class Archive:
         from dicomvault.jobs.quarantine import active
 
         repository.excluded = set(active(catalog))  # quarantined sites are not read from
-        replicas = [replica.name for replica in settings.replicas]
-        return cls(settings, keyring, site, catalog, repository, Ingestor(catalog, repository, keyring, replicas))
+        return cls(settings, keyring, site, catalog, repository)
+
+    @property
+    def ingestor(self) -> Ingestor:
+        """The ingest pipeline, built on first use: commands that only read (verify, status,
+        get, restore...) neither import it (prometheus_client) nor start its committer thread."""
+        with self._ingestor_lock:
+            if self._ingestor is None:
+                from dicomvault.ingest import Ingestor
+
+                replicas = [replica.name for replica in self.settings.replicas]
+                self._ingestor = Ingestor(self.catalog, self.repository, self.keyring, replicas)
+            return self._ingestor
 
     def close(self) -> None:
-        self.ingestor.committer.stop()  # queued catalog rows first, then the catalog itself
+        if self._ingestor is not None:
+            self._ingestor.committer.stop()  # queued catalog rows first, then the catalog itself
         self.catalog.close()

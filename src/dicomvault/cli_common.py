@@ -11,13 +11,15 @@ import getpass
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dicomvault.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 console = Console(stderr=True)  # progress and warnings
 out = Console()  # results
@@ -53,6 +55,8 @@ def settings(config: Optional[Path]) -> Settings:
 
 def progress_bar() -> Progress:
     """A bar on a terminal; silent when output is piped (the report says it all)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     return Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeRemainingColumn(), console=console, transient=False, disable=not console.is_terminal,

@@ -13,7 +13,6 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from dicomvault.config import ConfigError, load_settings, resolve_config_path
 
@@ -48,6 +47,8 @@ def list_sites(config: ConfigOption = None, json_out: Annotated[bool, typer.Opti
     if json_out:
         print(json.dumps(rows, indent=2))
         return
+    from rich.table import Table  # only the human-readable listings draw tables
+
     table = Table("site", "url", "where", "rate", "schedule")
     for row in rows:
         table.add_row(row["name"], row["url"], "off-site" if row["offsite"] else "on-site", row["rate"],
@@ -147,6 +148,8 @@ def site_status(config: ConfigOption = None, json_out: Annotated[bool, typer.Opt
     if json_out:
         print(json.dumps(report, indent=2, default=str))
         return
+    from rich.table import Table
+
     table = Table("site", "backlog", "bytes owed", "oldest owed", "verified", "MB/s (1 min)", "dead", "last error")
     for name, lag in report.items():
         table.add_row(name, str(lag["backlog_objects"]), str(lag["backlog_bytes"]),

@@ -27,13 +27,16 @@ def verify(
     sample: Annotated[Optional[int], typer.Option("--sample", help="Only N random copies per site")] = None,
     site: Annotated[Optional[list[str]], typer.Option("--site", help="Only this site (repeatable): primary or a "
                                                                       "[sites.NAME]")] = None,
-    no_repair: Annotated[bool, typer.Option("--no-repair", help="Report damage without rewriting copies")] = False,
+    no_repair: Annotated[bool, typer.Option("--no-repair", help="Report damage without rewriting copies (or "
+                                                                "renewing S3 Object Lock retention)")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Prove the copies: read, authenticate, decrypt and SHA-256-check each one on each site;
-    rewrite a missing or damaged copy from a healthy site (audited, alerted)."""
+    rewrite a missing or damaged copy from a healthy site (audited, alerted); on S3 sites with
+    object_lock_days, keep each good copy under Object Lock retention."""
     from dicomvault.jobs.verify import VerifyError, verify as run_verify
+    from dicomvault.jobs.verify_retention import RENEW_FRACTION
 
     if all_copies and sample is not None:
         raise CliFailure("--all and --sample N exclude each other")
@@ -59,6 +62,14 @@ def verify(
                 continue
             out.print(f"{name}: {result['checked']} checked, {result['ok']} good, {result['missing']} missing, "
                       f"{result['damaged']} damaged, {result['repaired']} repaired, {result['unrepaired']} NOT repaired")
+            lock = result.get("retention")  # S3 sites with object_lock_days
+            if lock and lock["warning"]:
+                out.print(f"  WARNING: {lock['warning']}", markup=False, highlight=False)
+            elif lock:
+                out.print(f"  Object Lock retention ({lock['days']} days): {lock['missing']} missing, {lock['short']} "
+                          f"ending within {lock['days'] * RENEW_FRACTION:g} days, {lock['fixed']} set or extended, "
+                          f"{lock['failed']} could NOT be set" + (f" ({lock['error']})" if lock["error"] else ""),
+                          markup=False, highlight=False)
         for finding in summary["findings"]:
             fix = f"repaired from {finding['repaired_from']}" if finding["repaired_from"] else \
                 f"NOT repaired: {finding['repair_error'] or 'repair disabled'}"

@@ -182,6 +182,29 @@ class ScrubSettings:
     check_every: str = "10m"
 
 
+@dataclass(frozen=True)
+class DrillSettings:
+    """Scheduled restore drills inside ``dicomvault serve`` (jobs/drill.py): every ``every``
+    ("7d") the newest study and ``random`` random ones are restored from each readable site
+    alone into a scratch folder and checked byte for byte; the history shows in ``status``."""
+
+    enabled: bool = True
+    every: str = "7d"
+    random: int = 3
+
+
+@dataclass(frozen=True)
+class SnapshotSettings:
+    """Encrypted catalog snapshots (jobs/snapshot.py): inside ``dicomvault serve`` a snapshot
+    of the whole catalog goes to every site that can hold one (file, S3) when the newest is
+    older than ``every``, and at start when a site has none; each site keeps its newest
+    ``keep``. ``dicomvault rebuild-index`` starts from the newest one."""
+
+    enabled: bool = True
+    every: str = "6h"
+    keep: int = 14
+
+
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -256,6 +279,8 @@ class Settings:
     dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
     reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
     scrub: ScrubSettings = field(default_factory=ScrubSettings)
+    drill: DrillSettings = field(default_factory=DrillSettings)
+    snapshots: SnapshotSettings = field(default_factory=SnapshotSettings)
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -362,6 +387,8 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         dicomweb=_dicomweb(data, base),
         reconcile=_reconcile(data),
         scrub=_scrub(data),
+        drill=_drill(data),
+        snapshots=_snapshots(data),
     )
 
 
@@ -465,6 +492,35 @@ def _scrub(data: dict) -> ScrubSettings:
     except ThrottleConfigError as exc:
         raise ConfigError(f"[scrub] rate: {exc}") from None
     return ScrubSettings(values["enabled"], str(values["period"]), str(values["rate"]), str(values["check_every"]))
+
+
+def _drill(data: dict) -> DrillSettings:
+    """``[drill]``: how often `serve` runs a restore drill from every site (jobs/drill.py)."""
+    values = _section(data, "drill", DrillSettings())
+    if not isinstance(values["enabled"], bool):
+        raise ConfigError(f"[drill] enabled must be true or false, got {values['enabled']!r}")
+    try:
+        parse_duration(values["every"])
+    except ValueError as exc:
+        raise ConfigError(f"[drill] every: {exc}") from None
+    if isinstance(values["random"], bool) or not 0 <= values["random"] <= 1000:
+        raise ConfigError(f"[drill] random must be a whole number 0-1000, got {values['random']!r}")
+    return DrillSettings(values["enabled"], str(values["every"]), values["random"])
+
+
+def _snapshots(data: dict) -> SnapshotSettings:
+    """``[snapshots]``: how often the encrypted catalog snapshot goes to every site."""
+    values = _section(data, "snapshots", SnapshotSettings())
+    if not isinstance(values["enabled"], bool):
+        raise ConfigError(f"[snapshots] enabled must be true or false, got {values['enabled']!r}")
+    try:
+        parse_duration(values["every"])
+    except ValueError as exc:
+        raise ConfigError(f"[snapshots] every: {exc}") from None
+    keep = values["keep"]
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ConfigError(f"[snapshots] keep must be a whole number of at least 1, got {keep!r}")
+    return SnapshotSettings(values["enabled"], str(values["every"]), keep)
 
 
 def _reconcile(data: dict) -> ReconcileSettings:
@@ -611,6 +667,26 @@ enabled = true
 period = "30d"
 rate = "50MB/s"
 check_every = "10m"
+
+[drill]
+# Restore drills, the test DR guides ask for ("recover a study from a certain date"):
+# `dicomvault serve` restores, every `every`, the newest study and `random` random ones from
+# each site on its own (primary and replicas, not a dicom:// PACS) into a scratch folder and
+# checks them byte for byte; `status` shows the last successful drill per site and alerts
+# when one failed. By hand, also for a date or into a test PACS: `dicomvault drill`.
+enabled = true
+every = "7d"
+random = 3
+
+[snapshots]
+# The catalog is an index, never the only copy: `dicomvault serve` writes an encrypted
+# snapshot of it to every site that can hold one (file and S3 sites) every `every`, and
+# keeps the newest `keep` per site. With any one site and the offline recovery key,
+# `dicomvault rebuild-index --from SITE --recovery-key FILE` rebuilds the whole catalog from
+# the newest snapshot plus the objects written after it. By hand: `dicomvault snapshot`.
+enabled = true
+every = "6h"
+keep = 14
 
 [http]
 # Health (/healthz), Prometheus metrics (/metrics) and the API.

@@ -47,6 +47,7 @@ class Repository:
         self.fallbacks = list(fallbacks or [])
         self._opened: dict[str, Site] = {}
         self.excluded: set[str] = set()  # quarantined sites (jobs/quarantine.py): never read from
+        self.fallback_reads = 0
         self._data_keys: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -92,13 +93,16 @@ class Repository:
             if not self.fallbacks:
                 raise
             first_error = exc
-        log.error("ALERT: primary copy of object %s is %s; reading a replica", object_id,
-                  "missing" if isinstance(first_error, KeyError) else f"damaged ({first_error})")
+        self.fallback_reads += 1
+        if self.fallback_reads <= 10 or self.fallback_reads % 1000 == 0:  # a refill after a rebuild reads thousands
+            log.error("ALERT: primary copy of object %s is %s; reading a replica (%d such reads so far)", object_id,
+                      "missing" if isinstance(first_error, KeyError) else f"damaged ({first_error})",
+                      self.fallback_reads)
         for name, opener in self.fallbacks:
             if name in self.excluded:
                 continue
             try:
-                site = self._fallback_site(name, opener)
+                site = self.fallback_site(name, opener)
                 return self.open_blob(site.get(object_id), object_id, expected_sha256)
             except (IntegrityError, KeyError, SiteError) as exc:
                 log.error("ALERT: copy of object %s on site %s unusable too: %s", object_id, name, exc)
@@ -110,7 +114,7 @@ class Repository:
         offset, _syntax = split_part10(data)
         return data[offset:]
 
-    def _fallback_site(self, name: str, opener: "Callable[[], Site]") -> Site:
+    def fallback_site(self, name: str, opener: "Callable[[], Site]") -> Site:
         with self._lock:
             site = self._opened.get(name)
         if site is None:

@@ -1,9 +1,11 @@
 """Opening the catalog, migrating it, and the queries ingest and the CLI need.
 
-Writes are serialised by one lock per process and, for SQLite, by ``BEGIN IMMEDIATE``
-across processes (a CLI command may append audit rows while the server runs), because the
-audit hash chain needs a strict order. Every ingest is one transaction (patient, study,
-series, instance, version and the audit row), so a crash leaves either all or nothing.
+Writes are serialised by one lock per process and, across processes (a CLI command may
+append audit rows while the server runs), by ``BEGIN IMMEDIATE`` on SQLite and by a
+transaction-scoped advisory lock on PostgreSQL, because the audit hash chain needs a strict
+order (two writers reading the same last hash would fork it). Every ingest is one
+transaction (patient, study, series, instance, version and the audit row), so a crash
+leaves either all or nothing.
 
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a commit survives a process crash at
 once, and survives power loss after the next ``barrier()``. Ingest does not depend on the
@@ -28,7 +30,7 @@ from . import schema as t
 from .records import InstanceAttributes, VersionRecord
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0006"  # bump together with every new file in migrations/versions/
+HEAD_REVISION = "0008"  # bump together with every new file in migrations/versions/
 
 
 class CatalogError(Exception):
@@ -92,6 +94,11 @@ def _sqlite_begin_deferred(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN")
 
 
+# PostgreSQL's counterpart of BEGIN IMMEDIATE: every catalog writer of this database, in any
+# process, takes this advisory lock first; the transaction's end releases it.
+_PG_WRITE_LOCK = text("SELECT pg_advisory_xact_lock(4850241651937214039)")  # any fixed 64-bit key
+
+
 class Catalog:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -132,6 +139,8 @@ class Catalog:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         with self.write_engine.begin() as connection:
+            if not self.is_sqlite:  # another process may be migrating the same database
+                connection.execute(_PG_WRITE_LOCK)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
@@ -146,6 +155,8 @@ class Catalog:
             new_keys: dict[tuple[str, str], int] = {}
             self._txn_keys = new_keys
             with self.write_engine.begin() as connection:
+                if not self.is_sqlite:
+                    connection.execute(_PG_WRITE_LOCK)
                 yield connection
             self._pk_cache.update(new_keys)  # only keys of committed rows are remembered
             if len(self._pk_cache) > 200_000:

@@ -64,7 +64,10 @@ Index("ix_studies_accession", studies.c.accession_number)
 # C-FIND/QIDO study order (date, time, uid) without a sort; the name index serves exact and
 # prefix-wildcard PatientName matching (GLOB on SQLite, LIKE with pattern ops on PostgreSQL).
 Index("ix_studies_date_time_uid", studies.c.study_date, studies.c.study_time, studies.c.study_uid)
-Index("ix_studies_patient_name", studies.c.patient_name, postgresql_ops={"patient_name": "varchar_pattern_ops"})
+# Its PostgreSQL varchar_pattern_ops are declared in migration 0004 only (the DDL comes from
+# migrations, never from this metadata): a postgresql_* argument here would make every
+# command import SQLAlchemy's PostgreSQL dialect (~30-60 ms) just to validate it.
+Index("ix_studies_patient_name", studies.c.patient_name)
 
 series = Table(
     "series",
@@ -303,3 +306,45 @@ site_quarantine = Table(
     Column("cleared_by", String(256), nullable=True),
 )
 Index("ix_site_quarantine_site", site_quarantine.c.site, site_quarantine.c.cleared_at)
+
+# Encrypted catalog snapshots written to each site (jobs/snapshot.py, migration 0007), so a
+# site alone plus the recovery key rebuilds the catalog (promise 3). One row per attempt.
+catalog_snapshots = Table(
+    "catalog_snapshots",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("site", String(64), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("size", BigInteger, nullable=False, server_default="0"),
+    Column("row_count", BigInteger, nullable=False, server_default="0"),
+    Column("audit_head", String(64), nullable=False, server_default=""),
+    Column("error", Text, nullable=True),
+)
+Index("ix_catalog_snapshots_site", catalog_snapshots.c.site, catalog_snapshots.c.started_at)
+
+# Restore drills (jobs/drill.py, migration 0008): one row per site per drill. A few studies
+# are restored from that site alone and checked byte for byte; ``picks`` (JSON) says which
+# studies and why (random, newest, date:YYYYMMDD), ``failures`` (JSON) each object that did
+# not come back and the problem. States: running | success | failure | interrupted (the
+# process stopped first; not a verdict on the site).
+drill_runs = Table(
+    "drill_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("site", String(64), nullable=False),
+    Column("actor", String(256), nullable=False, server_default=""),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("target", String(64), nullable=False),  # "scratch" or the [peers.NAME] sent to
+    Column("studies", Integer, nullable=False, server_default="0"),
+    Column("instances", Integer, nullable=False, server_default="0"),
+    Column("bytes", BigInteger, nullable=False, server_default="0"),
+    Column("seconds", Float, nullable=False, server_default="0"),
+    Column("picks", Text, nullable=False, server_default="[]"),
+    Column("failures", Text, nullable=False, server_default="[]"),
+)
+Index("ix_drill_runs_site_started", drill_runs.c.site, drill_runs.c.started_at)

@@ -76,6 +76,9 @@ class RecoveryKey:
             raise KeyError_(f"{path} is not a dicomvault (X25519) recovery key")
         return cls(key)
 
+    def public_key(self) -> X25519PublicKey:
+        return self._private.public_key()
+
     def unwrap(self, wrapped: bytes, key_id: str) -> bytes:
         if len(wrapped) < 32 + 12 + 16:
             raise KeyError_("wrapped recovery key blob is truncated")
@@ -105,6 +108,7 @@ class Keyring:
         self._kek = AESGCM(_hkdf(site_key, b"dicomvault key-encryption key v1"))
         self._id_key = _hkdf(site_key, b"dicomvault object id key v1")
         self.recovery_public = recovery_public
+        self._site_key = site_key
         self.fingerprint = hashlib.sha256(_hkdf(site_key, b"dicomvault fingerprint v1")).hexdigest()[:16]
 
     @classmethod
@@ -126,6 +130,20 @@ class Keyring:
         if not isinstance(pub, X25519PublicKey):
             raise KeyError_(f"{recovery_public_file} is not an X25519 public key")
         return cls(site_key, pub)
+
+    def site_key_for_snapshot(self) -> bytes:
+        """The raw site key, only to be sealed inside catalog snapshots (jobs/snapshot.py).
+
+        A snapshot is encrypted for the recovery key too, so whoever holds the offline
+        recovery key can give a rebuilt archive this very site key: object names (keyed
+        MACs) and every object header stay valid. That holder can already read every copy,
+        so the escrow grants nothing new.
+        """
+        return self._site_key
+
+    def recovery_public_pem(self) -> bytes:
+        return self.recovery_public.public_bytes(serialization.Encoding.PEM,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
 
     def object_id(self, content_sha256: bytes) -> str:
         """Keyed name of an object: equal content gives equal ids, but the id leaks no hash."""
@@ -163,15 +181,20 @@ def generate_keys(site_key_file: Path, recovery_public_file: Path, recovery_priv
     for path in (site_key_file, recovery_public_file, recovery_private_file):
         if path.exists():
             raise KeyError_(f"{path} already exists; refusing to overwrite a key")
-    site_key = secrets.token_bytes(32)
+    private = X25519PrivateKey.generate()
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    _write_private(recovery_private_file, RECOVERY_KEY_PEM_NOTE.encode() + pem)
+    write_host_keys(site_key_file, recovery_public_file, secrets.token_bytes(32), private.public_key())
+
+
+def write_host_keys(site_key_file: Path, recovery_public_file: Path, site_key: bytes,
+                    recovery_public: X25519PublicKey) -> None:
+    """Write the two keys an archive host holds (``init``, or ``rebuild-index`` restoring them)."""
     _write_private(
         site_key_file,
         f"# dicomvault site key. Keep on this host only, mode 0600.\n{SITE_KEY_HEADER}\n"
         f"{base64.b64encode(site_key).decode()}\n".encode(),
     )
-    private = X25519PrivateKey.generate()
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    _write_private(recovery_private_file, RECOVERY_KEY_PEM_NOTE.encode() + pem)
-    public_pem = private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    public_pem = recovery_public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     _write_private(recovery_public_file, public_pem)
     os.chmod(recovery_public_file, 0o644)

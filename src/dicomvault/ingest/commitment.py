@@ -43,16 +43,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydicom.dataset import Dataset
-from pydicom.uid import UID
 from sqlalchemy import bindparam, func, insert, select, update
 
 from dicomvault.audit import AuditEvent, append
 from dicomvault.catalog import Catalog
 from dicomvault.catalog import schema as t
 from dicomvault.config import PeerSettings, Settings
+
+if TYPE_CHECKING:  # pydicom (~0.3 s with numpy) is imported where a data set is built or read,
+    from pydicom.dataset import Dataset  # not by `status`, which only needs commitment_status
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,8 @@ def _text(value: Any) -> str:
 
 
 def _valid_uid(value: str) -> bool:
+    from pydicom.uid import UID
+
     return bool(value) and UID(value).is_valid
 
 
@@ -177,6 +180,8 @@ def parse_request(action_type: Any, requested_class: Any, requested_instance: An
 
 def build_event_information(report: Report) -> Dataset:
     """The Storage Commitment Result (PS3.4 Table J.3-2) for ``report``."""
+    from pydicom.dataset import Dataset
+
     ds = Dataset()
     ds.TransactionUID = report.transaction_uid
     if report.committed:  # 1C: present when at least one instance is committed
@@ -278,6 +283,8 @@ class StorageCommitmentService:
 
     def on_n_action(self, event: Any) -> tuple[Dataset, None]:
         """pynetdicom EVT_N_ACTION handler: validate, persist, answer; never raises."""
+        from pydicom.dataset import Dataset
+
         requestor = event.assoc.requestor
         calling = _text(requestor.ae_title)
         called = _text(event.assoc.acceptor.ae_title)

@@ -332,6 +332,20 @@ class Ingestor:
                 self.catalog.add_study_key(conn, study_uid, header.key_id, header.wrapped_by_site,
                                            header.wrapped_for_recovery)
 
+    def adopt(self, object_id: str, blob: bytes, metadata: dict[str, Any], actor: str, action: str) -> IngestResult:
+        """Index an object already stored and verified, from its own sealed metadata (crash
+        recovery, or a catalog rebuild meeting objects newer than its snapshot)."""
+        self._ensure_study_key(metadata["attributes"]["study_uid"], blob)
+        attrs = InstanceAttributes.from_dict(metadata["attributes"])
+        record = VersionRecord(
+            sop_instance_uid=attrs.sop_instance_uid, version=0, object_id=object_id,
+            sha256=metadata["sha256"], dataset_sha256=metadata["dataset_sha256"],
+            size_original=int(metadata["size_original"]), size_stored=len(blob),
+            transfer_syntax_uid=attrs.transfer_syntax_uid, codec=metadata["codec"],
+            key_id=metadata["key_id"], received_at=float(metadata["received_at"]), source=metadata["source"],
+        )
+        return self._commit(attrs, record, actor, action=action)
+
     def recover(self) -> list[str]:
         """After a crash: re-index complete objects whose commit may have been lost.
 
@@ -354,17 +368,8 @@ class Ingestor:
                     site.discard(object_id)
                 continue
             if not known:
-                self._ensure_study_key(metadata["attributes"]["study_uid"], site.get(object_id))
-                attrs = InstanceAttributes.from_dict(metadata["attributes"])
-                record = VersionRecord(
-                    sop_instance_uid=attrs.sop_instance_uid, version=0, object_id=object_id,
-                    sha256=metadata["sha256"], dataset_sha256=metadata["dataset_sha256"],
-                    size_original=int(metadata["size_original"]),
-                    size_stored=site.stat(object_id) or 0,
-                    transfer_syntax_uid=attrs.transfer_syntax_uid, codec=metadata["codec"],
-                    key_id=metadata["key_id"], received_at=float(metadata["received_at"]), source=metadata["source"],
-                )
-                self._commit(attrs, record, "dicomvault:recovery", action="recover")
+                blob = site.get(object_id)
+                self.adopt(object_id, blob, metadata, "dicomvault:recovery", "recover")
                 adopted.append(object_id)
             self.durability.committed(object_id)
         self.durability.flush()

@@ -32,7 +32,7 @@ from dicomvault.catalog.selection import SelectedInstance, Selection, select_ins
 from dicomvault.dicom.dicomdir import ROOT_FOLDER, DicomDir, FileSetError, frame_for_file_set, read_header
 from dicomvault.repository import IntegrityError
 from dicomvault.sites import SiteError
-from dicomvault.sites.file import fsync_dir, write_all
+from dicomvault.sites.file import fsync_dir, write_synced
 
 if TYPE_CHECKING:
     from dicomvault.archive import Archive
@@ -243,12 +243,7 @@ def _reason(exc: BaseException) -> str:
 def write_durably(path: Path, data: bytes) -> None:
     """Temporary name, fsync, rename: a reader never sees half a file under the real name."""
     tmp = path.with_name(f".{path.name}.partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_synced(tmp, data, 0o644, exclusive=False)
     os.replace(tmp, path)
 
 

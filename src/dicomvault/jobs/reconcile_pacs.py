@@ -20,11 +20,12 @@ import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
-
-from pydicom.dataset import Dataset
+from typing import TYPE_CHECKING, Any
 
 from dicomvault.config import PeerSettings
+
+if TYPE_CHECKING:  # pydicom is imported by the queries themselves: `status` imports this module
+    from pydicom.dataset import Dataset  # (MoveResult, via reconcile_report) and must stay light
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,8 @@ class PacsClient:
 
     def find(self, level: str, keys: Iterable[str], match: dict[str, str]) -> list[Dataset]:
         """One C-FIND; the matches as identifiers. ``keys`` are asked as return keys."""
+        from pydicom.dataset import Dataset
+
         identifier = Dataset()
         identifier.QueryRetrieveLevel = level
         for keyword in keys:
@@ -264,6 +267,8 @@ class PacsClient:
             result.error = (f"{self._describe()} does not accept Study Root C-MOVE from {self.our_ae_title!r}; "
                             "allow retrieves for our AE title in the PACS")
             return result
+        from pydicom.dataset import Dataset
+
         identifier = Dataset()
         identifier.QueryRetrieveLevel = level
         identifier.StudyInstanceUID = study_uid

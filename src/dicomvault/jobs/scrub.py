@@ -113,5 +113,12 @@ def scrub_status(archive: "Archive", now: float | None = None) -> dict[str, Any]
         if unrepaired:
             alerts.append(f"last verification found {unrepaired} damaged or missing copies it could NOT repair; "
                           "see `dicomvault verify` and the audit log (action damage)")
+        for name, result in detail.get("sites", {}).items():  # S3 Object Lock (jobs/verify_retention.py)
+            lock = result.get("retention") or {}
+            if lock.get("warning"):
+                alerts.append(f"site {name}: {lock['warning']}")
+            if lock.get("failed"):
+                alerts.append(f"site {name}: Object Lock retention could not be set on {lock['failed']} copies: "
+                              f"{lock.get('error')}")
     return {"enabled": archive.settings.scrub.enabled, "period": archive.settings.scrub.period,
             "rate": archive.settings.scrub.rate, "sites": sites, "last_run": last_run, "alerts": alerts}

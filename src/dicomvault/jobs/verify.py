@@ -10,7 +10,8 @@ the object is read from another site where it verifies, the bad copy is removed,
 bytes are written under the same content-addressed name, and the repaired copy is read back
 and checked again before it counts. Write-once still holds: the name always carries the same
 bytes; only a copy proven wrong is replaced. A ``dicom://`` site (a PACS) cannot hand back
-sealed objects and is not verified here.
+sealed objects and is not verified here. On an S3 site with ``object_lock_days``, each good
+copy's Object Lock retention is checked and renewed on the way (``verify_retention.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dicomvault.repository import IntegrityError
 from dicomvault.sites import SiteError, open_site
 
 from . import quarantine
+from .verify_retention import RetentionKeeper, RetentionResult
 
 if TYPE_CHECKING:
     from dicomvault.archive import Archive
@@ -66,6 +68,14 @@ class SiteResult:
     repaired: int = 0
     unrepaired: int = 0
     bytes: int = 0
+    retention: RetentionResult | None = None  # S3 with object_lock_days only (jobs/verify_retention.py)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As in the report and the audit row: sites without Object Lock have no ``retention``."""
+        data = asdict(self)
+        if self.retention is None:
+            del data["retention"]
+        return data
 
 
 @dataclass
@@ -85,7 +95,7 @@ class VerifyReport:
         total_bytes = sum(r.bytes for r in self.sites.values())
         return {"started_at": self.started_at, "finished_at": self.finished_at,
                 "seconds": round(seconds, 3), "original_megabytes_per_second": round(total_bytes / seconds / 1e6, 2),
-                "sites": {name: asdict(result) for name, result in self.sites.items()},
+                "sites": {name: result.to_dict() for name, result in self.sites.items()},
                 "findings": [asdict(f) for f in self.findings], "unrepaired": self.unrepaired,
                 "quarantined": self.quarantined}
 
@@ -148,11 +158,12 @@ def verify(archive: "Archive", actor: str, *, only_sites: list[str] | None = Non
             verified: list[str] = []
             found: list[tuple[Finding, str]] = []
             site = sites[name]
+            keeper = RetentionKeeper.for_site(site, fix=repair) if work[name] else None
 
             def checked(items: list[tuple[str, str, int]]) -> Any:
                 for start in range(0, len(items), 1000):  # bounded number of futures in flight
                     chunk = items[start:start + 1000]
-                    yield from zip(chunk, pool.map(lambda item: _paced_check(archive, site, item, pace), chunk))
+                    yield from zip(chunk, pool.map(lambda item: _paced_check(archive, site, item, pace, keeper), chunk))
 
             # Reading, AES-GCM, zstd and SHA-256 release the GIL: a few objects are checked at once.
             for (object_id, sha256, size), problem in checked(work[name]):
@@ -180,6 +191,8 @@ def verify(archive: "Archive", actor: str, *, only_sites: list[str] | None = Non
                 if progress is not None:
                     progress(done, total)
             _mark_verified(archive, name, verified)
+            if keeper is not None:
+                result.retention = keeper.finish(archive, actor, name)
             bad = result.missing + result.damaged
             if quarantine.looks_like_mass_damage(result.checked - result.unreadable, bad) and \
                     not quarantine.recently_cleared(archive.catalog, name):
@@ -211,21 +224,28 @@ def verify(archive: "Archive", actor: str, *, only_sites: list[str] | None = Non
         append(conn, AuditEvent(actor=actor, action="verify", subject=",".join(chosen),
                                 outcome="success" if not report.findings and not report.quarantined else
                                 "repaired" if not report.unrepaired and not report.quarantined else "failure",
-                                detail={"sample": sample, "sites": {n: asdict(r) for n, r in report.sites.items()},
+                                detail={"sample": sample, "sites": {n: r.to_dict() for n, r in report.sites.items()},
                                         "quarantined": report.quarantined}))
     return report
 
 
 def _paced_check(archive: "Archive", site: "Site", item: tuple[str, str, int],
-                 pace: Callable[[int], None] | None) -> tuple[str, str] | None:
+                 pace: Callable[[int], None] | None, keeper: RetentionKeeper | None) -> tuple[str, str] | None:
     if pace is not None:
         pace(item[2])
-    return _check(archive, site, item[0], item[1])
+    return _check(archive, site, item[0], item[1], keeper)
 
 
-def _check(archive: "Archive", site: "Site", object_id: str, sha256: str) -> tuple[str, str] | None:
+def _check(archive: "Archive", site: "Site", object_id: str, sha256: str,
+           keeper: RetentionKeeper | None = None) -> tuple[str, str] | None:
+    """None if the copy verifies, else (problem, detail). With a ``keeper`` whose bucket has
+    Object Lock, the same GetObject reports the copy's retention, renewed if due."""
+    retention = None
     try:
-        blob = site.get(object_id)
+        if keeper is not None and keeper.active:
+            blob, retention = site.get_with_retention(object_id)  # type: ignore[attr-defined]
+        else:
+            blob = site.get(object_id)
     except KeyError:
         return "missing", "the object is not on the site"
     except SiteError as exc:
@@ -234,6 +254,8 @@ def _check(archive: "Archive", site: "Site", object_id: str, sha256: str) -> tup
         archive.repository.open_blob(blob, object_id, sha256)
     except IntegrityError as exc:
         return "damaged", str(exc)
+    if keeper is not None and retention is not None:
+        keeper.keep(object_id, retention)
     return None
 
 

@@ -54,6 +54,12 @@ def build_app(archive: Archive) -> Starlette:
         """Restore and network-export jobs: unfinished ones and those of the last 7 days."""
         return JSONResponse({"jobs": recent_jobs(archive.catalog, lock_dir=status_lock_dir(archive.settings))})
 
+    async def drills(_: Request) -> Response:
+        """Restore drills: per site the last and the last successful one, alerts, recent runs."""
+        from dicomvault.jobs.drill_runs import drill_status, recent_runs
+
+        return JSONResponse({**drill_status(archive), "runs": recent_runs(archive.catalog)})
+
     async def restore_job(request: Request) -> Response:
         """One job's progress, per-instance failures (with the PACS's status) and transcodings."""
         try:
@@ -69,6 +75,7 @@ def build_app(archive: Archive) -> Starlette:
     return Starlette(
         routes=[Route("/healthz", healthz), Route("/metrics", metrics), Route("/api/status", status),
                 Route("/api/restores", restores), Route("/api/restores/{job_id}", restore_job),
+                Route("/api/drills", drills),
                 *replica_routes(archive.settings.replica_store, archive.catalog), *dicomweb_routes(archive)]
     )
 

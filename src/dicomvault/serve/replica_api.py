@@ -47,7 +47,7 @@ from starlette.routing import Route
 from dicomvault.audit import AuditEvent, append
 from dicomvault.catalog import Catalog
 from dicomvault.config import ReplicaStoreSettings
-from dicomvault.sites.base import SiteError
+from dicomvault.sites.base import SiteError, valid_snapshot_name
 from dicomvault.sites.file import FileSite, fsync_dir
 
 from .tokens import TokenFile
@@ -277,6 +277,32 @@ class ReplicaStore:
     def delete(self, sender: str, name: str) -> None:
         self.store(sender).site.delete(name)
 
+    def put_snapshot(self, sender: str, name: str, body: bytes, digest: str) -> tuple[int, dict[str, Any]]:
+        """A sender's catalog snapshot (sealed, like its objects): write-once, audited."""
+        site = self.store(sender).site
+        try:
+            site.get_snapshot(name)
+            held = True
+        except KeyError:
+            held = False
+        try:
+            if held:
+                same = hashlib.sha256(site.get_snapshot(name)).hexdigest() == digest
+                status, outcome = (200, "duplicate") if same else (409, "conflict")
+                answer = {"status": "present"} if same else {"error": f"a different snapshot {name} is stored"}
+            else:
+                site.put_snapshot(name, body)
+                status, outcome, answer = 201, "stored", {"status": "created"}
+        except (SiteError, OSError) as exc:
+            status, reason = _storage_failure(exc)
+            status, outcome, answer = status, "error", {"error": reason}
+        try:
+            self.audit(f"replica:{sender}", "replica-snapshot", name, outcome, {"size": len(body), "sha256": digest})
+        except Exception as exc:  # noqa: BLE001 - unaudited means not acknowledged
+            log.error("replica store %s: cannot audit the snapshot %s: %s", sender, name, exc)
+            return 503, {"error": "the receiving vault cannot write its audit log; retry later"}
+        return status, answer
+
 
 def replica_routes(settings: ReplicaStoreSettings, catalog: Catalog) -> list[Route]:
     """The ``/replica/v1`` routes, mounted by the HTTP server whether or not the store is enabled
@@ -362,6 +388,41 @@ def replica_routes(settings: ReplicaStoreSettings, catalog: Catalog) -> list[Rou
         await run_in_threadpool(store.audit, actor, "replica-delete", name, "success", {})
         return Response(status_code=204)
 
+    async def snapshot(request: Request) -> Response:
+        if store is None:
+            return disabled()
+        sender = await authenticate(request)
+        if isinstance(sender, Response):
+            return sender
+        name = request.path_params.get("name")
+        site = store.store(sender).site
+        try:
+            if name is None:  # the listing
+                return JSONResponse({"names": await run_in_threadpool(site.list_snapshots)})
+            valid_snapshot_name(name)
+            if request.method == "PUT":
+                claimed = request.headers.get("x-content-sha256", "").strip().lower()
+                body = await request.body()
+                if hashlib.sha256(body).hexdigest() != claimed:
+                    return _error(400, "body does not match X-Content-SHA256: nothing was stored")
+                status, answer = await run_in_threadpool(store.put_snapshot, sender, name, body, claimed)
+                return JSONResponse(answer, status_code=status)
+            if request.method == "DELETE":
+                if not store.settings.allow_delete:
+                    return _error(405, "this vault keeps replicas write-once: deletion is disabled "
+                                       "([replica_store] allow_delete = false)", {"Allow": "GET, PUT"})
+                await run_in_threadpool(site.delete_snapshot, name)
+                await run_in_threadpool(store.audit, f"replica:{sender}", "replica-delete", name, "success", {})
+                return Response(status_code=204)
+            return Response(await run_in_threadpool(site.get_snapshot, name), media_type="application/octet-stream")
+        except KeyError:
+            return _error(404, f"no snapshot {name} in this store", {ABSENT_HEADER: "absent"})
+        except (SiteError, OSError) as exc:
+            if isinstance(exc, SiteError) and "invalid catalog snapshot name" in str(exc):
+                return _error(400, str(exc))
+            status, reason = _storage_failure(exc)
+            return _error(status, reason)
+
     async def listing(request: Request) -> Response:
         if store is None:
             return disabled()
@@ -397,4 +458,6 @@ def replica_routes(settings: ReplicaStoreSettings, catalog: Catalog) -> list[Rou
         Route(f"{PREFIX}/objects/{{name}}", obj, methods=["GET", "HEAD", "PUT", "DELETE"]),
         Route(f"{PREFIX}/objects", listing, methods=["GET"]),
         Route(f"{PREFIX}/health", health, methods=["GET"]),
+        Route(f"{PREFIX}/snapshots/{{name}}", snapshot, methods=["GET", "PUT", "DELETE"]),
+        Route(f"{PREFIX}/snapshots", snapshot, methods=["GET"]),
     ]

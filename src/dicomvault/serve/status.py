@@ -70,12 +70,30 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
     scrub["quarantined"] = quarantine.active(archive.catalog)
     alerts += scrub["alerts"] + quarantine.alerts(scrub["quarantined"])
     # --- end scrub ---
+    # --- restore drills: the last (successful) drill per site (jobs/drill_runs.py) ---
+    from dicomvault.jobs.drill_runs import drill_status
+
+    drills = drill_status(archive)
+    alerts += drills["alerts"]
+    # --- end restore drills ---
     # --- restore and network-export jobs (jobs/restore_plan.py) ---
     from dicomvault.jobs.restore_plan import recent_jobs, restore_alerts, status_lock_dir
 
     restores = recent_jobs(archive.catalog, lock_dir=status_lock_dir(archive.settings))
     alerts += restore_alerts(restores)
     # --- end restore jobs ---
+    # --- catalog snapshots and the primary's refill after a rebuild (jobs/snapshot.py, jobs/refill.py) ---
+    from dicomvault.jobs.refill import owed_to_primary
+    from dicomvault.jobs.snapshot import snapshot_status
+
+    snapshots = snapshot_status(archive)
+    alerts += snapshots["alerts"]
+    refill_owed = owed_to_primary(archive)
+    if refill_owed:
+        sites["primary"]["refill_owed"] = refill_owed
+        alerts.append(f"the primary lacks {refill_owed} object(s) (after a rebuild on a new host?): reads use the "
+                      "replicas; `dicomvault serve` copies them back")
+    # --- end catalog snapshots ---
     newest = stats["newest_ingest"]
     return {
         "ok": not alerts,
@@ -92,6 +110,8 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "reconcile": reconcile,  # jobs/reconcile.py
         "restores": restores,
         "scrub": scrub,
+        "drills": drills,
+        "snapshots": snapshots,
         "audit": audit,
         "alerts": alerts,
         "catalog": archive.catalog.url.split("://", 1)[0],

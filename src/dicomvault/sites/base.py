@@ -6,9 +6,20 @@ Sites only ever see sealed (encrypted) objects and opaque keyed names; they neve
 from __future__ import annotations
 
 import abc
+import builtins
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlparse
+
+# Catalog snapshot names sort by time: ``catalog-20261123T101500Z-1a2b3c4d``.
+SNAPSHOT_NAME = re.compile(r"^catalog-\d{8}T\d{6}Z-[0-9a-f]{8}$")
+
+
+def valid_snapshot_name(name: str) -> str:
+    if not SNAPSHOT_NAME.match(name):
+        raise SiteError(f"invalid catalog snapshot name {name!r}")
+    return name
 
 
 class SiteError(Exception):
@@ -48,6 +59,28 @@ class Site(abc.ABC):
     def health(self) -> dict[str, object]:
         return {"url": self.url, "ok": True}
 
+    # Encrypted catalog snapshots (jobs/snapshot.py), a small namespace beside the objects so
+    # that this site alone plus the recovery key can rebuild the catalog (promise 3). Sites
+    # that cannot hold them (a PACS) keep these defaults.
+
+    supports_snapshots = False
+
+    def put_snapshot(self, name: str, data: bytes) -> None:
+        """Durably store a sealed snapshot under a new name (names are never reused)."""
+        raise SiteError(f"{self.url} cannot hold catalog snapshots")
+
+    def get_snapshot(self, name: str) -> bytes:
+        """The sealed snapshot; raises KeyError if absent."""
+        raise SiteError(f"{self.url} cannot hold catalog snapshots")
+
+    def list_snapshots(self) -> "builtins.list[str]":
+        """Snapshot names, oldest first."""
+        return []
+
+    def delete_snapshot(self, name: str) -> None:
+        """Remove an old snapshot (pruning); may be refused by retention locks."""
+        raise SiteError(f"{self.url} cannot hold catalog snapshots")
+
     # Crash-recovery journal. A backend whose put_if_absent is fully durable by itself
     # (an object store's confirmed PUT) keeps these no-ops.
 
@@ -57,7 +90,7 @@ class Site(abc.ABC):
     def release_intents(self, names: Iterable[str]) -> None:
         """These objects are indexed durably: their crash-recovery intents can go."""
 
-    def recover(self) -> list[str]:
+    def recover(self) -> "builtins.list[str]":
         """After a crash: names of objects written but perhaps never indexed."""
         return []
 

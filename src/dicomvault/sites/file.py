@@ -19,16 +19,17 @@ check and is discarded: it was never acknowledged) and re-index them. Objects ar
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import secrets
 import shutil
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from .base import Site, SiteError
+from .base import Site, SiteError, valid_snapshot_name
 
 _REASONS = {
     errno.EROFS: "the storage is read-only",
@@ -53,6 +54,17 @@ def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def write_synced(path: Path, data: bytes, mode: int = 0o444, *, exclusive: bool = True,
+                 sync: Callable[[int], None] = os.fsync) -> None:
+    """Write a whole file and sync it before returning (``exclusive``: it must not exist yet)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC), mode)
+    try:
+        write_all(fd, data)
+        sync(fd)
+    finally:
+        os.close(fd)
 
 
 def _valid_name(name: str) -> str:
@@ -106,12 +118,7 @@ class FileSite(Site):
         intent = self.intents / f"{name}.{secrets.token_hex(4)}"
         try:
             directory = self._object_dir(name)
-            fd = os.open(intent, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-            try:
-                write_all(fd, data)
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
+            write_synced(intent, data, sync=os.fdatasync)
             fsync_dir(self.intents)
             try:
                 os.link(intent, final)
@@ -182,7 +189,7 @@ class FileSite(Site):
             return
         fsync_dir(path.parent)
 
-    def recover(self) -> list[str]:
+    def recover(self) -> "builtins.list[str]":
         """Re-link intents whose object name was lost; return every intent's object name."""
         names = []
         for entry in sorted(self.intents.iterdir()):
@@ -213,6 +220,54 @@ class FileSite(Site):
             final.unlink()
         if intent is not None:
             intent.unlink(missing_ok=True)
+
+    # -- catalog snapshots: ``snapshots/<name>``, written like an object (temp, fsync, rename) --
+
+    supports_snapshots = True
+
+    def put_snapshot(self, name: str, data: bytes) -> None:
+        folder = self.root / "snapshots"
+        final = folder / valid_snapshot_name(name)
+        temporary = folder / f".{name}.{secrets.token_hex(4)}"
+        try:
+            folder.mkdir(exist_ok=True)
+            write_synced(temporary, data)
+            if final.exists():
+                raise FileExistsError(errno.EEXIST, "a snapshot of that name exists")
+            os.rename(temporary, final)
+            fsync_dir(folder)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
+            raise SiteError(f"{reason}: cannot write catalog snapshot to {self.url}") from exc
+
+    def get_snapshot(self, name: str) -> bytes:
+        try:
+            return (self.root / "snapshots" / valid_snapshot_name(name)).read_bytes()
+        except FileNotFoundError:
+            raise KeyError(name) from None
+        except OSError as exc:
+            raise SiteError(f"cannot read catalog snapshot {name} from {self.url}: {exc.strerror}") from exc
+
+    def list_snapshots(self) -> "builtins.list[str]":
+        folder = self.root / "snapshots"
+        try:
+            names = [entry.name for entry in folder.iterdir()]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise SiteError(f"cannot list catalog snapshots on {self.url}: {exc.strerror}") from exc
+        return sorted(name for name in names if not name.startswith("."))
+
+    def delete_snapshot(self, name: str) -> None:
+        path = self.root / "snapshots" / valid_snapshot_name(name)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise SiteError(f"cannot delete catalog snapshot {name} on {self.url}: {exc.strerror}") from exc
+        fsync_dir(path.parent)
 
     def health(self) -> dict[str, object]:
         info: dict[str, object] = {"url": self.url, "kind": "file"}

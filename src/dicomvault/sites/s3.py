@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import datetime as dt
 import hashlib
 import re
 import threading
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import unquote, urlparse
 
@@ -44,7 +46,7 @@ from botocore import exceptions as bx
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .base import Site, SiteError
+from .base import Site, SiteError, valid_snapshot_name
 from .network import connection_reason, seconds_option
 
 # Options understood in a site's configuration table. Anything else is refused, so that a
@@ -91,6 +93,15 @@ def _b64_to_hex(value: str) -> str | None:
     except (binascii.Error, ValueError):
         return None
     return raw.hex() if len(raw) == 32 else None
+
+
+@dataclass(frozen=True)
+class ObjectRetention:
+    """The Object Lock retention S3 reported for the object version it returned."""
+
+    mode: str | None = None  # COMPLIANCE or GOVERNANCE; None: no retention
+    until: dt.datetime | None = None  # retain-until date (aware)
+    version_id: str | None = None
 
 
 def _int_option(options: Mapping[str, object], key: str, default: int) -> int:
@@ -372,7 +383,34 @@ class S3Site(Site):
 
     def get(self, name: str) -> bytes:
         """Download and check against the SHA-256 the server holds (when it reports one)."""
+        return self._download(name)[0]
+
+    def get_with_retention(self, name: str) -> tuple[bytes, ObjectRetention]:
+        """``get`` plus the Object Lock retention of the version read, taken from the same
+        GetObject answer (verify checks retention without another request). S3 reports it only
+        to callers allowed ``s3:GetObjectRetention``; for others it reads as none."""
+        data, answer = self._download(name)
+        until = answer.get("ObjectLockRetainUntilDate")  # botocore parses it to a datetime
+        if not isinstance(until, dt.datetime):
+            until = None
+        elif until.tzinfo is None:
+            until = until.replace(tzinfo=dt.timezone.utc)
+        return data, ObjectRetention(answer.get("ObjectLockMode"), until, answer.get("VersionId"))
+
+    def extend_retention(self, name: str, until: dt.datetime, mode: str | None = None,
+                         version_id: str | None = None) -> None:
+        """Set the Object Lock retention of the object (of ``version_id``, else the current
+        version) to ``until`` in ``mode`` (default: the site's). Callers only lengthen it: S3
+        refuses to shorten COMPLIANCE retention, and shortening GOVERNANCE retention would need
+        a bypass header this site never sends."""
         key = self.key_of(name)
+        extra = {"VersionId": version_id} if version_id else {}
+        self._call(f"PutObjectRetention {key}", "put_object_retention", Bucket=self.bucket, Key=key,
+                   Retention={"Mode": mode or self.object_lock_mode, "RetainUntilDate": until}, **extra)
+
+    def _download(self, name: str, key: str | None = None, what: str = "object") -> tuple[bytes, dict[str, Any]]:
+        """GetObject checked against its length and the SHA-256 S3 recorded on arrival."""
+        key = key or self.key_of(name)
         try:
             answer = self._client.get_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
             data: bytes = answer["Body"].read()
@@ -384,13 +422,13 @@ class S3Site(Site):
             self._fail(exc, f"GetObject {key}")
         length = answer.get("ContentLength")
         if length is not None and length != len(data):
-            raise SiteError(f"cannot read object {name} from {self.url}: got {len(data)} of {length} bytes")
+            raise SiteError(f"cannot read {what} {name} from {self.url}: got {len(data)} of {length} bytes")
         reported = answer.get("ChecksumSHA256")
         expected = _b64_to_hex(reported) if isinstance(reported, str) else None
         if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-            raise SiteError(f"object {name} on {self.url} is corrupted: its bytes do not match the SHA-256 "
+            raise SiteError(f"{what} {name} on {self.url} is corrupted: its bytes do not match the SHA-256 "
                             "S3 recorded when it was written")
-        return data
+        return data, answer
 
     def stat(self, name: str) -> int | None:
         head = self._head(name)
@@ -456,6 +494,47 @@ class S3Site(Site):
         for version in versions:
             self._call(f"DeleteObject {key} version {version}", "delete_object",
                        Bucket=self.bucket, Key=key, VersionId=version)
+
+    # -- catalog snapshots: ``<prefix>/snapshots/<name>``, locked like the objects -------------
+
+    supports_snapshots = True
+
+    def _snapshot_key(self, name: str) -> str:
+        valid_snapshot_name(name)
+        return f"{self.prefix}/snapshots/{name}" if self.prefix else f"snapshots/{name}"
+
+    def put_snapshot(self, name: str, data: bytes) -> None:
+        key = self._snapshot_key(name)
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket, "Key": key, "Body": data, "IfNoneMatch": "*",
+            "ChecksumAlgorithm": "SHA256", "ChecksumSHA256": _sha256_b64(data),
+            "ContentType": "application/octet-stream",
+        }
+        if self.object_lock_days > 0 and self.object_lock_enabled():
+            kwargs["ObjectLockMode"] = self.object_lock_mode
+            kwargs["ObjectLockRetainUntilDate"] = (
+                dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=self.object_lock_days)
+            )
+        if self._no_conditional_put:
+            del kwargs["IfNoneMatch"]
+        self._call(f"PutObject {key}", "put_object", **kwargs)
+
+    def get_snapshot(self, name: str) -> bytes:
+        return self._download(name, self._snapshot_key(name), "catalog snapshot")[0]
+
+    def list_snapshots(self) -> "builtins.list[str]":
+        folder = f"{self.prefix}/snapshots/" if self.prefix else "snapshots/"
+        names: builtins.list[str] = []
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder):
+                names += [item["Key"][len(folder):] for item in page.get("Contents", ())]
+        except (ClientError, BotoCoreError) as exc:
+            self._fail(exc, f"ListObjectsV2 {folder}")
+        return sorted(name for name in names if "/" not in name and name.startswith("catalog-"))
+
+    def delete_snapshot(self, name: str) -> None:
+        key = self._snapshot_key(name)
+        self._call(f"DeleteObject {key}", "delete_object", Bucket=self.bucket, Key=key)
 
     def object_lock_enabled(self) -> bool:
         """Whether the bucket was created with Object Lock (cached: it can never be turned off)."""

@@ -25,6 +25,7 @@ Why it works the way it does:
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import ssl
 from collections.abc import Iterator, Mapping
@@ -33,7 +34,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from .base import Site, SiteError
+from .base import SNAPSHOT_NAME, Site, SiteError, valid_snapshot_name
 from .network import connection_reason, seconds_option
 
 OPTIONS = frozenset({"token", "tls", "ca_file", "timeout", "connect_timeout"})
@@ -269,6 +270,43 @@ class VaultSite(Site):
         if response.status_code == 405:
             raise SiteError(f"vault {self.endpoint} refuses deletion (write-once): {_error_text(response)}")
         self._fail(response, f"DELETE {name}")
+
+    # -- catalog snapshots: ``/snapshots/<name>`` on the receiver, write-once like objects ------
+
+    supports_snapshots = True
+
+    def put_snapshot(self, name: str, data: bytes) -> None:
+        valid_snapshot_name(name)
+        digest = hashlib.sha256(data).hexdigest()
+        action = f"PUT snapshot {name}"
+        response = self._request("PUT", f"/snapshots/{name}", action, content=data,
+                                 headers={"X-Content-SHA256": digest, "Content-Type": "application/octet-stream"})
+        if response.status_code not in (200, 201):
+            self._fail(response, action)
+
+    def get_snapshot(self, name: str) -> bytes:
+        valid_snapshot_name(name)
+        response = self._request("GET", f"/snapshots/{name}", f"GET snapshot {name}")
+        if response.status_code == 404 and response.headers.get(ABSENT_HEADER) == "absent":
+            raise KeyError(name)
+        if response.status_code != 200:
+            self._fail(response, f"GET snapshot {name}")
+        return response.content
+
+    def list_snapshots(self) -> "builtins.list[str]":
+        response = self._request("GET", "/snapshots", "list snapshots")
+        if response.status_code != 200:
+            self._fail(response, "list snapshots")
+        return sorted(n for n in response.json().get("names", []) if isinstance(n, str) and SNAPSHOT_NAME.match(n))
+
+    def delete_snapshot(self, name: str) -> None:
+        valid_snapshot_name(name)
+        response = self._request("DELETE", f"/snapshots/{name}", f"DELETE snapshot {name}")
+        if response.status_code in (200, 204, 404):
+            return
+        if response.status_code == 405:
+            raise SiteError(f"vault {self.endpoint} refuses deletion (write-once): {_error_text(response)}")
+        self._fail(response, f"DELETE snapshot {name}")
 
     def health(self) -> dict[str, object]:
         """Can the receiver take writes right now? Never raises: the dashboard shows ``error``."""
