@@ -84,6 +84,7 @@ def snapshot(vault: Vault) -> Snapshot:
     staging = tuple(sorted(
         str(p.relative_to(root)) for p in root.rglob("*")
         if p.is_file() and objects not in p.parents and p.name != ".health-probe"
+        and root / "snapshots" not in p.parents  # catalog snapshots `serve` writes at start
     ))
     return Snapshot(counts, names, staging)
 
