@@ -172,3 +172,29 @@ def test_a_damaged_newest_snapshot_falls_back_to_the_previous_one(
     assert "damaged or altered" in report["skipped_snapshots"][0]["reason"]
     assert report["objects_after_snapshot"] == 8 and report["instances"] == 16  # PAT1's came from the objects
     assert vault.cli("audit", "verify").returncode == 0
+
+
+def test_a_snapshot_from_a_newer_dicomvault_is_refused_before_anything_changes(
+        vault: Vault, template: pydicom.Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    from dicomvault.archive import Archive
+    from dicomvault.config import load_settings
+    from dicomvault.jobs import snapshot
+
+    make_corpus(template, tmp_path / "files", ["PAT0"], 0)
+    vault.cli("import", str(tmp_path / "files"))
+    monkeypatch.setattr(snapshot, "HEAD_REVISION", "9999")  # as if written by a later release
+    archive = Archive.open(load_settings(vault.config))
+    try:
+        assert snapshot.take_snapshot(archive, "test").ok
+    finally:
+        archive.close()
+    for path in vault.root.glob("catalog.sqlite3*"):
+        path.unlink()
+    key_before = (vault.root / "keys" / "site.key").read_bytes()
+
+    refused = vault.cli("rebuild-index", "--from", "primary", "--recovery-key", str(vault.root / "recovery-key.pem"),
+                        check=False)
+
+    assert refused.returncode == 1 and "newer dicomvault (schema 9999" in refused.stderr, refused.stderr
+    assert (vault.root / "keys" / "site.key").read_bytes() == key_before
+    assert json.loads(vault.cli("find", "--json").stdout) == []  # the catalog was left empty, not half-loaded

@@ -147,9 +147,9 @@ def _catalog_rows(catalog: Catalog) -> int:
         return int(conn.execute(select(func.count()).select_from(t.versions)).scalar() or 0)
 
 
-def _load_tables(catalog: Catalog, payload: bytes, progress: Callable[[str, int], None] | None) -> tuple[int, set[str]]:
-    """Replace every table's rows by the snapshot's, in one transaction; returns (rows, object ids)."""
-    header, rows = iter_rows(payload)
+def _check_compatible(payload: bytes) -> None:
+    """Refuse, before anything is changed, a snapshot this dicomvault cannot load."""
+    header, _rows = iter_rows(payload)
     if str(header.get("revision", "")) > HEAD_REVISION:
         raise RebuildError(f"the snapshot was taken by a newer dicomvault (schema {header['revision']}, this one "
                            f"knows {HEAD_REVISION}): upgrade dicomvault first")
@@ -160,6 +160,12 @@ def _load_tables(catalog: Catalog, payload: bytes, progress: Callable[[str, int]
         if unknown:
             raise RebuildError(f"snapshot table {table_name} has columns this dicomvault does not know ({unknown}): "
                                "upgrade dicomvault first")
+
+
+def _load_tables(catalog: Catalog, payload: bytes, progress: Callable[[str, int], None] | None) -> tuple[int, set[str]]:
+    """Replace every table's rows by the snapshot's, in one transaction; returns (rows, object ids)."""
+    _header, rows = iter_rows(payload)
+    tables = {table.name: table for table in t.metadata.sorted_tables}
     known_objects: set[str] = set()
     loaded = 0
     with catalog.write() as conn:
@@ -222,6 +228,7 @@ def rebuild_index(settings: Settings, site_name: str, recovery_key_file: Path, *
             raise RebuildError(f"the catalog {settings.catalog_url} already indexes {existing} object(s); "
                                "rebuild-index fills an empty catalog: move it aside, or pass --force to replace "
                                "its contents")
+        _check_compatible(payload)
         report.keys_restored = _restore_keys(settings, metadata, recovery, catalog_is_empty=not existing)
         report.snapshot_rows, known = _load_tables(catalog, payload, progress)
         with catalog.write() as conn:  # the snapshot did not contain its own record
