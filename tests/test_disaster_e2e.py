@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from conftest import make_vault, wait_until
 from orthanc import Orthanc, orthanc_factory  # noqa: F401 - fixture
@@ -38,7 +39,7 @@ def forward(pacs: Orthanc, studies: list[list[Made]]) -> None:
 
 def test_losing_the_primary_site_and_the_pacs_then_rising_from_s3_and_the_recovery_key(
         tmp_path: Path, s3_server: S3Server, template: pydicom.Dataset,  # noqa: F811
-        orthanc_factory: Callable[..., Orthanc]) -> None:  # noqa: F811
+        orthanc_factory: Callable[..., Orthanc], request: pytest.FixtureRequest) -> None:  # noqa: F811
     now = datetime.now()
     studies = [make_study(template, tmp_path / "exams" / f"p{n}-{age}", f"PAT{n}", now - timedelta(days=age),
                           series=2, per_series=3)
@@ -55,6 +56,7 @@ def test_losing_the_primary_site_and_the_pacs_then_rising_from_s3_and_the_recove
     for m in made:
         pacs.upload(m.path)
     vault.start()
+    request.addfinalizer(vault.kill)  # a failure before the disaster must not leave it running
     forward(pacs, studies[:3])
     wait_until(lambda: drained(vault, "offsite", 18), timeout=120, what="three studies on S3")
     vault.cli("snapshot")  # what `serve` does every [snapshots] every
@@ -97,7 +99,10 @@ def test_losing_the_primary_site_and_the_pacs_then_rising_from_s3_and_the_recove
 
     # `serve` copies the objects back onto the new primary in the background.
     rebuilt.start()
-    wait_until(lambda: "refill_owed" not in rebuilt.status()["sites"]["primary"], timeout=120,
-               what="the primary refilled from S3")
-    assert len([p for p in (rebuilt.site_root() / "objects").rglob("*") if p.is_file()]) == len(made)
-    assert rebuilt.cli("verify", "--site", "primary", "--json", check=False).returncode == 0
+    try:
+        wait_until(lambda: "refill_owed" not in rebuilt.status()["sites"]["primary"], timeout=120,
+                   what="the primary refilled from S3")
+        assert len([p for p in (rebuilt.site_root() / "objects").rglob("*") if p.is_file()]) == len(made)
+        assert rebuilt.cli("verify", "--site", "primary", "--json", check=False).returncode == 0
+    finally:
+        rebuilt.stop()
