@@ -90,3 +90,23 @@ def test_garbage_is_refused_with_reason_and_nothing_stored(archive: Archive, dat
         archive.ingestor.ingest(data, source="t", actor="t")
     assert list(archive.site.list()) == []
     assert archive.catalog.statistics()["counts"]["versions"] == 0
+
+
+def test_sealed_bytes_for_copying_come_from_a_verified_replica_when_the_primary_lacks_them(
+        archive: Archive, ct_small: Path, tmp_path: Path) -> None:
+    """After a rebuild on a new disk the primary is empty while it is refilled; replication to
+    a third site must copy a replica's copy that verifies, never a damaged one."""
+    from dicomvault.sites import open_site
+
+    result = archive.ingestor.ingest(ct_small.read_bytes(), source="test", actor="test", wait_for_index=True)
+    blob = archive.site.get(result.object_id)
+    damaged, healthy = open_site(f"file://{tmp_path / 'bad'}"), open_site(f"file://{tmp_path / 'good'}")
+    damaged.put_if_absent(result.object_id, blob[:-1] + bytes([blob[-1] ^ 1]))
+    healthy.put_if_absent(result.object_id, blob)
+    archive.repository.fallbacks = [("bad", lambda: damaged), ("good", lambda: healthy)]
+
+    assert archive.repository.sealed(result.object_id) == blob  # the primary's, while it has it
+    archive.site.delete(result.object_id)
+    assert archive.repository.sealed(result.object_id) == blob  # "bad" fails to open: "good"'s
+    with pytest.raises(KeyError):
+        archive.repository.sealed(result.object_id, skip="good")  # the target itself is never the source

@@ -108,6 +108,25 @@ class Repository:
                 log.error("ALERT: copy of object %s on site %s unusable too: %s", object_id, name, exc)
         raise first_error
 
+    def sealed(self, object_id: str, skip: str | None = None, expected_sha256: str | None = None) -> bytes:
+        """The sealed bytes to copy to another site: the primary's; or, when the primary lacks
+        the object (a new disk being refilled after ``rebuild-index``), the first replica's
+        copy (other than ``skip``) that verifies. KeyError when nobody has a good one."""
+        try:
+            return self.site.get(object_id)
+        except KeyError:
+            pass
+        for name, opener in self.fallbacks:
+            if name == skip or name in self.excluded:
+                continue
+            try:
+                blob = self.fallback_site(name, opener).get(object_id)
+                self.open_blob(blob, object_id, expected_sha256)
+                return blob
+            except (KeyError, SiteError, IntegrityError) as exc:
+                log.warning("copy of object %s on site %s unusable as a source: %s", object_id, name, exc)
+        raise KeyError(object_id)
+
     def load_dataset(self, object_id: str, expected_sha256: str | None = None) -> bytes:
         """The stored data set without its file meta (what a C-STORE carries), verified as by ``load``."""
         _meta, data = self.load(object_id, expected_sha256)

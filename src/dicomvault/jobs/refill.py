@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select, update
 
 from dicomvault.catalog import schema as t
-from dicomvault.repository import IntegrityError
 from dicomvault.sites import SiteError
 
 if TYPE_CHECKING:
@@ -49,24 +48,11 @@ def owed_to_primary(archive: "Archive") -> int:
                                 .where(t.copies.c.site == PRIMARY, t.copies.c.state == "owed")).scalar() or 0)
 
 
-def _fetch(archive: "Archive", object_id: str, sha256: str) -> bytes:
-    """The sealed bytes from the first replica in service where they verify."""
-    repository = archive.repository
-    problems = []
-    for name, opener in repository.fallbacks:
-        if name in repository.excluded:
-            continue
-        try:
-            blob = repository.fallback_site(name, opener).get(object_id)  # shared site cache
-            repository.open_blob(blob, object_id, sha256)
-            return blob
-        except (KeyError, SiteError, IntegrityError) as exc:
-            problems.append(f"{name}: {'missing' if isinstance(exc, KeyError) else exc}")
-    raise SiteError("no replica holds a copy that verifies (" + "; ".join(problems) + ")")
-
-
 def _copy_one(archive: "Archive", object_id: str, sha256: str) -> int:
-    blob = _fetch(archive, object_id, sha256)
+    try:
+        blob = archive.repository.sealed(object_id, expected_sha256=sha256)
+    except KeyError:
+        raise SiteError("no replica holds a copy that verifies") from None
     site = archive.site
     site.put_if_absent(object_id, blob)
     return len(blob)
@@ -122,7 +108,10 @@ def refill_primary(archive: "Archive", *, stop: threading.Event | None = None, w
 
 
 class PrimaryRefill:
-    """Runs ``refill_primary`` once in the background of ``serve`` when copies are owed."""
+    """Runs ``refill_primary`` in the background of ``serve`` while copies are owed to the
+    primary; what failed (a replica unreachable, say) is tried again every ``RETRY`` seconds."""
+
+    RETRY = 600.0
 
     def __init__(self, archive: "Archive") -> None:
         self.archive = archive
@@ -132,19 +121,26 @@ class PrimaryRefill:
     def start(self) -> None:
         if not owed_to_primary(self.archive):
             return
-        with self.archive.catalog.write() as conn:  # failures of an earlier run get another try
-            conn.execute(update(t.copies).where(t.copies.c.site == PRIMARY, t.copies.c.state == "owed")
-                         .values(attempts=0))
         self._thread = threading.Thread(target=self._run, name="refill", daemon=True)
         self._thread.start()
 
+    def _retry_all(self) -> None:
+        with self.archive.catalog.write() as conn:
+            conn.execute(update(t.copies).where(t.copies.c.site == PRIMARY, t.copies.c.state == "owed")
+                         .values(attempts=0))
+
     def _run(self) -> None:
-        try:
-            report = refill_primary(self.archive, stop=self._stop, workers=2)
-            log.warning("primary refilled from the replicas: %d object(s), %d failed", report.copied,
-                        len(report.failed))
-        except Exception:  # noqa: BLE001 - must never take `serve` down
-            log.exception("refilling the primary failed; it is tried again at the next start")
+        while not self._stop.is_set():
+            try:
+                self._retry_all()
+                report = refill_primary(self.archive, stop=self._stop, workers=2)
+                log.warning("primary refilled from the replicas: %d object(s), %d failed", report.copied,
+                            len(report.failed))
+                if not report.failed:
+                    return
+            except Exception:  # noqa: BLE001 - must never take `serve` down
+                log.exception("refilling the primary failed; trying again in %.0f s", self.RETRY)
+            self._stop.wait(self.RETRY)
 
     def stop(self) -> None:
         self._stop.set()

@@ -28,8 +28,19 @@ def build_limiter(settings: ReplicaSiteSettings) -> Limiter | None:
     return RateLimiter(Schedule.parse(settings.rate, list(settings.schedule)))
 
 
+class _ReadThrough:
+    """What a replicator reads from: ``Repository.sealed`` (primary first) for one target site."""
+
+    def __init__(self, repository: Any, target: str) -> None:
+        self.repository, self.target = repository, target
+
+    def get(self, object_id: str) -> bytes:
+        return bytes(self.repository.sealed(object_id, skip=self.target))
+
+
 class ReplicationService:
-    def __init__(self, settings: Settings, catalog: Catalog, primary: Site, opener: Any = None) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog, primary: Site, opener: Any = None,
+                 repository: Any = None) -> None:
         self.outbox = Outbox(catalog)
         self.catalog = catalog
         self.replicators: dict[str, SiteReplicator] = {}
@@ -38,8 +49,11 @@ class ReplicationService:
             if getattr(site, "sees_plaintext", False):
                 log.warning("site %s (%s) receives PLAINTEXT images: it must itself be trusted with patient data",
                             replica.name, replica.url)
+            # With the repository, an object the primary lacks (refilling after a rebuild) is
+            # copied from another replica's verified copy instead of failing until the refill.
+            source = primary if repository is None else _ReadThrough(repository, replica.name)
             self.replicators[replica.name] = SiteReplicator(
-                replica.name, site, primary, self.outbox, workers=replica.workers,
+                replica.name, site, source, self.outbox, workers=replica.workers,
                 max_attempts=replica.max_attempts, limiter=build_limiter(replica),
             )
 

@@ -78,10 +78,17 @@ def verify_copy(site: Site, name: str, blob: bytes) -> str:
     return "read-back"
 
 
+class SealedSource(Protocol):
+    """Where a replicator reads the sealed bytes it copies: the primary site, or
+    ``Repository.sealed`` (the primary, else a verified replica copy)."""
+
+    def get(self, name: str) -> bytes: ...
+
+
 class SiteReplicator:
     """Drains one site's outbox with ``workers`` threads."""
 
-    def __init__(self, name: str, site: Site, primary: Site, outbox: Outbox, *, workers: int = 2,
+    def __init__(self, name: str, site: Site, primary: "SealedSource", outbox: Outbox, *, workers: int = 2,
                  max_attempts: int = 8, limiter: Limiter | None = None, batch: int = 64,
                  seed: int | None = None, on_dead: Callable[[str, CopyTask, str], None] | None = None) -> None:
         self.name = name
