@@ -578,6 +578,8 @@ compression_level = 1
 # SQLAlchemy URL of the catalog (the index; never the only copy of anything).
 # Default: SQLite in WAL mode inside data_dir. For scale-out use PostgreSQL:
 # url = "postgresql+psycopg://dicomvault@localhost/dicomvault"
+# (create that database with a UTF-8 character locale, e.g. `createdb --encoding UTF8
+# --lc-ctype C.UTF-8 --lc-collate C dicomvault`: case-insensitive name matching needs it)
 
 [sites.primary]
 # The on-site copy. Objects are compressed, encrypted and content-addressed.
