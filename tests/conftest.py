@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,9 +145,9 @@ class Vault:
         return Path(unquote(url.netloc + url.path))
 
     def pending_intents(self) -> list[str]:
-        """Write intents on the primary file site: objects acknowledged but not yet indexed."""
-        intents = self.site_root() / "intents"
-        return sorted(p.name for p in intents.iterdir()) if intents.is_dir() else []
+        """Write intents and live journal records on the primary file site: objects
+        acknowledged but not yet indexed and hardened."""
+        return site_staging(self.site_root())
 
     def wait_settled(self, timeout: float = 30) -> None:
         """Wait until every acknowledged object is in the catalog (its write intent released).
@@ -155,6 +156,22 @@ class Vault:
         later through the group committer, so a test that reads the catalog right after
         storescu returns waits for this first."""
         wait_until(lambda: not self.pending_intents(), timeout=timeout, what="every acknowledged object indexed")
+
+
+def site_staging(root: Path) -> list[str]:
+    """What a file site holds besides its objects and catalog snapshots: temp files, write
+    intents and unreleased write-ahead journal records (``journal/<name>``). Empty once every
+    acknowledged object is indexed and hardened."""
+    from dicomvault.sites.journal import live_records
+
+    objects, snapshots, journal = root / "objects", root / "snapshots", root / "journal"
+    found = [
+        str(p.relative_to(root)) for p in root.rglob("*")
+        if p.is_file() and objects not in p.parents and snapshots not in p.parents and journal not in p.parents
+        and p.name != ".health-probe"
+    ]
+    found += [f"journal/{name}" for name in live_records(journal)] if journal.is_dir() else []
+    return sorted(found)
 
 
 def make_vault(root: Path) -> Vault:
@@ -168,6 +185,19 @@ def make_vault(root: Path) -> Vault:
     vault.set_config("http", "port", str(vault.http_port))
     vault.set_config("http", "bind", '"127.0.0.1"')
     return vault
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Iterator[Any]:
+    """A freshly initialised archive opened in-process (dicomvault.archive.Archive)."""
+    from dicomvault.archive import Archive
+    from dicomvault.config import load_settings
+
+    run = subprocess.run([sys.executable, "-m", "dicomvault.cli", "init", "--dir", str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    opened = Archive.open(load_settings(tmp_path / "dicomvault.toml"))
+    yield opened
+    opened.close()
 
 
 @pytest.fixture

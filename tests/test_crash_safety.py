@@ -37,7 +37,7 @@ from pydicom.uid import generate_uid
 from pynetdicom.dsutils import split_dataset
 from sqlalchemy import func, select
 
-from conftest import Vault, dcmtk, free_port, make_vault, wait_until
+from conftest import Vault, dcmtk, free_port, make_vault, site_staging, wait_until
 
 N_INSTANCES = 500
 N_SENDERS = 4
@@ -182,12 +182,8 @@ def start_senders(vault: Vault, files: list[Path], count: int, kill_after: int =
 
 
 def staging_leftovers(site) -> list[str]:
-    """Files on the site outside objects/ (and the catalog snapshots): temp files or write intents."""
-    snapshots = site.root / "snapshots"
-    return sorted(
-        str(p.relative_to(site.root)) for p in site.root.rglob("*")
-        if p.is_file() and site.objects not in p.parents and snapshots not in p.parents
-    )
+    """Temp files, write intents and live journal records on the site (conftest.site_staging)."""
+    return site_staging(site.root)
 
 
 def check_archive_consistent(vault: Vault, expected: dict[str, Instance], settle: bool = False) -> set[str]:

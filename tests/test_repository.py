@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
 import pydicom
 import pytest
 
 from dicomvault.archive import Archive
+from dicomvault.sites.journal import live_records
 from dicomvault.codec import decompress
-from dicomvault.config import load_settings
 from dicomvault.crypto import RecoveryKey, open_object
 from dicomvault.ingest import IngestRejected
 
-
-@pytest.fixture
-def archive(tmp_path: Path) -> Archive:
-    run = subprocess.run([sys.executable, "-m", "dicomvault.cli", "init", "--dir", str(tmp_path)], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    opened = Archive.open(load_settings(tmp_path / "dicomvault.toml"))
-    yield opened
-    opened.close()
 
 
 def test_every_object_opens_with_only_the_recovery_key(archive: Archive, ct_small: Path, tmp_path: Path) -> None:
@@ -57,11 +47,14 @@ def test_crash_between_object_write_and_commit_is_adopted(archive: Archive, ct_s
     }
     saved = archive.repository.save(key, digest.digest(), metadata, data)
     assert archive.catalog.statistics()["counts"]["versions"] == 0
+    assert len(live_records(archive.site.root / "journal")) == 1, "the object was acknowledged through the journal"
+    archive.site.close_journal()  # the process dies here: its journal lock goes with it
     reopened = Archive.open(archive.settings)  # a fresh process would do this at start-up
     adopted = reopened.ingestor.recover()
     assert adopted == [saved.object_id]
     assert reopened.catalog.statistics()["counts"]["versions"] == 1
     assert not list(reopened.site.intents.iterdir()), "intent links must be cleared after recovery"
+    assert live_records(reopened.site.root / "journal") == [], "journal records must be released after recovery"
     assert reopened.ingestor.recover() == []
 
 

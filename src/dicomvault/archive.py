@@ -53,10 +53,14 @@ class Archive:
                 from dicomvault.ingest import Ingestor
 
                 replicas = [replica.name for replica in self.settings.replicas]
-                self._ingestor = Ingestor(self.catalog, self.repository, self.keyring, replicas)
+                self._ingestor = Ingestor(self.catalog, self.repository, self.keyring, replicas,
+                                          journal=self.settings.storage.journal)
             return self._ingestor
 
     def close(self) -> None:
         if self._ingestor is not None:
             self._ingestor.committer.stop()  # queued catalog rows first, then the catalog itself
+        close_journal = getattr(self.site, "close_journal", None)
+        if callable(close_journal):
+            close_journal()  # unreleased records stay for the next process's recovery
         self.catalog.close()

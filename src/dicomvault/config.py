@@ -48,6 +48,7 @@ class HttpSettings:
 @dataclass(frozen=True)
 class StorageSettings:
     compression_level: int = 1
+    journal: bool = True  # acknowledge through the primary file site's write-ahead journal
 
 
 @dataclass(frozen=True)
@@ -324,6 +325,8 @@ def _section(data: dict, name: str, defaults: object) -> dict:
         value = raw.get(key, default)
         if isinstance(default, tuple) and isinstance(value, list):
             value = tuple(str(v) for v in value)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"[{name}] {key} must be true or false, got {value!r}")
         if isinstance(default, int) and not isinstance(default, bool) and not isinstance(value, int):
             raise ConfigError(f"[{name}] {key} must be an integer, got {value!r}")
         values[key] = _env_override(name, key, value)
@@ -573,6 +576,11 @@ data_dir = "."
 # zstd level for lossless compression of stored objects (1 = fastest, 19 = smallest).
 # Level 1 is ~3x faster than 3 on CT pixel data and only ~6% larger: ingest is CPU-bound.
 compression_level = 1
+# Acknowledge each instance once it is in the primary file site's write-ahead journal
+# (preallocated segments under <site>/journal, at most 256 MiB): one device flush per
+# acknowledgement instead of a new file's journal commit, ~2 ms less per instance on ext4.
+# false: every object is made durable as its own file before the acknowledgement.
+journal = true
 
 [catalog]
 # SQLAlchemy URL of the catalog (the index; never the only copy of anything).

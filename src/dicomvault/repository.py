@@ -54,14 +54,22 @@ class Repository:
     def object_id_for(self, sha256_digest: bytes) -> str:
         return self.keyring.object_id(sha256_digest)
 
-    def save(self, study_key: StudyKey, sha256_digest: bytes, metadata: dict[str, Any], original: bytes) -> SavedObject:
-        """Compress, seal and durably store ``original``; returns once it is on stable storage."""
+    def encode(self, original: bytes, transfer_syntax_uid: str) -> tuple[str, bytes]:
+        """The payload to seal: zstd for raw pixel data, as is for already-compressed syntaxes.
+
+        Separate from ``save`` so ingest can run it while the SHA-256s are computed on
+        another core (both release the GIL)."""
+        if worth_compressing(transfer_syntax_uid) or not transfer_syntax_uid:
+            return compress(original, self.compression_level)
+        return "none", original
+
+    def save(self, study_key: StudyKey, sha256_digest: bytes, metadata: dict[str, Any], original: bytes,
+             encoded: tuple[str, bytes] | None = None) -> SavedObject:
+        """Compress (unless ``encoded`` is given: the result of ``encode(original, ...)``),
+        seal and durably store ``original``; returns once it is on stable storage."""
         object_id = self.object_id_for(sha256_digest)
         syntax = str(metadata.get("attributes", {}).get("transfer_syntax_uid", ""))
-        if worth_compressing(syntax) or not syntax:
-            codec, payload = compress(original, self.compression_level)
-        else:
-            codec, payload = "none", original
+        codec, payload = encoded if encoded is not None else self.encode(original, syntax)
         sealed = seal_object(study_key, {**metadata, "codec": codec}, payload)
         written = self.site.put_if_absent(object_id, sealed)
         return SavedObject(object_id, len(sealed), codec, written)

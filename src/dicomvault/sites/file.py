@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import builtins
 import errno
+import logging
+import queue
 import os
 import secrets
 import shutil
@@ -30,6 +32,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from .base import Site, SiteError, valid_snapshot_name
+from .journal import Journal, JournalUnavailable, Ticket
+
+log = logging.getLogger(__name__)
 
 _REASONS = {
     errno.EROFS: "the storage is read-only",
@@ -86,8 +91,15 @@ class FileSite(Site):
             raise SiteError(f"cannot create site directories under {root}: {exc.strerror}") from exc
         self._known_dirs: set[Path] = set()
         self._dirty_dirs: set[Path] = set()
-        self._pending: dict[str, Path] = {}
+        self._pending: dict[str, builtins.list[Path | Ticket]] = {}  # intents / journal records to release
         self._lock = threading.Lock()
+        # The write-ahead journal (sites/journal.py), when the ingesting process enabled it:
+        self.journal: Journal | None = None
+        self._inflight: dict[str, bytes] = {}  # journaled, object file not written yet: served from here
+        self._claims: dict[str, threading.Event] = {}  # names being journaled right now
+        self._unsynced: builtins.list[Path] = []  # object files written after their journal record, not synced
+        self._write_queue: "queue.Queue[str]" = queue.Queue()
+        self._write_failures: builtins.list[str] = []
 
     @classmethod
     def from_url(cls, url: str) -> "FileSite":
@@ -111,8 +123,25 @@ class FileSite(Site):
             self._known_dirs.add(directory)
         return directory
 
+    def enable_journal(self) -> bool:
+        """Acknowledge through the write-ahead journal from now on (the ingesting process calls
+        this; one process per site). False, and the intent path stays, when it cannot be had."""
+        if self.journal is not None:
+            return True
+        try:
+            self.journal = Journal(self.root / "journal")
+        except JournalUnavailable as exc:
+            log.info("ingest journal not used (%s); objects are made durable one file at a time", exc)
+            return False
+        threading.Thread(target=self._write_objects, name="object-writer", daemon=True).start()
+        return True
+
     def put_if_absent(self, name: str, data: bytes) -> bool:
         final = self.path_of(name)
+        if self.journal is not None:
+            stored = self._put_journaled(name, final, data)
+            if stored is not None:
+                return stored
         if final.exists():
             return False
         intent = self.intents / f"{name}.{secrets.token_hex(4)}"
@@ -133,12 +162,145 @@ class FileSite(Site):
             reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
             raise SiteError(f"{reason}: cannot write object to {self.url}") from exc
         with self._lock:
-            self._pending[name] = intent
+            self._pending.setdefault(name, []).append(intent)
             self._dirty_dirs.add(directory)
         return True
 
+    def close_journal(self) -> None:
+        """Give the journal up (its lock too) once the queued object files are written;
+        records not yet released stay on disk for the next owner's ``recover``."""
+        journal, self.journal = self.journal, None
+        if journal is not None:
+            self._write_queue.join()
+            journal.close()
+
+    def _put_journaled(self, name: str, final: Path, data: bytes) -> bool | None:
+        """Durable once the journal's flush returns; the object file follows (``_write_objects``).
+        None: the record does not fit in the journal, take the intent path."""
+        assert self.journal is not None
+        while True:
+            with self._lock:
+                if name in self._inflight:
+                    return False
+                claim = self._claims.get(name)
+                if claim is None:
+                    self._claims[name] = threading.Event()
+                    break
+            claim.wait()  # the same object is being journaled: its outcome is ours
+        try:
+            if final.exists():
+                return False
+            self._check_room(len(data))
+            try:
+                ticket = self.journal.append(name, data)
+            except OSError as exc:
+                reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
+                raise SiteError(f"{reason}: cannot write object to {self.url}") from exc
+            if ticket is None:
+                return None
+            with self._lock:
+                self._inflight[name] = data
+                self._pending.setdefault(name, []).append(ticket)
+            self._write_queue.put(name)
+            return True
+        finally:
+            with self._lock:
+                self._claims.pop(name).set()
+
+    def _check_room(self, size: int) -> None:
+        """The journal's space is preallocated, so it would take an object the disk has no
+        room for; refuse it as the intent path would (the sender retries later) instead of
+        acknowledging what cannot get its own file."""
+        try:
+            fs = os.statvfs(self.root)
+        except OSError as exc:
+            raise SiteError(f"{_REASONS.get(exc.errno or 0, exc.strerror)}: cannot write object to {self.url}") from exc
+        if fs.f_flag & os.ST_RDONLY:
+            raise SiteError(f"{_REASONS[errno.EROFS]}: cannot write object to {self.url}")
+        if fs.f_bavail * fs.f_frsize < size + 1024 * 1024:
+            raise SiteError(f"{_REASONS[errno.ENOSPC]}: cannot write object to {self.url}")
+        with self._lock:
+            failing = bool(self._write_failures)
+        if failing:
+            try:
+                self.flush()  # earlier object files could not be written: retry them first, or refuse
+            except OSError as exc:
+                reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
+                raise SiteError(f"{reason}: cannot write object to {self.url}") from exc
+
+    def _write_objects(self) -> None:
+        """Background: give journaled objects their files (temp + link, not synced: ``flush``
+        hardens them before their records are released)."""
+        while True:
+            name = self._write_queue.get()
+            try:
+                with self._lock:
+                    data = self._inflight.get(name)
+                if data is not None:
+                    self._write_object_file(name, data)
+                    with self._lock:
+                        self._inflight.pop(name, None)
+            except OSError as exc:
+                log.warning("cannot write object file %s yet (%s); it stays in the journal", name, exc)
+                with self._lock:
+                    self._write_failures.append(name)
+            finally:
+                self._write_queue.task_done()
+
+    def _write_object_file(self, name: str, data: bytes, *, replace: bool = False) -> None:
+        """Written in place (one file creation, no temp + link): until ``flush`` hardens it,
+        the journal record is the durable copy and readers are served from memory; a file cut
+        short by a crash is rewritten from the record by ``recover``."""
+        final = self.path_of(name)
+        directory = self._object_dir(name)
+        if replace:
+            temp = directory / f".{name}.{secrets.token_hex(4)}"
+            try:
+                write_synced(temp, data)
+                os.replace(temp, final)
+            finally:
+                temp.unlink(missing_ok=True)
+        else:
+            try:
+                write_synced(final, data, sync=lambda fd: None)
+            except FileExistsError:
+                return  # written by a concurrent intent-path put: the same content-addressed bytes
+        with self._lock:
+            self._unsynced.append(final)
+            self._dirty_dirs.add(directory)
+
     def flush(self) -> None:
-        """Make every object directory entry written so far durable."""
+        """Make every object written so far durable: files written after their journal
+        record, then directory entries."""
+        if self.journal is not None:
+            self._write_queue.join()
+            with self._lock:
+                retry, self._write_failures = self._write_failures, []
+            for name in retry:  # an earlier write failed (disk full...): once more, or raise
+                with self._lock:
+                    data = self._inflight.get(name)
+                if data is not None:
+                    try:
+                        self._write_object_file(name, data)
+                    except OSError:
+                        with self._lock:
+                            self._write_failures.append(name)
+                        raise
+                    with self._lock:
+                        self._inflight.pop(name, None)
+            with self._lock:
+                files, self._unsynced = self._unsynced, []
+            try:
+                for path in files:
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        os.fdatasync(fd)
+                    finally:
+                        os.close(fd)
+            except OSError:
+                with self._lock:
+                    self._unsynced[:0] = files
+                raise
         with self._lock:
             dirty, self._dirty_dirs = self._dirty_dirs, set()
         try:
@@ -152,14 +314,27 @@ class FileSite(Site):
     def release_intents(self, names: Iterable[str]) -> None:
         for name in names:
             with self._lock:
-                intent = self._pending.pop(name, None)
-            if intent is not None:
+                held = self._pending.pop(name, [])
+            for intent in held:
+                if isinstance(intent, Ticket):
+                    if self.journal is not None:
+                        self.journal.release(intent)
+                    continue
                 try:
                     os.unlink(intent)
                 except OSError:
                     pass  # read-only or gone: recover() sees it again next start, harmlessly
 
+    def pending_journal(self) -> int:
+        """Journal records not yet released (acknowledged objects awaiting their catalog row
+        and hardening)."""
+        return self.journal.pending() if self.journal is not None else 0
+
     def get(self, name: str) -> bytes:
+        with self._lock:
+            inflight = self._inflight.get(name)
+        if inflight is not None:
+            return inflight
         try:
             return self.path_of(name).read_bytes()
         except FileNotFoundError:
@@ -168,18 +343,27 @@ class FileSite(Site):
             raise SiteError(f"cannot read object {name} from {self.url}: {exc.strerror}") from exc
 
     def stat(self, name: str) -> int | None:
+        with self._lock:
+            inflight = self._inflight.get(name)
+        if inflight is not None:
+            return len(inflight)
         try:
             return self.path_of(name).stat().st_size
         except FileNotFoundError:
             return None
 
     def list(self) -> Iterator[str]:
+        with self._lock:
+            inflight = sorted(self._inflight)
+        yield from inflight  # journaled, file being written (listed once: their files are skipped)
+        skip = set(inflight)
         for first in sorted(self.objects.iterdir()):
             if not first.is_dir():
                 continue
             for second in sorted(first.iterdir()):
                 for entry in sorted(second.iterdir()):
-                    yield entry.name
+                    if entry.name not in skip and not entry.name.startswith("."):
+                        yield entry.name
 
     def delete(self, name: str) -> None:
         path = self.path_of(name)
@@ -207,18 +391,45 @@ class FileSite(Site):
                 entry.unlink()  # a concurrent duplicate write lost the race: nothing to keep
                 continue
             with self._lock:
-                self._pending[name] = entry
+                self._pending.setdefault(name, []).append(entry)
             names.append(name)
+        if self.journal is not None:
+            for record in self.journal.recovered():
+                self._restore_from_journal(record.name, record.data)
+                with self._lock:
+                    self._pending.setdefault(record.name, []).append(record.ticket)
+                if record.name not in names:
+                    names.append(record.name)
         return names
 
+    def _restore_from_journal(self, name: str, data: bytes) -> None:
+        """After a crash: the object's file may be missing or cut short; the journal has it."""
+        try:
+            final = self.path_of(name)
+        except SiteError:
+            return
+        try:
+            intact = final.stat().st_size == len(data) and final.read_bytes() == data
+        except FileNotFoundError:
+            intact = False
+        if not intact:
+            self._write_object_file(name, data, replace=final.exists())
+
     def discard(self, name: str) -> None:
-        """Drop an intent (and its object) that failed authentication: it was never acknowledged."""
+        """Drop an intent or journal record (and its object) that failed authentication: it
+        was never acknowledged."""
         with self._lock:
-            intent = self._pending.pop(name, None)
+            held = self._pending.pop(name, [])
+            self._inflight.pop(name, None)
         final = self.path_of(name)
-        if intent is not None and final.exists() and os.path.samefile(intent, final):
-            final.unlink()
-        if intent is not None:
+        for intent in held:
+            if isinstance(intent, Ticket):
+                final.unlink(missing_ok=True)  # written from the torn record itself
+                if self.journal is not None:
+                    self.journal.release(intent)
+                continue
+            if final.exists() and os.path.samefile(intent, final):
+                final.unlink()
             intent.unlink(missing_ok=True)
 
     # -- catalog snapshots: ``snapshots/<name>``, written like an object (temp, fsync, rename) --
