@@ -20,12 +20,14 @@ check and is discarded: it was never acknowledged) and re-index them. Objects ar
 from __future__ import annotations
 
 import builtins
+import ctypes
 import errno
 import logging
 import queue
 import os
 import secrets
 import shutil
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -52,6 +54,33 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syncfs  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs() if sys.platform.startswith("linux") else None
+
+
+def sync_filesystem(path: Path) -> bool:
+    """Make everything written to ``path``'s filesystem durable with one ``syncfs(2)``: for
+    hundreds of new object files, one journal commit and device flush instead of one each.
+    False where syncfs is not available (the caller syncs file by file)."""
+    if _syncfs is None:
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+    finally:
+        os.close(fd)
+    return True
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -290,16 +319,21 @@ class FileSite(Site):
                         self._inflight.pop(name, None)
             with self._lock:
                 files, self._unsynced = self._unsynced, []
+                dirty, self._dirty_dirs = (self._dirty_dirs, set()) if files else (set(), self._dirty_dirs)
             try:
-                for path in files:
-                    fd = os.open(path, os.O_RDONLY)
-                    try:
-                        os.fdatasync(fd)
-                    finally:
-                        os.close(fd)
+                if files and not sync_filesystem(self.root):
+                    for path in files:
+                        fd = os.open(path, os.O_RDONLY)
+                        try:
+                            os.fdatasync(fd)
+                        finally:
+                            os.close(fd)
+                    for directory in sorted(dirty, key=lambda p: len(p.parts), reverse=True):
+                        fsync_dir(directory)
             except OSError:
                 with self._lock:
                     self._unsynced[:0] = files
+                    self._dirty_dirs |= dirty
                 raise
         with self._lock:
             dirty, self._dirty_dirs = self._dirty_dirs, set()
