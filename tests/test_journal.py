@@ -109,8 +109,10 @@ def test_the_site_serves_an_object_before_and_after_its_file_is_written(tmp_path
     assert site.path_of(name).read_bytes() == data
     assert list(site.list()) == [name]
     assert live_records(tmp_path / "site" / "journal") == [name], "released only after the catalog is hardened"
+    assert site.health()["journal_pending"] == 1
     site.release_intents([name])
     assert live_records(tmp_path / "site" / "journal") == []
+    assert site.health()["journal_pending"] == 0 and site.health()["ok"]
 
 
 def crash_after_ack(archive: Archive, ct: Path, monkeypatch: pytest.MonkeyPatch) -> str:

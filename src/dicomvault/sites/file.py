@@ -364,11 +364,6 @@ class FileSite(Site):
                 except OSError:
                     pass  # read-only or gone: recover() sees it again next start, harmlessly
 
-    def pending_journal(self) -> int:
-        """Journal records not yet released (acknowledged objects awaiting their catalog row
-        and hardening)."""
-        return self.journal.pending() if self.journal is not None else 0
-
     def get(self, name: str) -> bytes:
         with self._lock:
             inflight = self._inflight.get(name)
@@ -530,4 +525,12 @@ class FileSite(Site):
             info["ok"] = True
         except OSError as exc:
             info.update(ok=False, error=f"{_REASONS.get(exc.errno or 0, exc.strerror or str(exc))}")
+        if self.journal is not None:
+            # Acknowledged objects whose own file and catalog row are not hardened yet.
+            info["journal_pending"] = self.journal.pending()
+            with self._lock:
+                failing = len(self._write_failures)
+            if failing:
+                info.update(ok=False, error=f"{failing} acknowledged object(s) kept in the journal: their files "
+                                            "cannot be written yet (see the log); free space or fix the disk")
         return info
