@@ -66,8 +66,20 @@ def run_restore(config: Path, base_config: str, orthanc: Orthanc, associations: 
     return elapsed, json.loads(proc.stdout)
 
 
+def compile_bytecode() -> None:
+    """Byte-compile the dicomvault package first, as ``pip install`` does for an installed
+    package: with an editable install and PYTHONDONTWRITEBYTECODE=1 (set on some machines),
+    every ``dicomvault`` command would otherwise compile its modules from source at start-up."""
+    import compileall
+
+    import dicomvault
+
+    compileall.compile_dir(str(Path(dicomvault.__file__).parent), quiet=1)
+
+
 def main() -> None:
     args, work = corpus_run_arguments(__doc__, "dv-restore-")
+    compile_bytecode()
 
     data = make_set("ct", ct_source(), work / "data", args.instances, studies=10, series_per_study=2)
     print(f"{data.count} instances, {data.total_bytes / 1e6:.0f} MB")
