@@ -129,12 +129,14 @@ class DicomVault(Receiver):
     name = "dicomvault"
     ae_title = "DICOMVAULT"
 
-    def __init__(self, workdir: Path, profile_cmd: list[str] | None = None, extra_toml: str = "") -> None:
+    def __init__(self, workdir: Path, profile_cmd: list[str] | None = None, extra_toml: str = "",
+                 settings: list[tuple[str, str, str]] | None = None) -> None:
         super().__init__(workdir)
         self.root = workdir / "vault"
         self.http_port = 0
         self.profile_cmd = profile_cmd or []
         self.extra_toml = extra_toml  # appended to dicomvault.toml before start (e.g. [peers.X])
+        self.settings = settings or []  # (section, key, TOML value) replaced in dicomvault.toml
 
     @property
     def config(self) -> Path:
@@ -168,6 +170,8 @@ class DicomVault(Receiver):
         self._set("dicom", "bind", '"127.0.0.1"')
         self._set("http", "port", str(self.http_port))
         self._set("http", "bind", '"127.0.0.1"')
+        for section, key, value in self.settings:
+            self._set(section, key, value)
         if self.extra_toml:
             with self.config.open("a") as config:
                 config.write("\n" + self.extra_toml + "\n")
