@@ -42,7 +42,8 @@ def replicated(vault: Vault, ct_small: Path, tmp_path: Path, count: int,
 
 
 def object_files(site_root: Path) -> list[Path]:
-    """The object files of a file site, in name order."""
+    """The object files of a file site (under its ``objects/``: not its intents, journal or
+    snapshots), in name order."""
     return sorted(p for p in (site_root / "objects").rglob("*") if p.is_file())
 
 
@@ -64,7 +65,7 @@ def test_bit_rot_and_lost_copies_are_found_repaired_and_gone_on_the_second_pass(
     before = objects_under(vault.root / "objects")
     assert before == objects_under(nas) and len(before) == COUNT
 
-    primary_files = object_files(vault.root)
+    primary_files = object_files(vault.site_root())
     rotten = primary_files[:COUNT // 100]  # 1% of the primary's objects: one bit flipped
     for n, path in enumerate(rotten):
         flip_byte(path, 1000 + 7919 * n)
@@ -94,7 +95,7 @@ def test_bit_rot_and_lost_copies_are_found_repaired_and_gone_on_the_second_pass(
 def test_damage_without_a_healthy_copy_is_reported_not_hidden(vault: Vault, ct_small: Path, tmp_path: Path) -> None:
     make_instances(ct_small, tmp_path / "in", 5)
     vault.cli("import", str(tmp_path / "in"))
-    victim = object_files(vault.root)[2]
+    victim = object_files(vault.site_root())[2]
     flip_byte(victim, 500)
 
     code, report = verify(vault, "--sample", "5")
@@ -117,7 +118,7 @@ def test_a_damaged_primary_copy_is_never_served_the_replica_is(vault: Vault, ct_
 
     nas, originals = replicated(vault, ct_small, tmp_path, 10)
     vault.stop()
-    for n, path in enumerate(object_files(vault.root)):
+    for n, path in enumerate(object_files(vault.site_root())):
         flip_byte(path, 300 + n)
 
     study = str(pydicom.dcmread(originals[0], stop_before_pixels=True).StudyInstanceUID)
@@ -134,7 +135,7 @@ def test_the_background_scrub_proves_copies_and_repairs_damage_by_itself(
     vault.set_config("scrub", "period", '"2s"')
     vault.set_config("scrub", "check_every", '"1s"')
     nas, _ = replicated(vault, ct_small, tmp_path, 12)
-    victim = object_files(vault.root)[5]
+    victim = object_files(vault.site_root())[5]
     healthy = next(p for p in nas.rglob(victim.name)).read_bytes()
     flip_byte(victim, 777)
 
@@ -164,7 +165,7 @@ def test_a_site_overwritten_with_garbage_is_quarantined_and_images_still_come_ba
     nas, originals = replicated(vault, ct_small, tmp_path, 20)
     vault.stop()
     healthy = objects_under(nas)
-    for path in object_files(vault.root):
+    for path in object_files(vault.site_root()):
         path.chmod(0o644)
         path.write_bytes(os.urandom(path.stat().st_size))
 

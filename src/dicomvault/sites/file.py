@@ -28,8 +28,8 @@ import builtins
 import ctypes
 import errno
 import logging
-import queue
 import os
+import queue
 import secrets
 import shutil
 import sys
@@ -263,8 +263,8 @@ class FileSite(Site):
                 raise SiteError(f"{reason}: cannot write object to {self.url}") from exc
 
     def _write_objects(self) -> None:
-        """Background: give journaled objects their files (temp + link, not synced: ``flush``
-        hardens them before their records are released)."""
+        """Background: give journaled objects their own files (not synced: ``flush`` hardens
+        them before their records are released)."""
         while True:
             name = self._write_queue.get()
             try:

@@ -229,7 +229,11 @@ class Journal:
         if candidate is None:
             if len(self._segments) >= self.max_segments:
                 return False
-            candidate = self._create()
+            try:
+                candidate = self._create()
+            except OSError as exc:  # no room for another segment: objects take the intent path
+                log.warning("cannot add an ingest journal segment in %s (%s)", self.directory, exc.strerror)
+                return False
         candidate.epoch += 1
         os.pwrite(candidate.fd, _SEGMENT_HEADER.pack(SEGMENT_MAGIC, 1, candidate.epoch, _segment_crc(candidate.epoch)), 0)
         os.fdatasync(candidate.fd)
