@@ -172,3 +172,27 @@ def test_a_torn_record_is_discarded_and_never_indexed(crashed) -> None:
     assert reopened.catalog.statistics()["counts"]["versions"] == 0
     assert not reopened.site.path_of(name).exists(), "a torn, never acknowledged object must not be kept"
     assert live_records(journal_dir) == []
+
+
+@pytest.mark.parametrize("journal", [True, False], ids=["journal", "intent-files"])
+def test_versions_acknowledged_before_a_crash_are_numbered_in_the_order_they_came(
+        archive: Archive, ct_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, journal: bool) -> None:
+    """Six versions of one instance, durable and none indexed: recovery numbers them as they
+    were received, not in the (random) order of their object names (intent files)."""
+    monkeypatch.setattr(archive.ingestor.committer, "submit", lambda row: row.future)
+    if not journal:
+        archive.site.close_journal()  # objects take the intent-file path
+    names_in_order = []
+    for k in range(6):
+        variant = pydicom.dcmread(ct_small)
+        variant.ImageComments = f"version {k + 1}"
+        path = tmp_path / f"v{k}.dcm"
+        variant.save_as(path, enforce_file_format=True)
+        names_in_order.append(archive.ingestor.ingest(path.read_bytes(), source="test", actor="test",
+                                                      wait_for_index=False).object_id)
+    archive.site.close_journal()
+
+    reopened = Archive.open(archive.settings)
+    assert sorted(reopened.ingestor.recover()) == sorted(names_in_order)
+    versions = reopened.catalog.versions_for_uid(pydicom.dcmread(ct_small).SOPInstanceUID, all_versions=True)
+    assert [v.object_id for v in sorted(versions, key=lambda v: v.version)] == names_in_order

@@ -384,7 +384,7 @@ class Ingestor:
         acknowledged: it is discarded unless the catalog already points at it (then it is
         left alone for ``verify`` to report).
         """
-        adopted = []
+        unindexed: list[tuple[float, str, dict[str, Any]]] = []
         site = self.repository.site
         for object_id in site.recover():
             with self.catalog.read() as conn:
@@ -398,10 +398,16 @@ class Ingestor:
                     log.warning("crash recovery: discarding incomplete, never acknowledged object %s", object_id)
                     site.discard(object_id)
                 continue
-            if not known:
-                blob = site.get(object_id)
-                self.adopt(object_id, blob, metadata, "dicomvault:recovery", "recover")
-                adopted.append(object_id)
+            if known:
+                self.durability.committed(object_id)
+            else:
+                unindexed.append((float(metadata.get("received_at", 0.0)), object_id, metadata))
+        # In the order they were received (intents and journal records come back in name or
+        # segment order): two new versions of one instance get their numbers as they came.
+        adopted = []
+        for _received, object_id, metadata in sorted(unindexed, key=lambda item: item[:2]):
+            self.adopt(object_id, site.get(object_id), metadata, "dicomvault:recovery", "recover")
+            adopted.append(object_id)
             self.durability.committed(object_id)
         self.durability.flush()
         return adopted

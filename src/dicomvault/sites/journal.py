@@ -190,8 +190,8 @@ class Journal:
             self._segments.append(segment)
 
     def recovered(self) -> list[Recovered]:
-        """Unreleased records of earlier runs (acknowledged, perhaps not hardened), oldest
-        segment first; the caller re-creates their objects and releases them."""
+        """Unreleased records of earlier runs (acknowledged, perhaps not hardened), in segment
+        file order; the caller re-creates their objects and releases them."""
         found, self._recovered = self._recovered, []
         return found
 
