@@ -179,6 +179,21 @@ class DicomVault(Receiver):
         self._spawn([*self.profile_cmd, *argv] if self.profile_cmd else argv)
         self._wait_echo(timeout=120 if self.profile_cmd else 60)
 
+    def settled(self, timeout: float = 300) -> float:
+        """When everything acknowledged is indexed and hardened (the journal holds no live
+        record): a perf_counter() instant, for the 'settled' column."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=5) as answer:
+                    body = json.loads(answer.read())
+            except urllib.error.HTTPError as exc:
+                body = json.loads(exc.read() or b"{}")
+            if body.get("journal_pending", 0) == 0:
+                return time.perf_counter()
+            time.sleep(0.01)  # polling an external process's state, not synchronising our own
+        raise RuntimeError(f"journal records still pending after {timeout:.0f} s")
+
     def count(self) -> int:
         proc = self._cli("status", "--json", "--config", str(self.config))
         try:

@@ -36,6 +36,8 @@ def build_app(archive: Archive) -> Starlette:
             catalog_ok = False
         ok = bool(site.get("ok")) and catalog_ok
         body = {"status": "ok" if ok else "degraded", "site": site.get("ok"), "catalog": catalog_ok}
+        if "journal_pending" in site:  # acknowledged, not yet indexed and hardened
+            body["journal_pending"] = site["journal_pending"]
         if not ok:
             body["error"] = site.get("error") or "catalog unreachable"
         return JSONResponse(body, status_code=200 if ok else 503)
