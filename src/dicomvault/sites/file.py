@@ -106,6 +106,11 @@ def write_synced(path: Path, data: bytes, mode: int = 0o444, *, exclusive: bool 
         os.close(fd)
 
 
+def _reason(exc: OSError) -> str:
+    """What the sender and the operator are told about a failed disk operation."""
+    return _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
+
+
 def _valid_name(name: str) -> str:
     if len(name) < 8 or not all(c in "0123456789abcdef" for c in name):
         raise SiteError(f"invalid object name {name!r}")
@@ -193,8 +198,7 @@ class FileSite(Site):
                 intent.unlink(missing_ok=True)
             except OSError:
                 pass
-            reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
-            raise SiteError(f"{reason}: cannot write object to {self.url}") from exc
+            raise self._write_refused(_reason(exc)) from exc
         with self._lock:
             self._pending.setdefault(name, []).append(intent)
             self._dirty_dirs.add(directory)
@@ -228,8 +232,7 @@ class FileSite(Site):
             try:
                 ticket = self.journal.append(name, data)
             except OSError as exc:
-                reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
-                raise SiteError(f"{reason}: cannot write object to {self.url}") from exc
+                raise self._write_refused(_reason(exc)) from exc
             if ticket is None:
                 return None
             with self._lock:
@@ -248,19 +251,21 @@ class FileSite(Site):
         try:
             fs = os.statvfs(self.root)
         except OSError as exc:
-            raise SiteError(f"{_REASONS.get(exc.errno or 0, exc.strerror)}: cannot write object to {self.url}") from exc
+            raise self._write_refused(_reason(exc)) from exc
         if fs.f_flag & os.ST_RDONLY:
-            raise SiteError(f"{_REASONS[errno.EROFS]}: cannot write object to {self.url}")
+            raise self._write_refused(_REASONS[errno.EROFS])
         if fs.f_bavail * fs.f_frsize < size + 1024 * 1024:
-            raise SiteError(f"{_REASONS[errno.ENOSPC]}: cannot write object to {self.url}")
+            raise self._write_refused(_REASONS[errno.ENOSPC])
         with self._lock:
             failing = bool(self._write_failures)
         if failing:
             try:
                 self.flush()  # earlier object files could not be written: retry them first, or refuse
             except OSError as exc:
-                reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
-                raise SiteError(f"{reason}: cannot write object to {self.url}") from exc
+                raise self._write_refused(_reason(exc)) from exc
+
+    def _write_refused(self, reason: str) -> SiteError:
+        return SiteError(f"{reason}: cannot write object to {self.url}")
 
     def _write_objects(self) -> None:
         """Background: give journaled objects their own files (not synced: ``flush`` hardens
@@ -268,18 +273,22 @@ class FileSite(Site):
         while True:
             name = self._write_queue.get()
             try:
-                with self._lock:
-                    data = self._inflight.get(name)
-                if data is not None:
-                    self._write_object_file(name, data)
-                    with self._lock:
-                        self._inflight.pop(name, None)
+                self._write_inflight(name)
             except OSError as exc:
                 log.warning("cannot write object file %s yet (%s); it stays in the journal", name, exc)
                 with self._lock:
                     self._write_failures.append(name)
             finally:
                 self._write_queue.task_done()
+
+    def _write_inflight(self, name: str) -> None:
+        """Give one journaled object its file; from then on it is read from there."""
+        with self._lock:
+            data = self._inflight.get(name)
+        if data is not None:
+            self._write_object_file(name, data)
+            with self._lock:
+                self._inflight.pop(name, None)
 
     def _write_object_file(self, name: str, data: bytes, *, replace: bool = False) -> None:
         """Written in place (one file creation, no temp + link): until ``flush`` hardens it,
@@ -311,34 +320,29 @@ class FileSite(Site):
             with self._lock:
                 retry, self._write_failures = self._write_failures, []
             for name in retry:  # an earlier write failed (disk full...): once more, or raise
-                with self._lock:
-                    data = self._inflight.get(name)
-                if data is not None:
-                    try:
-                        self._write_object_file(name, data)
-                    except OSError:
-                        with self._lock:
-                            self._write_failures.append(name)
-                        raise
+                try:
+                    self._write_inflight(name)
+                except OSError:
                     with self._lock:
-                        self._inflight.pop(name, None)
+                        self._write_failures.append(name)
+                    raise
             with self._lock:
                 files, self._unsynced = self._unsynced, []
-                dirty, self._dirty_dirs = (self._dirty_dirs, set()) if files else (set(), self._dirty_dirs)
+                covered, self._dirty_dirs = self._dirty_dirs, set()  # a syncfs hardens these too
             try:
-                if files and not sync_filesystem(self.root):
+                if not files or not sync_filesystem(self.root):
+                    with self._lock:
+                        self._dirty_dirs |= covered  # fsynced one by one below
                     for path in files:
                         fd = os.open(path, os.O_RDONLY)
                         try:
                             os.fdatasync(fd)
                         finally:
                             os.close(fd)
-                    for directory in sorted(dirty, key=lambda p: len(p.parts), reverse=True):
-                        fsync_dir(directory)
             except OSError:
                 with self._lock:
                     self._unsynced[:0] = files
-                    self._dirty_dirs |= dirty
+                    self._dirty_dirs |= covered
                 raise
         with self._lock:
             dirty, self._dirty_dirs = self._dirty_dirs, set()
@@ -483,7 +487,7 @@ class FileSite(Site):
             fsync_dir(folder)
         except OSError as exc:
             temporary.unlink(missing_ok=True)
-            reason = _REASONS.get(exc.errno or 0, exc.strerror or str(exc))
+            reason = _reason(exc)
             raise SiteError(f"{reason}: cannot write catalog snapshot to {self.url}") from exc
 
     def get_snapshot(self, name: str) -> bytes:
@@ -524,7 +528,7 @@ class FileSite(Site):
             probe.unlink()
             info["ok"] = True
         except OSError as exc:
-            info.update(ok=False, error=f"{_REASONS.get(exc.errno or 0, exc.strerror or str(exc))}")
+            info.update(ok=False, error=_reason(exc))
         if self.journal is not None:
             # Acknowledged objects whose own file and catalog row are not hardened yet.
             info["journal_pending"] = self.journal.pending()

@@ -64,7 +64,6 @@ class Segment:
     epoch: int = 0
     end: int = HEADER_SIZE  # where the next record goes
     live: int = 0  # records not yet released
-    retired: bool = False  # full, or left by an earlier run: no more appends
     usable: bool = True  # the expected size: it may be reused
 
 
@@ -181,7 +180,7 @@ class Journal:
             fd = os.open(path, os.O_RDWR)
             size = os.fstat(fd).st_size
             epoch = _read_epoch(fd)
-            segment = Segment(path, fd, index, epoch or 0, retired=True, usable=size == self.segment_size)
+            segment = Segment(path, fd, index, epoch or 0, usable=size == self.segment_size)
             if epoch is not None and size == self.segment_size:
                 for offset, live, name, data_offset, length in scan(fd, epoch, size):
                     if live:
@@ -218,7 +217,7 @@ class Journal:
             os.close(fd)
             temp.unlink(missing_ok=True)
             raise
-        segment = Segment(path, fd, index, epoch=0, retired=True)
+        segment = Segment(path, fd, index, epoch=0)
         self._segments.append(segment)
         return segment
 
@@ -238,10 +237,8 @@ class Journal:
         os.pwrite(candidate.fd, _SEGMENT_HEADER.pack(SEGMENT_MAGIC, 1, candidate.epoch, _segment_crc(candidate.epoch)), 0)
         os.fdatasync(candidate.fd)
         candidate.end = HEADER_SIZE
-        candidate.retired = False
         if self._active is not None:
             os.fdatasync(self._active.fd)  # its last records are covered before appends move on
-            self._active.retired = True
             self._synced = self._written
         self._active = candidate
         return True
