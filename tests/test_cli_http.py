@@ -102,3 +102,23 @@ def test_an_unknown_command_or_option_is_one_usage_line_not_a_traceback(tmp_path
                              cwd=tmp_path, timeout=60)
         assert run.returncode == 2 and "Traceback" not in run.stderr and "╭" not in run.stderr, run.stderr
         assert "No such command 'bogus'" in run.stderr or "No such option: --no-such-option" in run.stderr
+
+
+@pytest.mark.parametrize("taken", ["http", "dicom"])
+def test_serve_refuses_a_port_in_use_with_one_clear_line(vault: Vault, taken: str) -> None:
+    """A port already bound is a start-up error naming the port, never a server half up (DICOM
+    answering while HTTP died in its thread), and the port that was free is released again."""
+    import socket
+
+    port = vault.http_port if taken == "http" else vault.dicom_port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        proc = vault.cli("serve", check=False, timeout=60)
+    assert proc.returncode != 0
+    label = "HTTP" if taken == "http" else "DICOM"
+    assert f"cannot {'serve' if taken == 'http' else 'listen for'} {label}" in proc.stderr and str(port) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    vault.start()  # both ports free again: it comes up and answers on HTTP at once
+    with urllib.request.urlopen(f"http://127.0.0.1:{vault.http_port}/healthz", timeout=10) as response:
+        assert response.status == 200

@@ -110,12 +110,17 @@ def serve(config: ConfigOption = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if http is not None:  # first, so that a sender that gets a C-ECHO answer finds HTTP up too
+        try:
+            http.start()
+        except OSError as exc:
+            raise CliFailure(f"cannot serve HTTP on {settings.http.bind}:{settings.http.port}: {exc}") from exc
     try:
         dimse.start()
     except OSError as exc:
+        if http is not None:
+            http.stop()
         raise CliFailure(f"cannot listen for DICOM on {settings.dicom.bind}:{settings.dicom.port}: {exc.strerror}") from exc
-    if http is not None:
-        http.start()
     archive.ingestor.durability.start()
     replication.start()
     commitment.start()  # storage commitment evaluator and report deliverer

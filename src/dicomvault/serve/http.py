@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
@@ -119,8 +120,22 @@ class HttpServer:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30) -> None:
+        """Start serving and return once the port is bound.
+
+        Waiting here means a caller that sees the DICOM port answer can rely on HTTP too, and a
+        port that cannot be bound becomes an error at start-up rather than a dead thread found
+        later by the first dashboard user. uvicorn logs the bind error and exits its thread.
+        """
         self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.started():
+            if not self.thread.is_alive():
+                raise OSError(f"the HTTP server stopped while starting on {self.server.config.host}:"
+                              f"{self.server.config.port} (see the error above; is the port in use?)")
+            if time.monotonic() > deadline:
+                raise OSError(f"the HTTP server did not start within {timeout:.0f} s")
+            self.thread.join(0.02)
 
     def stop(self) -> None:
         self.server.should_exit = True
