@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,20 @@ class Vault:
             return self.echo()
 
         wait_until(ready, timeout=timeout, interval=0.1, what="dicomvault C-ECHO")
+
+    def api_token(self) -> str:
+        """The ``admin`` token ``init`` wrote for the operations API."""
+        for line in (self.root / "keys" / "api-tokens").read_text().splitlines():
+            if line.startswith("admin:"):
+                return line.partition(":")[2]
+        raise AssertionError("init wrote no admin token")
+
+    def api(self, path: str, token: str | None = None) -> Any:
+        """GET /api/... with a bearer token (the admin one by default); JSON, or HTTPError raised."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}",
+                                         headers={"Authorization": f"Bearer {token or self.api_token()}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

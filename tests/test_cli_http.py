@@ -92,8 +92,7 @@ def test_healthz_metrics_and_status(running_vault: Vault, two_studies: list[Path
     assert 0 < status["bytes_stored"] < status["bytes_received"] * 1.2
     assert status["newest_ingest"] is not None and status["sites"]["primary"]["ok"] is True
     assert status["audit"]["chain_ok"] is True and status["ok"] is True
-    with urllib.request.urlopen(f"{base}/api/status", timeout=10) as response:
-        assert json.load(response)["counts"]["instances"] == 2
+    assert running_vault.api("/api/status")["counts"]["instances"] == 2
 
 
 def test_an_unknown_command_or_option_is_one_usage_line_not_a_traceback(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import urllib.request
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -86,8 +85,7 @@ def test_drill_from_both_sites_restores_every_study_and_status_remembers_it(
         assert (last["studies"], last["instances"], last["run_id"]) == (3, 12, sites[name]["run_id"])
         assert ", 3 studies, 12 instances," in last["summary"]
     assert drills["alerts"] == [] and status["ok"], status["alerts"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{vault.http_port}/api/drills", timeout=10) as answer:
-        api = json.loads(answer.read())
+    api = vault.api("/api/drills")
     assert sorted(run["site"] for run in api["runs"]) == ["nas", "primary"]
     assert all(run["state"] == "success" for run in api["runs"])
     assert [(subject, outcome) for subject, outcome, _ in drill_audit(vault)] == [("primary", "success"),

@@ -144,11 +144,11 @@ def test_restore_into_an_empty_pacs_most_urgent_first_and_byte_exact(
         (resource,) = pacs.lookup(instance.sop_uid)
         assert dataset_bytes(pacs.instance_file(resource["ID"])) == dataset_bytes(instance.path.read_bytes())
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{vault.http_port}/api/restores", timeout=10) as answer:
-        (job,) = json.loads(answer.read())["jobs"]
+    (job,) = vault.api("/api/restores")["jobs"]
     assert (job["id"], job["state"], job["sent"], job["percent"]) == (report["id"], "completed", total, 100.0)
+    assert vault.api(f"/api/restores/{report['id']}")["sent"] == total
     with pytest.raises(urllib.error.HTTPError) as missing:
-        urllib.request.urlopen(f"http://127.0.0.1:{vault.http_port}/api/restores/999", timeout=10)
+        vault.api("/api/restores/999")
     assert missing.value.code == 404
     status = vault.status()
     assert status["restores"][0]["state"] == "completed" and status["ok"], status["alerts"]

@@ -64,7 +64,13 @@ def init(
         append(conn, AuditEvent(actor=_actor(), action="config", subject=str(config_path.resolve()),
                                 detail={"event": "init", "key_fingerprint": archive.keyring.fingerprint}))
     archive.close()
+    from dicomvault.serve.tokens import write_new_tokens_file
+
+    api_token = write_new_tokens_file(Path(settings.http.api_tokens_file), "admin")
     out.print(f"Created {config_path} (AE title DICOMVAULT, DIMSE port 11112, HTTP port 8080).")
+    if api_token is not None:
+        out.print(f"Token for the operations API (/api, 'Authorization: Bearer <token>'): written to "
+                  f"{settings.http.api_tokens_file} (mode 0600) as 'admin'; add a line per dashboard or script.")
     if recovery_private.exists():
         out.print(
             f"[bold red]RECOVERY KEY written to {recovery_private}.[/bold red] It opens every copy of this archive "

@@ -43,6 +43,9 @@ class HttpSettings:
     # when [replica_store] is enabled beyond loopback: bearer tokens must not travel in clear.
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # Bearer tokens (``name:token`` lines, mode 0600) for the operations API under /api: job
+    # reports name patients' instances, so nobody reads them without one. ``init`` writes one.
+    api_tokens_file: str = "keys/api-tokens"
 
 
 @dataclass(frozen=True)
@@ -403,6 +406,11 @@ def _http(data: dict, base: Path) -> HttpSettings:
         raise ConfigError("[http] needs both tls_cert_file and tls_key_file for HTTPS, or neither for plain HTTP")
     values["tls_cert_file"] = str(_resolve(base, cert)) if cert else ""
     values["tls_key_file"] = str(_resolve(base, key)) if key else ""
+    tokens = str(values["api_tokens_file"] or "").strip()
+    if not tokens:
+        raise ConfigError("[http] api_tokens_file must name a tokens file: the /api endpoints report on patients' "
+                          "instances and are never served without a bearer token")
+    values["api_tokens_file"] = str(_resolve(base, tokens))
     return HttpSettings(**values)
 
 
@@ -707,6 +715,10 @@ enabled = true
 # enabling [replica_store] on anything but loopback: replica tokens are bearer secrets.
 tls_cert_file = ""
 tls_key_file = ""
+# Who may call the operations API (/api/status, /api/restores, /api/drills): name:token lines,
+# mode 0600, sent as "Authorization: Bearer <token>". init writes one token for "admin".
+# /healthz and /metrics carry no patient data and need no token.
+api_tokens_file = "keys/api-tokens"
 
 [dicomweb]
 # DICOMweb for viewers (QIDO-RS search, WADO-RS retrieve, STOW-RS store) under /dicomweb on the

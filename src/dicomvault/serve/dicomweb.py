@@ -20,7 +20,6 @@ traceback and answered 500 without details. The server keeps serving either way.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from dicomvault.archive import Archive
 
 from . import dicomweb_qido, dicomweb_stow, dicomweb_wado
 from .dicomweb_common import PREFIX, DicomwebError, audit, client_address, error_response, log
-from .tokens import TokenFile
+from .tokens import AuditThrottle, TokenFile
 
 Handler = Callable[..., Awaitable[Response]]
 _DENIAL_AUDIT_INTERVAL = 60.0  # at most one audit row per client address per minute for bad tokens
@@ -55,7 +54,7 @@ def dicomweb_routes(archive: Archive) -> list[BaseRoute]:
                 Mount(PREFIX, routes=[Route("/{rest:path}", disabled, methods=["GET", "POST"])])]
 
     tokens = TokenFile(Path(settings.tokens_file), label="DICOMweb") if settings.tokens_file else None
-    denials: dict[str, float] = {}
+    denials = AuditThrottle(_DENIAL_AUDIT_INTERVAL)
 
     async def authorise(request: Request) -> Response | None:
         if tokens is None:
@@ -66,11 +65,7 @@ def dicomweb_routes(archive: Archive) -> list[BaseRoute]:
             log.error("DICOMweb refuses every request: %s", tokens.problem)
             return error_response(503, "DICOMweb access tokens are misconfigured on the server (see its log)")
         if name is None:
-            address, now = client_address(request), time.monotonic()
-            if now - denials.get(address, -_DENIAL_AUDIT_INTERVAL) >= _DENIAL_AUDIT_INTERVAL:
-                denials[address] = now
-                if len(denials) > 10_000:
-                    denials.clear()
+            if denials.due(client_address(request)):
                 await audit(archive.catalog, request, "login", "", "failure",
                             {"error": "missing or unknown bearer token"})
             return Response("a valid bearer token is required (Authorization: Bearer <token>)\n", status_code=401,

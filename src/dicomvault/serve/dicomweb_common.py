@@ -92,7 +92,7 @@ def instance_url(base: str, study: str, series: str, instance: str) -> str:
     return f"{base}/studies/{study}/series/{series}/instances/{instance}"
 
 
-def _append(catalog: Catalog, event: AuditEvent) -> None:
+def append_audit(catalog: Catalog, event: AuditEvent) -> None:
     try:
         with catalog.write() as conn:
             append(conn, event)
@@ -105,7 +105,7 @@ async def audit(catalog: Catalog, request: Request, action: str, subject: str, o
     """One audit row for one request (not one per instance), off the event loop."""
     event = AuditEvent(actor=actor(request), action=action, subject=subject, outcome=outcome,
                        detail={"resource": request.url.path, **detail})
-    await run_in_threadpool(_append, catalog, event)
+    await run_in_threadpool(append_audit, catalog, event)
 
 
 def audit_later(catalog: Catalog, request: Request, action: str, subject: str, outcome: str,
@@ -116,9 +116,9 @@ def audit_later(catalog: Catalog, request: Request, action: str, subject: str, o
     event = AuditEvent(actor=actor(request), action=action, subject=subject, outcome=outcome,
                        detail={"resource": request.url.path, **detail})
     try:
-        asyncio.get_running_loop().run_in_executor(None, _append, catalog, event)
+        asyncio.get_running_loop().run_in_executor(None, append_audit, catalog, event)
     except RuntimeError:  # no loop any more: write it here
-        _append(catalog, event)
+        append_audit(catalog, event)
 
 
 def parse_media_type(value: str) -> tuple[str, dict[str, str]]:

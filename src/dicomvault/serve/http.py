@@ -1,4 +1,6 @@
-"""The HTTP side: liveness, Prometheus metrics and a JSON status for the API/dashboard."""
+"""The HTTP side: liveness and Prometheus metrics (no patient data, no token), the operations
+API and the replica store (each behind its own bearer tokens) and DICOMweb (off by default,
+tokens optional)."""
 
 from __future__ import annotations
 
@@ -15,9 +17,7 @@ from starlette.routing import Route
 
 from dicomvault.archive import Archive
 
-from dicomvault.jobs.restore_plan import RestoreError, job_report, recent_jobs, status_lock_dir
-
-from .status import archive_status
+from .ops_api import api_routes  # /api/status, /api/restores, /api/drills: bearer tokens
 
 log = logging.getLogger(__name__)
 
@@ -50,35 +50,11 @@ def build_app(archive: Archive) -> Starlette:
         SITE_UP.labels("primary").set(1 if archive.site.health().get("ok") else 0)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    async def status(_: Request) -> Response:
-        return JSONResponse(archive_status(archive))
-
-    async def restores(_: Request) -> Response:
-        """Restore and network-export jobs: unfinished ones and those of the last 7 days."""
-        return JSONResponse({"jobs": recent_jobs(archive.catalog, lock_dir=status_lock_dir(archive.settings))})
-
-    async def drills(_: Request) -> Response:
-        """Restore drills: per site the last and the last successful one, alerts, recent runs."""
-        from dicomvault.jobs.drill_runs import drill_status, recent_runs
-
-        return JSONResponse({**drill_status(archive), "runs": recent_runs(archive.catalog)})
-
-    async def restore_job(request: Request) -> Response:
-        """One job's progress, per-instance failures (with the PACS's status) and transcodings."""
-        try:
-            job_id = int(request.path_params["job_id"])
-            body = job_report(archive, job_id)
-        except (ValueError, RestoreError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404)
-        return JSONResponse(body)
-
     from .dicomweb import dicomweb_routes  # QIDO-RS, WADO-RS, STOW-RS under /dicomweb
     from .replica_api import replica_routes  # this vault as another vault's vault:// site
 
     return Starlette(
-        routes=[Route("/healthz", healthz), Route("/metrics", metrics), Route("/api/status", status),
-                Route("/api/restores", restores), Route("/api/restores/{job_id}", restore_job),
-                Route("/api/drills", drills),
+        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *api_routes(archive),
                 *replica_routes(archive.settings.replica_store, archive.catalog), *dicomweb_routes(archive)]
     )
 

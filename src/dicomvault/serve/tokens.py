@@ -93,3 +93,49 @@ class TokenFile:
             if hmac.compare_digest(given, digest):
                 found = name
         return found
+
+
+class AuditThrottle:
+    """At most one audit row per key per interval.
+
+    A client retrying with a bad token, or a dashboard polling the API every few seconds,
+    must not turn the hash-chained audit log into a flood; who did what from where still
+    shows, at one-minute resolution."""
+
+    def __init__(self, interval: float = 60.0, capacity: int = 10_000) -> None:
+        self.interval = interval
+        self.capacity = capacity
+        self._last: dict[object, float] = {}
+        self._lock = threading.Lock()
+
+    def due(self, key: object) -> bool:
+        import time
+
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, now - self.interval) < self.interval:
+                return False
+            if len(self._last) >= self.capacity:
+                self._last.clear()
+            self._last[key] = now
+            return True
+
+
+def write_new_tokens_file(path: Path, name: str) -> str | None:
+    """Create ``path`` (mode 0600 from the start) holding one fresh ``name:token`` line and
+    return the token; None when the file exists already (tokens are never overwritten)."""
+    import os
+    import secrets
+
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(f"# name:token lines for dicomvault's operations API (/api); keep this file mode 0600\n"
+                     f"{name}:{token}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return token
