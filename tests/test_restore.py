@@ -368,3 +368,64 @@ def test_sigterm_stops_a_restore_cleanly_and_the_same_command_resumes_it(
     code, report = restore(vault)
     assert code == 0 and report["sent"] == len(made) and report["runs"] == 2
     assert len(pacs.rest("GET", "/instances")) == len(made)
+
+
+def _api_post(vault: Vault, path: str, body: object, token: str | None = None) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if token != "":
+        headers["Authorization"] = f"Bearer {token or vault.api_token()}"
+    request = urllib.request.Request(f"http://127.0.0.1:{vault.http_port}{path}", data=data, headers=headers,
+                                     method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
+
+
+def test_a_restore_started_over_the_api_runs_inside_serve_stops_and_resumes(
+        tmp_path: Path, template: pydicom.Dataset, orthanc_factory) -> None:  # noqa: F811
+    now = datetime.now()
+    made = [m for n, age in enumerate((timedelta(hours=3), timedelta(days=2), timedelta(days=90)))
+            for m in make_study(template, tmp_path / "files" / str(n), f"API{n}", now - age)]
+    vault = make_vault(tmp_path / "vault")
+    vault.cli("import", str(tmp_path / "files"))
+    pacs = empty_pacs(orthanc_factory, vault)
+    vault.start()
+
+    assert _api_post(vault, "/api/restores", {"to": "pacs"}, token="")[0] == 401
+    for body, needle in (({"to": "nowhere"}, "not a configured DICOM peer"), ({"to": "pacs", "associations": 0}, "1 to 32"),
+                         ({"to": "pacs", "bogus": 1}, "unknown field(s) bogus"), (b"not json", "JSON object"),
+                         ({"to": "pacs", "since": "2024-01-01"}, "YYYYMMDD"), ({"resume": 999}, "no restore job 999"),
+                         ({"to": "pacs", "rate": "fast"}, "--rate")):
+        code, answer = _api_post(vault, "/api/restores", body)
+        assert code == 400 and needle in answer["error"], (body, answer)
+    assert pacs.rest("GET", "/instances") == []  # nothing was planned or sent for a refused request
+
+    code, job = _api_post(vault, "/api/restores", {"to": "pacs", "associations": 1, "rate": "4/s"})
+    assert code == 202 and job["total"] == len(made) and job["state"] in ("running", "planned"), job
+    again, conflict = _api_post(vault, "/api/restores", {"to": "pacs"})  # the same request: the same job, running
+    assert again == 409 and f"job {job['id']} is already running" in conflict["error"]
+    wait_until(lambda: recorded_sent(vault) >= 2, timeout=60, what="the first instances acknowledged")
+    assert _api_post(vault, f"/api/restores/{job['id']}/stop", {})[0] == 202
+    stopped = vault.api(f"/api/restores/{job['id']}?wait=30")
+    assert stopped["state"] == "interrupted" and 2 <= stopped["sent"] < len(made), stopped
+
+    code, resumed = _api_post(vault, "/api/restores", {"resume": job["id"], "associations": 2})
+    assert code == 202 and resumed["id"] == job["id"]
+    final = vault.api(f"/api/restores/{job['id']}?wait=60")
+    assert (final["state"], final["sent"], final["failed"]) == ("completed", len(made), 0), final
+    assert len(pacs.rest("GET", "/instances")) == len(made)
+    for instance in made:
+        (resource,) = pacs.lookup(instance.sop_uid)
+        assert dataset_bytes(pacs.instance_file(resource["ID"])) == dataset_bytes(instance.path.read_bytes())
+    assert _api_post(vault, f"/api/restores/{job['id']}/stop", {})[0] == 404  # nothing runs any more
+    events = audit_rows(vault, "restore")
+    assert [outcome for _, outcome, _ in events if outcome in ("started", "interrupted", "success")] == \
+        ["started", "interrupted", "started", "success"]
+    assert sum(1 for _, outcome, _ in events if outcome == "refused") == 8
+    with sqlite3.connect(vault.root / "catalog.sqlite3") as db:
+        actors = {row[0] for row in db.execute("SELECT actor FROM audit_log WHERE action = 'restore'")}
+    assert actors == {"api:admin@127.0.0.1"}
+    assert vault.cli("audit", "verify").returncode == 0

@@ -112,7 +112,11 @@ def serve(config: ConfigOption = None) -> None:
 
         dimse = FastDimseServer(settings.dicom, archive.ingestor, commitment=commitment,
                                 query_retrieve=QueryRetrieveService(archive))
-    http = HttpServer(archive, settings.http.bind, settings.http.port) if settings.http.enabled else None
+    from dicomvault.jobs.restore_service import RestoreService
+
+    restores = RestoreService(archive)  # jobs started with POST /api/restores
+    http = (HttpServer(archive, settings.http.bind, settings.http.port, restores=restores)
+            if settings.http.enabled else None)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -160,6 +164,7 @@ def serve(config: ConfigOption = None) -> None:
     dimse.stop()
     if http is not None:
         http.stop()
+    restores.close()  # API-started restores stop after the instances in flight; resumable
     scrub.stop()
     drills.stop()  # interrupts a drill in progress (recorded as interrupted)
     snapshots.stop()

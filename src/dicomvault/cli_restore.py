@@ -15,7 +15,6 @@ from typing import Annotated, Any, Optional
 import typer
 
 from dicomvault.cli_common import CliFailure, ConfigOption, actor, console, open_archive, out, progress_bar
-from dicomvault.config import describe_peers, find_peer
 
 EXIT_SOME_FAILED = 2
 
@@ -25,13 +24,13 @@ def register(app: typer.Typer) -> None:
 
 
 def resolve_peer(settings: Any, name: str) -> Any:
-    """A ``[peers.NAME]`` entry by name or AE title: the archive sends only to nodes it knows."""
-    peer = find_peer(settings.peers, name)
-    if peer is not None:
-        return peer
-    known = describe_peers(settings.peers) or "none configured"
-    raise CliFailure(f"{name!r} is not a configured DICOM peer (known: {known}); add a [peers.NAME] table with "
-                     "ae_title, host and port to dicomvault.toml")
+    """A ``[peers.NAME]`` entry by name or AE title, or a one-line failure naming the known ones."""
+    from dicomvault.jobs.restore_service import RequestError, resolve_peer as find
+
+    try:
+        return find(settings, name)
+    except RequestError as exc:
+        raise CliFailure(str(exc)) from exc
 
 
 def restore(
@@ -107,27 +106,11 @@ def restore(
 
 def plan_or_resume(archive: Any, kind: str, ordering: str, peer: Any, selection: Any, fresh: bool,
                    retry_failed: bool, associations: int, rate: str | None) -> tuple[int, bool]:
-    """The job to run for this request: the same request's unfinished job is resumed, a
-    finished one is shown (not resent) unless --fresh or --retry-failed. Returns (job id,
-    already done)."""
-    from dicomvault.jobs.restore_plan import latest_job_for, plan_job, supersede
+    """jobs/restore_service.plan_or_resume, telling the operator which job it is."""
+    from dicomvault.jobs.restore_service import plan_or_resume as choose
 
-    previous = latest_job_for(archive.catalog, kind, peer.name, selection)
-    if previous is not None and fresh:
-        if previous.state != "completed":
-            supersede(archive.catalog, previous.id)
-        previous = None
-    if previous is None:
-        job_id = plan_job(archive.catalog, kind=kind, peer=peer, selection=selection, ordering=ordering,
-                          actor=actor(), options={"associations": associations, "rate": rate or "unlimited"})
-        console.print(f"{kind} job {job_id}: {selection.describe()} to {peer.name}")
-        return job_id, False
-    if previous.state == "completed" and not retry_failed:
-        console.print(f"{kind} job {previous.id} with this selection already completed; nothing sent "
-                      "(--retry-failed resends its refused instances, --fresh sends everything again)")
-        return previous.id, True
-    console.print(f"resuming {kind} job {previous.id} to {peer.name} (use --fresh to start over)")
-    return previous.id, False
+    return choose(archive, kind, ordering, peer, selection, fresh, retry_failed, associations, rate, actor(),
+                  say=console.print)
 
 
 def run_job(archive: Any, job_id: int, peer: Any, associations: int, limit: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from dicomvault.archive import Archive
+from dicomvault.jobs.restore_service import RestoreService
 
 from .ops_api import api_routes  # /api/status, /api/restores, /api/drills: bearer tokens
 
@@ -26,7 +27,7 @@ STORED_BYTES = Gauge("dicomvault_catalog_bytes_stored", "Sealed bytes of all sto
 SITE_UP = Gauge("dicomvault_site_up", "1 when the site answers writes", ["site"])
 
 
-def build_app(archive: Archive) -> Starlette:
+def build_app(archive: Archive, restores: RestoreService | None = None) -> Starlette:
     async def healthz(_: Request) -> Response:
         site = archive.site.health()
         try:
@@ -54,7 +55,7 @@ def build_app(archive: Archive) -> Starlette:
     from .replica_api import replica_routes  # this vault as another vault's vault:// site
 
     return Starlette(
-        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *api_routes(archive),
+        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *api_routes(archive, restores),
                 *replica_routes(archive.settings.replica_store, archive.catalog), *dicomweb_routes(archive)]
     )
 
@@ -88,10 +89,10 @@ def _tls_options(archive: Archive, host: str) -> dict[str, str]:
 
 
 class HttpServer:
-    def __init__(self, archive: Archive, host: str, port: int) -> None:
+    def __init__(self, archive: Archive, host: str, port: int, restores: RestoreService | None = None) -> None:
         # lifespan="off": the app has no startup/shutdown handlers, and a forced stop (see stop())
         # would otherwise log the cancelled lifespan task as an error.
-        config = uvicorn.Config(build_app(archive), host=host, port=port, log_level="warning", access_log=False,
+        config = uvicorn.Config(build_app(archive, restores), host=host, port=port, log_level="warning", access_log=False,
                                 lifespan="off", **_tls_options(archive, host))  # type: ignore[arg-type]
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
