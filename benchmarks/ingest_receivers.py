@@ -219,13 +219,14 @@ class Orthanc(Receiver):
     name = "orthanc"
     ae_title = "ORTHANC"
 
-    def __init__(self, workdir: Path, extra_config: dict | None = None) -> None:
+    def __init__(self, workdir: Path, extra_config: dict | None = None, dicom_port: int = 0) -> None:
         super().__init__(workdir)
         self.http_port = 0
         self.extra_config = dict(extra_config or {})  # e.g. DicomModalities for Q/R peers
+        self.fixed_port = dicom_port  # 0: a free one at every start
 
     def start(self) -> None:
-        self.port, self.http_port = free_port(), free_port()
+        self.port, self.http_port = self.fixed_port or free_port(), free_port()
         storage = self.workdir / "orthanc-storage"
         storage.mkdir(parents=True, exist_ok=True)
         config = {

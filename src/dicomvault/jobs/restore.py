@@ -260,7 +260,12 @@ class RestoreRunner:
     def _send_all(self, pending: list[PlannedItem], run_number: int) -> None:
         pairs = proposals([(i.sop_class_uid, i.transfer_syntax_uid) for i in pending])
         limiters = self.rate.limiters()
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="restore-load") as loaders:
+        # One loader thread while one or two associations send: an object opens in about a
+        # millisecond against ~5 ms for the PACS to take it, and a second loader only competes
+        # with the senders for the GIL (measured into Orthanc over one association: 10-25 %
+        # faster with one). More associations get a second one to overlap slow reads.
+        loader_threads = 1 if self.associations <= 2 else 2
+        with ThreadPoolExecutor(max_workers=loader_threads, thread_name_prefix="restore-load") as loaders:
             feed: Prefetcher[PlannedItem, bytes] = Prefetcher(pending, self._load, loaders, 2 * self.associations + 2)
             senders = [threading.Thread(target=self._sender, args=(feed, pairs, limiters), daemon=True,
                                         name=f"restore-send-{n}") for n in range(self.associations)]
