@@ -161,6 +161,8 @@ class RestoreService:
             current = self._running.get(job_id)
             if current is not None and current.thread.is_alive():
                 raise Conflict(f"restore job {job_id} is already running here; watch GET /api/restores/{job_id}")
+            for finished in [key for key, entry in self._running.items() if not entry.thread.is_alive()]:
+                del self._running[finished]  # their rows hold the outcome; waiting on them returns at once
             runner = RestoreRunner(self.archive, job_id, peer, associations, limit, actor)
             entry = _Running(runner, threading.Thread(target=lambda: self._run(job_id), name=f"restore-{job_id}",
                                                       daemon=True))
