@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,10 +33,40 @@ def dcmtk(tool: str) -> str:
     return str(path)
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port for a test server, below the kernel's ephemeral range.
+
+    A port from that range (what binding port 0 gives) can become the local end of any
+    outgoing connection (an HTTP request to Orthanc, a C-ECHO...) between being chosen and
+    being bound by the server, which then fails with "address already in use". Ports are
+    not handed out twice in a session, so two servers never get the same one."""
+    low, high = 10000, max(10000 + 1000, _EPHEMERAL_LOW - 1)
+    rng = random.Random()
+    for _ in range(2000):
+        port = rng.randint(low, high)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        if len(_HANDED_OUT) > (high - low) // 2:
+            _HANDED_OUT.clear()
+        return port
+    raise RuntimeError(f"no free loopback port between {low} and {high}")
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> None:

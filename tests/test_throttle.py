@@ -20,6 +20,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from conftest import free_port
+
 from dicomvault.replicate.throttle import (
     MIB,
     MIN_BURST,
@@ -586,9 +588,7 @@ def test_5_mb_per_s_over_a_real_socket_for_20_s_stays_within_15_percent() -> Non
 def s3_endpoint():
     pytest.importorskip("boto3")
     moto_server = pytest.importorskip("moto.server")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"

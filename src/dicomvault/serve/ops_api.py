@@ -13,7 +13,6 @@ Reads are audited under the token's name, at most once a minute per name, addres
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
@@ -29,8 +28,6 @@ from dicomvault.jobs.restore_service import Conflict, RequestError, RestoreServi
 from .dicomweb_common import append_audit, client_address
 from .status import archive_status
 from .tokens import AuditThrottle, TokenFile
-
-log = logging.getLogger(__name__)
 
 REALM = "dicomvault-api"
 MAX_WAIT_SECONDS = 60.0

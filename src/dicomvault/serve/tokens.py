@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
+import secrets
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,8 +112,6 @@ class AuditThrottle:
         self._lock = threading.Lock()
 
     def due(self, key: object) -> bool:
-        import time
-
         now = time.monotonic()
         with self._lock:
             if now - self._last.get(key, now - self.interval) < self.interval:
@@ -124,9 +125,6 @@ class AuditThrottle:
 def write_new_tokens_file(path: Path, name: str) -> str | None:
     """Create ``path`` (mode 0600 from the start) holding one fresh ``name:token`` line and
     return the token; None when the file exists already (tokens are never overwritten)."""
-    import os
-    import secrets
-
     token = secrets.token_urlsafe(32)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
