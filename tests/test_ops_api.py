@@ -86,3 +86,37 @@ def test_an_empty_api_tokens_setting_is_a_config_error(vault: Vault) -> None:
     vault.set_config("http", "api_tokens_file", '""')
     proc = vault.cli("status", check=False)
     assert proc.returncode != 0 and "[http] api_tokens_file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_only_operator_tokens_may_act(running_vault: Vault) -> None:
+    """A dashboard's token reads; starting or stopping a restore needs a name in [http] api_operators."""
+    tokens = running_vault.root / "keys" / "api-tokens"
+    reader = "r" * 32
+    with tokens.open("a") as handle:
+        handle.write(f"dashboard:{reader}\n")
+
+    def post(path: str, token: str) -> tuple[int, dict]:
+        request = urllib.request.Request(f"http://127.0.0.1:{running_vault.http_port}{path}", method="POST",
+                                         data=json.dumps({"to": "nowhere"}).encode(),
+                                         headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as refused:
+            return refused.code, json.loads(refused.read())
+
+    for path in ("/api/restores", "/api/restores/1/stop"):
+        code, body = post(path, reader)
+        assert code == 403 and "may read but not act" in body["error"], body
+    assert running_vault.api("/api/restores", token=reader) == {"jobs": []}  # reading is fine
+    code, body = post("/api/restores", running_vault.api_token())  # admin gets past the gate to the request check
+    assert code == 400 and "not a configured DICOM peer" in body["error"]
+    forbidden = audit_rows(running_vault, "api", "api:dashboard@")
+    assert [(row["subject"], row["outcome"]) for row in forbidden] == [("/api/restores", "forbidden"),
+                                                                       ("/api/restores/1/stop", "forbidden")]
+
+
+def test_api_operators_must_be_a_list(vault: Vault) -> None:
+    vault.set_config("http", "api_operators", '"admin"')
+    proc = vault.cli("status", check=False)
+    assert proc.returncode != 0 and "[http] api_operators must be a list" in proc.stderr

@@ -46,6 +46,8 @@ class HttpSettings:
     # Bearer tokens (``name:token`` lines, mode 0600) for the operations API under /api: job
     # reports name patients' instances, so nobody reads them without one. ``init`` writes one.
     api_tokens_file: str = "keys/api-tokens"
+    # Token names that may also act (start and stop restores); every other token only reads.
+    api_operators: tuple[str, ...] = ("admin",)
 
 
 @dataclass(frozen=True)
@@ -411,6 +413,8 @@ def _http(data: dict, base: Path) -> HttpSettings:
         raise ConfigError("[http] api_tokens_file must name a tokens file: the /api endpoints report on patients' "
                           "instances and are never served without a bearer token")
     values["api_tokens_file"] = str(_resolve(base, tokens))
+    if not isinstance(values["api_operators"], tuple):
+        raise ConfigError(f"[http] api_operators must be a list of token names, got {values['api_operators']!r}")
     return HttpSettings(**values)
 
 
@@ -719,6 +723,8 @@ tls_key_file = ""
 # mode 0600, sent as "Authorization: Bearer <token>". init writes one token for "admin".
 # /healthz and /metrics carry no patient data and need no token.
 api_tokens_file = "keys/api-tokens"
+# Token names allowed to act (POST /api/restores, .../stop); the others may only read.
+api_operators = ["admin"]
 
 [dicomweb]
 # DICOMweb for viewers (QIDO-RS search, WADO-RS retrieve, STOW-RS store) under /dicomweb on the

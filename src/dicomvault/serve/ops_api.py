@@ -8,7 +8,8 @@ Restore reports list patients' instances (UIDs, the PACS's refusals) and a job's
 may hold a Patient ID, so every request must carry a bearer token from ``[http]
 api_tokens_file``; a missing or unreadable file refuses everything rather than opening up.
 Reads are audited under the token's name, at most once a minute per name, address and path
-(a dashboard polls), and refused tokens at most once a minute per address.
+(a dashboard polls), and refused tokens at most once a minute per address. Only the token
+names in ``[http] api_operators`` (default: init's ``admin``) may act (POST); the others read.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def api_routes(archive: Archive, restores: RestoreService | None = None) -> list
                        missing_hint="`dicomvault init --dir DIR --force` writes one (config rewritten, keys kept), "
                                     "or write name:token lines (tokens of 16+ characters) and chmod 600 it")
     denials, reads = AuditThrottle(), AuditThrottle()
+    operators = frozenset(archive.settings.http.api_operators)
 
     async def audit(request: Request, actor: str, action: str, outcome: str, detail: dict) -> None:
         event = AuditEvent(actor=actor, action=action, subject=request.url.path, outcome=outcome, detail=detail)
@@ -56,9 +58,14 @@ def api_routes(archive: Archive, restores: RestoreService | None = None) -> list
             return JSONResponse({"error": "a valid bearer token is required (Authorization: Bearer <token>); "
                                           "tokens are in the file [http] api_tokens_file names"},
                                 status_code=401, headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'})
-        request.scope["dicomvault.api_actor"] = f"api:{name}@{address}"
+        actor = f"api:{name}@{address}"
+        request.scope["dicomvault.api_actor"] = actor
+        if request.method != "GET" and name not in operators:
+            await audit(request, actor, "api", "forbidden", {"method": request.method})
+            return JSONResponse({"error": f"token {name!r} may read but not act; [http] api_operators names the "
+                                          "tokens that may start or stop restores"}, status_code=403)
         if request.method == "GET" and reads.due((name, address, request.url.path)):
-            await audit(request, f"api:{name}@{address}", "read", "success", {"resource": request.url.path})
+            await audit(request, actor, "read", "success", {"resource": request.url.path})
         return None
 
     def guarded(handler):  # type: ignore[no-untyped-def]
