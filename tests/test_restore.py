@@ -429,3 +429,24 @@ def test_a_restore_started_over_the_api_runs_inside_serve_stops_and_resumes(
         actors = {row[0] for row in db.execute("SELECT actor FROM audit_log WHERE action = 'restore'")}
     assert actors == {"api:admin@127.0.0.1"}
     assert vault.cli("audit", "verify").returncode == 0
+
+
+def test_restore_in_server_hands_the_job_to_serve_and_follows_it(
+        tmp_path: Path, template: pydicom.Dataset, orthanc_factory) -> None:  # noqa: F811
+    """`restore --in-server`: the running serve does the sending (the job outlives the terminal)."""
+    made = make_study(template, tmp_path / "files", "INSRV", datetime.now() - timedelta(hours=1), series=2, per_series=4)
+    vault = make_vault(tmp_path / "vault")
+    vault.cli("import", str(tmp_path / "files"))
+    pacs = empty_pacs(orthanc_factory, vault)
+    no_server = vault.cli("restore", "--to", "pacs", "--in-server", check=False)
+    assert no_server.returncode == 1 and "no dicomvault server answers at http://127.0.0.1:" in no_server.stderr
+    vault.start()
+
+    code, report = restore(vault, "--in-server", "--associations", "2")
+    assert code == 0 and (report["state"], report["sent"], report["total"]) == ("completed", len(made), len(made))
+    assert len(pacs.rest("GET", "/instances")) == len(made)
+    with sqlite3.connect(vault.root / "catalog.sqlite3") as db:
+        actors = {row[0] for row in db.execute("SELECT actor FROM audit_log WHERE action = 'restore'")}
+    assert actors == {"api:admin@127.0.0.1"}  # the server ran it, on the CLI's operator token
+    bad = vault.cli("restore", "--to", "nowhere", "--in-server", check=False)
+    assert bad.returncode == 1 and "(400): 'nowhere' is not a configured DICOM peer" in bad.stderr

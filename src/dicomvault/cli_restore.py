@@ -47,6 +47,8 @@ def restore(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Send the job's refused instances again")] = False,
     report: Annotated[Optional[int], typer.Option("--report", help="Print job ID's report and exit (sends nothing)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+    in_server: Annotated[bool, typer.Option("--in-server", help="Hand the job to the running `dicomvault serve` "
+                                            "(POST /api/restores): it goes on if this terminal goes away")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Restore into a PACS: last 24 h first, then the last 7 days, then newest first.
@@ -62,6 +64,27 @@ def restore(
         load_job,
         requeue_failed,
     )
+
+    if in_server:
+        if report is not None:
+            raise CliFailure("--report reads the catalog directly; drop --in-server")
+        body = {key: value for key, value in {
+            "to": to, "since": since, "until": until, "patient": patient, "modality": modality, "study": study,
+            "rate": rate, "resume": resume}.items() if value}
+        body.update(associations=associations, fresh=fresh, retry_failed=retry_failed)
+        from dicomvault.cli_common import settings
+        from dicomvault.serve.api_client import ServerClient, ServerError
+
+        try:
+            result = ServerClient.for_settings(settings(config)).run_restore(body, progress_bar)
+        except ServerError as exc:
+            raise CliFailure(str(exc)) from exc
+        print_job_report(result, json_out)
+        if result["state"] not in ("completed", "completed with failures"):
+            raise typer.Exit(1)
+        if result["failed"]:
+            raise typer.Exit(EXIT_SOME_FAILED)
+        return
 
     archive = open_archive(config)
     try:

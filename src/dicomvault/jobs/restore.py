@@ -171,6 +171,7 @@ class RestoreRunner:
         self.rate = rate or RateLimit()
         self.actor = actor
         self.on_progress = on_progress
+        self.on_locked: Callable[[], None] | None = None
         self._stop = threading.Event()
         self._outcomes: queue.Queue[Outcome | None] = queue.Queue()  # None: a sender finished
         self._lost: list[str] = []
@@ -184,6 +185,8 @@ class RestoreRunner:
     def run(self) -> dict[str, Any]:
         """Send what is pending; returns the job report (totals over every run of the job)."""
         with JobLock(lock_dir(self.archive.settings), self.job.id):
+            if self.on_locked is not None:
+                self.on_locked()  # the job shows as running from here on
             return self._run_locked()
 
     def _pending(self) -> list[PlannedItem]:

@@ -167,7 +167,15 @@ class RestoreService:
             entry = _Running(runner, threading.Thread(target=lambda: self._run(job_id), name=f"restore-{job_id}",
                                                       daemon=True))
             self._running[job_id] = entry
+            locked = threading.Event()
+            runner.on_locked = locked.set
             entry.thread.start()
+        # Answer once the job holds its lock (it then shows as running) or has ended already
+        # (another process runs it: the error is on the entry).
+        while not locked.wait(0.05) and entry.thread.is_alive():
+            pass
+        if entry.error and not locked.is_set():
+            raise Conflict(entry.error)
 
     def _run(self, job_id: int) -> None:
         entry = self._running[job_id]
