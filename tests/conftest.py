@@ -139,6 +139,7 @@ class Vault:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
+        _STARTED.append(self)
 
         def ready() -> bool:
             if self.process is not None and self.process.poll() is not None:
@@ -218,6 +219,18 @@ def site_staging(root: Path) -> list[str]:
     ]
     found += [f"journal/{name}" for name in live_records(journal)] if journal.is_dir() else []
     return sorted(found)
+
+
+_STARTED: list[Vault] = []  # every server the session started
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_started_vaults() -> Iterator[None]:
+    """No ``dicomvault serve`` outlives the session, even one a failed test never stopped
+    (module-scoped servers are shared by tests, so this cannot be done per test)."""
+    yield
+    while _STARTED:
+        _STARTED.pop().stop()
 
 
 def make_vault(root: Path) -> Vault:

@@ -385,11 +385,10 @@ def _api_post(vault: Vault, path: str, body: object, token: str | None = None) -
 
 
 def test_a_restore_started_over_the_api_runs_inside_serve_stops_and_resumes(
-        tmp_path: Path, template: pydicom.Dataset, orthanc_factory) -> None:  # noqa: F811
+        tmp_path: Path, template: pydicom.Dataset, orthanc_factory, vault: Vault) -> None:  # noqa: F811
     now = datetime.now()
     made = [m for n, age in enumerate((timedelta(hours=3), timedelta(days=2), timedelta(days=90)))
             for m in make_study(template, tmp_path / "files" / str(n), f"API{n}", now - age)]
-    vault = make_vault(tmp_path / "vault")
     vault.cli("import", str(tmp_path / "files"))
     pacs = empty_pacs(orthanc_factory, vault)
     vault.start()
@@ -432,10 +431,9 @@ def test_a_restore_started_over_the_api_runs_inside_serve_stops_and_resumes(
 
 
 def test_restore_in_server_hands_the_job_to_serve_and_follows_it(
-        tmp_path: Path, template: pydicom.Dataset, orthanc_factory) -> None:  # noqa: F811
+        tmp_path: Path, template: pydicom.Dataset, orthanc_factory, vault: Vault) -> None:  # noqa: F811
     """`restore --in-server`: the running serve does the sending (the job outlives the terminal)."""
     made = make_study(template, tmp_path / "files", "INSRV", datetime.now() - timedelta(hours=1), series=2, per_series=4)
-    vault = make_vault(tmp_path / "vault")
     vault.cli("import", str(tmp_path / "files"))
     pacs = empty_pacs(orthanc_factory, vault)
     no_server = vault.cli("restore", "--to", "pacs", "--in-server", check=False)
