@@ -101,12 +101,12 @@ def make_set(name: str, source: Path, root: Path, count: int, studies: int, seri
     return DataSet(name, source, out, count, total, studies, studies * series_per_study, parts)
 
 
-def corpus_run_arguments(doc: str, prefix: str) -> tuple[argparse.Namespace, Path]:
+def corpus_run_arguments(doc: str, prefix: str, repeat: int = 3) -> tuple[argparse.Namespace, Path]:
     """The options every corpus benchmark takes (--instances, --repeat, --workdir) and its work
     folder: ``--workdir`` (kept afterwards) or a fresh temporary one named ``prefix...``."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--instances", type=int, default=500)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=repeat)
     parser.add_argument("--workdir", type=Path, default=None, help="keep data and servers' files here")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix=prefix))

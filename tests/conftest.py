@@ -11,6 +11,7 @@ import random
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -203,6 +204,14 @@ class Vault:
         later through the group committer, so a test that reads the catalog right after
         storescu returns waits for this first."""
         wait_until(lambda: not self.pending_intents(), timeout=timeout, what="every acknowledged object indexed")
+
+
+def audit_rows(vault: Vault, action: str) -> list[tuple[str, str, dict]]:
+    """(subject, outcome, detail) of the vault's audit events of one action, oldest first."""
+    with sqlite3.connect(vault.root / "catalog.sqlite3") as db:
+        rows = db.execute("SELECT subject, outcome, detail FROM audit_log WHERE action = ? ORDER BY id",
+                          (action,)).fetchall()
+    return [(subject, outcome, json.loads(detail)) for subject, outcome, detail in rows]
 
 
 def site_staging(root: Path) -> list[str]:

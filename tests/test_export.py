@@ -15,7 +15,6 @@ import io
 import json
 import re
 import shutil
-import sqlite3
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from pydicom.fileset import FileSet
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from conftest import Vault, dcmtk, make_vault, remount
+from conftest import Vault, audit_rows, dcmtk, make_vault, remount
 
 from dicomvault.dicom import split_part10
 
@@ -228,13 +227,6 @@ def records_by_uid(dicomdir: Path) -> dict[str, tuple[str, str]]:
     ds = pydicom.dcmread(dicomdir)
     return {str(r.ReferencedSOPInstanceUIDInFile): (str(r.DirectoryRecordType), "/".join(r.ReferencedFileID))
             for r in ds.DirectoryRecordSequence if "ReferencedSOPInstanceUIDInFile" in r}
-
-
-def audit_rows(vault: Vault, action: str) -> list[tuple[str, str, dict]]:
-    with sqlite3.connect(vault.root / "catalog.sqlite3") as db:
-        rows = db.execute("SELECT subject, outcome, detail FROM audit_log WHERE action = ? ORDER BY id",
-                          (action,)).fetchall()
-    return [(subject, outcome, json.loads(detail)) for subject, outcome, detail in rows]
 
 
 def tree(path: Path) -> dict[str, bytes]:

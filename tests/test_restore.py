@@ -21,7 +21,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from conftest import Vault, dcmtk, free_port, make_vault, wait_until
+from conftest import Vault, audit_rows, dcmtk, free_port, make_vault, wait_until
 from orthanc import Orthanc, orthanc_factory  # noqa: F401 - fixture
 
 from dicomvault.dicom import split_part10
@@ -92,13 +92,6 @@ def restore(vault: Vault, *args: str, check: bool = False) -> tuple[int, dict]:
     proc = vault.cli("restore", "--to", "pacs", "--json", *args, check=check)
     assert proc.stdout.strip(), proc.stderr
     return proc.returncode, json.loads(proc.stdout)
-
-
-def audit_rows(vault: Vault, action: str) -> list[tuple[str, str, dict]]:
-    with sqlite3.connect(vault.root / "catalog.sqlite3") as db:
-        rows = db.execute("SELECT subject, outcome, detail FROM audit_log WHERE action = ? ORDER BY id",
-                          (action,)).fetchall()
-    return [(subject, outcome, json.loads(detail)) for subject, outcome, detail in rows]
 
 
 def recorded_sent(vault: Vault) -> int:
@@ -448,3 +441,32 @@ def test_restore_in_server_hands_the_job_to_serve_and_follows_it(
     assert actors == {"api:admin@127.0.0.1"}  # the server ran it, on the CLI's operator token
     bad = vault.cli("restore", "--to", "nowhere", "--in-server", check=False)
     assert bad.returncode == 1 and "(400): 'nowhere' is not a configured DICOM peer" in bad.stderr
+
+
+def test_waiting_over_the_api_follows_a_restore_the_cli_runs(
+        tmp_path: Path, template: pydicom.Dataset, orthanc_factory, vault: Vault) -> None:  # noqa: F811
+    """`GET ?wait=` answers when a job run by `dicomvault restore` in a terminal ends, not at once."""
+    made = make_study(template, tmp_path / "files", "WAITCLI", datetime.now() - timedelta(hours=2), series=2,
+                      per_series=6)
+    vault.cli("import", str(tmp_path / "files"))
+    empty_pacs(orthanc_factory, vault)
+    vault.start()
+    runner = subprocess.Popen([sys.executable, "-m", "dicomvault.cli", "restore", "--config", str(vault.config),
+                               "--to", "pacs", "--associations", "1", "--rate", "3/s"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def running_early() -> bool:
+            jobs = vault.api("/api/restores")["jobs"]
+            return bool(jobs) and jobs[0]["state"] == "running"
+
+        wait_until(running_early, timeout=60, what="the CLI's job shown as running")
+        job = vault.api("/api/restores")["jobs"][0]
+        assert job["sent"] < len(made) - 3, job  # seconds of sending left at 3/s
+        final = vault.api(f"/api/restores/{job['id']}?wait=60")
+        assert (final["state"], final["sent"]) == ("completed", len(made)), final
+        _out, err = runner.communicate(timeout=60)
+        assert runner.returncode == 0, err
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()

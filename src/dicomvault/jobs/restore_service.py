@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,17 @@ from dicomvault.catalog.selection import Selection, SelectionError
 from dicomvault.config import describe_peers, find_peer
 
 from .restore import RateLimit, RestoreRunner
-from .restore_plan import RestoreError, job_report, latest_job_for, load_job, plan_job, requeue_failed, supersede
+from .restore_plan import (
+    RestoreError,
+    job_progress,
+    job_report,
+    latest_job_for,
+    load_job,
+    plan_job,
+    requeue_failed,
+    status_lock_dir,
+    supersede,
+)
 
 if TYPE_CHECKING:
     from dicomvault.archive import Archive
@@ -30,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ASSOCIATIONS = 32
+OTHER_RUNNER_POLL = 0.25  # seconds between looks at a job another process runs
 
 
 class RequestError(ValueError):
@@ -193,10 +205,23 @@ class RestoreService:
         return entry is not None and entry.thread.is_alive()
 
     def wait(self, job_id: int, timeout: float) -> None:
-        """Until the job this daemon runs ends, or ``timeout``; at once for a job not run here."""
+        """Until the job ends, or ``timeout``. A job this daemon runs is joined; one another
+        process runs (``dicomvault restore`` in a terminal, or a daemon on another host with a
+        shared catalog) is watched the way ``status`` judges it: its flock on this host, its
+        heartbeat otherwise, looked at every quarter second."""
         entry = self._running.get(job_id)
         if entry is not None:
             entry.thread.join(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        locks = status_lock_dir(self.archive.settings)
+        while time.monotonic() < deadline:
+            try:
+                if job_progress(self.archive.catalog, job_id, lock_dir=locks)["state"] != "running":
+                    return
+            except RestoreError:
+                return  # no such job: the report says so
+            time.sleep(min(OTHER_RUNNER_POLL, max(0.0, deadline - time.monotonic())))
 
     def stop(self, job_id: int) -> bool:
         """Ask a running job to stop after the instances in flight; False when none runs here."""

@@ -2,7 +2,8 @@
 
 ``POST /api/restores`` starts (or resumes) a restore inside ``serve`` (jobs/restore_service.py);
 ``GET /api/restores/{id}?wait=S`` answers when the job ends or after S seconds (at most 60), so
-a script need not poll; ``POST /api/restores/{id}/stop`` stops one, resumable.
+a script need not poll, whether serve or a ``dicomvault restore`` in a terminal runs the job;
+``POST /api/restores/{id}/stop`` stops one, resumable.
 
 Restore reports list patients' instances (UIDs, the PACS's refusals) and a job's selection
 may hold a Patient ID, so every request must carry a bearer token from ``[http]
