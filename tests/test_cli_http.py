@@ -103,6 +103,17 @@ def test_an_unknown_command_or_option_is_one_usage_line_not_a_traceback(tmp_path
         assert "No such command 'bogus'" in run.stderr or "No such option: --no-such-option" in run.stderr
 
 
+def test_help_names_the_config_sections_it_points_to(tmp_path: Path) -> None:
+    """Help text says ``[peers.NAME]`` and ``[sites.NAME]``: the exact section an operator must
+    write. Rich markup would read the brackets as a style tag and print "The  (name or AE
+    title)", leaving the operator to guess what --to wants."""
+    for args, section in ((["restore", "--help"], "[peers.NAME]"), (["export", "--help"], "[peers.NAME]"),
+                          (["rebuild-index", "--help"], "[sites.NAME]"), (["replica-token", "--help"], "[replica_store]")):
+        run = subprocess.run([sys.executable, "-m", "dicomvault.cli", *args], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=60)
+        assert run.returncode == 0 and section in run.stdout, (args, run.stdout)
+
+
 @pytest.mark.parametrize("taken", ["http", "dicom"])
 def test_serve_refuses_a_port_in_use_with_one_clear_line(vault: Vault, taken: str) -> None:
     """A port already bound is a start-up error naming the port, never a server half up (DICOM

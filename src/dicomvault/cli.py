@@ -20,8 +20,8 @@ from dicomvault.cli_common import actor as _actor
 from dicomvault.cli_common import open_archive as _open
 from dicomvault.config import DEFAULT_CONFIG_NAME, DEFAULT_CONFIG_TEMPLATE, ConfigError, load_settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="dicomvault: a disaster-recovery archive for DICOM.")
-audit_app = typer.Typer(no_args_is_help=True, help="Inspect and verify the hash-chained audit log.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="dicomvault: a disaster-recovery archive for DICOM.")
+audit_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Inspect and verify the hash-chained audit log.")
 app.add_typer(audit_app, name="audit")
 from dicomvault.cli_sites import SitesFailure, sites_app  # noqa: E402
 

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from dicomvault.config import load_settings
 
-replica_app = typer.Typer(no_args_is_help=True,
+replica_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                           help="Tokens of the vaults allowed to replicate to this one ([replica_store]).")
 out = Console()
 err = Console(stderr=True)

@@ -56,15 +56,6 @@ def restore(
     Running the same command again resumes the job (what the PACS acknowledged is not sent
     again); --fresh starts over. Progress shows in `dicomvault status --json` and /api/restores.
     """
-    from dicomvault.catalog.selection import Selection, SelectionError
-    from dicomvault.jobs.restore import RateLimit
-    from dicomvault.jobs.restore_plan import (
-        RestoreError,
-        job_report,
-        load_job,
-        requeue_failed,
-    )
-
     if in_server:
         if report is not None:
             raise CliFailure("--report reads the catalog directly; drop --in-server")
@@ -85,6 +76,12 @@ def restore(
         if result["failed"]:
             raise typer.Exit(EXIT_SOME_FAILED)
         return
+
+    # Imported only here: the catalog pulls in SQLAlchemy (~0.2 s of start-up) and a job handed
+    # to the server never opens it from this process.
+    from dicomvault.catalog.selection import Selection, SelectionError
+    from dicomvault.jobs.restore import RateLimit
+    from dicomvault.jobs.restore_plan import RestoreError, job_report, load_job, requeue_failed
 
     archive = open_archive(config)
     try:

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from dicomvault.config import ConfigError, load_settings, resolve_config_path
 
-sites_app = typer.Typer(no_args_is_help=True, help="Replica sites: where the copies go (NAS, S3, another vault).")
+sites_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Replica sites: where the copies go (NAS, S3, another vault).")
 out = Console()
 
 ConfigOption = Annotated[
