@@ -104,6 +104,23 @@ class SelectedInstance:
     series_number: str
     instance_number: str
     received_at: float
+    study_pk: int = 0
+
+
+@dataclass(frozen=True)
+class SelectedStudy:
+    """One study of a selection, summed over its selected instances: what a planner orders
+    before it reads any instance (a vault of millions of instances has only thousands of
+    studies, so ordering them costs no memory to speak of)."""
+
+    pk: int
+    study_uid: str
+    patient_id: str
+    study_date: str
+    study_time: str
+    received_at: float  # the latest arrival among its selected instances
+    instances: int
+    size_original: int
 
 
 def latest_versions_select(*columns: object) -> object:
@@ -124,22 +141,14 @@ def latest_versions_select(*columns: object) -> object:
     )
 
 
-def _in_chunks(column: object, values: tuple[str, ...]) -> object:
+def _in_chunks(column: object, values: tuple[object, ...]) -> object:
     """``column IN (...)`` split so no statement binds more than a few hundred parameters."""
     return or_(*(column.in_(values[i:i + _MAX_KEYS_PER_QUERY])  # type: ignore[attr-defined]
                  for i in range(0, len(values), _MAX_KEYS_PER_QUERY)))
 
 
-def select_instances(catalog: "Catalog", selection: Selection) -> list[SelectedInstance]:
-    """Every matching instance (latest version), in study order: patient, study date, study,
-    series number, instance number."""
-    query = latest_versions_select(
-        t.instances.c.sop_instance_uid, t.instances.c.sop_class_uid, t.studies.c.study_uid, t.series.c.series_uid,
-        t.versions.c.object_id, t.versions.c.sha256, t.versions.c.transfer_syntax_uid, t.versions.c.size_original,
-        t.patients.c.patient_id, t.patients.c.patient_name, t.studies.c.study_date, t.studies.c.study_time,
-        t.studies.c.study_description, t.series.c.modality, t.series.c.series_number,
-        t.instances.c.instance_number, t.versions.c.received_at,
-    )
+def _filtered(query: object, selection: "Selection") -> object:
+    """``query`` narrowed to the selection's filters (the same for studies and instances)."""
     if selection.since or selection.until:  # a study without a valid date matches no date range
         query = query.where(func.length(t.studies.c.study_date) == 8)  # type: ignore[attr-defined]
     if selection.since:
@@ -152,12 +161,45 @@ def select_instances(catalog: "Catalog", selection: Selection) -> list[SelectedI
         query = query.where(_in_chunks(t.series.c.modality, selection.modalities))  # type: ignore[attr-defined]
     if selection.studies:
         query = query.where(_in_chunks(t.studies.c.study_uid, selection.studies))  # type: ignore[attr-defined]
+    return query
+
+
+def select_studies(catalog: "Catalog", selection: Selection) -> list[SelectedStudy]:
+    """Every study with at least one matching instance (latest versions), with its counts,
+    in patient, study date, study order."""
+    query = _filtered(latest_versions_select(
+        t.studies.c.id, t.studies.c.study_uid, t.patients.c.patient_id, t.studies.c.study_date, t.studies.c.study_time,
+        func.max(t.versions.c.received_at).label("received_at"), func.count().label("instances"),
+        func.sum(t.versions.c.size_original).label("size_original"),
+    ), selection).group_by(  # type: ignore[attr-defined]
+        t.studies.c.id, t.studies.c.study_uid, t.patients.c.patient_id, t.studies.c.study_date, t.studies.c.study_time)
+    with catalog.read() as conn:
+        studies = [SelectedStudy(int(r.id), r.study_uid, r.patient_id or "", r.study_date or "", r.study_time or "",
+                                 float(r.received_at), int(r.instances), int(r.size_original or 0))
+                   for r in conn.execute(query)]  # type: ignore[arg-type]
+    return sorted(studies, key=lambda s: (s.patient_id, s.study_date, s.study_uid))
+
+
+def select_instances(catalog: "Catalog", selection: Selection,
+                     study_pks: Iterable[int] | None = None) -> list[SelectedInstance]:
+    """Every matching instance (latest version), in study order: patient, study date, study,
+    series number, instance number. ``study_pks`` narrows it to those studies (a planner
+    reads a large selection a few hundred studies at a time)."""
+    query = _filtered(latest_versions_select(
+        t.instances.c.sop_instance_uid, t.instances.c.sop_class_uid, t.studies.c.study_uid, t.series.c.series_uid,
+        t.versions.c.object_id, t.versions.c.sha256, t.versions.c.transfer_syntax_uid, t.versions.c.size_original,
+        t.patients.c.patient_id, t.patients.c.patient_name, t.studies.c.study_date, t.studies.c.study_time,
+        t.studies.c.study_description, t.series.c.modality, t.series.c.series_number,
+        t.instances.c.instance_number, t.versions.c.received_at, t.studies.c.id.label("study_pk"),
+    ), selection)
+    if study_pks is not None:
+        query = query.where(_in_chunks(t.studies.c.id, tuple(study_pks)))  # type: ignore[attr-defined]
     with catalog.read() as conn:
         rows = [SelectedInstance(
             r.sop_instance_uid, r.sop_class_uid, r.study_uid, r.series_uid, r.object_id, r.sha256,
             r.transfer_syntax_uid, int(r.size_original), r.patient_id or "", r.patient_name or "",
             r.study_date or "", r.study_time or "", r.study_description or "", r.modality or "",
-            r.series_number or "", r.instance_number or "", float(r.received_at),
+            r.series_number or "", r.instance_number or "", float(r.received_at), int(r.study_pk),
         ) for r in conn.execute(query)]  # type: ignore[arg-type]
     return sorted(rows, key=lambda r: (r.patient_id, r.study_date, r.study_uid, number_key(r.series_number),
                                        r.series_uid, number_key(r.instance_number), r.sop_instance_uid))

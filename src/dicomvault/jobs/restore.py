@@ -23,13 +23,13 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 
 from dicomvault.audit import AuditEvent, append
 from dicomvault.catalog import schema as t
@@ -64,6 +64,7 @@ _RECORD_OUTCOME = update(t.restore_items).where(t.restore_items.c.id == bindpara
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})  # success, or stored with a warning
 RECORD_EVERY = 0.25  # seconds between batched outcome writes (and heartbeats)
 INSTANCE_UNIT = 1_000_000  # an instances/s limit runs the byte limiter with one instance = 1 MB
+PENDING_PAGE = 2000  # items read from the plan per query while sending
 
 
 @dataclass(frozen=True)
@@ -189,21 +190,48 @@ class RestoreRunner:
                 self.on_locked()  # the job shows as running from here on
             return self._run_locked()
 
-    def _pending(self) -> list[PlannedItem]:
+    def _pending_count(self) -> int:
         items = t.restore_items
         with self.catalog.read() as conn:
-            return [PlannedItem(r.id, r.tier, r.sop_instance_uid, r.sop_class_uid, r.object_id, r.sha256,
-                                r.transfer_syntax_uid, int(r.size))
-                    for r in conn.execute(
-                        select(items.c.id, items.c.tier, items.c.sop_instance_uid, items.c.sop_class_uid,
-                               items.c.object_id, items.c.sha256, items.c.transfer_syntax_uid, items.c.size)
-                        .where(items.c.job_id == self.job.id, items.c.state == "pending")
-                        .order_by(items.c.position))]
+            return int(conn.execute(select(func.count()).select_from(items)
+                                    .where(items.c.job_id == self.job.id, items.c.state == "pending")).scalar() or 0)
+
+    def _pending_pairs(self) -> list[tuple[str, str]]:
+        """The (SOP class, stored syntax) pairs still to send, in the order they first come."""
+        items = t.restore_items
+        first = func.min(items.c.position)
+        with self.catalog.read() as conn:
+            return [(r[0], r[1]) for r in conn.execute(
+                select(items.c.sop_class_uid, items.c.transfer_syntax_uid, first)
+                .where(items.c.job_id == self.job.id, items.c.state == "pending")
+                .group_by(items.c.sop_class_uid, items.c.transfer_syntax_uid).order_by(first))]
+
+    def _pending(self) -> Iterator[PlannedItem]:
+        """The pending items in sending order, read a page at a time: a restore of millions of
+        instances holds a page in memory, not the whole plan."""
+        items = t.restore_items
+        after = -1
+        while True:
+            with self.catalog.read() as conn:
+                page = conn.execute(
+                    select(items.c.id, items.c.position, items.c.tier, items.c.sop_instance_uid, items.c.sop_class_uid,
+                           items.c.object_id, items.c.sha256, items.c.transfer_syntax_uid, items.c.size)
+                    .where(items.c.job_id == self.job.id, items.c.state == "pending", items.c.position > after)
+                    .order_by(items.c.position).limit(PENDING_PAGE)).all()
+            if not page:
+                return
+            for r in page:
+                yield PlannedItem(r.id, r.tier, r.sop_instance_uid, r.sop_class_uid, r.object_id, r.sha256,
+                                  r.transfer_syntax_uid, int(r.size))
+            after = page[-1].position
 
     def _run_locked(self) -> dict[str, Any]:
         if self.job.state == "superseded":
             raise RestoreError(f"job {self.job.id} was superseded by a newer job; it cannot be resumed")
-        pending = self._pending()
+        if self.job.state == "planning":
+            raise RestoreError(f"job {self.job.id} was never completely planned (its planner is still at work or "
+                               "died); run the same restore again without --resume to plan it anew")
+        pending = self._pending_count()
         run_number = self.job.runs + 1
         started = time.time()
         with self.catalog.write() as conn:
@@ -212,11 +240,11 @@ class RestoreRunner:
                 finished_at=None))
             append(conn, AuditEvent(actor=self.actor, action=self.job.kind, subject=self.peer.name, outcome="started",
                                     detail={"job": self.job.id, "run": run_number, "destination": self.job.destination,
-                                            "selection": self.job.selection.describe(), "pending": len(pending)}))
+                                            "selection": self.job.selection.describe(), "pending": pending}))
         error = None
         try:
             if pending:
-                self._send_all(pending, run_number)
+                self._send_all(run_number)
         except Exception as exc:  # noqa: BLE001 - recorded on the job, then re-raised
             error = f"{type(exc).__name__}: {exc}"
             raise
@@ -260,8 +288,8 @@ class RestoreRunner:
     def _load(self, item: PlannedItem) -> bytes:
         return self.archive.repository.load_dataset(item.object_id, item.sha256)
 
-    def _send_all(self, pending: list[PlannedItem], run_number: int) -> None:
-        pairs = proposals([(i.sop_class_uid, i.transfer_syntax_uid) for i in pending])
+    def _send_all(self, run_number: int) -> None:
+        pairs = proposals(self._pending_pairs())
         limiters = self.rate.limiters()
         # One loader thread while one or two associations send: an object opens in about a
         # millisecond against ~5 ms for the PACS to take it, and a second loader only competes
@@ -269,7 +297,8 @@ class RestoreRunner:
         # faster with one). More associations get a second one to overlap slow reads.
         loader_threads = 1 if self.associations <= 2 else 2
         with ThreadPoolExecutor(max_workers=loader_threads, thread_name_prefix="restore-load") as loaders:
-            feed: Prefetcher[PlannedItem, bytes] = Prefetcher(pending, self._load, loaders, 2 * self.associations + 2)
+            feed: Prefetcher[PlannedItem, bytes] = Prefetcher(self._pending(), self._load, loaders,
+                                                              2 * self.associations + 2)
             senders = [threading.Thread(target=self._sender, args=(feed, pairs, limiters), daemon=True,
                                         name=f"restore-send-{n}") for n in range(self.associations)]
             for sender in senders:

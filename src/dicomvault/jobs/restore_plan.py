@@ -1,8 +1,9 @@
 """Restore jobs as rows: planning (which instances, in which order), finding a job to resume,
 and the progress and report every surface shows (CLI, ``status --json``, ``/api/restores``).
 
-A job is planned once, in one transaction: every selected instance becomes a
-``restore_items`` row with its position in the sending order. Resuming a killed job sends
+A job is planned once: every selected instance becomes a ``restore_items`` row with its
+position in the sending order, written a batch of studies per transaction so that planning
+millions of instances neither holds them all in memory nor blocks ingest's commits. Resuming a killed job sends
 only the rows still pending, so what the PACS acknowledged is not sent again, and counts add
 up across runs because they are counted from the rows, not kept in memory.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import case, func, insert, select, update
 
 from dicomvault.catalog import schema as t
-from dicomvault.catalog.selection import SelectedInstance, Selection, number_key, select_instances
+from dicomvault.catalog.selection import (
+    SelectedInstance,
+    SelectedStudy,
+    Selection,
+    number_key,
+    select_instances,
+    select_studies,
+)
 
 if TYPE_CHECKING:
     from dicomvault.catalog import Catalog
@@ -36,6 +44,7 @@ TIER_NAMES = ("last 24 h", "last 7 days", "older")
 TIER_LIMITS = (24 * 3600.0, 7 * 24 * 3600.0)
 HEARTBEAT_STALE = 30.0  # seconds without a heartbeat before an active job counts as interrupted
 _INSERT_BATCH = 1000
+_PLAN_INSTANCES_PER_BATCH = 5000  # per read and write transaction: ~10 MB and ~0.1 s each
 
 
 class RestoreError(Exception):
@@ -56,7 +65,7 @@ class JobRow:
     total: int
 
 
-def study_moment(row: SelectedInstance) -> float:
+def study_moment(row: SelectedStudy | SelectedInstance) -> float:
     """When the study was acquired (local time), from StudyDate/StudyTime; arrival time if unusable."""
     date = row.study_date.strip()
     if len(date) == 8 and date.isdigit():
@@ -76,47 +85,97 @@ def urgency_tier(moment: float, now: float) -> int:
     return len(TIER_LIMITS)
 
 
-def order_rows(rows: Sequence[SelectedInstance], ordering: str, now: float) -> list[tuple[int, SelectedInstance]]:
-    """(tier, row) in sending order. ``study`` keeps the selection's patient/study order."""
+def order_studies(studies: Sequence[SelectedStudy], ordering: str, now: float) -> list[tuple[int, SelectedStudy]]:
+    """(tier, study) in sending order. ``study`` keeps the selection's patient/study order;
+    ``urgency`` puts the last 24 h first, then the last 7 days, then the rest, newest first."""
+    tiered = [(urgency_tier(study_moment(s), now), s) for s in studies]
     if ordering == "study":
-        return [(urgency_tier(study_moment(r), now), r) for r in rows]
-    moments: dict[str, float] = {}
-    for row in rows:  # one moment per study (its instances may have arrived at different times)
-        moments[row.study_uid] = max(moments.get(row.study_uid, 0.0), study_moment(row))
-    keyed = [((urgency_tier(moments[r.study_uid], now), -moments[r.study_uid], r.study_uid,
-               number_key(r.series_number), r.series_uid, number_key(r.instance_number), r.sop_instance_uid), r)
-             for r in rows]
-    keyed.sort(key=lambda pair: pair[0])
-    return [(key[0], row) for key, row in keyed]
+        return tiered
+    return sorted(tiered, key=lambda pair: (pair[0], -study_moment(pair[1]), pair[1].study_uid))
+
+
+def _instance_order(row: SelectedInstance) -> tuple[Any, ...]:
+    return number_key(row.series_number), row.series_uid, number_key(row.instance_number), row.sop_instance_uid
 
 
 def plan_job(catalog: "Catalog", *, kind: str, peer: "PeerSettings", selection: Selection, ordering: str,
              options: dict[str, Any], actor: str, now: float | None = None) -> int:
-    """Create the job and its items in one transaction; returns the job id."""
+    """Create the job and its items; returns the job id.
+
+    Memory and lock time stay flat however large the selection: the studies are ordered
+    first (thousands of rows, not millions), then their instances are read and written a few
+    hundred studies per transaction, so ingest keeps committing between them. The job is
+    ``planning`` until its last item is written; a planner that dies leaves a job nobody
+    resumes (the same request plans anew and supersedes it), never a half plan sent as whole."""
     now = time.time() if now is None else now
-    rows = select_instances(catalog, selection)
-    if not rows:
+    studies = select_studies(catalog, selection)
+    if not studies:
         raise RestoreError(f"nothing in the vault matches the selection ({selection.describe()})")
-    ordered = order_rows(rows, ordering, now)
+    ordered = order_studies(studies, ordering, now)
     with catalog.write() as conn:
-        job_id = conn.execute(insert(t.restore_jobs).values(
+        conn.execute(update(t.restore_jobs).where(  # an earlier planner of this same request died
+            t.restore_jobs.c.kind == kind, t.restore_jobs.c.peer == peer.name,
+            t.restore_jobs.c.selection == selection.to_json(), t.restore_jobs.c.state == "planning",
+        ).values(state="superseded"))
+        job_id = int(conn.execute(insert(t.restore_jobs).values(
             kind=kind, peer=peer.name, destination=f"{peer.ae_title}@{peer.host}:{peer.port}",
             selection=selection.to_json(), ordering=ordering, options=json.dumps(options, sort_keys=True),
-            state="active", actor=actor, total=len(ordered), total_bytes=sum(r.size_original for _, r in ordered),
-            runs=0, created_at=now, seconds_sending=0.0,
-        )).inserted_primary_key[0]
-        batch: list[dict[str, Any]] = []
-        for position, (tier, row) in enumerate(ordered):
-            batch.append(dict(job_id=job_id, position=position, tier=tier, study_uid=row.study_uid,
-                              sop_instance_uid=row.sop_instance_uid, sop_class_uid=row.sop_class_uid,
-                              object_id=row.object_id, sha256=row.sha256,
-                              transfer_syntax_uid=row.transfer_syntax_uid, size=row.size_original, state="pending"))
-            if len(batch) >= _INSERT_BATCH:
-                conn.execute(insert(t.restore_items), batch)
-                batch = []
-        if batch:
-            conn.execute(insert(t.restore_items), batch)
-    return int(job_id)
+            state="planning", actor=actor, total=sum(s.instances for s in studies),
+            total_bytes=sum(s.size_original for s in studies), runs=0, created_at=now, heartbeat_at=now,
+            seconds_sending=0.0,
+        )).inserted_primary_key[0])
+    try:
+        planned, planned_bytes = _plan_items(catalog, job_id, selection, ordered)
+        with catalog.write() as conn:
+            done = conn.execute(update(t.restore_jobs).where(
+                t.restore_jobs.c.id == job_id, t.restore_jobs.c.state == "planning",
+            ).values(state="active", total=planned, total_bytes=planned_bytes, heartbeat_at=None)).rowcount
+        if not done:
+            raise RestoreError(f"job {job_id} was superseded while it was being planned (the same restore was "
+                               "started again elsewhere); follow that one in `dicomvault status`")
+    except BaseException:
+        with catalog.write() as conn:  # nobody may resume a half-written plan
+            conn.execute(update(t.restore_jobs).where(
+                t.restore_jobs.c.id == job_id, t.restore_jobs.c.state == "planning").values(state="superseded"))
+        raise
+    return job_id
+
+
+def _batches(ordered: list[tuple[int, SelectedStudy]]) -> Iterator[list[tuple[int, SelectedStudy]]]:
+    """Consecutive studies of about ``_PLAN_INSTANCES_PER_BATCH`` instances (a larger study alone)."""
+    batch: list[tuple[int, SelectedStudy]] = []
+    count = 0
+    for pair in ordered:
+        if batch and count + pair[1].instances > _PLAN_INSTANCES_PER_BATCH:
+            yield batch
+            batch, count = [], 0
+        batch.append(pair)
+        count += pair[1].instances
+    if batch:
+        yield batch
+
+
+def _plan_items(catalog: "Catalog", job_id: int, selection: Selection,
+                ordered: list[tuple[int, SelectedStudy]]) -> tuple[int, int]:
+    """Write the items, a batch of studies per transaction; returns (instances, bytes)."""
+    position = size = 0
+    for chunk in _batches(ordered):
+        rank = {study.pk: (index, tier) for index, (tier, study) in enumerate(chunk)}
+        rows = select_instances(catalog, selection, study_pks=rank)
+        rows.sort(key=lambda r: (rank[r.study_pk][0], *_instance_order(r)))
+        with catalog.write() as conn:
+            for first in range(0, len(rows), _INSERT_BATCH):
+                conn.execute(insert(t.restore_items), [
+                    dict(job_id=job_id, position=position + offset, tier=rank[row.study_pk][1],
+                         study_uid=row.study_uid, sop_instance_uid=row.sop_instance_uid,
+                         sop_class_uid=row.sop_class_uid, object_id=row.object_id, sha256=row.sha256,
+                         transfer_syntax_uid=row.transfer_syntax_uid, size=row.size_original, state="pending")
+                    for offset, row in enumerate(rows[first:first + _INSERT_BATCH], start=first)])
+            conn.execute(update(t.restore_jobs).where(t.restore_jobs.c.id == job_id)
+                         .values(heartbeat_at=time.time()))
+        position += len(rows)
+        size += sum(r.size_original for r in rows)
+    return position, size
 
 
 def load_job(catalog: "Catalog", job_id: int) -> JobRow:
@@ -134,7 +193,8 @@ def latest_job_for(catalog: "Catalog", kind: str, peer: str, selection: Selectio
         job_id = conn.execute(
             select(t.restore_jobs.c.id)
             .where(t.restore_jobs.c.kind == kind, t.restore_jobs.c.peer == peer,
-                   t.restore_jobs.c.selection == selection.to_json(), t.restore_jobs.c.state != "superseded")
+                   t.restore_jobs.c.selection == selection.to_json(),
+                   t.restore_jobs.c.state.notin_(("superseded", "planning")))
             .order_by(t.restore_jobs.c.id.desc()).limit(1)
         ).scalar()
     return load_job(catalog, int(job_id)) if job_id is not None else None
@@ -182,6 +242,9 @@ def lock_held(path: Path) -> bool:
 def _display_state(job: Any, failed: int, now: float, lock_dir: Path | None) -> str:
     if job.state == "superseded":
         return "superseded"
+    if job.state == "planning":  # its planner writes a heartbeat after every batch of studies
+        fresh = bool(job.heartbeat_at and now - job.heartbeat_at <= HEARTBEAT_STALE)
+        return "planning" if fresh else "abandoned"
     if job.state == "completed":
         return "completed with failures" if failed else "completed"
     if lock_dir is not None:  # same host: the runner's lock is the truth, at once
@@ -275,7 +338,7 @@ def recent_jobs(catalog: "Catalog", within_seconds: float = 7 * 24 * 3600, limit
     with catalog.read() as conn:
         ids = conn.execute(
             select(jobs.c.id).where(jobs.c.state != "superseded")
-            .where((jobs.c.state == "active") | (jobs.c.finished_at >= now - within_seconds))
+            .where(jobs.c.state.in_(("active", "planning")) | (jobs.c.finished_at >= now - within_seconds))
             .order_by(jobs.c.id.desc()).limit(limit)
         ).scalars().all()
     return [job_progress(catalog, int(job_id), now, lock_dir) for job_id in ids]
@@ -303,7 +366,11 @@ def restore_alerts(jobs: list[dict[str, Any]], now: float | None = None) -> list
     now = time.time() if now is None else now
     alerts = []
     for job in jobs:
-        if job["state"] == "interrupted":
+        if job["state"] == "abandoned":
+            alerts.append(f"{job['kind']} job {job['id']} to {job['peer']}: its planning stopped before the plan was "
+                          "complete (the process died); nothing of it will be sent. Run the same restore again "
+                          "to plan it anew")
+        elif job["state"] == "interrupted":
             alerts.append(f"{job['kind']} job {job['id']} to {job['peer']} interrupted at {job['sent']}/{job['total']}"
                           + (f" ({job['last_error']})" if job["last_error"] else "")
                           + f"; resume it with `dicomvault restore --resume {job['id']}`")

@@ -217,7 +217,7 @@ class RestoreService:
         locks = status_lock_dir(self.archive.settings)
         while time.monotonic() < deadline:
             try:
-                if job_progress(self.archive.catalog, job_id, lock_dir=locks)["state"] != "running":
+                if job_progress(self.archive.catalog, job_id, lock_dir=locks)["state"] not in ("running", "planning"):
                     return
             except RestoreError:
                 return  # no such job: the report says so
