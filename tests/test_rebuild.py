@@ -145,6 +145,24 @@ def test_rebuild_refuses_clearly_and_changes_nothing(vault: Vault, template: pyd
     assert vault.cli("audit", "verify").returncode == 0
 
 
+def test_snapshot_names_sort_in_the_order_taken_even_within_one_second() -> None:
+    """Rebuild takes the newest snapshot by name. With names to the second and a random
+    suffix, two snapshots of the same second sorted by that suffix: the older one could be
+    taken for the newest (seen in CI: the damaged-newest test below rebuilt from the wrong
+    one)."""
+    from dicomvault.jobs.snapshot import new_name
+    from dicomvault.sites.base import SiteError, valid_snapshot_name
+
+    second = 1_796_000_000.0
+    names = [new_name(second + tenth / 10 + 0.05) for tenth in range(10)]
+    assert sorted(names) == names and len({name[:26] for name in names}) == 10
+    assert all(valid_snapshot_name(name) == name for name in names)
+    assert valid_snapshot_name("catalog-20261123T101500Z-1a2b3c4d")  # written before milliseconds
+    for bad in ("catalog-20261123T101500.12Z-1a2b3c4d", "catalog-20261123T101500Z-1a2b3c4d/../x"):
+        with pytest.raises(SiteError):
+            valid_snapshot_name(bad)
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_a_damaged_newest_snapshot_falls_back_to_the_previous_one(
         vault: Vault, template: pydicom.Dataset, tmp_path: Path, damage: str) -> None:  # noqa: F811

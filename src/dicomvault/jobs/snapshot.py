@@ -77,7 +77,8 @@ class SnapshotReport:
 
 
 def new_name(now: float) -> str:
-    return time.strftime("catalog-%Y%m%dT%H%M%SZ-", time.gmtime(now)) + secrets.token_hex(4)
+    milliseconds = min(999, int((now % 1) * 1000))
+    return time.strftime("catalog-%Y%m%dT%H%M%S", time.gmtime(now)) + f".{milliseconds:03d}Z-" + secrets.token_hex(4)
 
 
 # -- the dump --------------------------------------------------------------------------------

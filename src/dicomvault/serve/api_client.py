@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 FOLLOW_SECONDS = 2.0  # each progress request waits this long for the job to end
+PLAN_TIMEOUT = 3600.0  # seconds a POST may take to plan (tens of millions of instances)
 
 
 class ServerError(Exception):
@@ -63,7 +64,9 @@ class ServerClient:
 
     def run_restore(self, body: dict[str, Any], progress: Callable[[], Any]) -> dict[str, Any]:
         """Start the job, follow it to its end with a bar, return its report."""
-        job = self.call("POST", "/api/restores", body)
+        # The server answers once the job is planned and running; planning a whole vault takes
+        # ~20 s per million instances (benchmarks/restore/plan_scale.py), so the POST may wait.
+        job = self.call("POST", "/api/restores", body, timeout=PLAN_TIMEOUT)
         done = lambda report: report["sent"] + report["failed"]  # noqa: E731
         with progress() as bar:
             task = bar.add_task(f"job {job['id']} to {job['peer']} (in the server)", total=job["total"],

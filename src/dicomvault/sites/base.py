@@ -12,8 +12,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
-# Catalog snapshot names sort by time: ``catalog-20261123T101500Z-1a2b3c4d``.
-SNAPSHOT_NAME = re.compile(r"^catalog-\d{8}T\d{6}Z-[0-9a-f]{8}$")
+# Catalog snapshot names sort by time: ``catalog-20261123T101500.123Z-1a2b3c4d`` (UTC, to the
+# millisecond, so two snapshots taken within one second still sort in the order they were
+# taken; the random suffix only keeps names unique). Names without milliseconds, written
+# before, are still read.
+SNAPSHOT_NAME = re.compile(r"^catalog-\d{8}T\d{6}(\.\d{3})?Z-[0-9a-f]{8}$")
 
 
 def valid_snapshot_name(name: str) -> str:
