@@ -184,7 +184,7 @@ def select_instances(catalog: "Catalog", selection: Selection,
                      study_pks: Iterable[int] | None = None) -> list[SelectedInstance]:
     """Every matching instance (latest version), in study order: patient, study date, study,
     series number, instance number. ``study_pks`` narrows it to those studies (a planner
-    reads a large selection a few hundred studies at a time)."""
+    reads a large selection a batch of studies at a time)."""
     query = _filtered(latest_versions_select(
         t.instances.c.sop_instance_uid, t.instances.c.sop_class_uid, t.studies.c.study_uid, t.series.c.series_uid,
         t.versions.c.object_id, t.versions.c.sha256, t.versions.c.transfer_syntax_uid, t.versions.c.size_original,

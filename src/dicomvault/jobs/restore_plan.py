@@ -3,9 +3,10 @@ and the progress and report every surface shows (CLI, ``status --json``, ``/api/
 
 A job is planned once: every selected instance becomes a ``restore_items`` row with its
 position in the sending order, written a batch of studies per transaction so that planning
-millions of instances neither holds them all in memory nor blocks ingest's commits. Resuming a killed job sends
-only the rows still pending, so what the PACS acknowledged is not sent again, and counts add
-up across runs because they are counted from the rows, not kept in memory.
+millions of instances neither holds them all in memory nor blocks ingest's commits.
+Resuming a killed job sends only the rows still pending, so what the PACS acknowledged is
+not sent again, and counts add up across runs because they are counted from the rows, not
+kept in memory.
 
 Urgency order (a rebuilt, empty PACS needs today's work first): studies acquired in the last
 24 hours, then in the last 7 days, then everything else, newest first within each tier; a
@@ -15,6 +16,7 @@ Study Date and Time; a study without a usable date counts from when the vault re
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import time
@@ -103,8 +105,9 @@ def plan_job(catalog: "Catalog", *, kind: str, peer: "PeerSettings", selection: 
     """Create the job and its items; returns the job id.
 
     Memory and lock time stay flat however large the selection: the studies are ordered
-    first (thousands of rows, not millions), then their instances are read and written a few
-    hundred studies per transaction, so ingest keeps committing between them. The job is
+    first (thousands of rows, not millions), then their instances are read and written about
+    ``_PLAN_INSTANCES_PER_BATCH`` at a time, one short transaction each, so ingest keeps
+    committing between them. The job is
     ``planning`` until its last item is written; a planner that dies leaves a job nobody
     resumes (the same request plans anew and supersedes it), never a half plan sent as whole."""
     now = time.time() if now is None else now
@@ -134,7 +137,7 @@ def plan_job(catalog: "Catalog", *, kind: str, peer: "PeerSettings", selection: 
             raise RestoreError(f"job {job_id} was superseded while it was being planned (the same restore was "
                                "started again elsewhere); follow that one in `dicomvault status`")
     except BaseException:
-        with catalog.write() as conn:  # nobody may resume a half-written plan
+        with contextlib.suppress(Exception), catalog.write() as conn:  # nobody may resume a half plan
             conn.execute(update(t.restore_jobs).where(
                 t.restore_jobs.c.id == job_id, t.restore_jobs.c.state == "planning").values(state="superseded"))
         raise
@@ -338,7 +341,8 @@ def recent_jobs(catalog: "Catalog", within_seconds: float = 7 * 24 * 3600, limit
     with catalog.read() as conn:
         ids = conn.execute(
             select(jobs.c.id).where(jobs.c.state != "superseded")
-            .where(jobs.c.state.in_(("active", "planning")) | (jobs.c.finished_at >= now - within_seconds))
+            .where((jobs.c.state == "active") | (jobs.c.finished_at >= now - within_seconds)
+                   | ((jobs.c.state == "planning") & (jobs.c.created_at >= now - within_seconds)))
             .order_by(jobs.c.id.desc()).limit(limit)
         ).scalars().all()
     return [job_progress(catalog, int(job_id), now, lock_dir) for job_id in ids]
