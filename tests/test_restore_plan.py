@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -127,10 +128,11 @@ def dies_on_the_second_batch(*args, **kwargs):
     return real(*args, **kwargs)
 
 restore_plan.select_instances = dies_on_the_second_batch
+from dicomvault.jobs.restore_service import plan_or_resume
+
 archive = Archive.open(load_settings(sys.argv[1]))
-restore_plan.plan_job(archive.catalog, kind="restore", peer=PeerSettings("pacs", "PACS", "127.0.0.1", 104),
-                      selection=Selection.build(None, None, (), (), ()), ordering="urgency", options={},
-                      actor="test")
+plan_or_resume(archive, "restore", "urgency", PeerSettings("pacs", "PACS", "127.0.0.1", 104),
+               Selection.build(None, None, (), (), ()), False, False, 1, None, "test")
 """
 
 
@@ -141,15 +143,16 @@ def test_a_planner_killed_midway_leaves_a_job_nobody_sends_and_the_next_request_
     died = subprocess.run([sys.executable, "-c", DYING_PLANNER, str(vault.config)], capture_output=True, text=True,
                           timeout=120)
     assert died.returncode == 9, died.stderr
-    (dead_job,) = restore_plan.recent_jobs(archive.catalog)
+    (dead_job,) = restore_plan.recent_jobs(archive.catalog, lock_dir=restore_plan.status_lock_dir(archive.settings))
     assert job_row(vault, dead_job["id"])[0] == "planning"
     assert 0 < len(planned(vault, dead_job["id"])) < total  # the first batch was committed, the rest never came
-    assert dead_job["state"] == "planning"  # its heartbeat is fresh: it may still be at work
-    later = time.time() + restore_plan.HEARTBEAT_STALE + 1
-    (stale,) = restore_plan.recent_jobs(archive.catalog, now=later)
-    assert stale["state"] == "abandoned"
-    (alert,) = restore_plan.restore_alerts([stale], now=later)
+    assert dead_job["state"] == "abandoned"  # on this host at once: the kernel dropped its planner's flock
+    (alert,) = restore_plan.restore_alerts([dead_job])
     assert "planning stopped" in alert and "Run the same restore again" in alert
+    # Another host sharing the catalog sees only the heartbeat: still planning, until it is stale.
+    assert restore_plan.recent_jobs(archive.catalog)[0]["state"] == "planning"
+    later = time.time() + restore_plan.HEARTBEAT_STALE + 1
+    assert restore_plan.recent_jobs(archive.catalog, now=later)[0]["state"] == "abandoned"
 
     resumed = vault.cli("restore", "--resume", str(dead_job["id"]), check=False)
     assert resumed.returncode == 1 and "never completely planned" in resumed.stderr, resumed.stderr
@@ -178,3 +181,50 @@ def test_sending_reads_the_plan_a_page_at_a_time_in_order(
     assert report["this_run"]["sent"] == total  # acknowledgements counted as they come: nothing sent twice
     assert len(pacs.rest("GET", "/instances")) == total
     assert study_arrival_order(pacs) == [study[0].study_uid for study in studies]
+
+
+def test_the_server_answers_a_restore_while_it_plans_and_refuses_the_same_request_twice(
+        vault: Vault, archive: Archive, studies: list[list[Made]], orthanc_factory,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """POST /api/restores must not wait for a whole vault's plan: the job's thread writes it
+    (under the job's lock) while the request has already answered "planning"."""
+    from dicomvault.jobs.restore_service import Conflict, RestoreService
+
+    pacs = empty_pacs(orthanc_factory, vault)
+    archive.settings = load_settings(vault.config)  # with the pacs peer empty_pacs added
+    monkeypatch.setattr(restore_plan, "_PLAN_INSTANCES_PER_BATCH", 3)
+    release, reached = threading.Event(), threading.Event()
+    real = restore_plan.select_instances
+
+    def held_at_the_second_batch(*args: object, **kwargs: object) -> object:
+        if reached.is_set():
+            assert release.wait(60), "the test never let planning go on"
+        reached.set()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(restore_plan, "select_instances", held_at_the_second_batch)
+    service = RestoreService(archive)
+    try:
+        answer = service.start({"to": "pacs", "associations": 1}, "api:test@127.0.0.1")
+        total = sum(len(study) for study in studies)
+        assert (answer["state"], answer["total"], answer["sent"]) == ("planning", total, 0)
+        with pytest.raises(Conflict, match=f"job {answer['id']} with this selection is being planned"):
+            service.start({"to": "pacs", "associations": 2}, "api:test@127.0.0.1")
+        release.set()
+        service.wait(answer["id"], 60)
+        done = restore_plan.job_progress(archive.catalog, answer["id"])
+        assert (done["state"], done["sent"], done["failed"]) == ("completed", total, 0)
+        assert study_arrival_order(pacs) == [study[0].study_uid for study in studies]
+
+        release.clear()
+        reached.clear()
+        stopped = service.start({"to": "pacs", "fresh": True}, "api:test@127.0.0.1")
+        assert stopped["state"] == "planning" and stopped["id"] != answer["id"]
+        assert service.stop(stopped["id"])
+        release.set()
+        service.wait(stopped["id"], 60)
+        assert restore_plan.job_progress(archive.catalog, stopped["id"])["state"] == "superseded"
+        assert len(pacs.rest("GET", "/instances")) == total  # nothing more was sent
+    finally:
+        release.set()
+        service.close()

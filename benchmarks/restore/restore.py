@@ -127,7 +127,7 @@ def run_api_restore(server: VaultServer, associations: int) -> tuple[float, dict
     started = time.perf_counter()
     job = server.call("POST", "/api/restores", {"to": "pacs", "associations": associations, "fresh": True})
     report = server.call("GET", f"/api/restores/{job['id']}?wait=60")
-    while report["state"] == "running":  # a restore longer than the long poll
+    while report["state"] in ("planning", "running"):  # a restore longer than the long poll
         report = server.call("GET", f"/api/restores/{job['id']}?wait=60")
     elapsed = time.perf_counter() - started
     if report["state"] != "completed":

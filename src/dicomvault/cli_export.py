@@ -87,9 +87,10 @@ def _export_to_peer(peer: object, selection: "Selection", associations: int, rat
     archive = open_archive(config)
     try:
         limit = RateLimit.parse(rate)
-        job_id, already_done = plan_or_resume(archive, "export", "study", peer, selection, fresh, False,
-                                              associations, rate)
-        result = job_report(archive, job_id) if already_done else run_job(archive, job_id, peer, associations, limit)
+        job_id, already_done, plan = plan_or_resume(archive, "export", "study", peer, selection, fresh, False,
+                                                    associations, rate)
+        result = (job_report(archive, job_id) if already_done
+                  else run_job(archive, job_id, peer, associations, limit, plan))
     except RestoreError as exc:
         raise CliFailure(str(exc)) from exc
     finally:

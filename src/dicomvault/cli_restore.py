@@ -91,7 +91,7 @@ def restore(
             except RestoreError as exc:
                 raise CliFailure(str(exc)) from exc
             return
-        already_done = False
+        already_done, plan = False, None
         try:
             if not 1 <= associations <= 32:
                 raise RestoreError(f"--associations must be between 1 and 32, got {associations}")
@@ -107,14 +107,14 @@ def restore(
                     raise CliFailure("say where to restore: --to PEER (a [peers.NAME] entry), or --resume JOB")
                 peer = resolve_peer(archive.settings, to)
                 selection = Selection.build(since, until, patient or (), modality or (), study or ())
-                job_id, already_done = plan_or_resume(archive, "restore", "urgency", peer, selection, fresh,
-                                                      retry_failed, associations, rate)
+                job_id, already_done, plan = plan_or_resume(archive, "restore", "urgency", peer, selection, fresh,
+                                                            retry_failed, associations, rate)
             if retry_failed:
                 console.print(f"{requeue_failed(archive.catalog, job_id)} refused instance(s) queued again")
             if already_done:
                 result = job_report(archive, job_id)
             else:
-                result = run_job(archive, job_id, peer, associations, limit)
+                result = run_job(archive, job_id, peer, associations, limit, plan)
         except (RestoreError, SelectionError) as exc:
             raise CliFailure(str(exc)) from exc
     finally:
@@ -125,15 +125,18 @@ def restore(
 
 
 def plan_or_resume(archive: Any, kind: str, ordering: str, peer: Any, selection: Any, fresh: bool,
-                   retry_failed: bool, associations: int, rate: str | None) -> tuple[int, bool]:
-    """jobs/restore_service.plan_or_resume, telling the operator which job it is."""
-    from dicomvault.jobs.restore_service import plan_or_resume as choose
+                   retry_failed: bool, associations: int, rate: str | None) -> tuple[int, bool, Any]:
+    """jobs/restore_service.choose_or_create, telling the operator which job it is. Returns
+    (job id, already done, the plan ``run_job`` writes out first or None)."""
+    from dicomvault.jobs.restore_service import choose_or_create
 
-    return choose(archive, kind, ordering, peer, selection, fresh, retry_failed, associations, rate, actor(),
-                  say=console.print)
+    job_id, done, plan = choose_or_create(archive, kind, ordering, peer, selection, fresh, retry_failed,
+                                          associations, rate, actor(), say=console.print)
+    return job_id, done, None if plan is None else (selection, plan)
 
 
-def run_job(archive: Any, job_id: int, peer: Any, associations: int, limit: Any) -> dict[str, Any]:
+def run_job(archive: Any, job_id: int, peer: Any, associations: int, limit: Any, plan: Any = None) -> dict[str, Any]:
+    """Plan (when ``plan`` is given: under the job's lock, shown as planning) and send."""
     from dicomvault.jobs.restore import RestoreRunner
     from dicomvault.jobs.restore_plan import job_progress
 
@@ -143,7 +146,8 @@ def run_job(archive: Any, job_id: int, peer: Any, associations: int, limit: Any)
                             completed=start["sent"] + start["failed"])
         base = start["sent"] + start["failed"]
         runner = RestoreRunner(archive, job_id, peer, associations, limit, actor(),
-                               on_progress=lambda c: bar.update(task, completed=base + c["sent"] + c["failed"]))
+                               on_progress=lambda c: bar.update(task, completed=base + c["sent"] + c["failed"]),
+                               plan=plan)
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):  # stop cleanly: the job stays resumable

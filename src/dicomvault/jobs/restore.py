@@ -17,17 +17,14 @@ job resumable) rather than failing thousands of instances one by one.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, func, select, update
 
@@ -48,10 +45,11 @@ from dicomvault.net.requestor import AssociationRejected, StoreRequestor
 from dicomvault.replicate.throttle import RateLimiter, Schedule, ThrottleConfigError, parse_rate
 
 from .prefetch import Prefetcher
-from .restore_plan import JobRow, RestoreError, job_lock_path, job_report, load_job, lock_dir
+from .restore_plan import JobLock, JobRow, Plan, RestoreError, fill_job, job_report, load_job, lock_dir
 
 if TYPE_CHECKING:
     from dicomvault.archive import Archive
+    from dicomvault.catalog.selection import Selection
     from dicomvault.config import PeerSettings
 
 log = logging.getLogger(__name__)
@@ -129,39 +127,16 @@ class PeerLost(Exception):
     """The PACS went away or refused the association: the job stops, resumable."""
 
 
-class JobLock:
-    """One runner per job, across processes: an flock the kernel drops if the runner dies."""
-
-    def __init__(self, directory: Path, job_id: int) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = job_lock_path(directory, job_id)
-        self._file: IO[str] | None = None
-
-    def __enter__(self) -> "JobLock":
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            handle.close()
-            raise RestoreError(f"job {self.path.stem.split('-')[-1]} is already being run by another process; "
-                               "watch it with `dicomvault status`") from exc
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._file = handle
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
 class RestoreRunner:
     """Runs one planned job's pending items to the peer; ``stop()`` ends it cleanly (resumable)."""
 
     def __init__(self, archive: "Archive", job_id: int, peer: "PeerSettings", associations: int = 4,
                  rate: RateLimit | None = None, actor: str = "",
-                 on_progress: Callable[[dict[str, int]], None] | None = None) -> None:
+                 on_progress: Callable[[dict[str, int]], None] | None = None,
+                 plan: "tuple[Selection, Plan] | None" = None) -> None:
+        """``plan``: the selection and study order of a job still ``planning`` (create_job's),
+        whose items this runner writes under the job's lock before sending: a server answers
+        the request at once and the job shows as planning, then running."""
         if associations < 1 or associations > 32:
             raise RestoreError(f"--associations must be between 1 and 32, got {associations}")
         self.archive = archive
@@ -173,6 +148,7 @@ class RestoreRunner:
         self.actor = actor
         self.on_progress = on_progress
         self.on_locked: Callable[[], None] | None = None
+        self._plan = plan
         self._stop = threading.Event()
         self._outcomes: queue.Queue[Outcome | None] = queue.Queue()  # None: a sender finished
         self._lost: list[str] = []
@@ -187,7 +163,10 @@ class RestoreRunner:
         """Send what is pending; returns the job report (totals over every run of the job)."""
         with JobLock(lock_dir(self.archive.settings), self.job.id):
             if self.on_locked is not None:
-                self.on_locked()  # the job shows as running from here on
+                self.on_locked()  # the job shows as planning or running from here on
+            if self._plan is not None:
+                fill_job(self.catalog, self.job.id, *self._plan, should_stop=self._stop.is_set)
+                self.job = load_job(self.catalog, self.job.id)
             return self._run_locked()
 
     def _pending_count(self) -> int:

@@ -19,12 +19,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from sqlalchemy import case, func, insert, select, update
 
@@ -51,6 +52,10 @@ _PLAN_INSTANCES_PER_BATCH = 5000  # per read and write transaction: ~10 MB and ~
 
 class RestoreError(Exception):
     """The job cannot be planned or run; the message says what to do."""
+
+
+class JobBusy(RestoreError):
+    """The same request is being planned right now."""
 
 
 @dataclass(frozen=True)
@@ -100,21 +105,37 @@ def _instance_order(row: SelectedInstance) -> tuple[Any, ...]:
     return number_key(row.series_number), row.series_uid, number_key(row.instance_number), row.sop_instance_uid
 
 
+Plan = list[tuple[int, SelectedStudy]]  # (tier, study) in sending order: what fill_job writes out
+
+
 def plan_job(catalog: "Catalog", *, kind: str, peer: "PeerSettings", selection: Selection, ordering: str,
-             options: dict[str, Any], actor: str, now: float | None = None) -> int:
+             options: dict[str, Any], actor: str, now: float | None = None, locks: Path | None = None) -> int:
     """Create the job and its items; returns the job id.
 
     Memory and lock time stay flat however large the selection: the studies are ordered
     first (thousands of rows, not millions), then their instances are read and written about
     ``_PLAN_INSTANCES_PER_BATCH`` at a time, one short transaction each, so ingest keeps
-    committing between them. The job is
-    ``planning`` until its last item is written; a planner that dies leaves a job nobody
-    resumes (the same request plans anew and supersedes it), never a half plan sent as whole."""
+    committing between them. The job is ``planning`` until its last item is written; a
+    planner that dies leaves a job nobody resumes (the same request plans anew and
+    supersedes it), never a half plan sent as whole. ``locks``: the archive's lock folder,
+    so that on this host the planner's liveness is its flock, as a runner's is (without it,
+    only the heartbeat tells: for benchmarks and tests)."""
+    job_id, plan = create_job(catalog, kind=kind, peer=peer, selection=selection, ordering=ordering,
+                              options=options, actor=actor, now=now)
+    with JobLock(locks, job_id) if locks is not None else contextlib.nullcontext():
+        fill_job(catalog, job_id, selection, plan)
+    return job_id
+
+
+def create_job(catalog: "Catalog", *, kind: str, peer: "PeerSettings", selection: Selection, ordering: str,
+               options: dict[str, Any], actor: str, now: float | None = None) -> tuple[int, Plan]:
+    """The job row, ``planning``, and its studies in sending order (one grouped query: fast
+    even on a large vault, so a server can answer before the items are written)."""
     now = time.time() if now is None else now
     studies = select_studies(catalog, selection)
     if not studies:
         raise RestoreError(f"nothing in the vault matches the selection ({selection.describe()})")
-    ordered = order_studies(studies, ordering, now)
+    plan = order_studies(studies, ordering, now)
     with catalog.write() as conn:
         conn.execute(update(t.restore_jobs).where(  # an earlier planner of this same request died
             t.restore_jobs.c.kind == kind, t.restore_jobs.c.peer == peer.name,
@@ -127,8 +148,15 @@ def plan_job(catalog: "Catalog", *, kind: str, peer: "PeerSettings", selection: 
             total_bytes=sum(s.size_original for s in studies), runs=0, created_at=now, heartbeat_at=now,
             seconds_sending=0.0,
         )).inserted_primary_key[0])
+    return job_id, plan
+
+
+def fill_job(catalog: "Catalog", job_id: int, selection: Selection, plan: Plan,
+             should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Write a ``planning`` job's items and make it ``active``; on any failure (or
+    ``should_stop``) the job is superseded, so nobody resumes a half-written plan."""
     try:
-        planned, planned_bytes = _plan_items(catalog, job_id, selection, ordered)
+        planned, planned_bytes = _plan_items(catalog, job_id, selection, plan, should_stop)
         with catalog.write() as conn:
             done = conn.execute(update(t.restore_jobs).where(
                 t.restore_jobs.c.id == job_id, t.restore_jobs.c.state == "planning",
@@ -141,10 +169,9 @@ def plan_job(catalog: "Catalog", *, kind: str, peer: "PeerSettings", selection: 
             conn.execute(update(t.restore_jobs).where(
                 t.restore_jobs.c.id == job_id, t.restore_jobs.c.state == "planning").values(state="superseded"))
         raise
-    return job_id
 
 
-def _batches(ordered: list[tuple[int, SelectedStudy]]) -> Iterator[list[tuple[int, SelectedStudy]]]:
+def _batches(ordered: Plan) -> Iterator[Plan]:
     """Consecutive studies of about ``_PLAN_INSTANCES_PER_BATCH`` instances (a larger study alone)."""
     batch: list[tuple[int, SelectedStudy]] = []
     count = 0
@@ -158,11 +185,14 @@ def _batches(ordered: list[tuple[int, SelectedStudy]]) -> Iterator[list[tuple[in
         yield batch
 
 
-def _plan_items(catalog: "Catalog", job_id: int, selection: Selection,
-                ordered: list[tuple[int, SelectedStudy]]) -> tuple[int, int]:
+def _plan_items(catalog: "Catalog", job_id: int, selection: Selection, ordered: Plan,
+                should_stop: Callable[[], bool]) -> tuple[int, int]:
     """Write the items, a batch of studies per transaction; returns (instances, bytes)."""
     position = size = 0
     for chunk in _batches(ordered):
+        if should_stop():
+            raise RestoreError(f"job {job_id} was stopped while it was being planned; nothing was sent. "
+                               "Start the restore again to plan it anew")
         rank = {study.pk: (index, tier) for index, (tier, study) in enumerate(chunk)}
         rows = select_instances(catalog, selection, study_pks=rank)
         rows.sort(key=lambda r: (rank[r.study_pk][0], *_instance_order(r)))
@@ -201,6 +231,16 @@ def latest_job_for(catalog: "Catalog", kind: str, peer: str, selection: Selectio
             .order_by(t.restore_jobs.c.id.desc()).limit(1)
         ).scalar()
     return load_job(catalog, int(job_id)) if job_id is not None else None
+
+
+def planning_jobs(catalog: "Catalog", kind: str, peer: str, selection: Selection) -> list[int]:
+    """Jobs of this same request still ``planning`` (at work, or abandoned by a dead planner)."""
+    with catalog.read() as conn:
+        return [int(job_id) for job_id in conn.execute(
+            select(t.restore_jobs.c.id).where(
+                t.restore_jobs.c.kind == kind, t.restore_jobs.c.peer == peer,
+                t.restore_jobs.c.selection == selection.to_json(), t.restore_jobs.c.state == "planning")
+        ).scalars()]
 
 
 def supersede(catalog: "Catalog", job_id: int) -> None:
@@ -242,12 +282,40 @@ def lock_held(path: Path) -> bool:
         return False
 
 
+class JobLock:
+    """One runner per job, across processes: an flock the kernel drops if the runner dies."""
+
+    def __init__(self, directory: Path, job_id: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = job_lock_path(directory, job_id)
+        self._file: IO[str] | None = None
+
+    def __enter__(self) -> "JobLock":
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            handle.close()
+            raise RestoreError(f"job {self.path.stem.split('-')[-1]} is already being run by another process; "
+                               "watch it with `dicomvault status`") from exc
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 def _display_state(job: Any, failed: int, now: float, lock_dir: Path | None) -> str:
     if job.state == "superseded":
         return "superseded"
-    if job.state == "planning":  # its planner writes a heartbeat after every batch of studies
-        fresh = bool(job.heartbeat_at and now - job.heartbeat_at <= HEARTBEAT_STALE)
-        return "planning" if fresh else "abandoned"
+    if job.state == "planning":  # its planner holds the job's lock, and beats after every batch
+        if lock_dir is not None:
+            return "planning" if lock_held(job_lock_path(lock_dir, job.id)) else "abandoned"
+        return "planning" if job.heartbeat_at and now - job.heartbeat_at <= HEARTBEAT_STALE else "abandoned"
     if job.state == "completed":
         return "completed with failures" if failed else "completed"
     if lock_dir is not None:  # same host: the runner's lock is the truth, at once

@@ -24,12 +24,18 @@ from dicomvault.config import describe_peers, find_peer
 
 from .restore import RateLimit, RestoreRunner
 from .restore_plan import (
+    JobBusy,
+    JobLock,
+    Plan,
     RestoreError,
+    create_job,
+    fill_job,
     job_progress,
     job_report,
     latest_job_for,
     load_job,
-    plan_job,
+    lock_dir,
+    planning_jobs,
     requeue_failed,
     status_lock_dir,
     supersede,
@@ -65,25 +71,53 @@ def resolve_peer(settings: Any, name: str) -> Any:
 def plan_or_resume(archive: "Archive", kind: str, ordering: str, peer: Any, selection: Selection, fresh: bool,
                    retry_failed: bool, associations: int, rate: str | None, actor: str,
                    say: Callable[[str], None] = lambda _message: None) -> tuple[int, bool]:
+    """The job to run for this request, planned completely: see ``choose_or_create``.
+    Returns (job id, already done)."""
+    job_id, done, plan = choose_or_create(archive, kind, ordering, peer, selection, fresh, retry_failed,
+                                          associations, rate, actor, say)
+    if plan is not None:
+        with JobLock(lock_dir(archive.settings), job_id):
+            fill_job(archive.catalog, job_id, selection, plan)
+    return job_id, done
+
+
+def choose_or_create(archive: "Archive", kind: str, ordering: str, peer: Any, selection: Selection, fresh: bool,
+                     retry_failed: bool, associations: int, rate: str | None, actor: str,
+                     say: Callable[[str], None] = lambda _message: None) -> tuple[int, bool, Plan | None]:
     """The job to run for this request: the same request's unfinished job is resumed, a
-    finished one is shown (not resent) unless ``fresh`` or ``retry_failed``. Returns (job id,
-    already done)."""
+    finished one is shown (not resent) unless ``fresh`` or ``retry_failed``, otherwise a new
+    job is created, still ``planning``: its study order is returned for ``fill_job`` to
+    write out. The same request being planned right now (here or in another process) is
+    refused with ``JobBusy``. Returns (job id, already done, plan or None)."""
+    busy = planning_now(archive, kind, peer.name, selection)
+    if busy is not None:
+        raise JobBusy(f"{kind} job {busy} with this selection is being planned right now; follow it with "
+                      f"`dicomvault status` or GET /api/restores/{busy}")
     previous = latest_job_for(archive.catalog, kind, peer.name, selection)
     if previous is not None and fresh:
         if previous.state != "completed":
             supersede(archive.catalog, previous.id)
         previous = None
     if previous is None:
-        job_id = plan_job(archive.catalog, kind=kind, peer=peer, selection=selection, ordering=ordering,
-                          actor=actor, options={"associations": associations, "rate": rate or "unlimited"})
+        job_id, plan = create_job(archive.catalog, kind=kind, peer=peer, selection=selection, ordering=ordering,
+                                  actor=actor, options={"associations": associations, "rate": rate or "unlimited"})
         say(f"{kind} job {job_id}: {selection.describe()} to {peer.name}")
-        return job_id, False
+        return job_id, False, plan
     if previous.state == "completed" and not retry_failed:
         say(f"{kind} job {previous.id} with this selection already completed; nothing sent "
             "(--retry-failed resends its refused instances, --fresh sends everything again)")
-        return previous.id, True
+        return previous.id, True, None
     say(f"resuming {kind} job {previous.id} to {peer.name} (use --fresh to start over)")
-    return previous.id, False
+    return previous.id, False, None
+
+
+def planning_now(archive: "Archive", kind: str, peer: str, selection: Selection) -> int | None:
+    """The id of a job for this same request whose planner is at work (not an abandoned one)."""
+    locks = status_lock_dir(archive.settings)
+    for job_id in planning_jobs(archive.catalog, kind, peer, selection):
+        if job_progress(archive.catalog, job_id, lock_dir=locks)["state"] == "planning":
+            return job_id
+    return None
 
 
 @dataclass
@@ -135,6 +169,7 @@ class RestoreService:
         rate = body.get("rate")
         if rate is not None and not isinstance(rate, str):
             raise RequestError("'rate' must be a string such as \"20MB/s\" or \"50/s\"")
+        pending_plan: tuple[Selection, Plan] | None = None
         try:
             limit = RateLimit.parse(rate)
             if body.get("resume") is not None:
@@ -155,18 +190,29 @@ class RestoreService:
                 selection = Selection.build(since, until, _strings(body, "patient"), _strings(body, "modality"),
                                             _strings(body, "study"))
                 with self._lock:  # two identical requests at once must not plan two jobs
-                    job_id, done = plan_or_resume(self.archive, "restore", "urgency", peer, selection,
-                                                  flags["fresh"], flags["retry_failed"], associations, rate, actor)
+                    job_id, done, plan = choose_or_create(
+                        self.archive, "restore", "urgency", peer, selection, flags["fresh"], flags["retry_failed"],
+                        associations, rate, actor)
+                if plan is not None:  # written by the job's thread: the request answers at once
+                    pending_plan = (selection, plan)
             if flags["retry_failed"]:
                 requeue_failed(self.archive.catalog, job_id)
                 done = False
             if not done:
-                self._launch(job_id, peer, associations, limit, actor)
+                try:
+                    self._launch(job_id, peer, associations, limit, actor, pending_plan)
+                except BaseException:
+                    if pending_plan is not None:  # created, never to be planned: out of everyone's way
+                        supersede(self.archive.catalog, job_id)
+                    raise
+        except JobBusy as exc:
+            raise Conflict(str(exc)) from exc
         except (RestoreError, SelectionError) as exc:
             raise RequestError(str(exc)) from exc
         return job_report(self.archive, job_id)
 
-    def _launch(self, job_id: int, peer: Any, associations: int, limit: RateLimit, actor: str) -> None:
+    def _launch(self, job_id: int, peer: Any, associations: int, limit: RateLimit, actor: str,
+                plan: tuple[Selection, Plan] | None = None) -> None:
         with self._lock:
             if self._closed:
                 raise RequestError("the archive is shutting down; start the restore again once it is back")
@@ -175,7 +221,7 @@ class RestoreService:
                 raise Conflict(f"restore job {job_id} is already running here; watch GET /api/restores/{job_id}")
             for finished in [key for key, entry in self._running.items() if not entry.thread.is_alive()]:
                 del self._running[finished]  # their rows hold the outcome; waiting on them returns at once
-            runner = RestoreRunner(self.archive, job_id, peer, associations, limit, actor)
+            runner = RestoreRunner(self.archive, job_id, peer, associations, limit, actor, plan=plan)
             entry = _Running(runner, threading.Thread(target=lambda: self._run(job_id), name=f"restore-{job_id}",
                                                       daemon=True))
             self._running[job_id] = entry
