@@ -145,7 +145,7 @@ class RestoreService:
     def __init__(self, archive: "Archive") -> None:
         self.archive = archive
         self._running: dict[int, _Running] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._closed = False
 
     def start(self, body: dict[str, Any], actor: str) -> dict[str, Any]:
@@ -169,7 +169,6 @@ class RestoreService:
         rate = body.get("rate")
         if rate is not None and not isinstance(rate, str):
             raise RequestError("'rate' must be a string such as \"20MB/s\" or \"50/s\"")
-        pending_plan: tuple[Selection, Plan] | None = None
         try:
             limit = RateLimit.parse(rate)
             if body.get("resume") is not None:
@@ -189,22 +188,24 @@ class RestoreService:
                     raise RequestError("'since' and 'until' must be YYYYMMDD strings")
                 selection = Selection.build(since, until, _strings(body, "patient"), _strings(body, "modality"),
                                             _strings(body, "study"))
-                with self._lock:  # two identical requests at once must not plan two jobs
+                # Two identical requests at once must not plan two jobs: the lock is held until
+                # the new job's runner holds the job's flock (from then on it shows as planning).
+                with self._lock:
                     job_id, done, plan = choose_or_create(
                         self.archive, "restore", "urgency", peer, selection, flags["fresh"], flags["retry_failed"],
                         associations, rate, actor)
-                if plan is not None:  # written by the job's thread: the request answers at once
-                    pending_plan = (selection, plan)
+                    if plan is not None:  # written by the job's thread: the request answers at once
+                        try:
+                            self._launch(job_id, peer, associations, limit, actor, (selection, plan))
+                        except BaseException:
+                            supersede(self.archive.catalog, job_id)  # created, never to be planned
+                            raise
+                        return job_report(self.archive, job_id)
             if flags["retry_failed"]:
                 requeue_failed(self.archive.catalog, job_id)
                 done = False
             if not done:
-                try:
-                    self._launch(job_id, peer, associations, limit, actor, pending_plan)
-                except BaseException:
-                    if pending_plan is not None:  # created, never to be planned: out of everyone's way
-                        supersede(self.archive.catalog, job_id)
-                    raise
+                self._launch(job_id, peer, associations, limit, actor)
         except JobBusy as exc:
             raise Conflict(str(exc)) from exc
         except (RestoreError, SelectionError) as exc:

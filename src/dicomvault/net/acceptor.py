@@ -46,6 +46,7 @@ APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 MAX_PDU_RECEIVED = 4 * 1024 * 1024  # what we tell peers; larger PDUs are a protocol error
+ARTIM_SECONDS = 10.0  # after a rejection, how long the requestor may take to close the connection
 # Services we do not provide: proposals of these are rejected (abstract syntax not
 # supported) rather than mistaken for storage. Everything else is storage (including
 # private SOP classes), like pynetdicom's unrestricted storage service.
@@ -393,6 +394,20 @@ class DicomListener:
                 pass
             writer.close()
 
+    async def _reject(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rejection: bytes) -> None:
+        """Send an A-ASSOCIATE-RJ and let the requestor close first (PS3.8 state Sta13,
+        bounded by the ARTIM timer). Closing at once can reach the requestor as a connection
+        reset before it has read the rejection (seen with pynetdicom on a loaded host): it
+        would report a broken connection instead of "Calling AE Title Not Recognized"."""
+        writer.write(rejection)
+        try:
+            await writer.drain()
+            async with asyncio.timeout(min(ARTIM_SECONDS, self.settings.network_timeout)):
+                while await reader.read(65536):
+                    pass  # anything after a rejection is ignored until the peer closes
+        except (TimeoutError, ConnectionError):
+            pass  # the finally of the caller closes the transport
+
     async def _negotiate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          peer: tuple[Any, ...]) -> Association | None:
         kind, _header, body = await self._read_pdu(reader)
@@ -402,16 +417,16 @@ class DicomListener:
         calling, called = request.calling_ae, request.called_ae
         if request.application_context != APPLICATION_CONTEXT:
             log.warning("rejecting %s@%s: unsupported application context", calling, peer[0])
-            writer.write(pdu.reject_pdu(1, 1, 2))
+            await self._reject(reader, writer, pdu.reject_pdu(1, 1, 2))
             return None
         allowed = self.settings.allowed_calling_aets
         if allowed and calling not in allowed:
             log.warning("rejecting association from %s@%s: calling AE title not in the allow-list", calling, peer[0])
-            writer.write(pdu.reject_pdu(1, 1, 3))
+            await self._reject(reader, writer, pdu.reject_pdu(1, 1, 3))
             return None
         if self._active > self.settings.max_associations:
             log.warning("rejecting %s@%s: %d associations already", calling, peer[0], self._active - 1)
-            writer.write(pdu.reject_pdu(2, 3, 2))
+            await self._reject(reader, writer, pdu.reject_pdu(2, 3, 2))
             return None
 
         assoc = Association(calling, called, str(peer[0]), int(peer[1]) if len(peer) > 1 else 0)
