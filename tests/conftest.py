@@ -257,8 +257,8 @@ def make_vault(root: Path) -> Vault:
 
 @pytest.fixture
 def archive(tmp_path: Path) -> Iterator[Any]:
-    """A freshly initialised archive opened in-process (dicomvault.archive.Archive)."""
-    from dicomvault.archive import Archive
+    """A freshly initialised archive opened in-process (dicomvault.archive.core.Archive)."""
+    from dicomvault.archive.core import Archive
     from dicomvault.config import load_settings
 
     run = subprocess.run([sys.executable, "-m", "dicomvault.cli", "init", "--dir", str(tmp_path)], capture_output=True, text=True)

@@ -316,7 +316,7 @@ def run_reference(tmp: Path, scp_config: Path, groups: list[StorescuGroup]) -> t
 
 _CLI_BATCH = r'''
 import json, sys
-from dicomvault.cli import main
+from dicomvault.cli.app import main
 codes = []
 for args in json.loads(open(sys.argv[1]).read()):
     sys.argv = ["dicomvault", *args]
@@ -330,7 +330,7 @@ print("CLI-BATCH-CODES " + json.dumps(codes))
 
 
 def cli_batch(vault: Vault, tmp: Path, calls: list[list[str]]) -> list[int]:
-    """Run `dicomvault ARGS --config ...` for each call via dicomvault.cli.main in one process.
+    """Run `dicomvault ARGS --config ...` for each call via dicomvault.cli.app.main in one process.
 
     Each CLI process spends ~2.5 s importing; the corpus has dozens of studies.
     """

@@ -193,7 +193,7 @@ def check_archive_consistent(vault: Vault, expected: dict[str, Instance], settle
 
     Returns the SOP Instance UIDs the catalog holds.
     """
-    from dicomvault.archive import Archive
+    from dicomvault.archive.core import Archive
     from dicomvault.catalog import schema as t
     from dicomvault.config import load_settings
     from dicomvault.sites.file import FileSite

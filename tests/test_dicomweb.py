@@ -31,7 +31,7 @@ from requests import HTTPError
 from conftest import Vault, dcmtk, make_vault
 from dicomvault.config import load_settings
 from dicomvault.dicom import split_part10
-from dicomvault.serve.dicomweb_multipart import BodyTooLarge, MultipartError, read_parts
+from dicomvault.serve.dicomweb.multipart import BodyTooLarge, MultipartError, read_parts
 
 QUERY_LIMIT = 3
 MAX_REQUEST = 4_000_000

@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicomvault.archive import Archive
+from dicomvault.archive.core import Archive
 from dicomvault.sites.file import FileSite
 from dicomvault.sites.journal import HEADER_SIZE, Journal, JournalUnavailable, live_records
 

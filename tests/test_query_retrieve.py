@@ -376,10 +376,10 @@ def test_cancel_stops_a_streaming_find(hospital: Hospital) -> None:
 
     from pydicom.dataset import Dataset
 
-    from dicomvault.archive import Archive
+    from dicomvault.archive.core import Archive
     from dicomvault.config import load_settings
     from dicomvault.net import pdu
-    from dicomvault.serve.qr import QueryRetrieveService, encode_identifier
+    from dicomvault.serve.qr.find import QueryRetrieveService, encode_identifier
 
     identifier = Dataset()
     identifier.QueryRetrieveLevel = "IMAGE"

@@ -150,7 +150,7 @@ def test_snapshot_names_sort_in_the_order_taken_even_within_one_second() -> None
     suffix, two snapshots of the same second sorted by that suffix: the older one could be
     taken for the newest (seen in CI: the damaged-newest test below rebuilt from the wrong
     one)."""
-    from dicomvault.jobs.snapshot import new_name
+    from dicomvault.jobs.rebuild.snapshot import new_name
     from dicomvault.sites.base import SiteError, valid_snapshot_name
 
     second = 1_796_000_000.0
@@ -194,9 +194,9 @@ def test_a_damaged_newest_snapshot_falls_back_to_the_previous_one(
 
 def test_a_snapshot_from_a_newer_dicomvault_is_refused_before_anything_changes(
         vault: Vault, template: pydicom.Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    from dicomvault.archive import Archive
+    from dicomvault.archive.core import Archive
     from dicomvault.config import load_settings
-    from dicomvault.jobs import snapshot
+    from dicomvault.jobs.rebuild import snapshot
 
     make_corpus(template, tmp_path / "files", ["PAT0"], 0)
     vault.cli("import", str(tmp_path / "files"))

@@ -8,11 +8,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicomvault.archive import Archive
+from dicomvault.archive.core import Archive
 from dicomvault.sites.journal import live_records
 from dicomvault.codec import decompress
 from dicomvault.crypto import RecoveryKey, open_object
-from dicomvault.ingest import IngestRejected
+from dicomvault.archive.write import IngestRejected
 
 
 

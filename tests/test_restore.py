@@ -448,7 +448,7 @@ def test_restore_in_server_never_loads_the_catalog_in_the_terminal(vault: Vault)
     """Handing the job over is an HTTP call: the terminal's process skips SQLAlchemy and the
     catalog (a fifth of a second of start-up, ~10 % of a 500-instance restore)."""
     argv = ["dicomvault", "restore", "--in-server", "--to", "pacs", "--config", str(vault.config)]
-    probe = (f"import sys\nfrom dicomvault.cli import main\nsys.argv = {argv!r}\ntry:\n    main()\n"
+    probe = (f"import sys\nfrom dicomvault.cli.app import main\nsys.argv = {argv!r}\ntry:\n    main()\n"
              "except SystemExit as exc:\n"
              "    print(exc.code, [m for m in sys.modules if m.startswith(('sqlalchemy', 'dicomvault.catalog'))])\n")
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)

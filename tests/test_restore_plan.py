@@ -25,12 +25,13 @@ from pgserver import PostgresServer, postgres_server  # noqa: F401 - fixture
 from test_catalog_postgres import use_catalog
 from test_restore import Made, add_peer, empty_pacs, make_study, study_arrival_order, template  # noqa: F401
 
-from dicomvault.archive import Archive
+from dicomvault.archive.core import Archive
 from dicomvault.catalog import Catalog
 from dicomvault.catalog import schema as t
 from dicomvault.catalog.selection import Selection
 from dicomvault.config import PeerSettings, load_settings
-from dicomvault.jobs import restore, restore_plan
+from dicomvault.jobs.restore import job as restore
+from dicomvault.jobs.restore import plan as restore_plan
 
 EVERYTHING = Selection.build(None, None, (), (), ())
 PEER = PeerSettings(name="pacs", ae_title="PACS", host="127.0.0.1", port=104)
@@ -111,12 +112,12 @@ def test_planning_on_postgresql_gives_the_same_order(
 
 DYING_PLANNER = """
 import os, sys
-from dicomvault.archive import Archive
+from dicomvault.archive.core import Archive
 from dicomvault.catalog import Catalog
 from dicomvault.catalog import schema as t
 from dicomvault.catalog.selection import Selection
 from dicomvault.config import PeerSettings, load_settings
-from dicomvault.jobs import restore_plan
+from dicomvault.jobs.restore import plan as restore_plan
 
 restore_plan._PLAN_INSTANCES_PER_BATCH = 3
 real, calls = restore_plan.select_instances, []
@@ -128,7 +129,7 @@ def dies_on_the_second_batch(*args, **kwargs):
     return real(*args, **kwargs)
 
 restore_plan.select_instances = dies_on_the_second_batch
-from dicomvault.jobs.restore_service import plan_or_resume
+from dicomvault.jobs.restore.service import plan_or_resume
 
 archive = Archive.open(load_settings(sys.argv[1]))
 plan_or_resume(archive, "restore", "urgency", PeerSettings("pacs", "PACS", "127.0.0.1", 104),
@@ -158,7 +159,7 @@ def test_a_planner_killed_midway_leaves_a_job_nobody_sends_and_the_next_request_
     assert resumed.returncode == 1 and "never completely planned" in resumed.stderr, resumed.stderr
     assert restore_plan.latest_job_for(archive.catalog, "restore", "pacs", EVERYTHING) is None
 
-    from dicomvault.jobs.restore_service import plan_or_resume
+    from dicomvault.jobs.restore.service import plan_or_resume
 
     job_id, done = plan_or_resume(archive, "restore", "urgency", PEER, EVERYTHING, False, False, 1, None, "test")
     assert (job_id != dead_job["id"], done) == (True, False)
@@ -188,7 +189,7 @@ def test_the_server_answers_a_restore_while_it_plans_and_refuses_the_same_reques
         monkeypatch: pytest.MonkeyPatch) -> None:
     """POST /api/restores must not wait for a whole vault's plan: the job's thread writes it
     (under the job's lock) while the request has already answered "planning"."""
-    from dicomvault.jobs.restore_service import Conflict, RestoreService
+    from dicomvault.jobs.restore.service import Conflict, RestoreService
 
     pacs = empty_pacs(orthanc_factory, vault)
     archive.settings = load_settings(vault.config)  # with the pacs peer empty_pacs added

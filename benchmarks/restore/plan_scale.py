@@ -39,7 +39,7 @@ from dicomvault.catalog import Catalog
 from dicomvault.catalog import schema as t
 from dicomvault.catalog.selection import Selection
 from dicomvault.config import PeerSettings
-from dicomvault.jobs.restore_plan import plan_job
+from dicomvault.jobs.restore.plan import plan_job
 
 PER_STUDY = 200
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"

@@ -158,7 +158,7 @@ class DicomwebSettings:
 
 @dataclass(frozen=True)
 class ReconcileSettings:
-    """Scheduled reconciliation with a PACS inside ``dicomvault serve`` (jobs/reconcile.py).
+    """Scheduled reconciliation with a PACS inside ``dicomvault serve`` (jobs/reconcile/job.py).
 
     Off while ``peer`` is empty. Every ``every`` (e.g. "24h", "6h", "30m", "2s") the last
     ``window_days`` days of studies are compared with the PACS ``peer`` (a ``[peers.NAME]``
@@ -177,7 +177,7 @@ class ReconcileSettings:
 
 @dataclass(frozen=True)
 class ScrubSettings:
-    """The background scrub inside ``dicomvault serve`` (jobs/scrub.py): every copy on every
+    """The background scrub inside ``dicomvault serve`` (jobs/verify/scrub.py): every copy on every
     readable site is read back and checked at least once per ``period`` ("30d"), at most at
     ``rate`` ("50MB/s" of original data, or "unlimited"), looking for due copies every
     ``check_every``. Damage is repaired from a healthy copy, audited and alerted."""
@@ -190,7 +190,7 @@ class ScrubSettings:
 
 @dataclass(frozen=True)
 class DrillSettings:
-    """Scheduled restore drills inside ``dicomvault serve`` (jobs/drill.py): every ``every``
+    """Scheduled restore drills inside ``dicomvault serve`` (jobs/drill/job.py): every ``every``
     ("7d") the newest study and ``random`` random ones are restored from each readable site
     alone into a scratch folder and checked byte for byte; the history shows in ``status``."""
 
@@ -201,7 +201,7 @@ class DrillSettings:
 
 @dataclass(frozen=True)
 class SnapshotSettings:
-    """Encrypted catalog snapshots (jobs/snapshot.py): inside ``dicomvault serve`` a snapshot
+    """Encrypted catalog snapshots (jobs/rebuild/snapshot.py): inside ``dicomvault serve`` a snapshot
     of the whole catalog goes to every site that can hold one (file, S3) when the newest is
     older than ``every``, and at start when a site has none; each site keeps its newest
     ``keep``. ``dicomvault rebuild-index`` starts from the newest one."""
@@ -491,8 +491,8 @@ def _peers(data: dict) -> tuple[PeerSettings, ...]:
 
 
 def _scrub(data: dict) -> ScrubSettings:
-    """``[scrub]``: how often every copy is proven (jobs/scrub.py)."""
-    from dicomvault.replicate.throttle import ThrottleConfigError, parse_rate
+    """``[scrub]``: how often every copy is proven (jobs/verify/scrub.py)."""
+    from dicomvault.rates import ThrottleConfigError, parse_rate
 
     values = _section(data, "scrub", ScrubSettings())
     if not isinstance(values["enabled"], bool):
@@ -510,7 +510,7 @@ def _scrub(data: dict) -> ScrubSettings:
 
 
 def _drill(data: dict) -> DrillSettings:
-    """``[drill]``: how often `serve` runs a restore drill from every site (jobs/drill.py)."""
+    """``[drill]``: how often `serve` runs a restore drill from every site (jobs/drill/job.py)."""
     values = _section(data, "drill", DrillSettings())
     if not isinstance(values["enabled"], bool):
         raise ConfigError(f"[drill] enabled must be true or false, got {values['enabled']!r}")
@@ -539,7 +539,7 @@ def _snapshots(data: dict) -> SnapshotSettings:
 
 
 def _reconcile(data: dict) -> ReconcileSettings:
-    """``[reconcile]``: the scheduled PACS comparison (jobs/reconcile.py); off while peer is empty."""
+    """``[reconcile]``: the scheduled PACS comparison (jobs/reconcile/job.py); off while peer is empty."""
     values = _section(data, "reconcile", ReconcileSettings())
     for key, kind, what in (("peer", str, "a [peers.NAME] name or AE title (\"\" = off)"),
                             ("every", str, "a duration like \"24h\", \"6h\" or \"30m\""),

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import schema as t
-from .records import InstanceAttributes, VersionRecord
+from dicomvault.dicom.records import InstanceAttributes, VersionRecord
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 HEAD_REVISION = "0008"  # bump together with every new file in migrations/versions/

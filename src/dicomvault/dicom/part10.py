@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
-from dicomvault.catalog.records import InstanceAttributes
+from dicomvault.dicom.records import InstanceAttributes
 
 from .header import HeaderWalkError, TruncatedDataset, walk_header
 

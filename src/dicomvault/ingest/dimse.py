@@ -19,7 +19,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from dicomvault.config import DicomSettings
 from dicomvault.dicom import build_part10
 
-from .pipeline import IngestRejected, Ingestor
+from dicomvault.archive.write import IngestRejected, Ingestor
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class DimseServer:
         ]
         # --- Storage Commitment Push Model SCP (ingest/commitment.py) ---
         if self.commitment is not None:
-            from .commitment import SOP_CLASS_UID as STORAGE_COMMITMENT
+            from dicomvault.ingest.commitment import SOP_CLASS_UID as STORAGE_COMMITMENT
 
             # Default roles (the requester is the SCU); reports go out on associations we open.
             ae.add_supported_context(STORAGE_COMMITMENT)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .pipeline import IngestRejected, Ingestor
+from dicomvault.archive.write import IngestRejected, Ingestor
 
 MAX_FILE_BYTES = 4 * 1024**3
 

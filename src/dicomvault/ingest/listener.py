@@ -2,7 +2,7 @@
 
 Maps what arrives to the archive: C-STORE into the ingest pipeline (acknowledged once the
 object is durable), N-ACTION (Storage Commitment) into the commitment service, and
-C-FIND/C-GET/C-MOVE to the query/retrieve service (``serve/qr.py``) handed in by ``serve``. The
+C-FIND/C-GET/C-MOVE to the query/retrieve service (``serve/qr/find.py``) handed in by ``serve``. The
 statuses and Error Comments are the same as the pynetdicom server's (``dimse.py``), which
 stays available as ``[dicom] engine = "pynetdicom"``.
 """
@@ -20,7 +20,7 @@ from dicomvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VER
 from dicomvault.net import pdu
 from dicomvault.net.acceptor import Association, DicomListener
 
-from .pipeline import Ingestor, IngestRejected
+from dicomvault.archive.write import Ingestor, IngestRejected
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class FastDimseServer:
 
     def action(self, assoc: Association, command: dict[int, bytes], dataset: bytes | None,
                syntax: str) -> tuple[int, str]:
-        from .commitment import STATUS_PROCESSING_FAILURE as FAILURE, CommitmentRefused, parse_request
+        from dicomvault.ingest.commitment import STATUS_PROCESSING_FAILURE as FAILURE, CommitmentRefused, parse_request
 
         action_type = pdu.command_us(command, pdu.TAG_ACTION_TYPE)
         requested_class = pdu.command_uid(command, pdu.TAG_REQUESTED_SOP_CLASS)

@@ -15,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dicomvault.archive import Archive
-from dicomvault.jobs.restore_service import RestoreService
+from dicomvault.archive.core import Archive
+from dicomvault.jobs.restore.service import RestoreService
 
-from .ops_api import api_routes  # /api/status, /api/restores, /api/drills: bearer tokens
+from dicomvault.serve.ops_api import api_routes  # /api/status, /api/restores, /api/drills: bearer tokens
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ def build_app(archive: Archive, restores: RestoreService | None = None) -> Starl
         SITE_UP.labels("primary").set(1 if archive.site.health().get("ok") else 0)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    from .dicomweb import dicomweb_routes  # QIDO-RS, WADO-RS, STOW-RS under /dicomweb
-    from .replica_api import replica_routes  # this vault as another vault's vault:// site
+    from dicomvault.serve.dicomweb.app import dicomweb_routes  # QIDO-RS, WADO-RS, STOW-RS under /dicomweb
+    from dicomvault.serve.replica_api import replica_routes  # this vault as another vault's vault:// site
 
     return Starlette(
         routes=[Route("/healthz", healthz), Route("/metrics", metrics), *api_routes(archive, restores),
@@ -67,7 +67,7 @@ def _tls_options(archive: Archive, host: str) -> dict[str, str]:
     leave ``serve`` running without HTTP; loading them here turns that into a one-line error.
     """
     http = archive.settings.http
-    from .dicomweb import plain_http_warning
+    from dicomvault.serve.dicomweb.app import plain_http_warning
 
     if (warning := plain_http_warning(archive, host)) is not None:
         log.warning("%s", warning)

@@ -1,6 +1,6 @@
 """The operations API under ``/api``: status, restore jobs and drills, for dashboards and scripts.
 
-``POST /api/restores`` starts (or resumes) a restore inside ``serve`` (jobs/restore_service.py);
+``POST /api/restores`` starts (or resumes) a restore inside ``serve`` (jobs/restore/service.py);
 ``GET /api/restores/{id}?wait=S`` answers when the job ends or after S seconds (at most 60), so
 a script need not poll, whether serve or a ``dicomvault restore`` in a terminal runs the job;
 ``POST /api/restores/{id}/stop`` stops one, resumable.
@@ -22,14 +22,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dicomvault.archive import Archive
+from dicomvault.archive.core import Archive
 from dicomvault.audit import AuditEvent
-from dicomvault.jobs.restore_plan import RestoreError, job_report, recent_jobs, status_lock_dir
-from dicomvault.jobs.restore_service import Conflict, RequestError, RestoreService
+from dicomvault.jobs.restore.plan import RestoreError, job_report, recent_jobs, status_lock_dir
+from dicomvault.jobs.restore.service import Conflict, RequestError, RestoreService
 
-from .dicomweb_common import append_audit, client_address
-from .status import archive_status
-from .tokens import AuditThrottle, TokenFile
+from dicomvault.serve.dicomweb.common import append_audit, client_address
+from dicomvault.serve.status import archive_status
+from dicomvault.serve.tokens import AuditThrottle, TokenFile
 
 REALM = "dicomvault-api"
 MAX_WAIT_SECONDS = 60.0
@@ -135,7 +135,7 @@ def api_routes(archive: Archive, restores: RestoreService | None = None) -> list
 
     async def drills(_: Request) -> Response:
         """Restore drills: per site the last and the last successful one, alerts, recent runs."""
-        from dicomvault.jobs.drill_runs import drill_status, recent_runs
+        from dicomvault.jobs.drill.runs import drill_status, recent_runs
 
         def gather() -> dict:
             return {**drill_status(archive), "runs": recent_runs(archive.catalog)}

@@ -50,7 +50,7 @@ from dicomvault.config import ReplicaStoreSettings
 from dicomvault.sites.base import SiteError, valid_snapshot_name
 from dicomvault.sites.file import FileSite, fsync_dir
 
-from .tokens import TokenFile
+from dicomvault.serve.tokens import TokenFile
 
 log = logging.getLogger(__name__)
 

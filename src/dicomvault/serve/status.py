@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from dicomvault.audit import verify_chain
 from dicomvault.catalog import schema as t
-from dicomvault.archive import Archive
+from dicomvault.archive.core import Archive
 
 
 def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, Any]:
@@ -55,36 +55,36 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         alerts.append(f"storage commitment: {commitment['undeliverable']} report(s) undeliverable, no [peers] entry "
                       f"for AE title(s) {', '.join(commitment['undeliverable_ae_titles'])}")
     # --- end storage commitment ---
-    # --- reconcile (jobs/reconcile.py) ---
-    from dicomvault.jobs.reconcile_runs import reconcile_status
+    # --- reconcile (jobs/reconcile/job.py) ---
+    from dicomvault.jobs.reconcile.runs import reconcile_status
 
     reconcile = reconcile_status(archive.catalog, archive.settings)
     alerts.extend(reconcile["alerts"])
     # --- end reconcile ---
-    # --- scrub: copies proven within the period (jobs/scrub.py) ---
-    from dicomvault.jobs.scrub import scrub_status
+    # --- scrub: copies proven within the period (jobs/verify/scrub.py) ---
+    from dicomvault.jobs.verify.scrub import scrub_status
 
-    from dicomvault.jobs import quarantine
+    from dicomvault.archive import quarantine
 
     scrub = scrub_status(archive)
     scrub["quarantined"] = quarantine.active(archive.catalog)
     alerts += scrub["alerts"] + quarantine.alerts(scrub["quarantined"])
     # --- end scrub ---
-    # --- restore drills: the last (successful) drill per site (jobs/drill_runs.py) ---
-    from dicomvault.jobs.drill_runs import drill_status
+    # --- restore drills: the last (successful) drill per site (jobs/drill/runs.py) ---
+    from dicomvault.jobs.drill.runs import drill_status
 
     drills = drill_status(archive)
     alerts += drills["alerts"]
     # --- end restore drills ---
-    # --- restore and network-export jobs (jobs/restore_plan.py) ---
-    from dicomvault.jobs.restore_plan import recent_jobs, restore_alerts, status_lock_dir
+    # --- restore and network-export jobs (jobs/restore/plan.py) ---
+    from dicomvault.jobs.restore.plan import recent_jobs, restore_alerts, status_lock_dir
 
     restores = recent_jobs(archive.catalog, lock_dir=status_lock_dir(archive.settings))
     alerts += restore_alerts(restores)
     # --- end restore jobs ---
-    # --- catalog snapshots and the primary's refill after a rebuild (jobs/snapshot.py, jobs/refill.py) ---
-    from dicomvault.jobs.refill import owed_to_primary
-    from dicomvault.jobs.snapshot import snapshot_status
+    # --- catalog snapshots and the primary's refill after a rebuild (jobs/rebuild/snapshot.py, jobs/rebuild/refill.py) ---
+    from dicomvault.jobs.rebuild.refill import owed_to_primary
+    from dicomvault.jobs.rebuild.snapshot import snapshot_status
 
     snapshots = snapshot_status(archive)
     alerts += snapshots["alerts"]
@@ -107,7 +107,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "sites": sites,
         "policy": {"copies": archive.settings.policy.copies, "offsite_copies": archive.settings.policy.offsite_copies},
         "commitment": commitment,
-        "reconcile": reconcile,  # jobs/reconcile.py
+        "reconcile": reconcile,  # jobs/reconcile/job.py
         "restores": restores,
         "scrub": scrub,
         "drills": drills,

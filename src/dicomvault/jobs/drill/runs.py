@@ -1,0 +1,160 @@
+"""The ``drill_runs`` table: recording each site's restore drill, auditing it, and reading the
+history back for ``dicomvault status`` and ``GET /api/drills`` (:func:`drill_status`).
+
+Kept apart from the drill itself (``drill.py``) because ``status``, the API and the
+schedule read the history without restoring anything.
+
+A site's drill is a row inserted as ``running`` and finished as ``success`` or ``failure``
+in the transaction that appends its ``drill`` audit event. A drill whose process died
+leaves its row ``running``; the next drill (which holds the drill lock, so no other drill
+is live on this host) marks such rows ``interrupted``, which is no verdict on the site:
+alerts and the schedule look only at success and failure.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, insert, select, update
+
+from dicomvault.audit import AuditEvent, append
+from dicomvault.catalog import schema as t
+from dicomvault.config import parse_duration
+
+from dicomvault.jobs.verify.job import readable_site_names
+
+if TYPE_CHECKING:
+    from dicomvault.archive.core import Archive
+    from dicomvault.catalog import Catalog
+
+RUNNING, SUCCESS, FAILURE, INTERRUPTED = "running", "success", "failure", "interrupted"
+FINISHED = (SUCCESS, FAILURE)
+MAX_FAILURES_KEPT = 200  # per run in the row and the audit event; the CLI report has them all
+HISTORY = 50  # runs listed by GET /api/drills
+
+
+def start_run(catalog: "Catalog", site: str, actor: str, target: str, started_at: float) -> int:
+    with catalog.write() as conn:
+        key = conn.execute(insert(t.drill_runs).values(
+            site=site, actor=actor, started_at=started_at, state=RUNNING, target=target)).inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def finish_run(catalog: "Catalog", run_id: int, actor: str, state: str, summary: dict[str, Any]) -> None:
+    """Store the outcome (``summary``: site, target, studies, instances, bytes, seconds, picks,
+    failures) and audit it in the same transaction."""
+    failures = summary["failures"][:MAX_FAILURES_KEPT]
+    with catalog.write() as conn:
+        conn.execute(update(t.drill_runs).where(t.drill_runs.c.id == run_id).values(
+            state=state, finished_at=time.time(), studies=summary["studies"], instances=summary["instances"],
+            bytes=summary["bytes"], seconds=summary["seconds"],
+            picks=json.dumps(summary["picks"], separators=(",", ":")),
+            failures=json.dumps(failures, separators=(",", ":"))))
+        append(conn, AuditEvent(actor=actor, action="drill", subject=summary["site"],
+                                outcome=SUCCESS if state == SUCCESS else "failure" if state == FAILURE else state,
+                                detail={"run_id": run_id, "target": summary["target"], "studies": summary["studies"],
+                                        "instances": summary["instances"], "bytes": summary["bytes"],
+                                        "seconds": summary["seconds"],
+                                        "picks": [{"study_uid": p["study_uid"], "why": p["why"]}
+                                                  for p in summary["picks"]],
+                                        "failures": failures, "failure_count": len(summary["failures"])}))
+
+
+def interrupt_stale(catalog: "Catalog", actor: str) -> int:
+    """Rows left ``running`` by a drill that died become ``interrupted`` (audited)."""
+    runs = t.drill_runs
+    with catalog.write() as conn:
+        stale = conn.execute(select(runs.c.id, runs.c.site).where(runs.c.state == RUNNING)).all()
+        for row in stale:
+            conn.execute(update(runs).where(runs.c.id == row.id).values(state=INTERRUPTED, finished_at=time.time()))
+            append(conn, AuditEvent(actor=actor, action="drill", subject=row.site, outcome=INTERRUPTED,
+                                    detail={"run_id": row.id, "reason": "the drill's process stopped before it "
+                                                                        "finished"}))
+    return len(stale)
+
+
+def last_started(catalog: "Catalog") -> dict[str, float]:
+    """Per site, when its latest finished (success or failure) drill started: the schedule's clock."""
+    runs = t.drill_runs
+    with catalog.read() as conn:
+        return {row.site: float(row.last) for row in conn.execute(
+            select(runs.c.site, func.max(runs.c.started_at).label("last"))
+            .where(runs.c.state.in_(FINISHED)).group_by(runs.c.site))}
+
+
+def _summary(row: Any, now: float) -> dict[str, Any]:
+    failures = json.loads(row.failures or "[]")
+    when = row.finished_at or row.started_at
+    return {"run_id": row.id, "state": row.state, "actor": row.actor, "target": row.target,
+            "started_at": row.started_at, "finished_at": row.finished_at, "age_seconds": round(now - when, 1),
+            "studies": row.studies, "instances": row.instances, "bytes": int(row.bytes),
+            "seconds": round(float(row.seconds), 3), "picks": json.loads(row.picks or "[]"),
+            "failures": failures}
+
+
+def recent_runs(catalog: "Catalog", limit: int = HISTORY, now: float | None = None) -> list[dict[str, Any]]:
+    """The latest ``limit`` drill runs of every site, newest first."""
+    now = time.time() if now is None else now
+    with catalog.read() as conn:
+        rows = conn.execute(select(t.drill_runs).order_by(t.drill_runs.c.id.desc()).limit(limit)).all()
+    return [{"site": row.site, **_summary(row, now)} for row in rows]
+
+
+def ago(seconds: float) -> str:
+    """``4 s``, ``12 min``, ``2 h``, ``3 d``: how long ago, for alert lines."""
+    seconds = max(0.0, seconds)
+    for below, size, unit in ((90, 1, "s"), (90 * 60, 60, "min"), (48 * 3600, 3600, "h")):
+        if seconds < below:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds / 86400:.0f} d"
+
+
+def drill_status(archive: "Archive", now: float | None = None) -> dict[str, Any]:
+    """Per readable site: the last drill, the last successful one (with a one-line summary such
+    as "2 h ago, 12 studies, 4.1 s") and a drill in progress; plus alerts.
+
+    Alerts: the site's latest drill failed; or, while the ``[drill]`` schedule is on, its last
+    successful drill is older than two periods (a site never drilled is not alerted: the
+    schedule drills it soon after ``serve`` starts)."""
+    now = time.time() if now is None else now
+    settings = archive.settings.drill
+    every = parse_duration(settings.every)
+    runs = t.drill_runs
+
+    def latest(*where: Any) -> dict[str, Any]:
+        newest = select(func.max(runs.c.id)).where(*where).group_by(runs.c.site)
+        with archive.catalog.read() as conn:
+            return {row.site: row for row in conn.execute(select(runs).where(runs.c.id.in_(newest)))}
+
+    finished, succeeded = latest(runs.c.state.in_(FINISHED)), latest(runs.c.state == SUCCESS)
+    running = latest(runs.c.state == RUNNING)
+    sites: dict[str, Any] = {}
+    alerts: list[str] = []
+    for name in readable_site_names(archive.settings):
+        last, good, live = finished.get(name), succeeded.get(name), running.get(name)
+        entry: dict[str, Any] = {"last_run": _summary(last, now) if last is not None else None,
+                                 "last_success": None, "running": None}
+        if good is not None:
+            ok = _summary(good, now)
+            ok["summary"] = (f"{ago(ok['age_seconds'])} ago, {ok['studies']} studies, {ok['instances']} instances, "
+                             f"{ok['seconds']:.1f} s")
+            entry["last_success"] = ok
+        if live is not None:
+            entry["running"] = {"run_id": live.id, "started_at": live.started_at, "actor": live.actor,
+                                "age_seconds": round(now - live.started_at, 1)}
+        sites[name] = entry
+        if last is not None and last.state == FAILURE:
+            problems = entry["last_run"]["failures"]
+            first = f"; first: {problems[0]['object']}: {problems[0]['problem']}" if problems else ""
+            alerts.append(f"restore drill from site {name} FAILED {ago(entry['last_run']['age_seconds'])} ago "
+                          f"({len(problems)} problem(s){first}); fix it (`dicomvault verify --site {name}`), "
+                          f"then `dicomvault drill --site {name}`")
+        elif settings.enabled and good is not None and now - good.started_at > 2 * every:
+            alerts.append(f"no successful restore drill from site {name} for {ago(now - good.started_at)} "
+                          f"([drill] every = \"{settings.every}\"): is `dicomvault serve` running? By hand: "
+                          f"`dicomvault drill --site {name}`")
+    return {"enabled": settings.enabled, "every": settings.every, "random": settings.random, "sites": sites,
+            "alerts": alerts}

@@ -1,0 +1,313 @@
+"""Rebuilding the catalog from one site and the offline recovery key (promise 3).
+
+The scenario: the archive host is gone (disk, keys, catalog), or only its catalog is lost or
+corrupt. What remains is any one site (an S3 bucket, a NAS, the primary's object folder)
+and the recovery key printed at ``init``. ``rebuild_index``:
+
+1. opens the newest catalog snapshot on the site with the recovery key (falling back to an
+   older one if the newest does not authenticate);
+2. restores the host keys from it when they are missing or were freshly made by ``init``
+   on a new host (the archive's own site key names and wraps every existing object);
+3. loads every catalog table from it into an empty catalog (SQLite or PostgreSQL; the
+   snapshot records its schema revision, newer schemas accept older snapshots);
+4. lists the site's objects and opens only those the snapshot does not know (written after
+   it), indexing each from its own sealed metadata;
+5. squares the copy rows with reality: a copy the site lacks is owed again, and the primary's
+   copies that the (possibly new, empty) primary lacks are owed to it; `serve` (or
+   ``--refill``) copies them back from the replicas while reads fall back to them;
+6. appends a ``rebuild-index`` row to the audit chain, which continues from the snapshot's
+   head, so ``audit verify`` still proves everything up to the snapshot.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import LargeBinary, func, insert, select, text, update
+
+from dicomvault.audit import AuditEvent, append
+from dicomvault.catalog import Catalog
+from dicomvault.catalog import schema as t
+from dicomvault.catalog.db import HEAD_REVISION
+from dicomvault.config import Settings
+from dicomvault.crypto.keys import KeyError_, Keyring, RecoveryKey, write_host_keys
+from dicomvault.archive.repository import IntegrityError
+from dicomvault.sites import SiteError, open_site
+
+from dicomvault.jobs.rebuild.snapshot import SnapshotError, iter_rows, open_snapshot
+
+if TYPE_CHECKING:
+    from dicomvault.sites.base import Site
+
+log = logging.getLogger(__name__)
+
+PRIMARY = "primary"
+BATCH = 2000
+
+
+class RebuildError(Exception):
+    """The rebuild cannot run; the message says what to do. Nothing was changed."""
+
+
+@dataclass
+class RebuildReport:
+    site: str
+    snapshot: str | None = None
+    snapshot_created_at: float | None = None
+    snapshot_rows: int = 0
+    skipped_snapshots: list[dict[str, str]] = field(default_factory=list)  # newer ones that failed
+    keys_restored: bool = False
+    objects_on_site: int = 0
+    objects_after_snapshot: int = 0
+    unreadable_objects: list[dict[str, str]] = field(default_factory=list)
+    copies_owed_to_site: int = 0
+    copies_owed_to_primary: int = 0
+    instances: int = 0
+    studies: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__, seconds=round(self.seconds, 3))
+
+
+def _site_settings(settings: Settings, name: str) -> tuple[str, dict[str, object]]:
+    if name == PRIMARY:
+        return settings.primary_site_url, {}
+    for replica in settings.replicas:
+        if replica.name == name:
+            if replica.is_pacs:
+                raise RebuildError(f"site {name} is a PACS (dicom://): it holds no sealed objects or snapshots")
+            return replica.url, replica.option_map
+    names = ", ".join([PRIMARY, *(r.name for r in settings.replicas if not r.is_pacs)])
+    raise RebuildError(f"no site named {name!r} in {settings.config_file}; configured: {names}. Add the site "
+                       "(`dicomvault sites add NAME URL`, with its options in [sites.NAME]) first")
+
+
+def _newest_snapshot(site: "Site", recovery: RecoveryKey,
+                     report: RebuildReport) -> tuple[str, dict[str, Any], bytes]:
+    try:
+        names = site.list_snapshots()
+    except SiteError as exc:
+        raise RebuildError(f"cannot list catalog snapshots on {site.url}: {exc}") from exc
+    if not names:
+        raise RebuildError(
+            f"site {site.url} holds no catalog snapshot (they are written by `dicomvault serve` and "
+            "`dicomvault snapshot`), so its site key cannot be recovered: use `dicomvault recover-read` to "
+            "write every instance out with the recovery key, then `dicomvault import` them into a new vault")
+    for name in reversed(names):
+        try:
+            metadata, payload = open_snapshot(site.get_snapshot(name), recovery)
+        except (SnapshotError, SiteError, KeyError) as exc:
+            log.error("ALERT: catalog snapshot %s on %s is unusable: %s", name, site.url, exc)
+            report.skipped_snapshots.append({"name": name, "reason": str(exc)})
+            continue
+        return name, metadata, payload
+    raise RebuildError(f"none of the {len(names)} catalog snapshots on {site.url} opens with this recovery key "
+                       f"(newest: {report.skipped_snapshots[0]['reason']}); is it this archive's recovery key?")
+
+
+def _restore_keys(settings: Settings, metadata: dict[str, Any], recovery: RecoveryKey,
+                  catalog_is_empty: bool) -> bool:
+    """Put the archive's own site key (and the recovery public key) in place; True if written."""
+    site_key = base64.b64decode(metadata["site_key"])
+    recovery_public = recovery.public_key()
+    if serialization.load_pem_public_key(metadata["recovery_public"].encode()).public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw) != recovery_public.public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw):
+        raise RebuildError("the snapshot names a different recovery key than the one given")
+    wanted = Keyring(site_key, recovery_public).fingerprint
+    key_file, public_file = settings.site_key_file, settings.recovery_public_key_file
+    if key_file.exists():
+        try:
+            current = Keyring.load(key_file, public_file).fingerprint
+        except KeyError_:
+            current = None
+        if current == wanted:
+            return False
+        if not catalog_is_empty:
+            raise RebuildError(f"{key_file} is another archive's site key and the catalog already indexes "
+                               "instances under it: rebuild into a fresh data directory (`dicomvault init`)")
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for path in (key_file, public_file):
+            if path.exists():
+                path.rename(path.with_name(f"{path.name}.replaced-{stamp}"))
+    write_host_keys(key_file, public_file, site_key, recovery_public)
+    return True
+
+
+def _catalog_rows(catalog: Catalog) -> int:
+    with catalog.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(t.versions)).scalar() or 0)
+
+
+def _check_compatible(payload: bytes) -> None:
+    """Refuse, before anything is changed, a snapshot this dicomvault cannot load."""
+    header, _rows = iter_rows(payload)
+    if str(header.get("revision", "")) > HEAD_REVISION:
+        raise RebuildError(f"the snapshot was taken by a newer dicomvault (schema {header['revision']}, this one "
+                           f"knows {HEAD_REVISION}): upgrade dicomvault first")
+    tables = {table.name: table for table in t.metadata.sorted_tables}
+    for table_name, table_columns in header["tables"]:
+        table = tables.get(table_name)
+        unknown = [c for c in table_columns if table is None or c not in table.c]
+        if unknown:
+            raise RebuildError(f"snapshot table {table_name} has columns this dicomvault does not know ({unknown}): "
+                               "upgrade dicomvault first")
+
+
+def _load_tables(catalog: Catalog, payload: bytes, progress: Callable[[str, int], None] | None) -> tuple[int, set[str]]:
+    """Replace every table's rows by the snapshot's, in one transaction; returns (rows, object ids)."""
+    _header, rows = iter_rows(payload)
+    tables = {table.name: table for table in t.metadata.sorted_tables}
+    known_objects: set[str] = set()
+    loaded = 0
+    with catalog.write() as conn:
+        for table in reversed(t.metadata.sorted_tables):
+            conn.execute(table.delete())
+        current: str | None = None
+        batch: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            if batch and current is not None:
+                conn.execute(insert(tables[current]), batch)
+                batch.clear()
+
+        for table_name, columns, values in rows:
+            if table_name != current:
+                flush()
+                current = table_name
+                binary = {c for c in columns if isinstance(tables[table_name].c[c].type, LargeBinary)}
+            row = dict(zip(columns, values))
+            for column_name in binary:
+                if row[column_name] is not None:
+                    row[column_name] = base64.b64decode(row[column_name])
+            if table_name == "versions":
+                known_objects.add(row["object_id"])
+            batch.append(row)
+            loaded += 1
+            if len(batch) >= BATCH:
+                flush()
+                if progress:
+                    progress("loading catalog", loaded)
+        flush()
+        if not catalog.is_sqlite:
+            for table in t.metadata.sorted_tables:
+                for column in table.primary_key.columns:
+                    if column.autoincrement is True or (column.autoincrement == "auto" and
+                                                        column.type.python_type is int):
+                        conn.execute(text(
+                            f"SELECT setval(pg_get_serial_sequence('{table.name}', '{column.name}'), "
+                            f"COALESCE((SELECT MAX({column.name}) FROM {table.name}), 0) + 1, false)"))
+    return loaded, known_objects
+
+
+def rebuild_index(settings: Settings, site_name: str, recovery_key_file: Path, *, force: bool = False,
+                  actor: str = "cli", progress: Callable[[str, int], None] | None = None) -> RebuildReport:
+    """Rebuild the catalog (and, when missing, the host keys) from ``site_name`` alone."""
+    started = time.time()
+    report = RebuildReport(site=site_name)
+    url, options = _site_settings(settings, site_name)
+    try:
+        recovery = RecoveryKey.load(recovery_key_file)
+        site = open_site(url, options)
+    except (KeyError_, SiteError) as exc:
+        raise RebuildError(str(exc)) from exc
+    name, metadata, payload = _newest_snapshot(site, recovery, report)
+    report.snapshot, report.snapshot_created_at = name, float(metadata["created_at"])
+    catalog = Catalog(settings.catalog_url)
+    try:
+        existing = _catalog_rows(catalog)
+        if existing and not force:
+            raise RebuildError(f"the catalog {settings.catalog_url} already indexes {existing} object(s); "
+                               "rebuild-index fills an empty catalog: move it aside, or pass --force to replace "
+                               "its contents")
+        _check_compatible(payload)
+        report.keys_restored = _restore_keys(settings, metadata, recovery, catalog_is_empty=not existing)
+        report.snapshot_rows, known = _load_tables(catalog, payload, progress)
+        with catalog.write() as conn:  # the snapshot did not contain its own record
+            conn.execute(insert(t.catalog_snapshots), {
+                "site": site_name, "name": name, "started_at": report.snapshot_created_at,
+                "finished_at": report.snapshot_created_at, "state": "ok", "size": 0,
+                "row_count": report.snapshot_rows, "audit_head": str(metadata["audit_head"]["hash"]), "error": None})
+    finally:
+        catalog.close()
+    del payload
+
+    from dicomvault.archive.core import Archive  # the keys are in place now: open the archive normally
+
+    archive = Archive.open(settings)
+    try:
+        on_site = _adopt_newer_objects(archive, site, site_name, known, report, progress)
+        _square_copies(archive, site_name, on_site, report)
+        with archive.catalog.read() as conn:
+            report.instances = int(conn.execute(select(func.count()).select_from(t.instances)).scalar() or 0)
+            report.studies = int(conn.execute(select(func.count()).select_from(t.studies)).scalar() or 0)
+        report.seconds = time.time() - started
+        with archive.catalog.write() as conn:
+            append(conn, AuditEvent(actor=actor, action="rebuild-index", subject=site_name,
+                                    outcome="success" if not report.unreadable_objects else "partial",
+                                    detail={"snapshot": name, "snapshot_audit_head": metadata.get("audit_head"),
+                                            **{k: v for k, v in report.to_dict().items()
+                                               if k not in ("unreadable_objects",)},
+                                            "unreadable": len(report.unreadable_objects)}))
+    finally:
+        archive.close()
+    return report
+
+
+def _adopt_newer_objects(archive: Any, site: "Site", site_name: str, known: set[str], report: RebuildReport,
+                         progress: Callable[[str, int], None] | None) -> set[str]:
+    """Index the site's objects the snapshot does not list; returns every name on the site."""
+    try:
+        on_site = set(site.list())
+    except SiteError as exc:
+        raise RebuildError(f"the catalog was loaded from snapshot {report.snapshot}, but listing the objects on "
+                           f"{site.url} failed: {exc}; run rebuild-index again with --force") from exc
+    report.objects_on_site = len(on_site)
+    newer = sorted(on_site - known)
+    for count, object_id in enumerate(newer, 1):
+        try:
+            blob = site.get(object_id)
+            metadata, _ = archive.repository.open_blob(blob, object_id)
+            archive.ingestor.adopt(object_id, blob, metadata, "dicomvault:rebuild", "rebuild")
+            report.objects_after_snapshot += 1
+        except (KeyError, SiteError, IntegrityError) as exc:
+            log.error("ALERT: object %s on %s cannot be indexed: %s", object_id, site.url, exc)
+            report.unreadable_objects.append({"object": object_id, "reason": str(exc)})
+            on_site.discard(object_id)
+        if progress:
+            progress("indexing objects newer than the snapshot", count)
+    return on_site
+
+
+def _square_copies(archive: Any, site_name: str, on_site: set[str], report: RebuildReport) -> None:
+    """Copy rows must say what the sites hold now, not what they held at the snapshot."""
+    now = time.time()
+    checks = [(site_name, on_site)]
+    if site_name != PRIMARY:
+        checks.append((PRIMARY, set(archive.site.list())))
+    for name, present in checks:
+        with archive.catalog.read() as conn:
+            rows = conn.execute(select(t.copies.c.id, t.copies.c.object_id, t.copies.c.state)
+                                .where(t.copies.c.site == name)).all()
+        owed = [r.id for r in rows if r.object_id not in present and r.state != "owed"]
+        held = [r.id for r in rows if r.object_id in present and r.state != "verified"]
+        with archive.catalog.write() as conn:
+            for start in range(0, len(owed), BATCH):
+                conn.execute(update(t.copies).where(t.copies.c.id.in_(owed[start:start + BATCH]))
+                             .values(state="owed", attempts=0, next_attempt_at=0.0, owed_since=now,
+                                     verified_at=None, last_error="not on the site at rebuild-index"))
+            for start in range(0, len(held), BATCH):
+                conn.execute(update(t.copies).where(t.copies.c.id.in_(held[start:start + BATCH]))
+                             .values(state="verified", copied_at=now, verified_at=None, last_error=None))
+        if name == site_name:
+            report.copies_owed_to_site = len(owed)
+        else:
+            report.copies_owed_to_primary = len(owed)

@@ -1,0 +1,231 @@
+"""C-GET and C-MOVE: the archive's instances sent back exactly as they were received.
+
+Each instance goes out as its stored data set bytes, in its stored transfer syntax, whenever
+the receiver accepts that syntax; only when it does not, and the stored syntax is
+uncompressed, is it re-encoded losslessly (``dicom/transcode.py``). Objects are decrypted
+and verified against their recorded SHA-256 a few instances ahead of the network (a small
+prefetch pool), so decrypting overlaps with sending. C-MOVE destinations must be configured
+peers (``[peers.NAME]``): the archive never sends PHI to an address a request names.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from dicomvault.catalog.retrieval import LEVEL_KEYS, RetrievalItem, retrieval_items
+from dicomvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomvault.dicom.transcode import EXPLICIT_VR_LE, IMPLICIT_VR_LE, TranscodeError, pick_syntax, proposals, transcode
+from dicomvault.archive.prefetch import Prefetcher
+from dicomvault.net import pdu
+from dicomvault.net.requestor import AssociationRejected, StoreRequestor
+
+from dicomvault.serve.qr.find import (
+    CANCELLED,
+    IDENTIFIER_DOES_NOT_MATCH,
+    PENDING,
+    SUCCESS,
+    IdentifierError,
+    audit_operation,
+    decode_identifier,
+    element_text,
+    encode_identifier,
+    query_level,
+)
+
+if TYPE_CHECKING:
+    from dicomvault.archive.core import Archive
+    from dicomvault.net.acceptor import Operation
+
+log = logging.getLogger(__name__)
+
+MOVE_DESTINATION_UNKNOWN = 0xA801
+SUBOPERATIONS_FAILED = 0xA702  # none of the sub-operations succeeded
+WARNING_SOME_FAILED = 0xB000
+PREFETCH = 4  # instances decrypted ahead of the one being sent
+
+
+class SubOperationFailed(Exception):
+    """One instance could not be delivered; the others go on."""
+
+
+class Retriever:
+    def __init__(self, archive: "Archive") -> None:
+        self.archive = archive
+        self.settings = archive.settings
+        self._loaders = ThreadPoolExecutor(max_workers=2, thread_name_prefix="qr-load")
+
+    # --- shared -------------------------------------------------------------------------
+
+    def _load(self, item: RetrievalItem) -> bytes:
+        """The stored data set bytes (decrypted, SHA-256 verified, file meta removed)."""
+        return self.archive.repository.load_dataset(item.object_id, item.sha256)
+
+    def _prefetched(self, items: list[RetrievalItem]) -> Prefetcher[RetrievalItem, bytes]:
+        return Prefetcher(items, self._load, self._loaders, PREFETCH)
+
+    def retrieve(self, op: "Operation") -> None:
+        is_move = op.kind == pdu.C_MOVE_RQ
+        action = "move" if is_move else "get"
+        try:
+            request = decode_identifier(op.identifier, op.transfer_syntax)
+            level = query_level(request, op.model)
+            key = LEVEL_KEYS[level]
+            keys = [k.strip() for k in element_text(request[key]).split("\\")] if key in request else []
+            keys = [k for k in keys if k]
+            if not keys:
+                raise IdentifierError(IDENTIFIER_DOES_NOT_MATCH,
+                                      f"a {level}-level retrieve needs {key} in the identifier")
+        except IdentifierError as exc:
+            log.warning("C-%s from %s refused (0x%04X): %s", action.upper(), op.assoc.calling_ae, exc.status, exc)
+            op.respond(exc.status, comment=str(exc))
+            self._audit(op, action, "", "refused", {"reason": str(exc)})
+            return
+        subject = "\\".join(keys)
+        deliver: Callable[[RetrievalItem, bytes], None]
+        if is_move:
+            peer = next((p for p in self.settings.peers if p.ae_title == op.move_destination), None)
+            if peer is None:
+                reason = f"move destination {op.move_destination!r} is not a configured [peers] entry"
+                log.warning("C-MOVE from %s refused: %s", op.assoc.calling_ae, reason)
+                op.respond(MOVE_DESTINATION_UNKNOWN, comment=reason)
+                self._audit(op, action, subject, "refused", {"reason": reason})
+                return
+            requestor = StoreRequestor(peer.host, peer.port, peer.ae_title, self.settings.dicom.ae_title,
+                                       timeout=self.settings.dicom.network_timeout,
+                                       implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                                       implementation_version=IMPLEMENTATION_VERSION_NAME)
+        try:
+            items = retrieval_items(self.archive.catalog, level, keys)
+        except Exception as exc:  # noqa: BLE001 - the catalog is unreachable or broken
+            log.exception("C-%s from %s: matching failed", action.upper(), op.assoc.calling_ae)
+            op.respond(0xA701, comment=f"cannot compute matches: {type(exc).__name__}")
+            return
+        if is_move:
+            try:
+                deliver = self._move_sender(op, requestor, items)
+            except (AssociationRejected, OSError, pdu.ProtocolError) as exc:
+                reason = f"cannot reach {op.move_destination}: {exc}"
+                log.warning("C-MOVE from %s: %s", op.assoc.calling_ae, reason)
+                op.respond(SUBOPERATIONS_FAILED if items else SUCCESS, failed=len(items), completed=0, warning=0,
+                           identifier=self._failed_list(op, [i.sop_instance_uid for i in items]) if items else None,
+                           comment=reason[:64])
+                self._audit(op, action, subject, "failure", {"reason": reason, "destination": op.move_destination})
+                return
+        else:
+            deliver = self._get_sender(op)
+        try:
+            self._run(op, action, subject, items, deliver)
+        finally:
+            if is_move:
+                requestor.close()
+
+    def _run(self, op: "Operation", action: str, subject: str, items: list[RetrievalItem],
+             deliver: Callable[[RetrievalItem, bytes], None]) -> None:
+        completed, failed_uids, warning = 0, [], 0
+        remaining = len(items)
+        outcome = "success"
+        try:
+            for item, loading in self._prefetched(items):
+                if op.cancelled.is_set():
+                    op.respond(CANCELLED, identifier=self._failed_list(op, failed_uids) if failed_uids else None,
+                               remaining=remaining, completed=completed, failed=len(failed_uids), warning=warning)
+                    outcome = "cancelled"
+                    return
+                try:
+                    try:
+                        dataset = loading.result()
+                    except Exception as exc:  # noqa: BLE001 - damaged, missing or unreadable copy
+                        log.error("ALERT: the stored copy of %s (object %s) cannot be read back: %s",
+                                  item.sop_instance_uid, item.object_id, exc)
+                        raise SubOperationFailed(f"stored copy unreadable: {exc}") from exc
+                    deliver(item, dataset)
+                    completed += 1
+                except SubOperationFailed as exc:
+                    log.warning("C-%s sub-operation for %s failed: %s", action.upper(), item.sop_instance_uid, exc)
+                    failed_uids.append(item.sop_instance_uid)
+                remaining -= 1
+                if remaining:
+                    op.respond(PENDING, remaining=remaining, completed=completed, failed=len(failed_uids),
+                               warning=warning)
+            if not failed_uids:
+                op.respond(SUCCESS, completed=completed, failed=0, warning=warning)
+            else:
+                outcome = "partial" if completed else "failure"
+                op.respond(WARNING_SOME_FAILED if completed else SUBOPERATIONS_FAILED,
+                           identifier=self._failed_list(op, failed_uids), completed=completed,
+                           failed=len(failed_uids), warning=warning)
+        finally:
+            self._audit(op, action, subject, outcome, {
+                "instances": len(items), "completed": completed, "failed": len(failed_uids),
+                **({"destination": op.move_destination} if op.move_destination else {}),
+                **({"failed_uids": failed_uids[:50]} if failed_uids else {}),
+            })
+
+    def _failed_list(self, op: "Operation", uids: list[str]) -> bytes:
+        from pydicom.dataset import Dataset
+
+        ds = Dataset()
+        ds.FailedSOPInstanceUIDList = uids
+        return encode_identifier(ds, op.transfer_syntax)
+
+    def _audit(self, op: "Operation", action: str, subject: str, outcome: str, detail: dict[str, Any]) -> None:
+        audit_operation(self.archive.catalog, op, action, subject, outcome, detail)
+
+    # --- C-GET: C-STOREs back on the requestor's own association ------------------------
+
+    def _get_sender(self, op: "Operation") -> Callable[[RetrievalItem, bytes], None]:
+        def deliver(item: RetrievalItem, dataset: bytes) -> None:
+            contexts = op.assoc.storage_contexts(item.sop_class_uid)
+            if not contexts:
+                raise SubOperationFailed(f"{op.assoc.calling_ae} did not offer to receive {item.sop_class_uid} "
+                                         "(no storage context with the SCP role)")
+            syntax = _pick_syntax(item.transfer_syntax_uid, list(contexts))
+            payload = _encode_for(item, dataset, syntax)
+            status, comment = op.store(contexts[syntax], item.sop_class_uid, item.sop_instance_uid, payload)
+            if status not in (0x0000, 0xB000, 0xB007, 0xB006):
+                raise SubOperationFailed(f"C-STORE status 0x{status:04X} {comment}".strip())
+
+        return deliver
+
+    # --- C-MOVE: a new association to the configured destination ------------------------
+
+    def _move_sender(self, op: "Operation", requestor: StoreRequestor,
+                     items: list[RetrievalItem]) -> Callable[[RetrievalItem, bytes], None]:
+        if items:
+            requestor.prepare(proposals([(item.sop_class_uid, item.transfer_syntax_uid) for item in items]))
+        originator = (op.assoc.calling_ae, op.message_id)
+
+        def deliver(item: RetrievalItem, dataset: bytes) -> None:
+            offered = [ts for ts in (item.transfer_syntax_uid, EXPLICIT_VR_LE, IMPLICIT_VR_LE)
+                       if requestor.accepts(item.sop_class_uid, ts)]
+            if not offered:
+                raise SubOperationFailed(f"{op.move_destination} accepts {item.sop_class_uid} in none of "
+                                         f"{item.transfer_syntax_uid} (stored) or an uncompressed syntax")
+            syntax = _pick_syntax(item.transfer_syntax_uid, offered)
+            payload = _encode_for(item, dataset, syntax)
+            try:
+                status, comment = requestor.store(item.sop_class_uid, item.sop_instance_uid, syntax, payload,
+                                                  originator=originator)
+            except (OSError, ConnectionError, AssociationRejected, pdu.ProtocolError) as exc:
+                raise SubOperationFailed(f"sending to {op.move_destination} failed: {exc}") from exc
+            if status not in (0x0000, 0xB000, 0xB007, 0xB006):
+                raise SubOperationFailed(f"C-STORE status 0x{status:04X} {comment}".strip())
+
+        return deliver
+
+
+def _pick_syntax(stored: str, accepted: list[str]) -> str:
+    try:
+        return pick_syntax(stored, accepted)
+    except TranscodeError as exc:
+        raise SubOperationFailed(str(exc)) from exc
+
+
+def _encode_for(item: RetrievalItem, dataset: bytes, syntax: str) -> bytes:
+    try:
+        return transcode(dataset, item.transfer_syntax_uid, syntax)
+    except TranscodeError as exc:
+        raise SubOperationFailed(str(exc)) from exc
