@@ -22,7 +22,7 @@ from dicomvault.archive.prefetch import Prefetcher
 from dicomvault.net import pdu
 from dicomvault.net.requestor import AssociationRejected, StoreRequestor
 
-from dicomvault.serve.qr.find import (
+from dicomvault.serve.qr.common import (
     CANCELLED,
     IDENTIFIER_DOES_NOT_MATCH,
     PENDING,
