@@ -66,17 +66,14 @@ a count of its instances and the min/max of their SOP classes, all from the cove
 indexes series(study_pk, modality) and instances(series_pk, sop_class_uid) that migration
 0004 creates (replacing the single-column indexes, so ingest writes no extra index entry
 per instance). The cost per row is proportional to its study's instances (an index range
-walk, ~0.2-0.4 us per instance on SQLite), never to the catalog size.
+walk), never to the catalog size.
 
-Measured (benchmarks/retrieve/cfind.py, SQLite, 10,000 studies / 1,000,000 instances,
-shared 2-core machine): the study-level mix has p95 ~10 ms and max ~16 ms against the 50 ms
-target; a 100-study "SMI*" answer takes ~10 ms, a 400-study one ~30 ms. Denormalised
-counters (series/study instance counts kept by ``Catalog.add_version``) would make the read
-O(series) instead, but they add UPDATEs to every ingest transaction, must be kept right by
-every future writer (deletion, retention, rebuild-index, bulk tools) and drift silently
-when one forgets. At this scale the plain index meets the target with margin, so the
-catalog stays an index of facts; counters remain the upgrade path if archives grow to
-studies of many thousands of instances being listed in bulk.
+Denormalised counters (series/study instance counts kept by ``Catalog.add_version``) would
+make the read O(series) instead, but they add UPDATEs to every ingest transaction, must be
+kept right by every future writer (deletion, retention, rebuild-index, bulk tools) and
+drift silently when one forgets. The plain index meets the C-FIND latency target with
+margin (benchmarks/README.md), so the catalog stays an index of facts; counters remain the
+upgrade path.
 """
 
 from __future__ import annotations
