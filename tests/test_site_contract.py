@@ -90,8 +90,8 @@ def file_case(request: pytest.FixtureRequest) -> Case:
 
 def s3_case(request: pytest.FixtureRequest) -> Case:
     server: S3Server = request.getfixturevalue("s3_server")
-    bucket = server.make_bucket(unique_bucket_name("contract"))
-    url, options = f"s3://{bucket}/dv", server.site_options()
+    bucket = request.getfixturevalue("s3_contract_bucket")
+    url, options = f"s3://{bucket}/{uuid.uuid4().hex[:12]}", server.site_options()  # a prefix is a site
 
     def unreachable() -> tuple[Site, str]:
         site = open_site(url, server.site_options(endpoint_url=f"http://127.0.0.1:{free_port()}"))
@@ -159,6 +159,11 @@ def vault_receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receive
     wait_until(answers, timeout=30, what="the replica store over HTTP")
     yield receiver
     vault.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_contract_bucket(s3_server: S3Server) -> str:  # noqa: F811
+    return s3_server.make_bucket(unique_bucket_name("contract"))
 
 
 @pytest.fixture(params=sorted(BACKENDS))
