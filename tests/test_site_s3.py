@@ -47,31 +47,18 @@ def name_of(data: bytes) -> str:
     return hashlib.sha256(b"name" + data).hexdigest()
 
 
-# -- the basic contract ----------------------------------------------------------------------------
+# -- S3 specifics (the contract every site passes is tests/test_site_contract.py) -----------------
 
 
-def test_round_trip_put_get_stat_list_delete(s3_bucket: S3Bucket) -> None:
+def test_objects_are_stored_in_the_file_site_layout_without_metadata(s3_bucket: S3Bucket) -> None:
     site = s3_bucket.site("archive/dr")
-    objects = {name_of(d): d for d in (blob("a"), blob("b", 10), blob("c", 0), blob("d", 300_000))}
-    for name, data in objects.items():
-        assert site.put_if_absent(name, data) is True
-    for name, data in objects.items():
-        assert site.get(name) == data
-        assert site.stat(name) == len(data)
-    assert list(site.list()) == sorted(objects)
-
-    # The file site's layout, under the prefix, and nothing readable attached to the object.
-    client = s3_bucket.server.client()
-    name = sorted(objects)[0]
-    head = client.head_object(Bucket=s3_bucket.name, Key=f"archive/dr/objects/{name[:2]}/{name[2:4]}/{name}")
-    assert head["ContentLength"] == len(objects[name])
-    assert head.get("Metadata") == {}
-
-    site.delete(name)
-    assert site.stat(name) is None
-    with pytest.raises(KeyError):
-        site.get(name)
-    assert list(site.list()) == sorted(objects)[1:]
+    data = blob("layout", 300)
+    name = name_of(data)
+    assert site.put_if_absent(name, data) is True
+    head = s3_bucket.server.client().head_object(Bucket=s3_bucket.name,
+                                                 Key=f"archive/dr/objects/{name[:2]}/{name[2:4]}/{name}")
+    assert head["ContentLength"] == len(data)
+    assert head.get("Metadata") == {}  # nothing readable travels with an object
 
 
 def test_list_skips_keys_outside_the_object_layout(s3_bucket: S3Bucket) -> None:
@@ -85,35 +72,6 @@ def test_list_skips_keys_outside_the_object_layout(s3_bucket: S3Bucket) -> None:
         client.put_object(Bucket=s3_bucket.name, Key=stray, Body=b"x")
     assert list(site.list()) == [name]
     assert list(s3_bucket.site("other").list()) == [name]  # another prefix is another site
-
-
-def test_put_if_absent_is_write_once(s3_bucket: S3Bucket) -> None:
-    site = s3_bucket.site()
-    first, second = blob("first"), blob("second")
-    name = name_of(first)
-    assert site.put_if_absent(name, first) is True
-    assert site.put_if_absent(name, second) is False
-    assert site.get(name) == first
-    assert site.stat(name) == len(first)
-
-
-def test_absent_objects(s3_bucket: S3Bucket) -> None:
-    site = s3_bucket.site()
-    missing = "ab" * 32
-    assert site.stat(missing) is None
-    assert site.checksum_sha256(missing) is None
-    with pytest.raises(KeyError):
-        site.get(missing)
-    site.delete(missing)  # deleting what is not there is not an error (the file site agrees)
-    assert list(site.list()) == []
-
-
-def test_invalid_object_names_are_refused(s3_bucket: S3Bucket) -> None:
-    site = s3_bucket.site()
-    for bad in ("../../etc/passwd", "ABCDEF0123", "abc", "0123456789abcdeg"):
-        with pytest.raises(SiteError, match="invalid object name"):
-            site.put_if_absent(bad, b"x")
-    assert list(site.list()) == []
 
 
 def test_put_asks_the_server_to_verify_and_to_refuse_overwrites(s3_bucket: S3Bucket) -> None:
@@ -167,6 +125,13 @@ def test_stores_without_conditional_put_fall_back_to_head_then_put(s3_bucket: S3
     assert site.get(name_of(first)) == first
     assert site.checksum_sha256(name_of(first)) == hashlib.sha256(first).hexdigest()
     assert conditional == [True, False]  # tried once, then remembered; the refusal came from HEAD
+
+    # Catalog snapshots are write-once there too: the name is checked before the PUT.
+    snapshot = "catalog-20261123T101500.000Z-1a2b3c4d"
+    site.put_snapshot(snapshot, first)
+    with pytest.raises(SiteError, match="already exists"):
+        site.put_snapshot(snapshot, second)
+    assert site.get_snapshot(snapshot) == first
 
 
 # -- checksums -------------------------------------------------------------------------------------

@@ -60,7 +60,5 @@ class Archive:
     def close(self) -> None:
         if self._ingestor is not None:
             self._ingestor.committer.stop()  # queued catalog rows first, then the catalog itself
-        close_journal = getattr(self.site, "close_journal", None)
-        if callable(close_journal):
-            close_journal()  # unreleased records stay for the next process's recovery
+        self.site.close()  # a journal's unreleased records stay for the next process's recovery
         self.catalog.close()

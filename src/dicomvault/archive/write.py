@@ -182,9 +182,8 @@ class Ingestor:
         self.durability = DurabilityBarrier(catalog, repository)
         # The process that ingests owns the primary site's write-ahead journal, if it has one
         # (sites/journal.py): acknowledgements then cost one device flush, not a file creation.
-        enable_journal = getattr(repository.site, "enable_journal", None)
-        if journal and callable(enable_journal):
-            enable_journal()
+        if journal:
+            repository.site.enable_journal()
         self._study_keys: dict[str, StudyKey] = {}
         self._key_lock = threading.Lock()
 

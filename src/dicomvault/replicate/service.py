@@ -46,7 +46,7 @@ class ReplicationService:
         self.replicators: dict[str, SiteReplicator] = {}
         for replica in settings.replicas:
             site = open_site(replica.url, replica.option_map, opener)
-            if getattr(site, "sees_plaintext", False):
+            if site.capabilities.plaintext:
                 log.warning("site %s (%s) receives PLAINTEXT images: it must itself be trusted with patient data",
                             replica.name, replica.url)
             # With the repository, an object the primary lacks (refilling after a rebuild) is

@@ -62,13 +62,11 @@ class VerificationFailed(SiteError):
 def verify_copy(site: Site, name: str, blob: bytes) -> str:
     """Prove the site holds exactly ``blob``; returns how it was checked."""
     expected = hashlib.sha256(blob).hexdigest()
-    checksum = getattr(site, "checksum_sha256", None)
-    if checksum is not None:
-        remote = checksum(name)
-        if remote is not None:
-            if remote != expected:
-                raise VerificationFailed(f"checksum mismatch on {site.url}: site reports {remote[:16]}..., sent {expected[:16]}...")
-            return "checksum"
+    remote = site.checksum_sha256(name)  # None: the site cannot vouch for it, read it back
+    if remote is not None:
+        if remote != expected:
+            raise VerificationFailed(f"checksum mismatch on {site.url}: site reports {remote[:16]}..., sent {expected[:16]}...")
+        return "checksum"
     try:
         held = site.get(name)
     except KeyError as exc:

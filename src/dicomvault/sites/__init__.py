@@ -1,5 +1,6 @@
 """Where objects live: one small interface, one module per backend."""
 
-from .base import Site, SiteError, ObjectExists, open_site
+from .base import Capabilities, ObjectExists, ObjectRetention, Site, SiteError
+from .registry import open_site
 
-__all__ = ["ObjectExists", "Site", "SiteError", "open_site"]
+__all__ = ["Capabilities", "ObjectExists", "ObjectRetention", "Site", "SiteError", "open_site"]

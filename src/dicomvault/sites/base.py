@@ -1,16 +1,19 @@
 """The site interface every backend implements (modelled on Litestream's ReplicaClient).
 
 Sites only ever see sealed (encrypted) objects and opaque keyed names; they never need a key.
+What a backend can do beyond the five core methods is declared in its ``capabilities`` and
+every optional operation has a safe default here, so callers never probe with ``hasattr``.
+This module imports no backend: ``registry.py`` maps URL schemes to them.
 """
 
 from __future__ import annotations
 
 import abc
 import builtins
+import datetime as dt
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
-from urllib.parse import urlparse
+from dataclasses import dataclass
 
 # Catalog snapshot names sort by time: ``catalog-20261123T101500.123Z-1a2b3c4d`` (UTC, to the
 # millisecond, so two snapshots taken within one second still sort in the order they were
@@ -33,14 +36,55 @@ class ObjectExists(SiteError):
     """put_if_absent found an object of that name already there."""
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend does beyond put/get/stat/list/delete (the contract suite holds it to it)."""
+
+    # Holds encrypted catalog snapshots (put/get/list/delete_snapshot), so that this site
+    # alone plus the recovery key can rebuild the catalog (promise 3).
+    snapshots: bool = False
+    # ``checksum_sha256`` reports the SHA-256 the backend computed itself from what it
+    # received or holds, so a copy is verified without downloading it.
+    checksums: bool = False
+    # ``put_if_absent`` may leave part of its durability to ``flush`` and keeps a
+    # crash-recovery intent per object until ``release_intents``; ``recover`` returns them
+    # after a crash, and ``enable_journal`` may switch on the write-ahead journal.
+    journal: bool = False
+    # Objects can be kept under retention (Object Lock): ``get_with_retention`` reports it and
+    # ``extend_retention`` lengthens it; ``object_lock_days`` > 0 sets it on every write.
+    object_lock: bool = False
+    # Receives PLAINTEXT (a PACS): it gets the opener, and must itself be trusted with patient
+    # data. Never true for an off-site copy (promise 5).
+    plaintext: bool = False
+
+
+@dataclass(frozen=True)
+class ObjectRetention:
+    """The retention a site reported for the object version it returned."""
+
+    mode: str | None = None  # COMPLIANCE or GOVERNANCE; None: no retention
+    until: dt.datetime | None = None  # retain-until date (aware)
+    version_id: str | None = None
+
+
 class Site(abc.ABC):
     url: str
+    # Declared per backend class; not a ClassVar, so an instance may be told more (registry.py).
+    capabilities: Capabilities = Capabilities()
+    object_lock_days: int = 0  # days each new object is locked for (object_lock sites), 0: none
+
+    @classmethod
+    def from_url(cls, url: str, options: Mapping[str, object] | None = None) -> "Site":
+        """The site for ``url`` with the options of its configuration table (registry.py calls this)."""
+        raise SiteError(f"{cls.__name__} cannot be opened from a URL ({url})")
 
     @abc.abstractmethod
     def put_if_absent(self, name: str, data: bytes) -> bool:
         """Durably store ``data`` under ``name`` unless it exists. True if written now.
 
         Returns only once the object is on stable storage (write-once: never overwrites).
+        False if the name is taken; a backend that can tell the held bytes differ raises
+        ObjectExists instead (names are keyed MACs: different bytes mean a conflict).
         """
 
     @abc.abstractmethod
@@ -62,11 +106,27 @@ class Site(abc.ABC):
     def health(self) -> dict[str, object]:
         return {"url": self.url, "ok": True}
 
-    # Encrypted catalog snapshots (jobs/snapshot.py), a small namespace beside the objects so
-    # that this site alone plus the recovery key can rebuild the catalog (promise 3). Sites
-    # that cannot hold them (a PACS) keep these defaults.
+    def close(self) -> None:
+        """Let go of connections, threads and locks (a file site's journal); idempotent."""
 
-    supports_snapshots = False
+    def checksum_sha256(self, name: str) -> str | None:
+        """Hex SHA-256 of the stored object as the backend computed it (``capabilities.checksums``).
+        None: the site cannot vouch for it (or it is absent), so the caller reads it back."""
+        return None
+
+    # Object Lock retention (``capabilities.object_lock``); elsewhere nothing is retained.
+
+    def get_with_retention(self, name: str) -> tuple[bytes, ObjectRetention]:
+        """``get`` plus the retention of the version read (none where nothing is retained)."""
+        return self.get(name), ObjectRetention()
+
+    def extend_retention(self, name: str, until: dt.datetime, mode: str | None = None,
+                         version_id: str | None = None) -> None:
+        """Keep the object under retention until ``until`` (callers only lengthen it)."""
+        raise SiteError(f"{self.url} cannot keep objects under retention")
+
+    # Encrypted catalog snapshots (jobs/snapshot.py, ``capabilities.snapshots``), a small
+    # namespace beside the objects. Sites that cannot hold them (a PACS) keep these defaults.
 
     def put_snapshot(self, name: str, data: bytes) -> None:
         """Durably store a sealed snapshot under a new name (names are never reused)."""
@@ -84,8 +144,12 @@ class Site(abc.ABC):
         """Remove an old snapshot (pruning); may be refused by retention locks."""
         raise SiteError(f"{self.url} cannot hold catalog snapshots")
 
-    # Crash-recovery journal. A backend whose put_if_absent is fully durable by itself
-    # (an object store's confirmed PUT) keeps these no-ops.
+    # Crash recovery (``capabilities.journal``). A backend whose put_if_absent is fully durable
+    # by itself (an object store's confirmed PUT) keeps these no-ops.
+
+    def enable_journal(self) -> bool:
+        """Acknowledge through a write-ahead journal from now on; False: not available here."""
+        return False
 
     def flush(self) -> None:
         """Make every write so far durable in full (for sites that defer part of it)."""
@@ -99,32 +163,3 @@ class Site(abc.ABC):
 
     def discard(self, name: str) -> None:
         """Remove an unacknowledged object that ``recover`` returned but that failed to open."""
-
-
-def open_site(url: str, options: Mapping[str, object] | None = None, opener: Any = None) -> Site:
-    """The backend for ``url``; ``options`` are the backend's settings from the site's table.
-
-    ``opener`` (sealed bytes -> metadata, original bytes) is needed only by ``dicom://``,
-    the one target that receives plaintext.
-    """
-    scheme = urlparse(url).scheme
-    options = dict(options or {})
-    if scheme == "file":
-        if options:
-            raise SiteError(f"file site {url}: unknown option(s) {', '.join(sorted(options))}")
-        from .file import FileSite
-
-        return FileSite.from_url(url)
-    if scheme == "s3":
-        from .s3 import S3Site
-
-        return S3Site.from_url(url, options)
-    if scheme == "vault":
-        from .vault import VaultSite
-
-        return VaultSite.from_url(url, options)
-    if scheme == "dicom":
-        from .dicom import DicomSite
-
-        return DicomSite.from_url(url, options, opener)
-    raise SiteError(f"unsupported site URL {url!r}: supported schemes are file://, s3://, vault:// and dicom://")

@@ -4,13 +4,13 @@ Two ways to make an object durable before ``put_if_absent`` returns:
 
 - through the write-ahead journal (``journal.py``), when the ingesting process enabled it
   (the primary site of ``serve`` / ``import``): the sealed bytes are appended to a
-  preallocated segment and fdatasync'ed (group commit, ~0.3 ms); the object's own file is
+  preallocated segment and fdatasync'ed (group commit); the object's own file is
   written afterwards by a background thread (readers are served from memory until then),
   hardened by ``flush()`` and only then is the record released (``release_intents``);
 - through an intent file, everywhere else (replica sites, a second process, objects
   larger than a segment, a full journal): the bytes go to ``intents/<name>.<rand>``,
-  fdatasync'ed, the ``intents/`` directory fsynced (~2.5 ms on ext4: a new file costs a
-  filesystem-journal commit), then hard-linked to ``objects/ab/cd/<name>`` (``link`` fails if
+  fdatasync'ed, the ``intents/`` directory fsynced (a new file costs a filesystem-journal
+  commit), then hard-linked to ``objects/ab/cd/<name>`` (``link`` fails if
   the name exists: an atomic put-if-absent); the directory entry is hardened in bulk by
   ``flush()`` and the intent unlinked by ``release_intents`` once the caller has indexed
   the object.
@@ -34,11 +34,11 @@ import secrets
 import shutil
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from .base import Site, SiteError, valid_snapshot_name
+from .base import Capabilities, Site, SiteError, valid_snapshot_name
 from .journal import Journal, JournalUnavailable, Ticket
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,8 @@ def _valid_name(name: str) -> str:
 
 
 class FileSite(Site):
+    capabilities = Capabilities(snapshots=True, journal=True)
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.url = f"file://{root}"
@@ -141,7 +143,9 @@ class FileSite(Site):
         self._write_failures: builtins.list[str] = []
 
     @classmethod
-    def from_url(cls, url: str) -> "FileSite":
+    def from_url(cls, url: str, options: Mapping[str, object] | None = None) -> "FileSite":
+        if options:
+            raise SiteError(f"file site {url}: unknown option(s) {', '.join(sorted(options))}")
         parsed = urlparse(url)
         path = unquote(parsed.netloc + parsed.path)
         if not path:
@@ -211,6 +215,9 @@ class FileSite(Site):
         if journal is not None:
             self._write_queue.join()
             journal.close()
+
+    def close(self) -> None:
+        self.close_journal()
 
     def _put_journaled(self, name: str, final: Path, data: bytes) -> bool | None:
         """Durable once the journal's flush returns; the object file follows (``_write_objects``).
@@ -385,31 +392,39 @@ class FileSite(Site):
             inflight = self._inflight.get(name)
         if inflight is not None:
             return len(inflight)
+        path = self.path_of(name)
         try:
-            return self.path_of(name).stat().st_size
+            return path.stat().st_size
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise SiteError(f"cannot stat object {name} on {self.url}: {_reason(exc)}") from exc
 
     def list(self) -> Iterator[str]:
         with self._lock:
             inflight = sorted(self._inflight)
         yield from inflight  # journaled, file being written (listed once: their files are skipped)
         skip = set(inflight)
-        for first in sorted(self.objects.iterdir()):
-            if not first.is_dir():
-                continue
-            for second in sorted(first.iterdir()):
-                for entry in sorted(second.iterdir()):
-                    if entry.name not in skip and not entry.name.startswith("."):
-                        yield entry.name
+        try:
+            for first in sorted(self.objects.iterdir()):
+                if not first.is_dir():
+                    continue
+                for second in sorted(first.iterdir()):
+                    for entry in sorted(second.iterdir()):
+                        if entry.name not in skip and not entry.name.startswith("."):
+                            yield entry.name
+        except OSError as exc:
+            raise SiteError(f"cannot list objects on {self.url}: {_reason(exc)}") from exc
 
     def delete(self, name: str) -> None:
         path = self.path_of(name)
         try:
             path.unlink()
+            fsync_dir(path.parent)
         except FileNotFoundError:
             return
-        fsync_dir(path.parent)
+        except OSError as exc:
+            raise SiteError(f"cannot delete object {name} on {self.url}: {_reason(exc)}") from exc
 
     def recover(self) -> "builtins.list[str]":
         """Re-link intents whose object name was lost; return every intent's object name."""
@@ -472,8 +487,6 @@ class FileSite(Site):
 
     # -- catalog snapshots: ``snapshots/<name>``, written like an object (temp, fsync, rename) --
 
-    supports_snapshots = True
-
     def put_snapshot(self, name: str, data: bytes) -> None:
         folder = self.root / "snapshots"
         final = folder / valid_snapshot_name(name)
@@ -486,7 +499,10 @@ class FileSite(Site):
             os.rename(temporary, final)
             fsync_dir(folder)
         except OSError as exc:
-            temporary.unlink(missing_ok=True)
+            try:
+                temporary.unlink(missing_ok=True)
+            except OSError:
+                pass  # the storage is gone: nothing was written there either
             reason = _reason(exc)
             raise SiteError(f"{reason}: cannot write catalog snapshot to {self.url}") from exc
 
@@ -512,11 +528,11 @@ class FileSite(Site):
         path = self.root / "snapshots" / valid_snapshot_name(name)
         try:
             path.unlink()
+            fsync_dir(path.parent)
         except FileNotFoundError:
             return
         except OSError as exc:
             raise SiteError(f"cannot delete catalog snapshot {name} on {self.url}: {exc.strerror}") from exc
-        fsync_dir(path.parent)
 
     def health(self) -> dict[str, object]:
         info: dict[str, object] = {"url": self.url, "kind": "file"}

@@ -1,13 +1,11 @@
 """A write-ahead journal for the primary file site: a durable acknowledgement for the price of
 one device flush instead of a file creation.
 
-Why it exists: on ext4, making a *new* file durable (write, fdatasync, fsync of its directory)
-costs a filesystem-journal commit for the inode, its blocks and the directory entry: about
-2.5 ms per object on the reference machine, and creating the object's file and directories
-another ~1 ms. Overwriting blocks of a file that is already fully allocated and calling
-fdatasync writes the data and flushes the device cache, with no metadata to commit: about
-0.3 ms for a 526 KB CT. So an object being ingested is appended to a preallocated segment
-file and flushed (group commit: one fdatasync covers every append made before it), and only
+Why it exists: making a *new* file durable (write, fdatasync, fsync of its directory) costs a
+filesystem-journal commit for the inode, its blocks and the directory entry, while
+overwriting blocks of a file that is already fully allocated and calling fdatasync only
+writes the data and flushes the device cache. So an object being ingested is appended to a
+preallocated segment file and flushed (group commit: one fdatasync covers every append made before it), and only
 then acknowledged; its own file under ``objects/`` is written afterwards, in the background,
 and hardened in bulk by the site's ``flush`` before the record is released.
 

@@ -37,7 +37,6 @@ import hashlib
 import re
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import unquote, urlparse
 
@@ -46,7 +45,7 @@ from botocore import exceptions as bx
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .base import Site, SiteError, valid_snapshot_name
+from .base import Capabilities, ObjectRetention, Site, SiteError, valid_snapshot_name
 from .network import connection_reason, seconds_option
 
 # Options understood in a site's configuration table. Anything else is refused, so that a
@@ -95,15 +94,6 @@ def _b64_to_hex(value: str) -> str | None:
     return raw.hex() if len(raw) == 32 else None
 
 
-@dataclass(frozen=True)
-class ObjectRetention:
-    """The Object Lock retention S3 reported for the object version it returned."""
-
-    mode: str | None = None  # COMPLIANCE or GOVERNANCE; None: no retention
-    until: dt.datetime | None = None  # retain-until date (aware)
-    version_id: str | None = None
-
-
 def _int_option(options: Mapping[str, object], key: str, default: int) -> int:
     value = options.get(key, default)
     try:
@@ -117,6 +107,8 @@ def _int_option(options: Mapping[str, object], key: str, default: int) -> int:
 
 class S3Site(Site):
     """Objects in one S3 bucket under an optional prefix. Thread-safe (boto3 clients are)."""
+
+    capabilities = Capabilities(snapshots=True, checksums=True, object_lock=True)
 
     def __init__(
         self,
@@ -497,8 +489,6 @@ class S3Site(Site):
 
     # -- catalog snapshots: ``<prefix>/snapshots/<name>``, locked like the objects -------------
 
-    supports_snapshots = True
-
     def _snapshot_key(self, name: str) -> str:
         valid_snapshot_name(name)
         return f"{self.prefix}/snapshots/{name}" if self.prefix else f"snapshots/{name}"
@@ -515,9 +505,30 @@ class S3Site(Site):
             kwargs["ObjectLockRetainUntilDate"] = (
                 dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=self.object_lock_days)
             )
+        taken = SiteError(f"catalog snapshot {name} already exists on {self.url}: names are never reused")
         if self._no_conditional_put:
             del kwargs["IfNoneMatch"]
-        self._call(f"PutObject {key}", "put_object", **kwargs)
+            try:
+                self._client.head_object(Bucket=self.bucket, Key=key)
+                raise taken
+            except ClientError as exc:
+                if self._code(exc) not in _MISSING_CODES:
+                    self._fail(exc, f"HeadObject {key}")
+            except BotoCoreError as exc:
+                self._fail(exc, f"HeadObject {key}")
+        try:
+            self._client.put_object(**kwargs)
+        except ClientError as exc:
+            code = self._code(exc)
+            if code == "PreconditionFailed":
+                raise taken from exc
+            if code == "NotImplemented" and not self._no_conditional_put:
+                with self._state_lock:
+                    self._no_conditional_put = True  # the store ignores If-None-Match: check first
+                return self.put_snapshot(name, data)
+            self._fail(exc, f"PutObject {key}")
+        except BotoCoreError as exc:
+            self._fail(exc, f"PutObject {key}")
 
     def get_snapshot(self, name: str) -> bytes:
         return self._download(name, self._snapshot_key(name), "catalog snapshot")[0]

@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from .base import SNAPSHOT_NAME, Site, SiteError, valid_snapshot_name
+from .base import SNAPSHOT_NAME, Capabilities, ObjectExists, Site, SiteError, valid_snapshot_name
 from .network import connection_reason, seconds_option
 
 OPTIONS = frozenset({"token", "tls", "ca_file", "timeout", "connect_timeout"})
@@ -92,6 +92,8 @@ def _error_text(response: httpx.Response) -> str:
 
 class VaultSite(Site):
     """Objects kept by another dicomvault's replica store. Thread-safe (one pooled httpx client)."""
+
+    capabilities = Capabilities(snapshots=True, checksums=True)
 
     def __init__(self, host: str, port: int, token: str, *, tls: bool = True, ca_file: str | None = None,
                  timeout: float = TIMEOUT, connect_timeout: float = CONNECT_TIMEOUT, netloc: str | None = None) -> None:
@@ -197,7 +199,7 @@ class VaultSite(Site):
         if response.status_code == 200:
             return False
         if response.status_code == 409:
-            raise SiteError(f"vault {self.endpoint} already holds a different object named {name}; it is "
+            raise ObjectExists(f"vault {self.endpoint} already holds a different object named {name}; it is "
                             f"never overwritten: {_error_text(response)} (PUT {name})")
         if response.status_code == 400:
             raise SiteError(f"vault {self.endpoint} refused object {name}: {_error_text(response)} (PUT {name})")
@@ -272,8 +274,6 @@ class VaultSite(Site):
         self._fail(response, f"DELETE {name}")
 
     # -- catalog snapshots: ``/snapshots/<name>`` on the receiver, write-once like objects ------
-
-    supports_snapshots = True
 
     def put_snapshot(self, name: str, data: bytes) -> None:
         valid_snapshot_name(name)

@@ -199,7 +199,7 @@ def snapshot_sites(archive: "Archive") -> dict[str, "Site"]:
     """Every configured site that can hold a snapshot (primary and replicas; not a PACS)."""
     from dicomvault.jobs.verify.job import readable_sites
 
-    return {name: site for name, site in readable_sites(archive).items() if site.supports_snapshots}
+    return {name: site for name, site in readable_sites(archive).items() if site.capabilities.snapshots}
 
 
 def take_snapshot(archive: "Archive", actor: str, only_sites: list[str] | None = None,

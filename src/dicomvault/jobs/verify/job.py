@@ -243,7 +243,7 @@ def _check(archive: "Archive", site: "Site", object_id: str, sha256: str,
     retention = None
     try:
         if keeper is not None and keeper.active:
-            blob, retention = site.get_with_retention(object_id)  # type: ignore[attr-defined]
+            blob, retention = site.get_with_retention(object_id)
         else:
             blob = site.get(object_id)
     except KeyError:

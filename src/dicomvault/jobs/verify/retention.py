@@ -79,7 +79,7 @@ class RetentionKeeper:
     @classmethod
     def for_site(cls, site: Any, fix: bool) -> RetentionKeeper | None:
         """A keeper for a site that holds copies under Object Lock retention, else None."""
-        if getattr(site, "object_lock_days", 0) > 0 and hasattr(site, "get_with_retention"):
+        if site.capabilities.object_lock and site.object_lock_days > 0:
             return cls(site, fix)
         return None
 
