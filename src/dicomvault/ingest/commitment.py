@@ -18,8 +18,9 @@ Flow (PS3.4 Annex J):
 2. A background **evaluator** re-checks undecided items when something they depend on
    changes (``notify``: replication recorded verified copies, an instance was stored, a
    request arrived), when the oldest request times out, and every ``[commitment]
-   poll_seconds`` as a safety net: committed when the policy (``archive/copies.py``) holds; failed 0x0119 (class/instance conflict) when the stored
-   instance has another SOP Class; failed 0x0110 (processing failure, with the reason kept
+   poll_seconds`` as a safety net: committed when the policy (``archive/copies.py``)
+   holds; failed 0x0119 (class/instance conflict) when the stored instance has another SOP
+   Class; failed 0x0110 (processing failure, with the reason kept
    in the catalog and the audit log) when the policy still does not hold after
    ``[commitment] timeout_seconds``; failed 0x0112 (no such object instance) when the vault
    never received it. An unknown instance is only declared missing once nothing else of the
@@ -45,7 +46,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +54,7 @@ from dicomvault.archive.copies import CopyPolicy
 from dicomvault.audit import AuditEvent, append
 from dicomvault.catalog import Catalog
 from dicomvault.catalog import commitments as q
-from dicomvault.catalog.commitments import COMMITTED, DECIDED, DELIVERED, FAILED, PENDING, decision
+from dicomvault.catalog.commitments import COMMITTED, DELIVERED, FAILED, PENDING, decision
 from dicomvault.catalog.copies import verified_sites
 from dicomvault.config import PeerSettings, Settings
 
