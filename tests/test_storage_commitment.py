@@ -249,6 +249,37 @@ def test_success_only_after_offsite_copy_verified(vault: Vault, requester: Reque
     assert ("commitment-request", "accepted") in actions and ("commitment-report", "failures") in actions, actions
 
 
+def test_replication_wakes_the_commitment_evaluator(vault: Vault, requester: Requester, ct_small: Path,
+                                                    tmp_path: Path, tmpfs: Path) -> None:
+    """The evaluator's safety-net poll is an hour here: a report that follows the off-site copy
+    within the wait below can only come from replication waking it."""
+    vault.cli("sites", "add", "off", f"file://{tmpfs}/replica")
+    vault.set_config("commitment", "poll_seconds", "3600")
+    add_peer(vault, "modality", REQUESTER_AE, requester.port)
+    refs = make_instances(ct_small, tmp_path / "in", 2)
+    uids = [uid for _cls, uid in refs]
+    remount(tmpfs, "ro")  # the off-site copy cannot be made yet
+    try:
+        vault.start()
+        storescu(vault, tmp_path / "in")
+        main_tx = requester.commit(vault, refs)
+        # Decided at once; requests are evaluated in arrival order, so once the probe's report
+        # is in, the main request was evaluated without its off-site copy and the evaluator
+        # went back to sleep: nothing is stored or requested after this point.
+        probe_tx = requester.commit(vault, [(CTImageStorage, generate_uid())])
+        wait_until(lambda: requester.reports_for(probe_tx), timeout=60, what="the probe's report")
+        assert set(copy_states(vault, uids, "off").values()) == {"owed"}
+        assert requester.reports_for(main_tx) == []
+    finally:
+        remount(tmpfs, "rw")
+    wait_until(lambda: set(copy_states(vault, uids, "off").values()) == {"verified"}, timeout=60,
+               what="the off-site copies verified")
+    wait_until(lambda: requester.reports_for(main_tx), timeout=60,
+               what="the report, long before the hour's poll")
+    (report,) = requester.reports_for(main_tx)
+    assert report.event_type == 1 and sorted(report.committed) == sorted(refs), report.info
+
+
 # --- 2. only the primary: the policy never holds, failures at the timeout ----------------------
 
 
@@ -420,6 +451,7 @@ def test_peers_and_commitment_sections_parse_and_refuse_bad_values(tmp_path: Pat
     settings = load_settings(path)
     assert [(p.name, p.ae_title, p.host, p.port) for p in settings.peers] == [("pacs", "PACS", "127.0.0.1", 4242)]
     assert settings.commitment.timeout_seconds == 3600 and settings.commitment.check_interval == 1.0
+    assert settings.commitment.poll_seconds == 10.0
     for extra, message in [
         ('\n[peers.x]\nae_title = "X"\nhost = "h"\nport = 0\n', "port"),
         ('\n[peers.x]\nae_title = "THIS_TITLE_IS_FAR_TOO_LONG"\nhost = "h"\nport = 1\n', "ae_title"),
@@ -438,6 +470,7 @@ def test_peers_and_commitment_sections_parse_and_refuse_bad_values(tmp_path: Pat
 def test_copies_sent_to_a_pacs_do_not_count_towards_commitment(tmp_path: Path) -> None:
     """A dicom:// target is often the requesting PACS itself; counting it would let the PACS
     delete its own copy on our word while the archive holds only one."""
+    from dicomvault.archive.copies import CopyPolicy, owed_sites
     from dicomvault.config import DEFAULT_CONFIG_TEMPLATE, load_settings
     from dicomvault.ingest.commitment import StorageCommitmentService
 
@@ -445,7 +478,11 @@ def test_copies_sent_to_a_pacs_do_not_count_towards_commitment(tmp_path: Path) -
     path.write_text(DEFAULT_CONFIG_TEMPLATE
                     + '\n[sites.pacs]\nurl = "dicom://PACS@127.0.0.1:4242"\noffsite = true\n'
                     + f'\n[sites.nas]\nurl = "file://{tmp_path / "nas"}"\noffsite = true\n')
-    service = StorageCommitmentService(load_settings(path), catalog=None)  # type: ignore[arg-type]
-    assert service.sites == {"primary": False, "nas": True}
-    assert service._policy_state(["primary", "pacs"])[0] is False
-    assert service._policy_state(["primary", "nas"])[0] is True
+    settings = load_settings(path)
+    policy = CopyPolicy.from_settings(settings)
+    assert policy.sites == {"primary": False, "nas": True}
+    assert policy.check(["primary", "pacs"]).met is False
+    assert policy.check(["primary", "nas"]).met is True
+    assert owed_sites(settings) == ["pacs", "nas"], "a PACS is still owed its copy; it only does not count"
+    service = StorageCommitmentService(settings, catalog=None)  # type: ignore[arg-type]
+    assert service.policy == policy, "commitment decides by the one copy policy"

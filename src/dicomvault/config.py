@@ -135,10 +135,14 @@ class ReplicaStoreSettings:
 
 @dataclass(frozen=True)
 class CommitmentSettings:
-    """Storage commitment (push model) SCP: how long to wait for the copy policy, how often to check."""
+    """Storage commitment (push model) SCP: how long to wait for the copy policy, how often
+    to retry reports (``check_interval``), and the evaluator's safety-net poll: it is woken
+    when a copy is verified or an instance stored, so ``poll_seconds`` only catches changes
+    made by another process."""
 
     timeout_seconds: float = 3600.0
     check_interval: float = 1.0
+    poll_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -569,12 +573,14 @@ def _commitment(data: dict) -> CommitmentSettings:
     values = _section(data, "commitment", CommitmentSettings())
     try:
         timeout, interval = float(values["timeout_seconds"]), float(values["check_interval"])
+        poll = float(values["poll_seconds"])
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"[commitment] timeout_seconds and check_interval must be numbers: {exc}") from exc
-    if timeout <= 0 or not 0.01 <= interval <= 3600:
-        raise ConfigError(f"[commitment] needs timeout_seconds > 0 and 0.01 <= check_interval <= 3600, "
-                          f"got {timeout}, {interval}")
-    return CommitmentSettings(timeout_seconds=timeout, check_interval=interval)
+        raise ConfigError(f"[commitment] timeout_seconds, check_interval and poll_seconds must be numbers: "
+                          f"{exc}") from exc
+    if timeout <= 0 or not 0.01 <= interval <= 3600 or not 0.01 <= poll <= 86400:
+        raise ConfigError(f"[commitment] needs timeout_seconds > 0, 0.01 <= check_interval <= 3600 and "
+                          f"0.01 <= poll_seconds <= 86400, got {timeout}, {interval}, {poll}")
+    return CommitmentSettings(timeout_seconds=timeout, check_interval=interval, poll_seconds=poll)
 
 
 DEFAULT_CONFIG_TEMPLATE = """\
@@ -656,9 +662,12 @@ offsite_copies = 1
 [commitment]
 # DICOM Storage Commitment (push model): an instance is reported committed once the [policy]
 # above holds for it. Instances still short of the policy after timeout_seconds are reported
-# as failed (with a reason); check_interval is how often pending requests are re-evaluated.
+# as failed (with a reason). Pending requests are re-evaluated as soon as a copy is verified
+# or an instance stored, and every poll_seconds besides (for changes made by another process,
+# such as an `import`); check_interval is how often undelivered reports are retried.
 timeout_seconds = 3600
 check_interval = 1.0
+poll_seconds = 10.0
 
 # Nodes dicomvault calls back: the storage commitment report (N-EVENT-REPORT) goes on a new
 # association to the requester, found here by its AE title. For example:

@@ -60,10 +60,6 @@ class CatalogCommitter:
             self._cond.notify()
         return row.future
 
-    def backlog(self) -> int:
-        with self._cond:
-            return len(self._queue) + len(self._retry)
-
     def drain(self, timeout: float = 60.0) -> bool:
         """Wait until every queued row is committed (or given up for this run)."""
         deadline = time.monotonic() + timeout

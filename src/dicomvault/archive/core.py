@@ -50,10 +50,10 @@ class Archive:
         get, restore...) neither import it (prometheus_client) nor start its committer thread."""
         with self._ingestor_lock:
             if self._ingestor is None:
+                from dicomvault.archive.copies import owed_sites
                 from dicomvault.archive.write import Ingestor
 
-                replicas = [replica.name for replica in self.settings.replicas]
-                self._ingestor = Ingestor(self.catalog, self.repository, self.keyring, replicas,
+                self._ingestor = Ingestor(self.catalog, self.repository, self.keyring, owed_sites(self.settings),
                                           journal=self.settings.storage.journal)
             return self._ingestor
 

@@ -13,10 +13,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select, update
-
 from dicomvault.audit import AuditEvent, append
-from dicomvault.catalog import schema as t
+from dicomvault.catalog import quarantine as q
 
 if TYPE_CHECKING:
     from dicomvault.catalog import Catalog
@@ -32,9 +30,8 @@ def looks_like_mass_damage(checked: int, bad: int) -> bool:
 
 def active(catalog: "Catalog") -> dict[str, dict[str, Any]]:
     """Sites in quarantine now: name -> {since, reason}."""
-    q = t.site_quarantine
     with catalog.read() as conn:
-        rows = conn.execute(select(q.c.site, q.c.since, q.c.reason).where(q.c.cleared_at.is_(None))).all()
+        rows = q.active_quarantines(conn)
     return {row.site: {"since": row.since, "reason": row.reason} for row in rows}
 
 
@@ -45,10 +42,8 @@ def recently_cleared(catalog: "Catalog", site: str, now: float | None = None) ->
     """Whether an operator cleared this site's quarantine within ``REPAIR_GRACE``: it is still
     full of bad copies, and the verification that repairs them must not quarantine it again."""
     now = time.time() if now is None else now
-    q = t.site_quarantine
     with catalog.read() as conn:
-        cleared = conn.execute(select(q.c.cleared_at).where(q.c.site == site, q.c.cleared_at.is_not(None))
-                               .order_by(q.c.cleared_at.desc()).limit(1)).scalar()
+        cleared = q.last_cleared_at(conn, site)
     return cleared is not None and now - cleared < REPAIR_GRACE
 
 
@@ -56,17 +51,15 @@ def quarantine(catalog: "Catalog", site: str, reason: str, actor: str) -> None:
     if site in active(catalog):
         return
     with catalog.write() as conn:
-        conn.execute(insert(t.site_quarantine).values(site=site, since=time.time(), reason=reason))
+        q.add_quarantine(conn, site, time.time(), reason)
         append(conn, AuditEvent(actor=actor, action="quarantine", subject=site, outcome="quarantined",
                                 detail={"reason": reason}))
 
 
 def clear(catalog: "Catalog", site: str, actor: str) -> bool:
     """End a quarantine; False when the site was not quarantined."""
-    q = t.site_quarantine
     with catalog.write() as conn:
-        count = conn.execute(update(q).where(q.c.site == site, q.c.cleared_at.is_(None))
-                             .values(cleared_at=time.time(), cleared_by=actor)).rowcount
+        count = q.clear_quarantine(conn, site, time.time(), actor)
         if count:
             append(conn, AuditEvent(actor=actor, action="quarantine", subject=site, outcome="cleared", detail={}))
     return bool(count)

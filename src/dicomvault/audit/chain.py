@@ -4,6 +4,7 @@ Each row's hash is SHA-256 over the previous row's hash and this row's canonical
 row changed, inserted or removed anywhere breaks every hash after it. ``append`` must run
 inside the caller's catalog write transaction: the audit row then commits or vanishes
 together with the change it records, and the catalog's write lock keeps the chain linear.
+The rows are read and written by ``catalog/audit_log.py``; what they hash is decided here.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection
 
-from dicomvault.catalog import schema as t
+from dicomvault.catalog import audit_log
 
 GENESIS = "0" * 64
 
@@ -43,17 +44,13 @@ def _row_hash(prev_hash: str, ts: float, actor: str, action: str, subject: str, 
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-_LAST_HASH = select(t.audit_log.c.hash).order_by(t.audit_log.c.id.desc()).limit(1)
-_INSERT_ROW = insert(t.audit_log)
-
-
 def append(conn: Connection, event: AuditEvent, ts: float | None = None) -> str:
     """Append one event in the caller's transaction; returns its hash."""
     ts = time.time() if ts is None else ts
-    prev = conn.execute(_LAST_HASH).scalar() or GENESIS
+    prev = audit_log.last_hash(conn) or GENESIS
     detail = json.dumps(event.detail, separators=(",", ":"), sort_keys=True, default=str)
     digest = _row_hash(prev, ts, event.actor, event.action, event.subject, event.outcome, detail)
-    conn.execute(_INSERT_ROW, {
+    audit_log.insert_row(conn, {
         "ts": ts, "actor": event.actor, "action": event.action, "subject": event.subject,
         "outcome": event.outcome, "detail": detail, "prev_hash": prev, "hash": digest,
     })
@@ -64,7 +61,7 @@ def verify_chain(conn: Connection) -> ChainReport:
     """Walk the whole chain; report the first row whose link or hash does not hold."""
     prev = GENESIS
     count = 0
-    for row in conn.execute(select(t.audit_log).order_by(t.audit_log.c.id)):
+    for row in audit_log.rows_in_order(conn):
         count += 1
         if row.prev_hash != prev:
             return ChainReport(False, count, row.id, "link to the previous row is broken (row removed or inserted)")

@@ -107,6 +107,9 @@ def serve(config: ConfigOption = None) -> None:
     from dicomvault.ingest.commitment import StorageCommitmentService
 
     commitment = StorageCommitmentService(settings, archive.catalog)
+    # Whatever can make the copy policy hold wakes the evaluator: a verified copy, a stored instance.
+    replication.on_verified.append(commitment.notify)
+    archive.ingestor.on_stored.append(commitment.notify)
     # --- end storage commitment ---
     if settings.dicom.engine == "pynetdicom":
         dimse: Any = DimseServer(settings.dicom, archive.ingestor, commitment=commitment)

@@ -4,6 +4,7 @@ Promise 6, *commitment means copies*: an instance is reported committed only whe
 archive's copy policy holds for it, i.e. the object of its latest version has at least
 ``policy.copies`` copies in state ``verified`` in the ``copies`` table (the primary counts,
 on-site), of which at least ``policy.offsite_copies`` are on sites configured ``offsite``.
+The policy itself lives in ``archive/copies.py``; the SQL in ``catalog/commitments.py``.
 
 Flow (PS3.4 Annex J):
 
@@ -14,9 +15,12 @@ Flow (PS3.4 Annex J):
    Information) and an Error Comment saying why. A good one is persisted in the catalog
    (``commitment_requests`` + ``commitment_items``) together with its audit row, in one
    transaction, and only then answered with success.
-2. A background **evaluator** re-checks undecided items every ``[commitment] check_interval``:
-   committed when the policy holds; failed 0x0119 (class/instance conflict) when the stored
-   instance has another SOP Class; failed 0x0110 (processing failure, with the reason kept
+2. A background **evaluator** re-checks undecided items when something they depend on
+   changes (``notify``: replication recorded verified copies, an instance was stored, a
+   request arrived), when the oldest request times out, and every ``[commitment]
+   poll_seconds`` as a safety net: committed when the policy (``archive/copies.py``)
+   holds; failed 0x0119 (class/instance conflict) when the stored instance has another SOP
+   Class; failed 0x0110 (processing failure, with the reason kept
    in the catalog and the audit log) when the policy still does not hold after
    ``[commitment] timeout_seconds``; failed 0x0112 (no such object instance) when the vault
    never received it. An unknown instance is only declared missing once nothing else of the
@@ -27,7 +31,8 @@ Flow (PS3.4 Annex J):
    the requester, found by its calling AE title in ``[peers.NAME]``. The association
    proposes the Storage Commitment SOP Class with SCP/SCU Role Selection (we propose the SCP
    role: the requester is the SCU of the SOP class but receives the N-EVENT-REPORT). Failed
-   deliveries back off and retry; the request counts as delivered only after an
+   deliveries back off and retry (the deliverer looks every ``[commitment] check_interval``,
+   and at once when a request is decided); the request counts as delivered only after an
    N-EVENT-REPORT-RSP with status success. A requester with no ``[peers]`` entry is logged,
    kept pending and shown as *undeliverable* in ``status``.
 
@@ -41,15 +46,16 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, func, insert, select, update
-
+from dicomvault.archive.copies import CopyPolicy
 from dicomvault.audit import AuditEvent, append
 from dicomvault.catalog import Catalog
-from dicomvault.catalog import schema as t
+from dicomvault.catalog import commitments as q
+from dicomvault.catalog.commitments import COMMITTED, DELIVERED, FAILED, PENDING, decision
+from dicomvault.catalog.copies import verified_sites
 from dicomvault.config import PeerSettings, Settings
 
 if TYPE_CHECKING:  # pydicom (~0.3 s with numpy) is imported where a data set is built or read,
@@ -78,11 +84,6 @@ REASON_NO_SUCH_OBJECT_INSTANCE = 0x0112
 REASON_CLASS_INSTANCE_CONFLICT = 0x0119
 
 MAX_ITEMS = 100_000  # per request; more is refused with 0x0213 (resource limitation)
-_IN_CHUNK = 500  # bound the number of SQL parameters per IN (...) list
-
-# Request states (commitment_requests.state) and item states (commitment_items.state).
-PENDING, DECIDED, DELIVERED = "pending", "decided", "delivered"
-COMMITTED, FAILED = "committed", "failed"
 
 RETRY_BASE = 2.0
 RETRY_CAP = 300.0
@@ -260,16 +261,12 @@ class StorageCommitmentService:
                  sender: Callable[[str, PeerSettings, Report], None] | None = None) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.policy = settings.policy
+        self.policy = CopyPolicy.from_settings(settings)  # which copies count: archive/copies.py
+        self.sites = self.policy.sites
         self.timeout = settings.commitment.timeout_seconds
         self.interval = settings.commitment.check_interval
+        self.poll = settings.commitment.poll_seconds
         self.peers = {peer.ae_title: peer for peer in settings.peers}
-        # The primary is on-site; replica sites count as configured. Copies on sites no longer
-        # configured do not count: nobody is looking after them. Nor do dicom:// targets: a
-        # copy handed to a PACS (often the very PACS asking for commitment, which may then
-        # delete its own) is neither kept nor readable back by the archive.
-        self.sites = {"primary": False, **{replica.name: replica.offsite for replica in settings.replicas
-                                           if not replica.is_pacs}}
         self.sender = sender or (lambda ae_title, peer, report: send_report(ae_title, peer, report))
         self._rng = random.Random()
         self._stop = threading.Event()
@@ -278,6 +275,7 @@ class StorageCommitmentService:
         self._threads: list[threading.Thread] = []
         self._warned_undeliverable: set[int] = set()
         self._last_fingerprint: tuple[Any, ...] | None = None
+        self._next_timeout: float | None = None  # when the oldest pending request times out
 
     # --- N-ACTION -------------------------------------------------------------------------
 
@@ -323,28 +321,16 @@ class StorageCommitmentService:
         """Persist a validated request with its audit row; False if it was a retransmission."""
         now = time.time()
         with self.catalog.write() as conn:
-            existing = conn.execute(
-                select(t.commitment_requests.c.id, t.commitment_requests.c.calling_ae)
-                .where(t.commitment_requests.c.transaction_uid == request.transaction_uid)
-            ).first()
+            existing = q.find_request(conn, request.transaction_uid)
             if existing is not None:
-                known = [(r.sop_class_uid, r.sop_instance_uid) for r in conn.execute(
-                    select(t.commitment_items.c.sop_class_uid, t.commitment_items.c.sop_instance_uid)
-                    .where(t.commitment_items.c.request_pk == existing.id).order_by(t.commitment_items.c.position))]
+                known = q.request_references(conn, existing.id)
                 if existing.calling_ae == calling_ae and tuple(known) == request.items:
                     log.info("storage commitment %s from %s received again; already being processed",
                              request.transaction_uid, calling_ae)
                     return False
                 raise CommitmentRefused(STATUS_PROCESSING_FAILURE, "Transaction UID already used for another request")
-            pk = conn.execute(insert(t.commitment_requests).values(
-                transaction_uid=request.transaction_uid, calling_ae=calling_ae[:16], called_ae=called_ae[:16],
-                peer_address=address[:64], state=PENDING, received_at=now, attempts=0, next_attempt_at=0.0,
-            )).inserted_primary_key[0]
-            conn.execute(insert(t.commitment_items), [
-                {"request_pk": pk, "position": i, "sop_class_uid": sop_class, "sop_instance_uid": sop_instance,
-                 "state": PENDING}
-                for i, (sop_class, sop_instance) in enumerate(request.items)
-            ])
+            q.add_request(conn, request.transaction_uid, calling_ae[:16], called_ae[:16], address[:64],
+                          request.items, now)
             append(conn, AuditEvent(actor=f"dicom:{calling_ae}", action="commitment-request",
                                     subject=request.transaction_uid, outcome="accepted",
                                     detail={"address": address, "instances": len(request.items),
@@ -360,28 +346,18 @@ class StorageCommitmentService:
 
     # --- evaluation -----------------------------------------------------------------------
 
-    def _policy_state(self, sites: Iterable[str]) -> tuple[bool, int, int]:
-        counted = [self.sites[s] for s in set(sites) if s in self.sites]
-        total, offsite = len(counted), sum(1 for is_offsite in counted if is_offsite)
-        return total >= self.policy.copies and offsite >= self.policy.offsite_copies, total, offsite
-
     def _fingerprint(self, conn: Any, now: float) -> tuple[Any, ...] | None:
         """What decisions depend on; None when a pending request's timeout has fallen due.
 
-        Newest version (an instance arrived), newest verification per counted site (a copy
-        became verified) and newest request: if none moved, re-evaluating cannot decide more.
+        Also notes when the oldest pending request times out, so the evaluator wakes for it.
         """
-        oldest = conn.execute(select(func.min(t.commitment_requests.c.received_at))
-                              .where(t.commitment_requests.c.state == PENDING)).scalar()
+        oldest = q.oldest_pending_received_at(conn)
+        self._next_timeout = None if oldest is None else oldest + self.timeout
         if oldest is None:
             return ("idle",)
         if now - oldest >= self.timeout:
             return None
-        newest_version = conn.execute(select(func.max(t.versions.c.id))).scalar()
-        newest_request = conn.execute(select(func.max(t.commitment_requests.c.id))).scalar()
-        verified = tuple(conn.execute(select(func.max(t.copies.c.verified_at)).where(t.copies.c.site == site)).scalar()
-                         for site in sorted(self.sites))
-        return (newest_version, newest_request, verified)
+        return q.evaluation_inputs(conn, sorted(self.sites))
 
     def evaluate_once(self, now: float | None = None, force: bool = False) -> int:
         """Decide what can be decided in every pending request; returns how many became complete."""
@@ -390,11 +366,7 @@ class StorageCommitmentService:
             fingerprint = self._fingerprint(conn, now)
             if not force and fingerprint is not None and fingerprint == self._last_fingerprint:
                 return 0
-            pending = list(conn.execute(
-                select(t.commitment_requests.c.id, t.commitment_requests.c.transaction_uid,
-                       t.commitment_requests.c.received_at)
-                .where(t.commitment_requests.c.state == PENDING).order_by(t.commitment_requests.c.id)
-            ))
+            pending = q.pending_requests(conn)
         completed = 0
         for request in pending:
             try:
@@ -411,13 +383,9 @@ class StorageCommitmentService:
     def _evaluate_request(self, pk: int, transaction_uid: str, received_at: float, now: float) -> bool:
         expired = now - received_at >= self.timeout
         with self.catalog.read() as conn:
-            items = list(conn.execute(
-                select(t.commitment_items.c.id, t.commitment_items.c.sop_class_uid,
-                       t.commitment_items.c.sop_instance_uid)
-                .where(t.commitment_items.c.request_pk == pk, t.commitment_items.c.state == PENDING)
-            ))
-            stored = self._stored(conn, [item.sop_instance_uid for item in items])
-            verified = self._verified_sites(conn, [obj for _cls, obj in stored.values()])
+            items = q.pending_items(conn, pk)
+            stored = q.latest_stored(conn, [item.sop_instance_uid for item in items])
+            verified = verified_sites(conn, [obj for _cls, obj in stored.values()])
         decisions: list[dict[str, Any]] = []
         missing: list[Any] = []
         waiting = 0
@@ -428,94 +396,47 @@ class StorageCommitmentService:
                 continue
             stored_class, object_id = found
             if stored_class != item.sop_class_uid:
-                decisions.append(_decision(item.id, FAILED, now, REASON_CLASS_INSTANCE_CONFLICT,
-                                           f"stored with SOP Class {stored_class}, request says {item.sop_class_uid}"))
+                decisions.append(decision(item.id, FAILED, now, REASON_CLASS_INSTANCE_CONFLICT,
+                                          f"stored with SOP Class {stored_class}, request says {item.sop_class_uid}"))
                 continue
-            ok, total, offsite = self._policy_state(verified.get(object_id, ()))
-            if ok:
-                decisions.append(_decision(item.id, COMMITTED, now))
+            check = self.policy.check(verified.get(object_id, ()))
+            if check.met:
+                decisions.append(decision(item.id, COMMITTED, now))
             elif expired:
-                decisions.append(_decision(
+                decisions.append(decision(
                     item.id, FAILED, now, REASON_PROCESSING_FAILURE,
-                    f"copy policy not met within {self.timeout:g}s: {total} of {self.policy.copies} verified "
-                    f"copies, {offsite} of {self.policy.offsite_copies} off-site"))
+                    f"copy policy not met within {self.timeout:g}s: {self.policy.shortfall(check)}"))
             else:
                 waiting += 1
         if waiting == 0:  # nothing else to wait for: what the vault does not hold, it never received
-            decisions += [_decision(item.id, FAILED, now, REASON_NO_SUCH_OBJECT_INSTANCE,
-                                    "the vault never received this SOP Instance") for item in missing]
+            decisions += [decision(item.id, FAILED, now, REASON_NO_SUCH_OBJECT_INSTANCE,
+                                   "the vault never received this SOP Instance") for item in missing]
         complete = waiting == 0
         if not decisions and not complete:
             return False
         with self.catalog.write() as conn:
             if decisions:
-                conn.execute(
-                    update(t.commitment_items)
-                    .where(t.commitment_items.c.id == bindparam("b_id"), t.commitment_items.c.state == PENDING)
-                    .values(state=bindparam("b_state"), failure_reason=bindparam("b_reason"), reason=bindparam("b_text"),
-                            decided_at=bindparam("b_at")),
-                    decisions,
-                )
+                q.record_decisions(conn, decisions)
             if complete:
-                left = conn.execute(select(func.count()).select_from(t.commitment_items).where(
-                    t.commitment_items.c.request_pk == pk, t.commitment_items.c.state == PENDING)).scalar_one()
-                if left:
+                if q.count_pending_items(conn, pk):
                     return False
-                conn.execute(update(t.commitment_requests).where(
-                    t.commitment_requests.c.id == pk, t.commitment_requests.c.state == PENDING
-                ).values(state=DECIDED, decided_at=now, next_attempt_at=0.0))
-        for decision in decisions:
-            if decision["b_state"] == FAILED:
+                q.mark_request_decided(conn, pk, now)
+        for item_decision in decisions:
+            if item_decision["b_state"] == FAILED:
                 log.warning("storage commitment %s: instance failed (0x%04X): %s", transaction_uid,
-                            decision["b_reason"], decision["b_text"])
+                            item_decision["b_reason"], item_decision["b_text"])
         if complete:
             log.info("storage commitment %s decided; report due", transaction_uid)
         return complete
-
-    def _stored(self, conn: Any, sop_uids: Sequence[str]) -> dict[str, tuple[str, str]]:
-        """SOP Instance UID -> (stored SOP Class UID, object id of its latest version)."""
-        result: dict[str, tuple[str, str, int]] = {}
-        for chunk in _chunks(sorted(set(sop_uids))):
-            rows = conn.execute(
-                select(t.instances.c.sop_instance_uid, t.instances.c.sop_class_uid, t.versions.c.object_id,
-                       t.versions.c.version)
-                .select_from(t.instances.join(t.versions, t.versions.c.instance_pk == t.instances.c.id))
-                .where(t.instances.c.sop_instance_uid.in_(chunk))
-            )
-            for row in rows:
-                current = result.get(row.sop_instance_uid)
-                if current is None or row.version > current[2]:
-                    result[row.sop_instance_uid] = (row.sop_class_uid, row.object_id, row.version)
-        return {uid: (cls, obj) for uid, (cls, obj, _v) in result.items()}
-
-    def _verified_sites(self, conn: Any, object_ids: Sequence[str]) -> dict[str, list[str]]:
-        result: dict[str, list[str]] = {}
-        for chunk in _chunks(sorted(set(object_ids))):
-            for row in conn.execute(select(t.copies.c.object_id, t.copies.c.site).where(
-                    t.copies.c.object_id.in_(chunk), t.copies.c.state == "verified")):
-                result.setdefault(row.object_id, []).append(row.site)
-        return result
 
     # --- delivery -------------------------------------------------------------------------
 
     def _due_reports(self, now: float) -> list[Report]:
         """Decided reports whose next attempt is due, for requesters with a [peers] entry."""
         with self.catalog.read() as conn:
-            requests = list(conn.execute(
-                select(t.commitment_requests.c.id, t.commitment_requests.c.transaction_uid,
-                       t.commitment_requests.c.calling_ae, t.commitment_requests.c.attempts)
-                .where(t.commitment_requests.c.state == DECIDED, t.commitment_requests.c.next_attempt_at <= now,
-                       t.commitment_requests.c.calling_ae.in_(sorted(self.peers)))
-                .order_by(t.commitment_requests.c.next_attempt_at, t.commitment_requests.c.id)
-                .limit(50)
-            ))
             reports = []
-            for request in requests:
-                items = list(conn.execute(
-                    select(t.commitment_items.c.sop_class_uid, t.commitment_items.c.sop_instance_uid,
-                           t.commitment_items.c.state, t.commitment_items.c.failure_reason)
-                    .where(t.commitment_items.c.request_pk == request.id).order_by(t.commitment_items.c.position)
-                ))
+            for request in q.due_reports(conn, now, self.peers):
+                items = q.report_items(conn, request.id)
                 reports.append(Report(
                     request_pk=request.id, transaction_uid=request.transaction_uid, calling_ae=request.calling_ae,
                     committed=tuple((i.sop_class_uid, i.sop_instance_uid) for i in items if i.state == COMMITTED),
@@ -550,21 +471,15 @@ class StorageCommitmentService:
         They stay decided (pending delivery) and are sent after a restart with the peer configured.
         """
         with self.catalog.read() as conn:
-            rows = [row for row in conn.execute(
-                select(t.commitment_requests.c.id, t.commitment_requests.c.transaction_uid,
-                       t.commitment_requests.c.calling_ae)
-                .where(t.commitment_requests.c.state == DECIDED,
-                       t.commitment_requests.c.calling_ae.not_in(sorted(self.peers)))
-                .order_by(t.commitment_requests.c.id).limit(1000)
-            ) if row.id not in self._warned_undeliverable]
+            rows = [row for row in q.undeliverable_requests(conn, self.peers)
+                    if row.id not in self._warned_undeliverable]
         for row in rows:
             error = f"no [peers] entry with ae_title = {row.calling_ae!r}: cannot send the report"
             log.error("storage commitment %s is decided but UNDELIVERABLE: %s; add [peers.NAME] with "
                       "ae_title, host and port, then restart", row.transaction_uid, error)
             try:
                 with self.catalog.write() as conn:
-                    conn.execute(update(t.commitment_requests).where(t.commitment_requests.c.id == row.id)
-                                 .values(last_error=error))
+                    q.note_request_error(conn, row.id, error)
             except Exception as exc:  # noqa: BLE001
                 log.warning("cannot record that commitment %s is undeliverable: %s", row.transaction_uid, exc)
                 continue
@@ -578,8 +493,7 @@ class StorageCommitmentService:
                     report.transaction_uid, peer.ae_title, peer.host, peer.port, attempts, next_at - time.time(), error)
         try:
             with self.catalog.write() as conn:
-                conn.execute(update(t.commitment_requests).where(t.commitment_requests.c.id == report.request_pk)
-                             .values(attempts=attempts, next_attempt_at=next_at, last_error=error[:1000]))
+                q.record_delivery_failure(conn, report.request_pk, attempts, next_at, error[:1000])
                 if report.attempts == 0:  # the first failure is audited; later retries only logged
                     append(conn, AuditEvent(actor="dicomvault:commitment", action="commitment-report",
                                             subject=report.transaction_uid, outcome="retry",
@@ -598,9 +512,7 @@ class StorageCommitmentService:
         for _ in range(3):  # the peer has the report: recording it must not be lost to a busy catalog
             try:
                 with self.catalog.write() as conn:
-                    conn.execute(update(t.commitment_requests).where(t.commitment_requests.c.id == report.request_pk)
-                                 .values(state=DELIVERED, delivered_at=now, attempts=report.attempts + 1,
-                                         last_error=None))
+                    q.mark_request_delivered(conn, report.request_pk, report.attempts + 1, now)
                     append(conn, AuditEvent(actor="dicomvault:commitment", action="commitment-report",
                                             subject=report.transaction_uid,
                                             outcome="success" if not report.failed else "failures",
@@ -631,7 +543,10 @@ class StorageCommitmentService:
         self._threads.clear()
 
     def notify(self) -> None:
-        """Something changed (a copy verified, an instance stored): re-evaluate soon."""
+        """Something changed (a copy verified, an instance stored): re-evaluate now.
+
+        ``serve`` wires this to the replication outbox (a batch of copies verified) and to
+        the ingestor (an instance stored); nothing else needs to call it."""
         self._wake_evaluator.set()
 
     def _evaluate_loop(self) -> None:
@@ -640,8 +555,19 @@ class StorageCommitmentService:
                 self.evaluate_once()
             except Exception as exc:  # noqa: BLE001 - catalog busy or gone: try again next round
                 log.warning("storage commitment evaluation failed: %s", exc)
-            self._wake_evaluator.wait(self.interval)
+            self._wake_evaluator.wait(self._until_next_evaluation())
             self._wake_evaluator.clear()
+
+    def _until_next_evaluation(self) -> float:
+        """Seconds to sleep unless woken: until the oldest pending request times out, else the
+        ``[commitment] poll_seconds`` safety net (changes made by another process, such as an
+        ``import`` or a ``verify``, wake nobody here)."""
+        if self._next_timeout is None:
+            return self.poll
+        remaining = self._next_timeout - time.time()
+        if remaining <= 0:  # due but not decided (the catalog refused?): retry at the old pace
+            return min(self.poll, self.interval)
+        return min(self.poll, remaining + 0.01)
 
     def _deliver_loop(self) -> None:
         while not self._stop.is_set():
@@ -659,18 +585,9 @@ def commitment_status(catalog: Catalog, settings: Settings) -> dict[str, Any]:
     peers = {peer.ae_title for peer in settings.peers}
     now = time.time()
     with catalog.read() as conn:
-        rows = list(conn.execute(
-            select(t.commitment_requests.c.state, t.commitment_requests.c.calling_ae, func.count(),
-                   func.min(t.commitment_requests.c.received_at))
-            .group_by(t.commitment_requests.c.state, t.commitment_requests.c.calling_ae)
-        ))
-        failing = conn.execute(select(func.count()).select_from(t.commitment_requests).where(
-            t.commitment_requests.c.state == DECIDED, t.commitment_requests.c.attempts > 0)).scalar_one()
-        last_error = conn.execute(
-            select(t.commitment_requests.c.last_error)
-            .where(t.commitment_requests.c.state != DELIVERED, t.commitment_requests.c.last_error.is_not(None))
-            .order_by(t.commitment_requests.c.id.desc()).limit(1)
-        ).scalar()
+        rows = q.request_counts(conn)
+        failing = q.failing_deliveries(conn)
+        last_error = q.last_undelivered_error(conn)
     counts = {"pending": 0, "delivered": 0, "undeliverable": 0, "evaluating": 0, "awaiting_delivery": 0}
     undeliverable_aes: set[str] = set()
     oldest: float | None = None
@@ -694,11 +611,3 @@ def commitment_status(catalog: Catalog, settings: Settings) -> dict[str, Any]:
         "timeout_seconds": settings.commitment.timeout_seconds,
     }
 
-
-def _decision(item_id: int, state: str, now: float, reason: int | None = None, text: str | None = None) -> dict[str, Any]:
-    return {"b_id": item_id, "b_state": state, "b_reason": reason, "b_text": text, "b_at": now}
-
-
-def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
-    for start in range(0, len(values), _IN_CHUNK):
-        yield values[start:start + _IN_CHUNK]

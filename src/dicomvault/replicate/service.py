@@ -7,8 +7,10 @@ copy of every existing object at start-up, so adding a site backfills it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from dicomvault.archive.copies import owed_sites
 from dicomvault.config import ReplicaSiteSettings, Settings
 from dicomvault.catalog import Catalog
 from dicomvault.sites import Site, open_site
@@ -44,7 +46,8 @@ class ReplicationService:
         self.outbox = Outbox(catalog)
         self.catalog = catalog
         self.replicators: dict[str, SiteReplicator] = {}
-        for replica in settings.replicas:
+        by_name = {replica.name: replica for replica in settings.replicas}
+        for replica in (by_name[name] for name in owed_sites(settings)):
             site = open_site(replica.url, replica.option_map, opener)
             if site.capabilities.plaintext:
                 log.warning("site %s (%s) receives PLAINTEXT images: it must itself be trusted with patient data",
@@ -56,6 +59,11 @@ class ReplicationService:
                 replica.name, site, source, self.outbox, workers=replica.workers,
                 max_attempts=replica.max_attempts, limiter=build_limiter(replica),
             )
+
+    @property
+    def on_verified(self) -> list[Callable[[], None]]:
+        """Listeners called after verified copies are recorded (e.g. wake storage commitment)."""
+        return self.outbox.on_verified
 
     def start(self) -> None:
         for name, replicator in self.replicators.items():

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import select
-
+from dicomvault.archive.copies import CopyPolicy
 from dicomvault.audit import verify_chain
-from dicomvault.catalog import schema as t
+from dicomvault.catalog import audit_log
 from dicomvault.archive.core import Archive
 
 
@@ -22,7 +21,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
     if isinstance(free, int) and isinstance(total, int) and total and free / total < 0.1:
         alerts.append(f"primary site has only {free // 2**30} GiB free ({free / total:.0%})")
     with archive.catalog.read() as conn:
-        audit_rows = conn.execute(select(t.audit_log.c.id).order_by(t.audit_log.c.id.desc()).limit(1)).scalar() or 0
+        audit_rows = audit_log.last_row_id(conn)
         audit: dict[str, Any] = {"rows": audit_rows}
         if verify_audit:
             report = verify_chain(conn)
@@ -94,6 +93,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         alerts.append(f"the primary lacks {refill_owed} object(s) (after a rebuild on a new host?): reads use the "
                       "replicas; `dicomvault serve` copies them back")
     # --- end catalog snapshots ---
+    policy = CopyPolicy.from_settings(archive.settings)  # what storage commitment holds copies to
     newest = stats["newest_ingest"]
     return {
         "ok": not alerts,
@@ -105,7 +105,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "newest_ingest": newest,
         "newest_ingest_age_seconds": round(time.time() - newest, 1) if newest else None,
         "sites": sites,
-        "policy": {"copies": archive.settings.policy.copies, "offsite_copies": archive.settings.policy.offsite_copies},
+        "policy": {"copies": policy.copies, "offsite_copies": policy.offsite_copies},
         "commitment": commitment,
         "reconcile": reconcile,  # jobs/reconcile/job.py
         "restores": restores,

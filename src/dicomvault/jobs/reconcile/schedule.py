@@ -43,7 +43,6 @@ class ReconcileScheduler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._current: Reconciler | None = None
-        self.last_report: ReconcileReport | None = None
 
     @property
     def enabled(self) -> bool:
@@ -102,7 +101,6 @@ class ReconcileScheduler:
             return None
         finally:
             self._current = None
-        self.last_report = report
         if report.state == FAILED:
             log.warning("scheduled reconcile with %s failed: %s", self.peer.name, report.error)
         else:

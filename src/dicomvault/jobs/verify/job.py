@@ -25,10 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select, update
-
 from dicomvault.audit import AuditEvent, append
-from dicomvault.catalog import schema as t
+from dicomvault.catalog.copies import copies_to_prove, mark_copies_proven
 from dicomvault.archive.repository import IntegrityError
 from dicomvault.sites import SiteError, open_site
 
@@ -116,16 +114,8 @@ def _copies(archive: "Archive", site: str, sample: int | None, due_before: float
     """(object id, SHA-256, original size) of the copies the catalog says ``site`` holds:
     all, ``sample`` random ones, or (for the scrub) the ``limit`` least recently proven ones
     not proven since ``due_before``."""
-    query = (select(t.copies.c.object_id, t.versions.c.sha256, t.versions.c.size_original)
-             .select_from(t.copies.join(t.versions, t.versions.c.object_id == t.copies.c.object_id))
-             .where(t.copies.c.site == site, t.copies.c.state == "verified"))
-    if due_before is not None:
-        query = (query.where(or_(t.copies.c.verified_at.is_(None), t.copies.c.verified_at < due_before))
-                 .order_by(t.copies.c.verified_at.is_not(None), t.copies.c.verified_at))
-    if limit is not None:
-        query = query.limit(limit)
     with archive.catalog.read() as conn:
-        rows = [(r.object_id, r.sha256, int(r.size_original)) for r in conn.execute(query)]
+        rows = copies_to_prove(conn, site, due_before, limit)
     if sample is not None and sample < len(rows):
         rows = random.sample(rows, sample)
     return rows
@@ -296,8 +286,7 @@ def _mark_verified(archive: "Archive", site: str, object_ids: list[str]) -> None
     if not object_ids:
         return
     with archive.catalog.write() as conn:
-        conn.execute(update(t.copies).where(t.copies.c.site == site, t.copies.c.object_id.in_(object_ids))
-                     .values(verified_at=time.time()))
+        mark_copies_proven(conn, site, object_ids, time.time())
 
 
 def _audit_finding(archive: "Archive", actor: str, finding: Finding) -> None:

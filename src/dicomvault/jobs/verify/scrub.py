@@ -18,9 +18,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import case, func, select
-
-from dicomvault.catalog import schema as t
+from dicomvault.catalog.audit_log import last_event
+from dicomvault.catalog.copies import proof_summary
 from dicomvault.config import parse_duration
 from dicomvault.replicate.throttle import RateLimiter, Schedule, parse_rate
 
@@ -88,23 +87,14 @@ def scrub_status(archive: "Archive", now: float | None = None) -> dict[str, Any]
     alerts: list[str] = []
     with archive.catalog.read() as conn:
         for name in readable_site_names(archive.settings):
-            copies = t.copies
-            row = conn.execute(
-                select(func.count(),
-                       func.sum(case((func.coalesce(copies.c.verified_at, 0.0) >= now - period, 1), else_=0)),
-                       func.sum(case((func.coalesce(copies.c.verified_at, 0.0) < now - period - GRACE, 1), else_=0)),
-                       func.min(copies.c.verified_at))
-                .where(copies.c.site == name, copies.c.state == "verified")).one()
-            total, fresh, overdue, oldest = int(row[0]), int(row[1] or 0), int(row[2] or 0), row[3]
+            proofs = proof_summary(conn, name, fresh_since=now - period, overdue_before=now - period - GRACE)
+            total, fresh, overdue, oldest = proofs["copies"], proofs["fresh"], proofs["overdue"], proofs["oldest"]
             sites[name] = {"copies": total, "proven_within_period": fresh, "overdue": overdue,
                            "oldest_proof_age_seconds": round(now - oldest, 1) if oldest else None}
             if overdue:
                 alerts.append(f"site {name}: {overdue} copies not proven for more than {archive.settings.scrub.period}"
                               " (is the scrub running? `dicomvault verify --site " + name + "`)")
-        last = conn.execute(select(t.audit_log.c.ts, t.audit_log.c.actor, t.audit_log.c.outcome,
-                                   t.audit_log.c.detail)
-                            .where(t.audit_log.c.action == "verify")
-                            .order_by(t.audit_log.c.id.desc()).limit(1)).first()
+        last = last_event(conn, "verify")
     last_run = None
     if last is not None:
         detail = json.loads(last.detail or "{}")
