@@ -1,6 +1,6 @@
 """Query matching for C-FIND and QIDO-RS: one engine, the standard's matching rules (PS3.4 C.2.2.2).
 
-The DIMSE C-FIND SCP (serve/qr_scp.py) and QIDO-RS (serve/dicomweb.py) both call
+The DIMSE C-FIND SCP (serve/qr/find.py) and QIDO-RS (serve/dicomweb/qido.py) both call
 ``run_query``; they differ only in how they encode the rows.
 
 Input

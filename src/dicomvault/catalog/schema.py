@@ -213,7 +213,7 @@ commitment_items = Table(
 )
 Index("ix_commitment_items_request_state", commitment_items.c.request_pk, commitment_items.c.state)
 
-# Restore and network-export jobs (jobs/restore.py, migration 0005). A job is planned once:
+# Restore and network-export jobs (jobs/restore/job.py, migration 0005). A job is planned once:
 # its instances, in sending order, become restore_items rows, so a killed job resumes where
 # the PACS stopped acknowledging and its report adds up across runs. Job states: running
 # (heartbeat_at shows a live runner) | completed | failed (could not run: peer unreachable...)
@@ -267,7 +267,7 @@ restore_items = Table(
 )
 Index("ix_restore_items_job_state_position", restore_items.c.job_id, restore_items.c.state, restore_items.c.position)
 
-# Reconciliation with a PACS (jobs/reconcile.py, migration 0005): one row per run; the
+# Reconciliation with a PACS (jobs/reconcile/job.py, migration 0005): one row per run; the
 # summary counts are columns (for `status`), the full difference lists are the JSON report.
 reconcile_runs = Table(
     "reconcile_runs",
@@ -292,7 +292,7 @@ reconcile_runs = Table(
 Index("ix_reconcile_runs_peer_started", reconcile_runs.c.peer, reconcile_runs.c.started_at)
 
 # Sites taken out of service after showing the signature of ransomware or mass corruption
-# (jobs/quarantine.py, migration 0006): many copies changed, unknown or unreadable at once.
+# (archive/quarantine.py, migration 0006): many copies changed, unknown or unreadable at once.
 # A row with cleared_at NULL is in force: the site is neither a source for repair nor for
 # reads, and is not repaired, until an operator clears it (`dicomvault sites clear NAME`).
 site_quarantine = Table(
@@ -307,7 +307,7 @@ site_quarantine = Table(
 )
 Index("ix_site_quarantine_site", site_quarantine.c.site, site_quarantine.c.cleared_at)
 
-# Encrypted catalog snapshots written to each site (jobs/snapshot.py, migration 0007), so a
+# Encrypted catalog snapshots written to each site (jobs/rebuild/snapshot.py, migration 0007), so a
 # site alone plus the recovery key rebuilds the catalog (promise 3). One row per attempt.
 catalog_snapshots = Table(
     "catalog_snapshots",
@@ -325,7 +325,7 @@ catalog_snapshots = Table(
 )
 Index("ix_catalog_snapshots_site", catalog_snapshots.c.site, catalog_snapshots.c.started_at)
 
-# Restore drills (jobs/drill.py, migration 0008): one row per site per drill. A few studies
+# Restore drills (jobs/drill/job.py, migration 0008): one row per site per drill. A few studies
 # are restored from that site alone and checked byte for byte; ``picks`` (JSON) says which
 # studies and why (random, newest, date:YYYYMMDD), ``failures`` (JSON) each object that did
 # not come back and the problem. States: running | success | failure | interrupted (the

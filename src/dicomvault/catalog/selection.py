@@ -4,7 +4,7 @@ matching the operator's filters (study dates, patients, modalities, studies).
 A ``Selection`` has a canonical JSON form, so a restore job can recognise "the same request
 again" and resume instead of starting over. Rows come with everything a sender or a writer
 needs (SOP class, stored transfer syntax, object id, SHA-256, size) and with the study's
-date, time and arrival time, from which ``jobs/restore.py`` derives the urgency order.
+date, time and arrival time, from which ``jobs/restore/job.py`` derives the urgency order.
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ class Keyring:
         return cls(site_key, pub)
 
     def site_key_for_snapshot(self) -> bytes:
-        """The raw site key, only to be sealed inside catalog snapshots (jobs/snapshot.py).
+        """The raw site key, only to be sealed inside catalog snapshots (jobs/rebuild/snapshot.py).
 
         A snapshot is encrypted for the recovery key too, so whoever holds the offline
         recovery key can give a rebuilt archive this very site key: object names (keyed

@@ -1,5 +1,5 @@
 """A DICOM File-set (PS3.10 / PS3.11): File IDs and the DICOMDIR for instance files that are
-written byte-exact by someone else (``jobs/export.py``).
+written byte-exact by someone else (``jobs/restore/export.py``).
 
 Why not ``pydicom.fileset.FileSet.write()``: ``FileSet.add()`` re-encodes every instance with
 pydicom into a staging folder and ``write()`` copies those re-encoded files into place, so

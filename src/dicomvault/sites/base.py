@@ -125,7 +125,7 @@ class Site(abc.ABC):
         """Keep the object under retention until ``until`` (callers only lengthen it)."""
         raise SiteError(f"{self.url} cannot keep objects under retention")
 
-    # Encrypted catalog snapshots (jobs/snapshot.py, ``capabilities.snapshots``), a small
+    # Encrypted catalog snapshots (jobs/rebuild/snapshot.py, ``capabilities.snapshots``), a small
     # namespace beside the objects. Sites that cannot hold them (a PACS) keep these defaults.
 
     def put_snapshot(self, name: str, data: bytes) -> None:

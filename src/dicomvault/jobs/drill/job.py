@@ -2,7 +2,7 @@
 certain date"), done by the archive itself, from each site on its own, and remembered.
 
 For each readable site (the primary and every replica but a ``dicom://`` PACS or a
-quarantined site) a few studies are picked (``drill_picks.py``: the newest, one per date
+quarantined site) a few studies are picked (``jobs/drill/picks.py``: the newest, one per date
 asked for, some at random). Every instance's latest version is read from THAT site only
 (``Site.get``; never ``Repository.load``, which would quietly fall back to another site and
 prove nothing about this one), authenticated, decrypted and checked against the catalog's
@@ -12,7 +12,7 @@ a test PACS (``--to``), where anything but a success status fails. The scratch f
 plaintext images: it is private (0700) and removed at the end unless the operator keeps it.
 
 Each site's drill is one ``drill_runs`` row with its timing, picks and failures, audited as
-``drill`` (``drill_runs.py``). A missing or damaged copy, an unreachable site or a date that
+``drill`` (``jobs/drill/runs.py``). A missing or damaged copy, an unreachable site or a date that
 cannot be recovered from the site makes that site's drill a failure; the other sites' drills
 go on. One drill runs at a time on a host (a lock in ``DATA/locks``).
 """

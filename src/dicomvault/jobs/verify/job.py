@@ -11,7 +11,7 @@ bytes are written under the same content-addressed name, and the repaired copy i
 and checked again before it counts. Write-once still holds: the name always carries the same
 bytes; only a copy proven wrong is replaced. A ``dicom://`` site (a PACS) cannot hand back
 sealed objects and is not verified here. On an S3 site with ``object_lock_days``, each good
-copy's Object Lock retention is checked and renewed on the way (``verify_retention.py``).
+copy's Object Lock retention is checked and renewed on the way (``jobs/verify/retention.py``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Restore / network-export jobs and their planned items; PACS reconciliation runs.
 
-See catalog/schema.py for what the states mean (jobs/restore.py, jobs/reconcile.py).
+See catalog/schema.py for what the states mean (jobs/restore/job.py, jobs/reconcile/job.py).
 
 Revision ID: 0005
 Revises: 0004

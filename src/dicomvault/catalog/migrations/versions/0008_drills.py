@@ -1,4 +1,4 @@
-"""Restore drills: one row per site per drill (jobs/drill.py), the history `status` shows.
+"""Restore drills: one row per site per drill (jobs/drill/job.py), the history `status` shows.
 
 Revision ID: 0008
 Revises: 0007
