@@ -10,10 +10,12 @@ worker thread. A-ASSOCIATE-RQ/AC go through ``associate.py`` (checked against py
 decoder in the tests): pynetdicom's validating PDU objects cost 45+ ms per association
 when a C-GET requestor proposes 120 contexts.
 
-Protocol conformance kept: ARTIM/idle timeouts (network_timeout), A-ASSOCIATE-RJ for an
-unknown calling AE (allow-list), a wrong application context or too many associations,
-A-ABORT on protocol errors or PDVs on unaccepted contexts, A-RELEASE, one outstanding
-operation at a time (no asynchronous operations window is negotiated).
+Every PDU and every local decision goes through the Upper Layer state machine (``fsm.py``)
+as association-acceptor. Protocol conformance kept: ARTIM/idle timeouts (network_timeout),
+A-ASSOCIATE-RJ for an unknown calling AE (allow-list), a wrong application context or too
+many associations, A-ABORT on protocol errors or PDVs on unaccepted contexts, A-RELEASE
+(after the A-RELEASE-RP or an A-ASSOCIATE-RJ the requestor closes first: Sta13, bounded by
+ARTIM), one outstanding operation at a time (no asynchronous operations window is negotiated).
 
 Query/retrieve requests run as an ``Operation`` in a worker thread that writes to the socket
 itself. For C-FIND and C-MOVE the event loop keeps reading the association, which is how a
@@ -39,6 +41,7 @@ from dicomvault.config import DicomSettings
 
 from . import pdu
 from .associate import encode_associate_ac, parse_associate_rq
+from .fsm import SENDS_ABORT, Action, Event, Machine, State
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 MAX_PDU_RECEIVED = 4 * 1024 * 1024  # what we tell peers; larger PDUs are a protocol error
-ARTIM_SECONDS = 10.0  # after a rejection, how long the requestor may take to close the connection
+ARTIM_SECONDS = 10.0  # after a rejection or a release, how long the requestor may take to close
 # Services we do not provide: proposals of these are rejected (abstract syntax not
 # supported) rather than mistaken for storage. Everything else is storage (including
 # private SOP classes), like pynetdicom's unrestricted storage service.
@@ -366,26 +369,37 @@ class DicomListener:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no delayed-ACK stalls per response
+        machine = Machine(requestor=False)
+        machine.fire(Event.EVT5)  # AE-5: Sta2, the first read's timeout is the ARTIM timer
         self._active += 1
         try:
-            assoc = await self._negotiate(reader, writer, peer)
+            assoc = await self._negotiate(reader, writer, peer, machine)
             if assoc is not None:
-                await self._serve(assoc, reader, writer)
+                await self._serve(assoc, reader, writer, machine)
         except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the peer went away; nothing half-stored (ingest is all-or-nothing)
+            if machine.allows(Event.EVT17):  # the peer went away; nothing half-stored (all-or-nothing)
+                machine.fire(Event.EVT17)
         except asyncio.TimeoutError:
-            log.warning("association from %s:%s timed out after %.0f s of silence; aborting", *peer[:2],
-                        self.settings.network_timeout)
-            writer.write(pdu.abort_pdu())
+            if machine.state is State.STA2:  # Evt18, AA-2: no A-ASSOCIATE-RQ in time, just close
+                log.warning("connection from %s:%s sent no association request in %.0f s; closing", *peer[:2],
+                            self.settings.network_timeout)
+                machine.fire(Event.EVT18)
+            else:
+                log.warning("association from %s:%s timed out after %.0f s of silence; aborting", *peer[:2],
+                            self.settings.network_timeout)
+                self._abort(writer, machine, Event.EVT15)
         except pdu.ProtocolError as exc:
             log.warning("aborting association from %s:%s: %s", *peer[:2], exc)
-            writer.write(pdu.abort_pdu(reason=0x02))
-        except asyncio.CancelledError:
-            writer.write(pdu.abort_pdu())
-            raise
+            if machine.state is State.STA13:  # the table already chose AA-8 (an unexpected PDU)
+                writer.write(pdu.abort_pdu(reason=0x02))
+            else:  # the PDU's content is invalid: Evt19
+                self._abort(writer, machine, Event.EVT19, reason=0x02)
+        except asyncio.CancelledError:  # stop(): not re-raised, this is the connection's root task
+            # and Python 3.11's start_server logs a traceback for a cancelled one
+            self._abort(writer, machine, Event.EVT15)
         except Exception:  # noqa: BLE001 - one broken association must not affect the others
             log.exception("association from %s:%s failed", *peer[:2])
-            writer.write(pdu.abort_pdu())
+            self._abort(writer, machine, Event.EVT15)
         finally:
             self._active -= 1
             try:
@@ -394,39 +408,59 @@ class DicomListener:
                 pass
             writer.close()
 
-    async def _reject(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rejection: bytes) -> None:
-        """Send an A-ASSOCIATE-RJ and let the requestor close first (PS3.8 state Sta13,
-        bounded by the ARTIM timer). Closing at once can reach the requestor as a connection
-        reset before it has read the rejection (seen with pynetdicom on a loaded host): it
-        would report a broken connection instead of "Calling AE Title Not Recognized"."""
-        writer.write(rejection)
+    @staticmethod
+    def _abort(writer: asyncio.StreamWriter, machine: Machine, event: Event, reason: int = 0) -> None:
+        """Send an A-ABORT if the table says so for ``event`` (AA-1, AA-7, AA-8). The caller
+        then closes without waiting in Sta13: after an abort nothing the peer says matters."""
+        if machine.allows(event) and machine.fire(event) in SENDS_ABORT:
+            writer.write(pdu.abort_pdu(reason=reason))
+
+    async def _await_close(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           machine: Machine) -> None:
+        """Sta13 (after AE-8 or AR-4): let the requestor close first, bounded by the ARTIM
+        timer. Closing at once can reach the requestor as a connection reset before it has
+        read our last PDU (seen with pynetdicom on a loaded host: it reported a broken
+        connection instead of "Calling AE Title Not Recognized")."""
         try:
             await writer.drain()
             async with asyncio.timeout(min(ARTIM_SECONDS, self.settings.network_timeout)):
                 while await reader.read(65536):
-                    pass  # anything after a rejection is ignored until the peer closes
-        except (TimeoutError, ConnectionError):
-            pass  # the finally of the caller closes the transport
+                    pass  # PDUs in Sta13 are ignored (AA-6) until the peer closes
+            machine.fire(Event.EVT17)  # AR-5
+        except TimeoutError:
+            machine.fire(Event.EVT18)  # AA-2: the caller's finally closes the transport
+        except ConnectionError:
+            machine.fire(Event.EVT17)
+
+    async def _reject(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, machine: Machine,
+                      rejection: bytes) -> None:
+        """Send an A-ASSOCIATE-RJ (Evt8, AE-8) and let the requestor close first (Sta13)."""
+        machine.fire(Event.EVT8)
+        writer.write(rejection)
+        await self._await_close(reader, writer, machine)
 
     async def _negotiate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         peer: tuple[Any, ...]) -> Association | None:
+                         peer: tuple[Any, ...], machine: Machine) -> Association | None:
         kind, _header, body = await self._read_pdu(reader)
-        if kind != pdu.A_ASSOCIATE_RQ:
+        action = machine.pdu(kind)
+        if action is Action.AA_2:  # an A-ABORT before any request: close
+            return None
+        if action is not Action.AE_6:  # AA-1: anything else than an A-ASSOCIATE-RQ
             raise pdu.ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{kind:02X}")
         request = parse_associate_rq(body)
         calling, called = request.calling_ae, request.called_ae
         if request.application_context != APPLICATION_CONTEXT:
             log.warning("rejecting %s@%s: unsupported application context", calling, peer[0])
-            await self._reject(reader, writer, pdu.reject_pdu(1, 1, 2))
+            await self._reject(reader, writer, machine, pdu.reject_pdu(1, 1, 2))
             return None
         allowed = self.settings.allowed_calling_aets
         if allowed and calling not in allowed:
             log.warning("rejecting association from %s@%s: calling AE title not in the allow-list", calling, peer[0])
-            await self._reject(reader, writer, pdu.reject_pdu(1, 1, 3))
+            await self._reject(reader, writer, machine, pdu.reject_pdu(1, 1, 3))
             return None
         if self._active > self.settings.max_associations:
             log.warning("rejecting %s@%s: %d associations already", calling, peer[0], self._active - 1)
-            await self._reject(reader, writer, pdu.reject_pdu(2, 3, 2))
+            await self._reject(reader, writer, machine, pdu.reject_pdu(2, 3, 2))
             return None
 
         assoc = Association(calling, called, str(peer[0]), int(peer[1]) if len(peer) > 1 else 0)
@@ -457,12 +491,15 @@ class DicomListener:
                 results.append((proposed.context_id, 0x00, syntaxes[0]))
             else:  # abstract syntax / transfer syntaxes not supported
                 results.append((proposed.context_id, 0x03 if not supported else 0x04, IMPLICIT_VR_LE))
+        machine.fire(Event.EVT7)  # AE-7: Sta6
         writer.write(encode_associate_ac(request, results, MAX_PDU_RECEIVED, self.implementation_class_uid,
                                          self.implementation_version, roles))
         return assoc
 
-    async def _serve(self, assoc: Association, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, assoc: Association, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     machine: Machine) -> None:
         loop = asyncio.get_running_loop()
+        fire = machine.fire
         command_buffer = bytearray()
         data_buffer = bytearray()
         command: dict[int, bytes] | None = None
@@ -471,14 +508,19 @@ class DicomListener:
         try:
             while True:
                 kind, _header, body = await self._read_pdu(reader, busy=lambda: bool(running))
-                if kind == pdu.A_RELEASE_RQ:
-                    writer.write(pdu.RELEASE_RP)
-                    return
-                if kind == pdu.A_ABORT:
-                    log.info("association from %s@%s aborted by the peer", assoc.calling_ae, assoc.address)
-                    return
-                if kind != pdu.P_DATA_TF:
-                    raise pdu.ProtocolError(f"unexpected PDU type 0x{kind:02X} during the association")
+                action = machine.pdu(kind)
+                if action is not Action.DT_2:
+                    if action is Action.AR_2:  # A-RELEASE-RQ: Sta8, we agree at once (AR-4)
+                        for operation in running:
+                            operation.abandon()
+                        fire(Event.EVT14)
+                        writer.write(pdu.RELEASE_RP)
+                        await self._await_close(reader, writer, machine)
+                        return
+                    if action is Action.AA_3:
+                        log.info("association from %s@%s aborted by the peer", assoc.calling_ae, assoc.address)
+                        return
+                    raise pdu.ProtocolError(f"unexpected PDU type 0x{kind:02X} during the association")  # AA-8
                 for context_id, control, fragment in pdu.pdv_items(body):
                     if context_id not in assoc.contexts:
                         raise pdu.ProtocolError(f"PDV on presentation context {context_id}, which was not accepted")
@@ -494,6 +536,7 @@ class DicomListener:
                         if pdu.command_us(command, pdu.TAG_DATASET_TYPE) == pdu.NO_DATASET:
                             response = await self._no_dataset(loop, assoc, command_context, command, running)
                             if response:
+                                fire(Event.EVT9)  # DT-1
                                 writer.write(response)
                             command = None
                     else:  # data set fragment
@@ -511,7 +554,9 @@ class DicomListener:
                         else:
                             if any(not op.finished for op in running):
                                 raise pdu.ProtocolError("a request arrived while a query/retrieve was in progress")
-                            writer.write(await self._dispatch(loop, assoc, command_context, command, dataset))
+                            response = await self._dispatch(loop, assoc, command_context, command, dataset)
+                            fire(Event.EVT9)  # DT-1
+                            writer.write(response)
                         command = None
         finally:
             for operation in running:

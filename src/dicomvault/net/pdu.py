@@ -1,9 +1,11 @@
-"""PDU framing, P-DATA fragments and DIMSE command sets: the few byte layouts ingest needs.
+"""PDU framing, P-DATA fragments and DIMSE command sets: the few byte layouts that run once
+per message, for both the acceptor and the requestor.
 
-Association negotiation lives in ``associate.py`` (acceptor) and pynetdicom's PDU classes
-(requestor); what lives here is what runs once per message: the
-6-byte PDU header, PDV items (PS3.8 9.3.5) and the implicit-VR little-endian command set
-(PS3.7 9.3, 10.3), kept as raw bytes so the dataset is never decoded or re-encoded.
+Association negotiation (A-ASSOCIATE-RQ/AC) lives in ``associate.py`` and the Upper Layer
+state machine in ``fsm.py``; neither side uses pynetdicom's PDU classes. What lives here: the
+6-byte PDU header, the short control PDUs, PDV items (PS3.8 9.3.5) and the implicit-VR
+little-endian command set (PS3.7 9.3, 10.3), kept as raw bytes so the dataset is never
+decoded or re-encoded. Every parser raises ``ProtocolError`` and nothing else on bad bytes.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ TAG_WARNING = 0x00001023
 TAG_MOVE_ORIGINATOR_AE = 0x00001030
 TAG_MOVE_ORIGINATOR_ID = 0x00001031
 
+RELEASE_RQ = struct.pack(">BBIxxxx", A_RELEASE_RQ, 0, 4)
 RELEASE_RP = struct.pack(">BBIxxxx", A_RELEASE_RP, 0, 4)
+_HEADER = struct.Struct(">BBI")
 
 
 class ProtocolError(Exception):
@@ -60,6 +64,28 @@ def abort_pdu(source: int = 2, reason: int = 0) -> bytes:
 def reject_pdu(result: int, source: int, reason: int) -> bytes:
     """A-ASSOCIATE-RJ (PS3.8 9.3.4); result 1 = permanent, 2 = transient."""
     return struct.pack(">BBIxBBB", A_ASSOCIATE_RJ, 0, 4, result, source, reason)
+
+
+def parse_header(header: bytes) -> tuple[int, int]:
+    """(PDU type, length of the body that follows) of a 6-byte PDU header."""
+    if len(header) != 6:
+        raise ProtocolError(f"PDU header of {len(header)} bytes")
+    kind, _reserved, length = _HEADER.unpack(header)
+    return kind, length
+
+
+def parse_reject(body: bytes) -> tuple[int, int, int]:
+    """(result, source, reason) of an A-ASSOCIATE-RJ body (PS3.8 9.3.4)."""
+    if len(body) < 4:
+        raise ProtocolError(f"A-ASSOCIATE-RJ of {len(body)} bytes")
+    return body[1], body[2], body[3]
+
+
+def parse_abort(body: bytes) -> tuple[int, int]:
+    """(source, reason) of an A-ABORT body (PS3.8 9.3.8)."""
+    if len(body) < 4:
+        raise ProtocolError(f"A-ABORT of {len(body)} bytes")
+    return body[2], body[3]
 
 
 def pdv_items(body: bytes) -> list[tuple[int, int, memoryview]]:

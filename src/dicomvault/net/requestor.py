@@ -3,19 +3,21 @@
 pynetdicom's ``send_c_store`` wants a pydicom Dataset (decoding costs CPU and can change
 bytes) and never sets TCP_NODELAY. This sends the stored dataset bytes unchanged, in PDVs
 sized to the peer's maximum PDU length, with Nagle off. Negotiation uses our own small
-A-ASSOCIATE codec (``associate.py``), like the acceptor. Blocking sockets: each sender
-thread (replication worker, restore association, C-MOVE) owns one.
+A-ASSOCIATE codec (``associate.py``), like the acceptor, and every PDU goes through the
+Upper Layer state machine (``fsm.py``) as association-requestor. Blocking sockets: each
+sender thread (replication worker, restore association, C-MOVE) owns one.
 """
 
 from __future__ import annotations
 
 import socket
-import struct
 
 from . import pdu
 from .associate import encode_associate_rq, parse_associate_ac
+from .fsm import SENDS_ABORT, Action, Event, Machine, State
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+ARTIM_SECONDS = 10.0  # after our A-RELEASE-RP, how long the acceptor may take to close
 MAX_CONTEXTS = 126  # odd context ids 1..255, with room to spare
 CONTEXT_RESULTS = {  # PS3.8 9.3.3.2, A-ASSOCIATE-AC presentation context result/reason
     1: "rejected by the receiver (user rejection)",
@@ -43,8 +45,30 @@ class StoreRequestor:
         self._refused: dict[tuple[str, str], int] = {}  # pair -> presentation context result
         self._peer_max = 16384
         self._message_id = 0
+        self._machine = Machine(requestor=True)
 
-    # --- association --------------------------------------------------------------------
+    # --- the Upper Layer (fsm.py): every PDU in or out goes through the state machine -----
+
+    def _drop(self) -> None:
+        """Close the transport at once (AE-4, AR-3, AA-2, AA-3, AA-4): back to Sta1."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._machine = Machine(requestor=True)
+
+    def _abort(self, event: Event) -> None:
+        """A local abort (Evt15) or an invalid PDU (Evt19): fire it, then ``_aborted``."""
+        self._aborted(self._machine.fire(event) if self._machine.allows(event) else None)
+
+    def _aborted(self, action: Action | None) -> None:
+        """Send the A-ABORT the table chose (AA-1: service user; AA-7, AA-8: service provider,
+        unexpected PDU), then close without waiting in Sta13: nothing the peer says matters."""
+        if action in SENDS_ABORT and self._sock is not None:
+            try:
+                self._sock.sendall(pdu.abort_pdu(*((0, 0) if action is Action.AA_1 else (2, 2))))
+            except OSError:
+                pass
+        self._drop()
 
     def _recv_exact(self, count: int) -> bytes:
         assert self._sock is not None
@@ -57,29 +81,77 @@ class StoreRequestor:
             count -= len(chunk)
         return b"".join(chunks)
 
-    def _read_pdu(self) -> tuple[int, bytes, bytes]:
-        header = self._recv_exact(6)
-        kind, _, length = struct.unpack(">BBI", header)
-        return kind, header, self._recv_exact(length)
+    def _read_pdu(self) -> tuple[Action, int, bytes]:
+        """The next PDU, fired through the state machine: (action, PDU type, body). A closed
+        connection is Evt17, a timeout or another socket error a local abort (Evt15)."""
+        try:
+            kind, length = pdu.parse_header(self._recv_exact(6))
+            body = self._recv_exact(length)
+        except ConnectionError:
+            self._machine.fire(Event.EVT17)
+            self._drop()
+            raise
+        except OSError:
+            self._abort(Event.EVT15)
+            raise
+        return self._machine.pdu(kind), kind, body
+
+    def _send(self, data: bytes) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.sendall(data)
+        except OSError:
+            self._drop()  # the transport is gone (Evt17)
+            raise
+
+    def _await_close(self) -> None:
+        """Sta13 after our A-RELEASE-RP: the acceptor closes first, we wait for it at most
+        ARTIM, ignoring whatever it still sends (AA-6), then close (AR-5 or AA-2)."""
+        assert self._sock is not None
+        try:
+            self._sock.settimeout(min(ARTIM_SECONDS, self.timeout))
+            while self._sock.recv(65536):
+                pass
+        except OSError:
+            pass
+        self._drop()
 
     def _associate(self) -> None:
         self.close()
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        self._drop()  # Sta1 even if an earlier attempt failed half-way
+        where = f"{self.called_ae}@{self.host}:{self.port}"
+        self._machine.fire(Event.EVT1)  # AE-1: connect
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except OSError:
+            self._machine.fire(Event.EVT17)  # AA-4
+            raise
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
+        self._machine.fire(Event.EVT2)  # AE-2: send the A-ASSOCIATE-RQ
         contexts = [(2 * i + 1, abstract, [syntax]) for i, (abstract, syntax) in enumerate(self._wanted)]
-        sock.sendall(encode_associate_rq(self.called_ae, self.calling_ae, APPLICATION_CONTEXT, contexts, 1 << 20,
-                                         self.implementation_class_uid, self.implementation_version))
-        kind, _header, body = self._read_pdu()
-        if kind == pdu.A_ASSOCIATE_RJ:
-            self.close()
-            raise AssociationRejected(f"{self.called_ae}@{self.host}:{self.port} rejected the association "
-                                      f"(result {body[1]}, source {body[2]}, reason {body[3]}): check its AE title "
-                                      "and that it knows our AE title")
-        if kind != pdu.A_ASSOCIATE_AC:
-            self.close()
-            raise AssociationRejected(f"{self.called_ae}@{self.host}:{self.port} answered PDU type 0x{kind:02X}")
-        answer = parse_associate_ac(body)
+        self._send(encode_associate_rq(self.called_ae, self.calling_ae, APPLICATION_CONTEXT, contexts, 1 << 20,
+                                       self.implementation_class_uid, self.implementation_version))
+        action, kind, body = self._read_pdu()
+        if action is Action.AE_4:
+            self._drop()
+            try:
+                result, source, reason = pdu.parse_reject(body)
+            except pdu.ProtocolError:
+                raise AssociationRejected(f"{where} rejected the association (short A-ASSOCIATE-RJ)") from None
+            raise AssociationRejected(f"{where} rejected the association (result {result}, source {source}, "
+                                      f"reason {reason}): check its AE title and that it knows our AE title")
+        if action is Action.AA_3:
+            self._drop()
+            raise AssociationRejected(f"{where} aborted the association during negotiation")
+        if action is not Action.AE_3:  # AA-8: any other PDU while awaiting the answer
+            self._aborted(action)
+            raise AssociationRejected(f"{where} answered PDU type 0x{kind:02X}")
+        try:
+            answer = parse_associate_ac(body)
+        except pdu.ProtocolError:
+            self._abort(Event.EVT19)
+            raise
         self._accepted, self._refused = {}, {}
         by_id = {2 * i + 1: pair for i, pair in enumerate(self._wanted)}
         for context_id, (result, _syntax) in answer.results.items():
@@ -123,16 +195,31 @@ class StoreRequestor:
         return CONTEXT_RESULTS.get(result, f"presentation context result {result}")
 
     def close(self) -> None:
+        """Release the association (AR-1) and close the transport once the A-RELEASE-RP is
+        in (AR-3): the requestor closes first (PS3.8 Sta13 is the acceptor's side)."""
         if self._sock is None:
             return
+        if self._machine.state is not State.STA6:
+            self._drop()
+            return
         try:
-            self._sock.sendall(struct.pack(">BBIxxxx", pdu.A_RELEASE_RQ, 0, 4))
-            self._read_pdu()
-        except OSError:
+            self._machine.fire(Event.EVT11)
+            self._send(pdu.RELEASE_RQ)
+            while True:
+                action, _kind, _body = self._read_pdu()
+                if action is Action.AR_6:  # P-DATA still arriving in Sta7: nothing waits for it
+                    continue
+                if action is Action.AR_8:  # release collision; as requestor: Sta9
+                    self._machine.fire(Event.EVT14)  # AR-9: send A-RELEASE-RP, Sta11
+                    self._send(pdu.RELEASE_RP)
+                    continue  # Sta11: the peer's A-RELEASE-RP ends it (AR-3)
+                if action in SENDS_ABORT:  # AA-8
+                    self._aborted(action)
+                break  # AR-3 (released) or AA-3 (aborted): close below
+        except (OSError, pdu.ProtocolError):
             pass
         finally:
-            self._sock.close()
-            self._sock = None
+            self._drop()
 
     # --- C-STORE ------------------------------------------------------------------------
 
@@ -163,25 +250,50 @@ class StoreRequestor:
             elements[pdu.TAG_MOVE_ORIGINATOR_AE] = pdu.text_value(originator[0])
             elements[pdu.TAG_MOVE_ORIGINATOR_ID] = pdu.us(originator[1])
         command = pdu.encode_command(elements)
-        pdu.send_buffers(self._sock, pdu.message(context, command, dataset, self._peer_max))
+        self._machine.fire(Event.EVT9)  # DT-1
+        try:
+            pdu.send_buffers(self._sock, pdu.message(context, command, dataset, self._peer_max))
+        except OSError:
+            self._drop()
+            raise
         buffer = bytearray()
         while True:
-            kind, _header, body = self._read_pdu()
-            if kind == pdu.A_ABORT:
-                self.close()
+            action, kind, body = self._read_pdu()
+            if action is Action.AA_3:
+                self._drop()
                 raise ConnectionError(f"{self.called_ae} aborted the association")
-            if kind != pdu.P_DATA_TF:
+            if action is Action.AR_2:  # the peer releases while we await our answer: agree (AR-4)
+                self._machine.fire(Event.EVT14)
+                self._send(pdu.RELEASE_RP)
+                self._await_close()
+                raise ConnectionError(f"{self.called_ae} released the association awaiting a C-STORE-RSP")
+            if action is not Action.DT_2:  # AA-8
+                self._aborted(action)
                 raise pdu.ProtocolError(f"unexpected PDU type 0x{kind:02X} awaiting C-STORE-RSP")
-            complete = False
-            for _ctx, control, piece in pdu.pdv_items(body):
-                if control & 0x01:
-                    buffer += piece
-                    complete = complete or bool(control & 0x02)
-            if not complete:
-                continue
-            reply = pdu.decode_command(bytes(buffer))
-            buffer.clear()
-            if pdu.command_us(reply, pdu.TAG_COMMAND_FIELD) == pdu.C_STORE_RSP:
-                status = pdu.command_us(reply, pdu.TAG_STATUS) or 0
-                comment = reply.get(pdu.TAG_ERROR_COMMENT, b"").decode("ascii", "replace").strip("\x00 ")
-                return status, comment
+            try:
+                reply = self._response(body, buffer)
+            except pdu.ProtocolError:
+                self._abort(Event.EVT19)
+                raise
+            if reply is not None:
+                return reply
+
+    @staticmethod
+    def _response(body: bytes, buffer: bytearray) -> tuple[int, str] | None:
+        """Add one P-DATA-TF to ``buffer``; (status, comment) once a C-STORE-RSP is complete."""
+        complete = False
+        for _ctx, control, piece in pdu.pdv_items(body):
+            if control & 0x01:
+                buffer += piece
+                complete = complete or bool(control & 0x02)
+        if not complete:
+            return None
+        reply = pdu.decode_command(bytes(buffer))
+        buffer.clear()
+        if pdu.command_us(reply, pdu.TAG_COMMAND_FIELD) != pdu.C_STORE_RSP:
+            return None
+        status = pdu.command_us(reply, pdu.TAG_STATUS)
+        if status is None:  # Status is mandatory (PS3.7 9.3.1.2): never take its absence for success
+            raise pdu.ProtocolError("C-STORE-RSP without a Status")
+        comment = reply.get(pdu.TAG_ERROR_COMMENT, b"").decode("ascii", "replace").strip("\x00 ")
+        return status, comment
