@@ -18,9 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, update
-
-from dicomvault.catalog import schema as t
+from dicomvault.catalog import rebuild
 from dicomvault.sites import SiteError
 
 if TYPE_CHECKING:
@@ -43,9 +41,7 @@ class RefillReport:
 
 
 def owed_to_primary(archive: "Archive") -> int:
-    with archive.catalog.read() as conn:
-        return int(conn.execute(select(func.count()).select_from(t.copies)
-                                .where(t.copies.c.site == PRIMARY, t.copies.c.state == "owed")).scalar() or 0)
+    return rebuild.count_owed(archive.catalog, PRIMARY)
 
 
 def _copy_one(archive: "Archive", object_id: str, sha256: str) -> int:
@@ -64,14 +60,9 @@ def refill_primary(archive: "Archive", *, stop: threading.Event | None = None, w
     (or ``stop`` is set). Failures stay owed and are reported."""
     report = RefillReport()
     total = owed_to_primary(archive)
-    query = (select(t.copies.c.object_id, t.versions.c.sha256)
-             .select_from(t.copies.join(t.versions, t.versions.c.object_id == t.copies.c.object_id))
-             .where(t.copies.c.site == PRIMARY, t.copies.c.state == "owed", t.copies.c.attempts == 0)
-             .limit(BATCH))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="refill") as pool:
         while not (stop is not None and stop.is_set()):
-            with archive.catalog.read() as conn:
-                batch = [(r.object_id, r.sha256) for r in conn.execute(query)]
+            batch = rebuild.owed_untried(archive.catalog, PRIMARY, BATCH)
             if not batch:
                 break
 
@@ -85,18 +76,10 @@ def refill_primary(archive: "Archive", *, stop: threading.Event | None = None, w
             archive.site.flush()  # the new directory entries are durable before they count
             done = [object_id for object_id, outcome in outcomes if isinstance(outcome, int)]
             archive.site.release_intents(done)
-            now = time.time()
-            with archive.catalog.write() as conn:
-                if done:
-                    conn.execute(update(t.copies).where(t.copies.c.site == PRIMARY, t.copies.c.object_id.in_(done))
-                                 .values(state="verified", copied_at=now, verified_at=now, last_error=None))
-                for object_id, outcome in outcomes:
-                    if isinstance(outcome, str):
-                        # attempts > 0 keeps it out of this run; `serve` retries it at its next start
-                        conn.execute(update(t.copies).where(t.copies.c.site == PRIMARY,
-                                                            t.copies.c.object_id == object_id)
-                                     .values(attempts=t.copies.c.attempts + 1, last_error=outcome))
-                        report.failed.append({"object": object_id, "reason": outcome})
+            # attempts > 0 keeps a failure out of this run; `serve` retries it at its next start
+            failed = [(object_id, outcome) for object_id, outcome in outcomes if isinstance(outcome, str)]
+            rebuild.record_copied_back(archive.catalog, PRIMARY, done, failed, time.time())
+            report.failed += [{"object": object_id, "reason": reason} for object_id, reason in failed]
             report.copied += len(done)
             report.bytes += sum(o for _, o in outcomes if isinstance(o, int))
             if progress:
@@ -125,9 +108,7 @@ class PrimaryRefill:
         self._thread.start()
 
     def _retry_all(self) -> None:
-        with self.archive.catalog.write() as conn:
-            conn.execute(update(t.copies).where(t.copies.c.site == PRIMARY, t.copies.c.state == "owed")
-                         .values(attempts=0))
+        rebuild.retry_owed(self.archive.catalog, PRIMARY)
 
     def _run(self) -> None:
         while not self._stop.is_set():
