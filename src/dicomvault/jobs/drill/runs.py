@@ -24,8 +24,8 @@ from dicomvault.config import parse_duration
 from dicomvault.jobs.verify.job import readable_site_names
 
 if TYPE_CHECKING:
-    from dicomvault.archive.core import Archive
     from dicomvault.catalog import Catalog
+    from dicomvault.config import Settings
 
 RUNNING, SUCCESS, FAILURE, INTERRUPTED = "running", "success", "failure", "interrupted"
 FINISHED = (SUCCESS, FAILURE)
@@ -99,7 +99,7 @@ def ago(seconds: float) -> str:
     return f"{seconds / 86400:.0f} d"
 
 
-def drill_status(archive: "Archive", now: float | None = None) -> dict[str, Any]:
+def drill_status(catalog: "Catalog", archive_settings: "Settings", now: float | None = None) -> dict[str, Any]:
     """Per readable site: the last drill, the last successful one (with a one-line summary such
     as "2 h ago, 12 studies, 4.1 s") and a drill in progress; plus alerts.
 
@@ -107,15 +107,14 @@ def drill_status(archive: "Archive", now: float | None = None) -> dict[str, Any]
     successful drill is older than two periods (a site never drilled is not alerted: the
     schedule drills it soon after ``serve`` starts)."""
     now = time.time() if now is None else now
-    settings = archive.settings.drill
+    settings = archive_settings.drill
     every = parse_duration(settings.every)
-    catalog = archive.catalog
     finished = drills.latest_run_per_site(catalog, states=FINISHED)
     succeeded = drills.latest_run_per_site(catalog, state=SUCCESS)
     running = drills.latest_run_per_site(catalog, state=RUNNING)
     sites: dict[str, Any] = {}
     alerts: list[str] = []
-    for name in readable_site_names(archive.settings):
+    for name in readable_site_names(archive_settings):
         last, good, live = finished.get(name), succeeded.get(name), running.get(name)
         entry: dict[str, Any] = {"last_run": _summary(last, now) if last is not None else None,
                                  "last_success": None, "running": None}

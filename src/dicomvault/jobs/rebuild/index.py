@@ -192,7 +192,7 @@ def rebuild_index(settings: Settings, site_name: str, recovery_key_file: Path, *
     archive = Archive.open(settings)
     try:
         on_site = _adopt_newer_objects(archive, site, site_name, known, report, progress)
-        _square_copies(archive, site_name, on_site, report)
+        _square_copies(archive.catalog, archive.site, site_name, on_site, report)
         report.instances, report.studies = rebuild.count_instances_and_studies(archive.catalog)
         report.seconds = time.time() - started
         with archive.catalog.write() as conn:
@@ -232,17 +232,18 @@ def _adopt_newer_objects(archive: Any, site: "Site", site_name: str, known: set[
     return on_site
 
 
-def _square_copies(archive: Any, site_name: str, on_site: set[str], report: RebuildReport) -> None:
+def _square_copies(catalog: Catalog, primary: "Site", site_name: str, on_site: set[str],
+                   report: RebuildReport) -> None:
     """Copy rows must say what the sites hold now, not what they held at the snapshot."""
     now = time.time()
     checks = [(site_name, on_site)]
     if site_name != PRIMARY:
-        checks.append((PRIMARY, set(archive.site.list())))
+        checks.append((PRIMARY, set(primary.list())))
     for name, present in checks:
-        rows = rebuild.copies_on_site(archive.catalog, name)
+        rows = rebuild.copies_on_site(catalog, name)
         owed = [r.id for r in rows if r.object_id not in present and r.state != "owed"]
         held = [r.id for r in rows if r.object_id in present and r.state != "verified"]
-        rebuild.square_copies(archive.catalog, owed, held, now)
+        rebuild.square_copies(catalog, owed, held, now)
         if name == site_name:
             report.copies_owed_to_site = len(owed)
         else:

@@ -40,6 +40,9 @@ from dicomvault.sites import SiteError
 
 if TYPE_CHECKING:
     from dicomvault.archive.core import Archive
+    from dicomvault.catalog import Catalog
+    from dicomvault.config import Settings
+    from dicomvault.crypto.keys import Keyring
     from dicomvault.sites.base import Site
 
 log = logging.getLogger(__name__)
@@ -71,10 +74,9 @@ def new_name(now: float) -> str:
     return time.strftime("catalog-%Y%m%dT%H%M%S", time.gmtime(now)) + f".{milliseconds:03d}Z-" + secrets.token_hex(4)
 
 
-def seal_snapshot(archive: "Archive", now: float) -> tuple[bytes, dict[str, Any]]:
+def seal_snapshot(catalog: "Catalog", keyring: "Keyring", now: float) -> tuple[bytes, dict[str, Any]]:
     """Dump and seal the catalog; the recovery key alone opens the result."""
-    payload, summary = dump_catalog(archive.catalog)
-    keyring = archive.keyring
+    payload, summary = dump_catalog(catalog)
     metadata = {
         "kind": FORMAT, "format_version": FORMAT_VERSION, "created_at": now, "revision": HEAD_REVISION,
         "archive_fingerprint": keyring.fingerprint,
@@ -126,7 +128,7 @@ def take_snapshot(archive: "Archive", actor: str, only_sites: list[str] | None =
     keep = archive.settings.snapshots.keep if keep is None else keep
     started = time.time()
     report = SnapshotReport(name=new_name(started), created_at=started)
-    sealed, metadata = seal_snapshot(archive, started)
+    sealed, metadata = seal_snapshot(archive.catalog, archive.keyring, started)
     report.size = len(sealed)
     report.rows = sum(metadata["rows"].values())
     rows = []
@@ -229,19 +231,19 @@ def snapshot_site_names(settings: Any) -> list[str]:
             if name not in replicas or replicas[name].url.split("://", 1)[0] in ("file", "s3", "vault")]
 
 
-def snapshot_status(archive: "Archive", now: float | None = None) -> dict[str, Any]:
+def snapshot_status(catalog: "Catalog", archive_settings: "Settings", now: float | None = None) -> dict[str, Any]:
     """Per site: the newest good snapshot and its age, the last failure; alerts when stale."""
     now = time.time() if now is None else now
-    settings = archive.settings.snapshots
+    settings = archive_settings.snapshots
     every = parse_duration(settings.every)
     sites: dict[str, Any] = {}
     alerts: list[str] = []
-    with archive.catalog.read() as conn:
+    with catalog.read() as conn:
         oldest = snapshots.oldest_received_at(conn)
         # Alert only about data older than two periods: a new archive gets its first
         # snapshot when `serve` starts.
         stale_data = oldest is not None and now - float(oldest) > 2 * every
-        for name in snapshot_site_names(archive.settings):
+        for name in snapshot_site_names(archive_settings):
             good = snapshots.newest_snapshot(conn, name, ok_only=True)
             last = snapshots.newest_snapshot(conn, name, ok_only=False)
             entry: dict[str, Any] = {"last_ok": None, "last_error": None}
@@ -257,6 +259,6 @@ def snapshot_status(archive: "Archive", now: float | None = None) -> dict[str, A
                               "from it would be slow or impossible (is `dicomvault serve` running? "
                               "`dicomvault snapshot` takes one now)")
             sites[name] = entry
-    unsupported = [r.name for r in archive.settings.replicas if not r.is_pacs and r.name not in sites]
+    unsupported = [r.name for r in archive_settings.replicas if not r.is_pacs and r.name not in sites]
     return {"enabled": settings.enabled, "every": settings.every, "keep": settings.keep, "sites": sites,
             "unsupported_sites": unsupported, "alerts": alerts}
