@@ -196,11 +196,13 @@ def test_a_snapshot_from_a_newer_dicomvault_is_refused_before_anything_changes(
         vault: Vault, template: pydicom.Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     from dicomvault.archive.core import Archive
     from dicomvault.config import load_settings
+    from dicomvault.catalog import snapshots as catalog_dump
     from dicomvault.jobs.rebuild import snapshot
 
     make_corpus(template, tmp_path / "files", ["PAT0"], 0)
     vault.cli("import", str(tmp_path / "files"))
-    monkeypatch.setattr(snapshot, "HEAD_REVISION", "9999")  # as if written by a later release
+    for module in (snapshot, catalog_dump):  # the sealed metadata and the dump's header line
+        monkeypatch.setattr(module, "HEAD_REVISION", "9999")  # as if written by a later release
     archive = Archive.open(load_settings(vault.config))
     try:
         assert snapshot.take_snapshot(archive, "test").ok

@@ -160,7 +160,7 @@ def serve(config: ConfigOption = None) -> None:
 
     snapshots = SnapshotScheduler(archive)
     snapshots.start()  # an encrypted catalog snapshot to every site per [snapshots] every
-    refill = PrimaryRefill(archive)
+    refill = PrimaryRefill(archive.catalog, archive.repository, archive.site)
     refill.start()  # after a rebuild on a new host: copies the primary lacks, from the replicas
     print(
         f"dicomvault {__version__} serving: DICOM {settings.dicom.ae_title}@{settings.dicom.bind}:{settings.dicom.port}"

@@ -81,7 +81,8 @@ def rebuild_index(
         try:
             with progress_bar() as bar:
                 task = bar.add_task("copying objects back to the primary", total=report.copies_owed_to_primary)
-                refilled = refill_primary(archive, progress=lambda done, total: bar.update(task, completed=done))
+                refilled = refill_primary(archive.catalog, archive.repository, archive.site,
+                                          progress=lambda done, total: bar.update(task, completed=done))
         finally:
             archive.close()
         summary["refill"] = refilled.to_dict()

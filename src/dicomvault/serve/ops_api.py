@@ -138,7 +138,7 @@ def api_routes(archive: Archive, restores: RestoreService | None = None) -> list
         from dicomvault.jobs.drill.runs import drill_status, recent_runs
 
         def gather() -> dict:
-            return {**drill_status(archive), "runs": recent_runs(archive.catalog)}
+            return {**drill_status(archive.catalog, archive.settings), "runs": recent_runs(archive.catalog)}
 
         return JSONResponse(await run_in_threadpool(gather))
 

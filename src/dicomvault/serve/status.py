@@ -72,7 +72,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
     # --- restore drills: the last (successful) drill per site (jobs/drill/runs.py) ---
     from dicomvault.jobs.drill.runs import drill_status
 
-    drills = drill_status(archive)
+    drills = drill_status(archive.catalog, archive.settings)
     alerts += drills["alerts"]
     # --- end restore drills ---
     # --- restore and network-export jobs (jobs/restore/plan.py) ---
@@ -85,9 +85,9 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
     from dicomvault.jobs.rebuild.refill import owed_to_primary
     from dicomvault.jobs.rebuild.snapshot import snapshot_status
 
-    snapshots = snapshot_status(archive)
+    snapshots = snapshot_status(archive.catalog, archive.settings)
     alerts += snapshots["alerts"]
-    refill_owed = owed_to_primary(archive)
+    refill_owed = owed_to_primary(archive.catalog)
     if refill_owed:
         sites["primary"]["refill_owed"] = refill_owed
         alerts.append(f"the primary lacks {refill_owed} object(s) (after a rebuild on a new host?): reads use the "

@@ -15,16 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
-
-from dicomvault.catalog import schema as t
+from dicomvault.catalog import drills
 from dicomvault.catalog.retrieval import RetrievalItem, retrieval_items
 
 if TYPE_CHECKING:
     from dicomvault.catalog import Catalog
 
 CANDIDATES = 25  # studies looked at for one pick before giving up on it
-_MAX_KEYS_PER_QUERY = 500
 
 
 @dataclass
@@ -58,14 +55,11 @@ class Plan:
 
 def studies_dated(catalog: "Catalog", date: str) -> int:
     """How many studies of the archive carry this Study Date."""
-    with catalog.read() as conn:
-        return int(conn.execute(select(func.count()).select_from(t.studies)
-                                .where(t.studies.c.study_date == date)).scalar() or 0)
+    return drills.count_studies_dated(catalog, date)
 
 
 def has_studies(catalog: "Catalog") -> bool:
-    with catalog.read() as conn:
-        return conn.execute(select(t.studies.c.id).limit(1)).first() is not None
+    return drills.has_studies(catalog)
 
 
 def plan_site(catalog: "Catalog", site: str, random_count: int, dates: list[str]) -> Plan:
@@ -84,20 +78,19 @@ def plan_site(catalog: "Catalog", site: str, random_count: int, dates: list[str]
                 return True
         return False
 
-    newest = _candidates(catalog, order=t.studies.c.created_at.desc())
+    newest = drills.newest_studies(catalog, CANDIDATES)
     if newest and not take(newest, "newest"):
         plan.notes.append(f"none of the {len(newest)} newest studies has every copy on site {site} yet "
                           "(replication backlog: `dicomvault sites status`)")
     for date in dates:
-        dated = _candidates(catalog, order=t.studies.c.created_at.desc(), date=date)
+        dated = drills.newest_studies(catalog, CANDIDATES, date=date)
         if not take(dated, f"date:{date}"):
             plan.failures.append({"object": f"date {date}", "problem": (
                 f"{len(dated)} stud{'y' if len(dated) == 1 else 'ies'} dated {date} in the archive, but none with "
                 f"a verified copy of every instance on site {site}: a recovery of that date from {site} is not "
                 f"possible now (see `dicomvault sites status` and `dicomvault verify --site {site}`)")})
     wanted = len(chosen) + random_count
-    for candidate in _candidates(catalog, order=func.random(), limit=4 * random_count + CANDIDATES) \
-            if random_count else []:
+    for candidate in drills.random_studies(catalog, 4 * random_count + CANDIDATES) if random_count else []:
         if len(chosen) >= wanted:
             break
         if candidate[0] not in chosen:
@@ -109,25 +102,10 @@ def plan_site(catalog: "Catalog", site: str, random_count: int, dates: list[str]
     return plan
 
 
-def _candidates(catalog: "Catalog", order: Any, date: str | None = None,
-                limit: int = CANDIDATES) -> list[tuple[str, str]]:
-    query = select(t.studies.c.study_uid, t.studies.c.study_date).order_by(order).limit(limit)
-    if date is not None:
-        query = query.where(t.studies.c.study_date == date)
-    with catalog.read() as conn:
-        return [(row.study_uid, row.study_date or "") for row in conn.execute(query)]
-
-
 def _complete_on_site(catalog: "Catalog", site: str, study_uid: str) -> list[RetrievalItem] | None:
     """The study's latest versions when ``site`` holds a verified copy of each one, else None."""
     items = retrieval_items(catalog, "STUDY", [study_uid])
     if not items:
         return None
     wanted = [item.object_id for item in items]
-    held: set[str] = set()
-    with catalog.read() as conn:
-        for start in range(0, len(wanted), _MAX_KEYS_PER_QUERY):
-            held.update(conn.execute(select(t.copies.c.object_id).where(
-                t.copies.c.site == site, t.copies.c.state == "verified",
-                t.copies.c.object_id.in_(wanted[start:start + _MAX_KEYS_PER_QUERY]))).scalars())
-    return items if held.issuperset(wanted) else None
+    return items if drills.verified_on_site(catalog, site, wanted).issuperset(wanted) else None

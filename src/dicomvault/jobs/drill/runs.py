@@ -17,17 +17,15 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, insert, select, update
-
 from dicomvault.audit import AuditEvent, append
-from dicomvault.catalog import schema as t
+from dicomvault.catalog import drills
 from dicomvault.config import parse_duration
 
 from dicomvault.jobs.verify.job import readable_site_names
 
 if TYPE_CHECKING:
-    from dicomvault.archive.core import Archive
     from dicomvault.catalog import Catalog
+    from dicomvault.config import Settings
 
 RUNNING, SUCCESS, FAILURE, INTERRUPTED = "running", "success", "failure", "interrupted"
 FINISHED = (SUCCESS, FAILURE)
@@ -36,11 +34,7 @@ HISTORY = 50  # runs listed by GET /api/drills
 
 
 def start_run(catalog: "Catalog", site: str, actor: str, target: str, started_at: float) -> int:
-    with catalog.write() as conn:
-        key = conn.execute(insert(t.drill_runs).values(
-            site=site, actor=actor, started_at=started_at, state=RUNNING, target=target)).inserted_primary_key
-    assert key is not None
-    return int(key[0])
+    return drills.add_run(catalog, site=site, actor=actor, target=target, started_at=started_at, state=RUNNING)
 
 
 def finish_run(catalog: "Catalog", run_id: int, actor: str, state: str, summary: dict[str, Any]) -> None:
@@ -48,11 +42,11 @@ def finish_run(catalog: "Catalog", run_id: int, actor: str, state: str, summary:
     failures) and audit it in the same transaction."""
     failures = summary["failures"][:MAX_FAILURES_KEPT]
     with catalog.write() as conn:
-        conn.execute(update(t.drill_runs).where(t.drill_runs.c.id == run_id).values(
-            state=state, finished_at=time.time(), studies=summary["studies"], instances=summary["instances"],
-            bytes=summary["bytes"], seconds=summary["seconds"],
+        drills.record_outcome(
+            conn, run_id, state=state, finished_at=time.time(), studies=summary["studies"],
+            instances=summary["instances"], bytes_=summary["bytes"], seconds=summary["seconds"],
             picks=json.dumps(summary["picks"], separators=(",", ":")),
-            failures=json.dumps(failures, separators=(",", ":"))))
+            failures=json.dumps(failures, separators=(",", ":")))
         append(conn, AuditEvent(actor=actor, action="drill", subject=summary["site"],
                                 outcome=SUCCESS if state == SUCCESS else "failure" if state == FAILURE else state,
                                 detail={"run_id": run_id, "target": summary["target"], "studies": summary["studies"],
@@ -65,11 +59,10 @@ def finish_run(catalog: "Catalog", run_id: int, actor: str, state: str, summary:
 
 def interrupt_stale(catalog: "Catalog", actor: str) -> int:
     """Rows left ``running`` by a drill that died become ``interrupted`` (audited)."""
-    runs = t.drill_runs
     with catalog.write() as conn:
-        stale = conn.execute(select(runs.c.id, runs.c.site).where(runs.c.state == RUNNING)).all()
+        stale = drills.runs_in_state(conn, RUNNING)
         for row in stale:
-            conn.execute(update(runs).where(runs.c.id == row.id).values(state=INTERRUPTED, finished_at=time.time()))
+            drills.set_run_state(conn, row.id, INTERRUPTED, time.time())
             append(conn, AuditEvent(actor=actor, action="drill", subject=row.site, outcome=INTERRUPTED,
                                     detail={"run_id": row.id, "reason": "the drill's process stopped before it "
                                                                         "finished"}))
@@ -78,11 +71,7 @@ def interrupt_stale(catalog: "Catalog", actor: str) -> int:
 
 def last_started(catalog: "Catalog") -> dict[str, float]:
     """Per site, when its latest finished (success or failure) drill started: the schedule's clock."""
-    runs = t.drill_runs
-    with catalog.read() as conn:
-        return {row.site: float(row.last) for row in conn.execute(
-            select(runs.c.site, func.max(runs.c.started_at).label("last"))
-            .where(runs.c.state.in_(FINISHED)).group_by(runs.c.site))}
+    return drills.last_started_per_site(catalog, FINISHED)
 
 
 def _summary(row: Any, now: float) -> dict[str, Any]:
@@ -98,9 +87,7 @@ def _summary(row: Any, now: float) -> dict[str, Any]:
 def recent_runs(catalog: "Catalog", limit: int = HISTORY, now: float | None = None) -> list[dict[str, Any]]:
     """The latest ``limit`` drill runs of every site, newest first."""
     now = time.time() if now is None else now
-    with catalog.read() as conn:
-        rows = conn.execute(select(t.drill_runs).order_by(t.drill_runs.c.id.desc()).limit(limit)).all()
-    return [{"site": row.site, **_summary(row, now)} for row in rows]
+    return [{"site": row.site, **_summary(row, now)} for row in drills.recent_runs(catalog, limit)]
 
 
 def ago(seconds: float) -> str:
@@ -112,7 +99,7 @@ def ago(seconds: float) -> str:
     return f"{seconds / 86400:.0f} d"
 
 
-def drill_status(archive: "Archive", now: float | None = None) -> dict[str, Any]:
+def drill_status(catalog: "Catalog", archive_settings: "Settings", now: float | None = None) -> dict[str, Any]:
     """Per readable site: the last drill, the last successful one (with a one-line summary such
     as "2 h ago, 12 studies, 4.1 s") and a drill in progress; plus alerts.
 
@@ -120,20 +107,14 @@ def drill_status(archive: "Archive", now: float | None = None) -> dict[str, Any]
     successful drill is older than two periods (a site never drilled is not alerted: the
     schedule drills it soon after ``serve`` starts)."""
     now = time.time() if now is None else now
-    settings = archive.settings.drill
+    settings = archive_settings.drill
     every = parse_duration(settings.every)
-    runs = t.drill_runs
-
-    def latest(*where: Any) -> dict[str, Any]:
-        newest = select(func.max(runs.c.id)).where(*where).group_by(runs.c.site)
-        with archive.catalog.read() as conn:
-            return {row.site: row for row in conn.execute(select(runs).where(runs.c.id.in_(newest)))}
-
-    finished, succeeded = latest(runs.c.state.in_(FINISHED)), latest(runs.c.state == SUCCESS)
-    running = latest(runs.c.state == RUNNING)
+    finished = drills.latest_run_per_site(catalog, states=FINISHED)
+    succeeded = drills.latest_run_per_site(catalog, state=SUCCESS)
+    running = drills.latest_run_per_site(catalog, state=RUNNING)
     sites: dict[str, Any] = {}
     alerts: list[str] = []
-    for name in readable_site_names(archive.settings):
+    for name in readable_site_names(archive_settings):
         last, good, live = finished.get(name), succeeded.get(name), running.get(name)
         entry: dict[str, Any] = {"last_run": _summary(last, now) if last is not None else None,
                                  "last_success": None, "running": None}

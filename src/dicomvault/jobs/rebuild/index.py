@@ -30,18 +30,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import LargeBinary, func, insert, select, text, update
-
 from dicomvault.audit import AuditEvent, append
-from dicomvault.catalog import Catalog
+from dicomvault.catalog import Catalog, rebuild, snapshots
 from dicomvault.catalog import schema as t
 from dicomvault.catalog.db import HEAD_REVISION
+from dicomvault.catalog.snapshots import iter_rows
 from dicomvault.config import Settings
 from dicomvault.crypto.keys import KeyError_, Keyring, RecoveryKey, write_host_keys
 from dicomvault.archive.repository import IntegrityError
 from dicomvault.sites import SiteError, open_site
 
-from dicomvault.jobs.rebuild.snapshot import SnapshotError, iter_rows, open_snapshot
+from dicomvault.jobs.rebuild.snapshot import SnapshotError, open_snapshot
 
 if TYPE_CHECKING:
     from dicomvault.sites.base import Site
@@ -49,7 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PRIMARY = "primary"
-BATCH = 2000
 
 
 class RebuildError(Exception):
@@ -142,11 +140,6 @@ def _restore_keys(settings: Settings, metadata: dict[str, Any], recovery: Recove
     return True
 
 
-def _catalog_rows(catalog: Catalog) -> int:
-    with catalog.read() as conn:
-        return int(conn.execute(select(func.count()).select_from(t.versions)).scalar() or 0)
-
-
 def _check_compatible(payload: bytes) -> None:
     """Refuse, before anything is changed, a snapshot this dicomvault cannot load."""
     header, _rows = iter_rows(payload)
@@ -160,52 +153,6 @@ def _check_compatible(payload: bytes) -> None:
         if unknown:
             raise RebuildError(f"snapshot table {table_name} has columns this dicomvault does not know ({unknown}): "
                                "upgrade dicomvault first")
-
-
-def _load_tables(catalog: Catalog, payload: bytes, progress: Callable[[str, int], None] | None) -> tuple[int, set[str]]:
-    """Replace every table's rows by the snapshot's, in one transaction; returns (rows, object ids)."""
-    _header, rows = iter_rows(payload)
-    tables = {table.name: table for table in t.metadata.sorted_tables}
-    known_objects: set[str] = set()
-    loaded = 0
-    with catalog.write() as conn:
-        for table in reversed(t.metadata.sorted_tables):
-            conn.execute(table.delete())
-        current: str | None = None
-        batch: list[dict[str, Any]] = []
-
-        def flush() -> None:
-            if batch and current is not None:
-                conn.execute(insert(tables[current]), batch)
-                batch.clear()
-
-        for table_name, columns, values in rows:
-            if table_name != current:
-                flush()
-                current = table_name
-                binary = {c for c in columns if isinstance(tables[table_name].c[c].type, LargeBinary)}
-            row = dict(zip(columns, values))
-            for column_name in binary:
-                if row[column_name] is not None:
-                    row[column_name] = base64.b64decode(row[column_name])
-            if table_name == "versions":
-                known_objects.add(row["object_id"])
-            batch.append(row)
-            loaded += 1
-            if len(batch) >= BATCH:
-                flush()
-                if progress:
-                    progress("loading catalog", loaded)
-        flush()
-        if not catalog.is_sqlite:
-            for table in t.metadata.sorted_tables:
-                for column in table.primary_key.columns:
-                    if column.autoincrement is True or (column.autoincrement == "auto" and
-                                                        column.type.python_type is int):
-                        conn.execute(text(
-                            f"SELECT setval(pg_get_serial_sequence('{table.name}', '{column.name}'), "
-                            f"COALESCE((SELECT MAX({column.name}) FROM {table.name}), 0) + 1, false)"))
-    return loaded, known_objects
 
 
 def rebuild_index(settings: Settings, site_name: str, recovery_key_file: Path, *, force: bool = False,
@@ -223,19 +170,19 @@ def rebuild_index(settings: Settings, site_name: str, recovery_key_file: Path, *
     report.snapshot, report.snapshot_created_at = name, float(metadata["created_at"])
     catalog = Catalog(settings.catalog_url)
     try:
-        existing = _catalog_rows(catalog)
+        existing = rebuild.count_versions(catalog)
         if existing and not force:
             raise RebuildError(f"the catalog {settings.catalog_url} already indexes {existing} object(s); "
                                "rebuild-index fills an empty catalog: move it aside, or pass --force to replace "
                                "its contents")
         _check_compatible(payload)
         report.keys_restored = _restore_keys(settings, metadata, recovery, catalog_is_empty=not existing)
-        report.snapshot_rows, known = _load_tables(catalog, payload, progress)
+        report.snapshot_rows, known = snapshots.load_tables(catalog, payload, progress)
         with catalog.write() as conn:  # the snapshot did not contain its own record
-            conn.execute(insert(t.catalog_snapshots), {
+            snapshots.add_snapshot_records(conn, [{
                 "site": site_name, "name": name, "started_at": report.snapshot_created_at,
                 "finished_at": report.snapshot_created_at, "state": "ok", "size": 0,
-                "row_count": report.snapshot_rows, "audit_head": str(metadata["audit_head"]["hash"]), "error": None})
+                "row_count": report.snapshot_rows, "audit_head": str(metadata["audit_head"]["hash"]), "error": None}])
     finally:
         catalog.close()
     del payload
@@ -245,10 +192,8 @@ def rebuild_index(settings: Settings, site_name: str, recovery_key_file: Path, *
     archive = Archive.open(settings)
     try:
         on_site = _adopt_newer_objects(archive, site, site_name, known, report, progress)
-        _square_copies(archive, site_name, on_site, report)
-        with archive.catalog.read() as conn:
-            report.instances = int(conn.execute(select(func.count()).select_from(t.instances)).scalar() or 0)
-            report.studies = int(conn.execute(select(func.count()).select_from(t.studies)).scalar() or 0)
+        _square_copies(archive.catalog, archive.site, site_name, on_site, report)
+        report.instances, report.studies = rebuild.count_instances_and_studies(archive.catalog)
         report.seconds = time.time() - started
         with archive.catalog.write() as conn:
             append(conn, AuditEvent(actor=actor, action="rebuild-index", subject=site_name,
@@ -287,26 +232,18 @@ def _adopt_newer_objects(archive: Any, site: "Site", site_name: str, known: set[
     return on_site
 
 
-def _square_copies(archive: Any, site_name: str, on_site: set[str], report: RebuildReport) -> None:
+def _square_copies(catalog: Catalog, primary: "Site", site_name: str, on_site: set[str],
+                   report: RebuildReport) -> None:
     """Copy rows must say what the sites hold now, not what they held at the snapshot."""
     now = time.time()
     checks = [(site_name, on_site)]
     if site_name != PRIMARY:
-        checks.append((PRIMARY, set(archive.site.list())))
+        checks.append((PRIMARY, set(primary.list())))
     for name, present in checks:
-        with archive.catalog.read() as conn:
-            rows = conn.execute(select(t.copies.c.id, t.copies.c.object_id, t.copies.c.state)
-                                .where(t.copies.c.site == name)).all()
+        rows = rebuild.copies_on_site(catalog, name)
         owed = [r.id for r in rows if r.object_id not in present and r.state != "owed"]
         held = [r.id for r in rows if r.object_id in present and r.state != "verified"]
-        with archive.catalog.write() as conn:
-            for start in range(0, len(owed), BATCH):
-                conn.execute(update(t.copies).where(t.copies.c.id.in_(owed[start:start + BATCH]))
-                             .values(state="owed", attempts=0, next_attempt_at=0.0, owed_since=now,
-                                     verified_at=None, last_error="not on the site at rebuild-index"))
-            for start in range(0, len(held), BATCH):
-                conn.execute(update(t.copies).where(t.copies.c.id.in_(held[start:start + BATCH]))
-                             .values(state="verified", copied_at=now, verified_at=None, last_error=None))
+        rebuild.square_copies(catalog, owed, held, now)
         if name == site_name:
             report.copies_owed_to_site = len(owed)
         else:

@@ -18,13 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, update
-
-from dicomvault.catalog import schema as t
+from dicomvault.catalog import rebuild
 from dicomvault.sites import SiteError
 
 if TYPE_CHECKING:
-    from dicomvault.archive.core import Archive
+    from dicomvault.archive.repository import Repository
+    from dicomvault.catalog import Catalog
+    from dicomvault.sites.base import Site
 
 log = logging.getLogger(__name__)
 
@@ -42,61 +42,47 @@ class RefillReport:
         return {"copied": self.copied, "bytes": self.bytes, "failed": self.failed}
 
 
-def owed_to_primary(archive: "Archive") -> int:
-    with archive.catalog.read() as conn:
-        return int(conn.execute(select(func.count()).select_from(t.copies)
-                                .where(t.copies.c.site == PRIMARY, t.copies.c.state == "owed")).scalar() or 0)
+def owed_to_primary(catalog: "Catalog") -> int:
+    return rebuild.count_owed(catalog, PRIMARY)
 
 
-def _copy_one(archive: "Archive", object_id: str, sha256: str) -> int:
+def _copy_one(repository: "Repository", primary: "Site", object_id: str, sha256: str) -> int:
     try:
-        blob = archive.repository.sealed(object_id, expected_sha256=sha256)
+        blob = repository.sealed(object_id, expected_sha256=sha256)
     except KeyError:
         raise SiteError("no replica holds a copy that verifies") from None
-    site = archive.site
-    site.put_if_absent(object_id, blob)
+    primary.put_if_absent(object_id, blob)
     return len(blob)
 
 
-def refill_primary(archive: "Archive", *, stop: threading.Event | None = None, workers: int = 4,
+def refill_primary(catalog: "Catalog", repository: "Repository", primary: "Site", *,
+                   stop: threading.Event | None = None, workers: int = 4,
                    progress: Callable[[int, int], None] | None = None) -> RefillReport:
-    """Copy every object owed to the primary from the replicas; returns when none is left
-    (or ``stop`` is set). Failures stay owed and are reported."""
+    """Copy every object owed to the ``primary`` site from the replicas (``repository``
+    reads them, verified); returns when none is left (or ``stop`` is set). Failures stay
+    owed and are reported."""
     report = RefillReport()
-    total = owed_to_primary(archive)
-    query = (select(t.copies.c.object_id, t.versions.c.sha256)
-             .select_from(t.copies.join(t.versions, t.versions.c.object_id == t.copies.c.object_id))
-             .where(t.copies.c.site == PRIMARY, t.copies.c.state == "owed", t.copies.c.attempts == 0)
-             .limit(BATCH))
+    total = owed_to_primary(catalog)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="refill") as pool:
         while not (stop is not None and stop.is_set()):
-            with archive.catalog.read() as conn:
-                batch = [(r.object_id, r.sha256) for r in conn.execute(query)]
+            batch = rebuild.owed_untried(catalog, PRIMARY, BATCH)
             if not batch:
                 break
 
             def attempt(item: tuple[str, str]) -> tuple[str, int | str]:
                 try:
-                    return item[0], _copy_one(archive, *item)
+                    return item[0], _copy_one(repository, primary, *item)
                 except (SiteError, OSError) as exc:
                     return item[0], str(exc)
 
             outcomes = list(pool.map(attempt, batch))
-            archive.site.flush()  # the new directory entries are durable before they count
+            primary.flush()  # the new directory entries are durable before they count
             done = [object_id for object_id, outcome in outcomes if isinstance(outcome, int)]
-            archive.site.release_intents(done)
-            now = time.time()
-            with archive.catalog.write() as conn:
-                if done:
-                    conn.execute(update(t.copies).where(t.copies.c.site == PRIMARY, t.copies.c.object_id.in_(done))
-                                 .values(state="verified", copied_at=now, verified_at=now, last_error=None))
-                for object_id, outcome in outcomes:
-                    if isinstance(outcome, str):
-                        # attempts > 0 keeps it out of this run; `serve` retries it at its next start
-                        conn.execute(update(t.copies).where(t.copies.c.site == PRIMARY,
-                                                            t.copies.c.object_id == object_id)
-                                     .values(attempts=t.copies.c.attempts + 1, last_error=outcome))
-                        report.failed.append({"object": object_id, "reason": outcome})
+            primary.release_intents(done)
+            # attempts > 0 keeps a failure out of this run; `serve` retries it at its next start
+            failed = [(object_id, outcome) for object_id, outcome in outcomes if isinstance(outcome, str)]
+            rebuild.record_copied_back(catalog, PRIMARY, done, failed, time.time())
+            report.failed += [{"object": object_id, "reason": reason} for object_id, reason in failed]
             report.copied += len(done)
             report.bytes += sum(o for _, o in outcomes if isinstance(o, int))
             if progress:
@@ -113,27 +99,25 @@ class PrimaryRefill:
 
     RETRY = 600.0
 
-    def __init__(self, archive: "Archive") -> None:
-        self.archive = archive
+    def __init__(self, catalog: "Catalog", repository: "Repository", primary: "Site") -> None:
+        self.catalog, self.repository, self.primary = catalog, repository, primary
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if not owed_to_primary(self.archive):
+        if not owed_to_primary(self.catalog):
             return
         self._thread = threading.Thread(target=self._run, name="refill", daemon=True)
         self._thread.start()
 
     def _retry_all(self) -> None:
-        with self.archive.catalog.write() as conn:
-            conn.execute(update(t.copies).where(t.copies.c.site == PRIMARY, t.copies.c.state == "owed")
-                         .values(attempts=0))
+        rebuild.retry_owed(self.catalog, PRIMARY)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self._retry_all()
-                report = refill_primary(self.archive, stop=self._stop, workers=2)
+                report = refill_primary(self.catalog, self.repository, self.primary, stop=self._stop, workers=2)
                 log.warning("primary refilled from the replicas: %d object(s), %d failed", report.copied,
                             len(report.failed))
                 if not report.failed:

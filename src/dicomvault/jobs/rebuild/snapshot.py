@@ -11,7 +11,8 @@ alone opens it. Its sealed metadata carries the site key itself: a rebuilt archi
 very key that names and wraps every existing object, instead of a new one under which
 nothing old would open (the recovery key holder can read every copy anyway, so the escrow
 grants nothing new). The payload is the whole catalog, table by table, as zstd-compressed
-JSON lines taken in one read transaction, with the schema revision it was taken at.
+JSON lines taken in one read transaction, with the schema revision it was taken at
+(``catalog/snapshots.py`` dumps and loads it).
 
 Each site keeps its newest ``[snapshots] keep``; on an Object Lock bucket older ones stay
 until their retention ends (the prune is refused, which is what the lock is for).
@@ -21,21 +22,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import zstandard
-from sqlalchemy import LargeBinary, func, insert, select
-
 from dicomvault.audit import AuditEvent, append
-from dicomvault.catalog import schema as t
+from dicomvault.catalog import snapshots
 from dicomvault.catalog.db import HEAD_REVISION
+from dicomvault.catalog.snapshots import FORMAT, FORMAT_VERSION, SnapshotError, dump_catalog
 from dicomvault.config import parse_duration
 from dicomvault.crypto.envelope import DecryptionError, open_object, read_header, seal_object
 from dicomvault.crypto.keys import KeyError_, RecoveryKey
@@ -44,17 +41,13 @@ from dicomvault.sites import SiteError
 if TYPE_CHECKING:
     from dicomvault.archive.core import Archive
     from dicomvault.catalog import Catalog
+    from dicomvault.config import Settings
+    from dicomvault.crypto.keys import Keyring
     from dicomvault.sites.base import Site
 
 log = logging.getLogger(__name__)
 
-FORMAT = "dicomvault-catalog-snapshot"
-FORMAT_VERSION = 1
 ACTOR = "snapshot"
-
-
-class SnapshotError(Exception):
-    """A snapshot cannot be made or opened; the message says why and what to do."""
 
 
 @dataclass
@@ -81,88 +74,9 @@ def new_name(now: float) -> str:
     return time.strftime("catalog-%Y%m%dT%H%M%S", time.gmtime(now)) + f".{milliseconds:03d}Z-" + secrets.token_hex(4)
 
 
-# -- the dump --------------------------------------------------------------------------------
-
-
-def _binary_columns(table: Any) -> list[int]:
-    return [i for i, column in enumerate(table.columns) if isinstance(column.type, LargeBinary)]
-
-
-def dump_catalog(catalog: "Catalog") -> tuple[bytes, dict[str, Any]]:
-    """The whole catalog as zstd-compressed JSON lines, read in one transaction.
-
-    Line 1 names the tables and their columns; every further line is ``[table index,
-    [values]]`` with binary values base64-encoded. Returns the payload and a summary (row
-    counts, the audit chain head)."""
-    tables = list(t.metadata.sorted_tables)  # parents before children: the load order
-    compressor = zstandard.ZstdCompressor(level=3).compressobj()
-    chunks: list[bytes] = []
-    counts: dict[str, int] = {}
-    head_line = {"format": FORMAT, "version": FORMAT_VERSION, "revision": HEAD_REVISION,
-                 "tables": [[table.name, [c.name for c in table.columns]] for table in tables]}
-    chunks.append(compressor.compress(json.dumps(head_line).encode() + b"\n"))
-    with catalog.read() as conn:
-        if not catalog.is_sqlite:  # one consistent view of every table (SQLite's read txn is one)
-            conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        for index, table in enumerate(tables):
-            binary = _binary_columns(table)
-            primary = list(table.primary_key.columns)
-            count = 0
-            buffer: list[bytes] = []
-            result = conn.execution_options(stream_results=True, yield_per=2000).execute(
-                select(table).order_by(*primary))
-            for row in result:
-                values = list(row)
-                for i in binary:
-                    if values[i] is not None:
-                        values[i] = base64.b64encode(values[i]).decode()
-                buffer.append(json.dumps([index, values], separators=(",", ":")).encode())
-                count += 1
-                if len(buffer) >= 2000:
-                    chunks.append(compressor.compress(b"\n".join(buffer) + b"\n"))
-                    buffer = []
-            if buffer:
-                chunks.append(compressor.compress(b"\n".join(buffer) + b"\n"))
-            counts[table.name] = count
-        head = conn.execute(select(t.audit_log.c.id, t.audit_log.c.hash)
-                            .order_by(t.audit_log.c.id.desc()).limit(1)).first()
-    chunks.append(compressor.flush())
-    audit_head = {"id": int(head.id), "hash": head.hash} if head is not None else {"id": 0, "hash": ""}
-    return b"".join(chunks), {"rows": counts, "audit_head": audit_head}
-
-
-def iter_rows(payload: bytes) -> tuple[dict[str, Any], Iterator[tuple[str, list[str], list[Any]]]]:
-    """(header line, iterator of (table, columns, values)) of a decompressed snapshot payload."""
-    reader = zstandard.ZstdDecompressor().stream_reader(payload)
-    import io
-
-    lines = io.TextIOWrapper(reader, encoding="utf-8")
-    try:
-        header = json.loads(lines.readline())
-    except ValueError as exc:
-        raise SnapshotError(f"snapshot payload is not readable: {exc}") from exc
-    if header.get("format") != FORMAT:
-        raise SnapshotError("not a dicomvault catalog snapshot")
-    if int(header.get("version", 0)) > FORMAT_VERSION:
-        raise SnapshotError(f"snapshot format {header.get('version')} is newer than this dicomvault understands: "
-                            "upgrade dicomvault first")
-    tables = [(name, columns) for name, columns in header["tables"]]
-
-    def rows() -> Iterator[tuple[str, list[str], list[Any]]]:
-        for line in lines:
-            if not line.strip():
-                continue
-            index, values = json.loads(line)
-            name, columns = tables[index]
-            yield name, columns, values
-
-    return header, rows()
-
-
-def seal_snapshot(archive: "Archive", now: float) -> tuple[bytes, dict[str, Any]]:
+def seal_snapshot(catalog: "Catalog", keyring: "Keyring", now: float) -> tuple[bytes, dict[str, Any]]:
     """Dump and seal the catalog; the recovery key alone opens the result."""
-    payload, summary = dump_catalog(archive.catalog)
-    keyring = archive.keyring
+    payload, summary = dump_catalog(catalog)
     metadata = {
         "kind": FORMAT, "format_version": FORMAT_VERSION, "created_at": now, "revision": HEAD_REVISION,
         "archive_fingerprint": keyring.fingerprint,
@@ -214,7 +128,7 @@ def take_snapshot(archive: "Archive", actor: str, only_sites: list[str] | None =
     keep = archive.settings.snapshots.keep if keep is None else keep
     started = time.time()
     report = SnapshotReport(name=new_name(started), created_at=started)
-    sealed, metadata = seal_snapshot(archive, started)
+    sealed, metadata = seal_snapshot(archive.catalog, archive.keyring, started)
     report.size = len(sealed)
     report.rows = sum(metadata["rows"].values())
     rows = []
@@ -234,7 +148,7 @@ def take_snapshot(archive: "Archive", actor: str, only_sites: list[str] | None =
     report.seconds = time.time() - started
     with archive.catalog.write() as conn:
         if rows:
-            conn.execute(insert(t.catalog_snapshots), rows)
+            snapshots.add_snapshot_records(conn, rows)
         append(conn, AuditEvent(actor=actor, action="snapshot", subject=report.name,
                                 outcome="success" if report.ok else "failure",
                                 detail={"sites": report.sites, "size": report.size, "rows": report.rows,
@@ -260,13 +174,6 @@ def _prune(site: "Site", keep: int) -> int:
 
 
 # -- inside `serve` --------------------------------------------------------------------------
-
-
-def _last_ok(archive: "Archive") -> dict[str, float]:
-    with archive.catalog.read() as conn:
-        rows = conn.execute(select(t.catalog_snapshots.c.site, func.max(t.catalog_snapshots.c.started_at))
-                            .where(t.catalog_snapshots.c.state == "ok").group_by(t.catalog_snapshots.c.site))
-        return {site: float(at) for site, at in rows}
 
 
 class SnapshotScheduler:
@@ -296,7 +203,7 @@ class SnapshotScheduler:
 
     def _due_in(self) -> float:
         every = parse_duration(self.settings.every)
-        last = _last_ok(self.archive)
+        last = snapshots.last_ok_by_site(self.archive.catalog)
         names = [name for name in snapshot_site_names(self.archive.settings)]
         if any(name not in last for name in names):
             return 0.0
@@ -324,24 +231,21 @@ def snapshot_site_names(settings: Any) -> list[str]:
             if name not in replicas or replicas[name].url.split("://", 1)[0] in ("file", "s3", "vault")]
 
 
-def snapshot_status(archive: "Archive", now: float | None = None) -> dict[str, Any]:
+def snapshot_status(catalog: "Catalog", archive_settings: "Settings", now: float | None = None) -> dict[str, Any]:
     """Per site: the newest good snapshot and its age, the last failure; alerts when stale."""
     now = time.time() if now is None else now
-    settings = archive.settings.snapshots
+    settings = archive_settings.snapshots
     every = parse_duration(settings.every)
-    snaps = t.catalog_snapshots
     sites: dict[str, Any] = {}
     alerts: list[str] = []
-    with archive.catalog.read() as conn:
-        oldest = conn.execute(select(func.min(t.versions.c.received_at))).scalar()
+    with catalog.read() as conn:
+        oldest = snapshots.oldest_received_at(conn)
         # Alert only about data older than two periods: a new archive gets its first
         # snapshot when `serve` starts.
         stale_data = oldest is not None and now - float(oldest) > 2 * every
-        for name in snapshot_site_names(archive.settings):
-            good = conn.execute(select(snaps).where(snaps.c.site == name, snaps.c.state == "ok")
-                                .order_by(snaps.c.started_at.desc()).limit(1)).first()
-            last = conn.execute(select(snaps).where(snaps.c.site == name)
-                                .order_by(snaps.c.started_at.desc()).limit(1)).first()
+        for name in snapshot_site_names(archive_settings):
+            good = snapshots.newest_snapshot(conn, name, ok_only=True)
+            last = snapshots.newest_snapshot(conn, name, ok_only=False)
             entry: dict[str, Any] = {"last_ok": None, "last_error": None}
             if good is not None:
                 entry["last_ok"] = {"name": good.name, "at": good.started_at,
@@ -355,6 +259,6 @@ def snapshot_status(archive: "Archive", now: float | None = None) -> dict[str, A
                               "from it would be slow or impossible (is `dicomvault serve` running? "
                               "`dicomvault snapshot` takes one now)")
             sites[name] = entry
-    unsupported = [r.name for r in archive.settings.replicas if not r.is_pacs and r.name not in sites]
+    unsupported = [r.name for r in archive_settings.replicas if not r.is_pacs and r.name not in sites]
     return {"enabled": settings.enabled, "every": settings.every, "keep": settings.keep, "sites": sites,
             "unsupported_sites": unsupported, "alerts": alerts}

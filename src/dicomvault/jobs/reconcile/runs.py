@@ -29,11 +29,8 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
-
 from dicomvault.audit import AuditEvent, append
-from dicomvault.catalog import Catalog
-from dicomvault.catalog import schema as t
+from dicomvault.catalog import Catalog, reconciles
 from dicomvault.config import Settings, find_peer
 from dicomvault.jobs.reconcile.report import COMPLETED, FAILED, RUNNING, ReconcileReport, dicom_date
 
@@ -47,11 +44,9 @@ SCHEDULER_ACTOR = "dicomvault:reconcile-scheduler"
 def start_run(catalog: Catalog, report: ReconcileReport) -> None:
     """Insert the run's row as ``running`` and set ``report.run_id``."""
     r = report
-    with catalog.write() as conn:
-        r.run_id = int(conn.execute(insert(t.reconcile_runs).values(
-            peer=r.peer, date_from=r.date_from, date_to=r.date_to, backfill=int(r.backfill_requested),
-            state=RUNNING, actor=r.actor, started_at=r.started_at, report="{}",
-        )).inserted_primary_key[0])
+    r.run_id = reconciles.add_run(catalog, peer=r.peer, date_from=r.date_from, date_to=r.date_to,
+                                  backfill=r.backfill_requested, state=RUNNING, actor=r.actor,
+                                  started_at=r.started_at)
 
 
 def finish_run(catalog: Catalog, report: ReconcileReport) -> None:
@@ -68,11 +63,10 @@ def finish_run(catalog: Catalog, report: ReconcileReport) -> None:
     if r.error:
         detail["error"] = r.error
     with catalog.write() as conn:
-        conn.execute(update(t.reconcile_runs).where(t.reconcile_runs.c.id == r.run_id).values(
-            state=r.state, finished_at=r.finished_at, pacs_studies=r.pacs_studies, vault_studies=r.vault_studies,
-            missing_in_vault=r.missing_in_vault, missing_in_pacs=r.missing_in_pacs,
-            backfilled_instances=r.backfilled_instances, report=report_json, error=r.error,
-        ))
+        reconciles.record_outcome(
+            conn, r.run_id, state=r.state, finished_at=r.finished_at, pacs_studies=r.pacs_studies,
+            vault_studies=r.vault_studies, missing_in_vault=r.missing_in_vault, missing_in_pacs=r.missing_in_pacs,
+            backfilled_instances=r.backfilled_instances, report=report_json, error=r.error)
         append(conn, AuditEvent(actor=r.actor or "dicomvault", action="reconcile", subject=r.peer,
                                 outcome="success" if r.state == COMPLETED and not r.error else "failure",
                                 detail=detail))
@@ -85,10 +79,7 @@ def abandon_run(catalog: Catalog, report: ReconcileReport, reason: str) -> None:
     if r.run_id is None or r.state != RUNNING:
         return
     with catalog.write() as conn:
-        changed = conn.execute(update(t.reconcile_runs).where(
-            t.reconcile_runs.c.id == r.run_id, t.reconcile_runs.c.state == RUNNING,
-        ).values(state=FAILED, finished_at=time.time(), error=reason)).rowcount
-        if changed:
+        if reconciles.fail_if_still(conn, r.run_id, RUNNING, FAILED, time.time(), reason):
             append(conn, AuditEvent(actor=r.actor or "dicomvault", action="reconcile", subject=r.peer,
                                     outcome="failure", detail={"run_id": r.run_id, "date_from": r.date_from,
                                                                "date_to": r.date_to, "error": reason}))
@@ -96,9 +87,7 @@ def abandon_run(catalog: Catalog, report: ReconcileReport, reason: str) -> None:
 
 def last_scheduled_run(catalog: Catalog, peer: str) -> float | None:
     """When the schedule last started a run with ``peer`` (a peer name), or None."""
-    with catalog.read() as conn:
-        return conn.execute(select(func.max(t.reconcile_runs.c.started_at)).where(
-            t.reconcile_runs.c.actor == SCHEDULER_ACTOR, t.reconcile_runs.c.peer == peer)).scalar()
+    return reconciles.last_started_by(catalog, SCHEDULER_ACTOR, peer)
 
 
 # --- status -------------------------------------------------------------------------------
@@ -152,22 +141,16 @@ def reconcile_status(catalog: Catalog, settings: Settings, now: float | None = N
     may have purged them on purpose, and keeping them is the vault's job.
     """
     now = time.time() if now is None else now
-    runs = t.reconcile_runs
     cfg = settings.reconcile
-
-    def latest(*where: Any) -> Any:
-        return select(runs).where(runs.c.id.in_(select(func.max(runs.c.id)).where(*where).group_by(runs.c.peer)))
-
     with catalog.read() as conn:
-        finished = {row.peer: row for row in conn.execute(latest(runs.c.state != RUNNING))}
-        completed = {row.peer: row for row in conn.execute(latest(runs.c.state == COMPLETED))}
-        running = {row.peer: row for row in conn.execute(latest(runs.c.state == RUNNING))}
+        finished = reconciles.latest_run_per_peer(conn, not_state=RUNNING)
+        completed = reconciles.latest_run_per_peer(conn, state=COMPLETED)
+        running = reconciles.latest_run_per_peer(conn, state=RUNNING)
         scheduled_last = None
         if cfg.peer:
             configured = find_peer(settings.peers, cfg.peer)
             peer_names = {configured.name} if configured is not None else {cfg.peer}
-            scheduled_last = conn.execute(select(func.max(runs.c.started_at)).where(
-                runs.c.actor == SCHEDULER_ACTOR, runs.c.peer.in_(sorted(peer_names)))).scalar()
+            scheduled_last = reconciles.last_started_by_any(conn, SCHEDULER_ACTOR, sorted(peer_names))
     peers: dict[str, Any] = {}
     alerts: list[str] = []
     today = dicom_date(_dt.date.today())

@@ -26,10 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, func, select, update
-
 from dicomvault.audit import AuditEvent, append
-from dicomvault.catalog import schema as t
+from dicomvault.catalog import restores
 from dicomvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomvault.dicom.transcode import (
     EXPLICIT_VR_LE,
@@ -54,11 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# One executemany per batch of outcomes (the bind names differ from the columns, as SQLAlchemy
-# requires for an UPDATE with a WHERE on a bound parameter).
-_RECORD_OUTCOME = update(t.restore_items).where(t.restore_items.c.id == bindparam("item_id")).values(
-    state=bindparam("new_state"), status=bindparam("new_status"), detail=bindparam("new_detail"),
-    sent_syntax=bindparam("new_syntax"), run=bindparam("new_run"), finished_at=bindparam("at"))
 STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})  # success, or stored with a warning
 RECORD_EVERY = 0.25  # seconds between batched outcome writes (and heartbeats)
 INSTANCE_UNIT = 1_000_000  # an instances/s limit runs the byte limiter with one instance = 1 MB
@@ -170,33 +163,18 @@ class RestoreRunner:
             return self._run_locked()
 
     def _pending_count(self) -> int:
-        items = t.restore_items
-        with self.catalog.read() as conn:
-            return int(conn.execute(select(func.count()).select_from(items)
-                                    .where(items.c.job_id == self.job.id, items.c.state == "pending")).scalar() or 0)
+        return restores.pending_count(self.catalog, self.job.id)
 
     def _pending_pairs(self) -> list[tuple[str, str]]:
         """The (SOP class, stored syntax) pairs still to send, in the order they first come."""
-        items = t.restore_items
-        first = func.min(items.c.position)
-        with self.catalog.read() as conn:
-            return [(r[0], r[1]) for r in conn.execute(
-                select(items.c.sop_class_uid, items.c.transfer_syntax_uid, first)
-                .where(items.c.job_id == self.job.id, items.c.state == "pending")
-                .group_by(items.c.sop_class_uid, items.c.transfer_syntax_uid).order_by(first))]
+        return restores.pending_pairs(self.catalog, self.job.id)
 
     def _pending(self) -> Iterator[PlannedItem]:
         """The pending items in sending order, read a page at a time: a restore of millions of
         instances holds a page in memory, not the whole plan."""
-        items = t.restore_items
         after = -1
         while True:
-            with self.catalog.read() as conn:
-                page = conn.execute(
-                    select(items.c.id, items.c.position, items.c.tier, items.c.sop_instance_uid, items.c.sop_class_uid,
-                           items.c.object_id, items.c.sha256, items.c.transfer_syntax_uid, items.c.size)
-                    .where(items.c.job_id == self.job.id, items.c.state == "pending", items.c.position > after)
-                    .order_by(items.c.position).limit(PENDING_PAGE)).all()
+            page = restores.pending_page(self.catalog, self.job.id, after, PENDING_PAGE)
             if not page:
                 return
             for r in page:
@@ -214,9 +192,7 @@ class RestoreRunner:
         run_number = self.job.runs + 1
         started = time.time()
         with self.catalog.write() as conn:
-            conn.execute(update(t.restore_jobs).where(t.restore_jobs.c.id == self.job.id).values(
-                runs=run_number, started_at=started, heartbeat_at=started, state="active", last_error=None,
-                finished_at=None))
+            restores.start_run(conn, self.job.id, run_number, started)
             append(conn, AuditEvent(actor=self.actor, action=self.job.kind, subject=self.peer.name, outcome="started",
                                     detail={"job": self.job.id, "run": run_number, "destination": self.job.destination,
                                             "selection": self.job.selection.describe(), "pending": pending}))
@@ -243,13 +219,7 @@ class RestoreRunner:
     def _finish(self, run_number: int, started: float, error: str | None) -> None:
         now = time.time()
         with self.catalog.write() as conn:
-            still_pending = conn.execute(
-                select(t.restore_items.c.id).where(t.restore_items.c.job_id == self.job.id,
-                                                   t.restore_items.c.state == "pending").limit(1)).first()
-            finished = still_pending is None
-            conn.execute(update(t.restore_jobs).where(t.restore_jobs.c.id == self.job.id).values(
-                state="completed" if finished else "active", finished_at=now if finished else None,
-                heartbeat_at=None, last_error=error))
+            finished = restores.finish_run(conn, self.job.id, now, error)
             append(conn, AuditEvent(
                 actor=self.actor, action=self.job.kind, subject=self.peer.name,
                 outcome=("failure" if error else "partial" if self._counts["failed"] else "success") if finished
@@ -310,14 +280,9 @@ class RestoreRunner:
         return batch
 
     def _record(self, batch: list[Outcome], run_number: int, elapsed: float) -> None:
-        now = time.time()
-        with self.catalog.write() as conn:
-            if batch:
-                conn.execute(_RECORD_OUTCOME, [
-                    {"item_id": o.item.id, "new_state": o.state, "new_status": o.status, "new_detail": o.detail,
-                     "new_syntax": o.sent_syntax, "new_run": run_number, "at": o.at} for o in batch])
-            conn.execute(update(t.restore_jobs).where(t.restore_jobs.c.id == self.job.id).values(
-                heartbeat_at=now, seconds_sending=t.restore_jobs.c.seconds_sending + elapsed))
+        restores.record_outcomes(self.catalog, self.job.id, [
+            restores.ItemOutcome(o.item.id, o.state, o.status, o.detail, o.sent_syntax, run_number, o.at)
+            for o in batch], time.time(), elapsed)
         for outcome in batch:
             self._counts[outcome.state] += 1
             if outcome.state == "sent":

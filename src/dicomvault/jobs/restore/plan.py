@@ -27,9 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from sqlalchemy import case, func, insert, select, update
-
-from dicomvault.catalog import schema as t
+from dicomvault.catalog import restores
 from dicomvault.catalog.selection import (
     SelectedInstance,
     SelectedStudy,
@@ -46,7 +44,6 @@ if TYPE_CHECKING:
 TIER_NAMES = ("last 24 h", "last 7 days", "older")
 TIER_LIMITS = (24 * 3600.0, 7 * 24 * 3600.0)
 HEARTBEAT_STALE = 30.0  # seconds without a heartbeat before an active job counts as interrupted
-_INSERT_BATCH = 1000
 _PLAN_INSTANCES_PER_BATCH = 5000  # per read and write transaction: ~10 MB and ~0.1 s each
 
 
@@ -136,18 +133,10 @@ def create_job(catalog: "Catalog", *, kind: str, peer: "PeerSettings", selection
     if not studies:
         raise RestoreError(f"nothing in the vault matches the selection ({selection.describe()})")
     plan = order_studies(studies, ordering, now)
-    with catalog.write() as conn:
-        conn.execute(update(t.restore_jobs).where(  # an earlier planner of this same request died
-            t.restore_jobs.c.kind == kind, t.restore_jobs.c.peer == peer.name,
-            t.restore_jobs.c.selection == selection.to_json(), t.restore_jobs.c.state == "planning",
-        ).values(state="superseded"))
-        job_id = int(conn.execute(insert(t.restore_jobs).values(
-            kind=kind, peer=peer.name, destination=f"{peer.ae_title}@{peer.host}:{peer.port}",
-            selection=selection.to_json(), ordering=ordering, options=json.dumps(options, sort_keys=True),
-            state="planning", actor=actor, total=sum(s.instances for s in studies),
-            total_bytes=sum(s.size_original for s in studies), runs=0, created_at=now, heartbeat_at=now,
-            seconds_sending=0.0,
-        )).inserted_primary_key[0])
+    job_id = restores.create_planning_job(
+        catalog, kind=kind, peer=peer.name, destination=f"{peer.ae_title}@{peer.host}:{peer.port}",
+        selection=selection.to_json(), ordering=ordering, options=json.dumps(options, sort_keys=True), actor=actor,
+        total=sum(s.instances for s in studies), total_bytes=sum(s.size_original for s in studies), now=now)
     return job_id, plan
 
 
@@ -157,17 +146,12 @@ def fill_job(catalog: "Catalog", job_id: int, selection: Selection, plan: Plan,
     ``should_stop``) the job is superseded, so nobody resumes a half-written plan."""
     try:
         planned, planned_bytes = _plan_items(catalog, job_id, selection, plan, should_stop)
-        with catalog.write() as conn:
-            done = conn.execute(update(t.restore_jobs).where(
-                t.restore_jobs.c.id == job_id, t.restore_jobs.c.state == "planning",
-            ).values(state="active", total=planned, total_bytes=planned_bytes, heartbeat_at=None)).rowcount
-        if not done:
+        if not restores.activate_planned_job(catalog, job_id, planned, planned_bytes):
             raise RestoreError(f"job {job_id} was superseded while it was being planned (the same restore was "
                                "started again elsewhere); follow that one in `dicomvault status`")
     except BaseException:
-        with contextlib.suppress(Exception), catalog.write() as conn:  # nobody may resume a half plan
-            conn.execute(update(t.restore_jobs).where(
-                t.restore_jobs.c.id == job_id, t.restore_jobs.c.state == "planning").values(state="superseded"))
+        with contextlib.suppress(Exception):  # nobody may resume a half plan
+            restores.supersede_unfinished_plan(catalog, job_id)
         raise
 
 
@@ -196,24 +180,15 @@ def _plan_items(catalog: "Catalog", job_id: int, selection: Selection, ordered: 
         rank = {study.pk: (index, tier) for index, (tier, study) in enumerate(chunk)}
         rows = select_instances(catalog, selection, study_pks=rank)
         rows.sort(key=lambda r: (rank[r.study_pk][0], *_instance_order(r)))
-        with catalog.write() as conn:
-            for first in range(0, len(rows), _INSERT_BATCH):
-                conn.execute(insert(t.restore_items), [
-                    dict(job_id=job_id, position=position + offset, tier=rank[row.study_pk][1],
-                         study_uid=row.study_uid, sop_instance_uid=row.sop_instance_uid,
-                         sop_class_uid=row.sop_class_uid, object_id=row.object_id, sha256=row.sha256,
-                         transfer_syntax_uid=row.transfer_syntax_uid, size=row.size_original, state="pending")
-                    for offset, row in enumerate(rows[first:first + _INSERT_BATCH], start=first)])
-            conn.execute(update(t.restore_jobs).where(t.restore_jobs.c.id == job_id)
-                         .values(heartbeat_at=time.time()))
+        restores.add_planned_items(catalog, job_id, (
+            (position + offset, rank[row.study_pk][1], row) for offset, row in enumerate(rows)))
         position += len(rows)
         size += sum(r.size_original for r in rows)
     return position, size
 
 
 def load_job(catalog: "Catalog", job_id: int) -> JobRow:
-    with catalog.read() as conn:
-        row = conn.execute(select(t.restore_jobs).where(t.restore_jobs.c.id == job_id)).first()
+    row = restores.job_row(catalog, job_id)
     if row is None:
         raise RestoreError(f"there is no restore job {job_id}; `dicomvault status --json` lists the jobs")
     return JobRow(row.id, row.kind, row.peer, row.destination, Selection.from_json(row.selection), row.ordering,
@@ -222,43 +197,22 @@ def load_job(catalog: "Catalog", job_id: int) -> JobRow:
 
 def latest_job_for(catalog: "Catalog", kind: str, peer: str, selection: Selection) -> JobRow | None:
     """The newest job of this kind to this peer with exactly this selection (not superseded)."""
-    with catalog.read() as conn:
-        job_id = conn.execute(
-            select(t.restore_jobs.c.id)
-            .where(t.restore_jobs.c.kind == kind, t.restore_jobs.c.peer == peer,
-                   t.restore_jobs.c.selection == selection.to_json(),
-                   t.restore_jobs.c.state.notin_(("superseded", "planning")))
-            .order_by(t.restore_jobs.c.id.desc()).limit(1)
-        ).scalar()
-    return load_job(catalog, int(job_id)) if job_id is not None else None
+    job_id = restores.latest_job_id(catalog, kind, peer, selection.to_json())
+    return load_job(catalog, job_id) if job_id is not None else None
 
 
 def planning_jobs(catalog: "Catalog", kind: str, peer: str, selection: Selection) -> list[int]:
     """Jobs of this same request still ``planning`` (at work, or abandoned by a dead planner)."""
-    with catalog.read() as conn:
-        return [int(job_id) for job_id in conn.execute(
-            select(t.restore_jobs.c.id).where(
-                t.restore_jobs.c.kind == kind, t.restore_jobs.c.peer == peer,
-                t.restore_jobs.c.selection == selection.to_json(), t.restore_jobs.c.state == "planning")
-        ).scalars()]
+    return restores.planning_job_ids(catalog, kind, peer, selection.to_json())
 
 
 def supersede(catalog: "Catalog", job_id: int) -> None:
-    with catalog.write() as conn:
-        conn.execute(update(t.restore_jobs).where(t.restore_jobs.c.id == job_id).values(state="superseded"))
+    restores.supersede_job(catalog, job_id)
 
 
 def requeue_failed(catalog: "Catalog", job_id: int) -> int:
     """Put a job's failed instances back in the queue (after fixing the PACS side); returns how many."""
-    with catalog.write() as conn:
-        count = conn.execute(
-            update(t.restore_items).where(t.restore_items.c.job_id == job_id, t.restore_items.c.state == "failed")
-            .values(state="pending", status=None, detail=None, run=None, finished_at=None)
-        ).rowcount
-        if count:
-            conn.execute(update(t.restore_jobs).where(t.restore_jobs.c.id == job_id)
-                         .values(state="active", finished_at=None))
-    return int(count or 0)
+    return restores.requeue_failed_items(catalog, job_id)
 
 
 # --- progress and reports ------------------------------------------------------------------------
@@ -332,16 +286,9 @@ def job_progress(catalog: "Catalog", job_id: int, now: float | None = None,
     """Counts from the item rows, the derived state, throughput and an ETA. ``lock_dir``
     (the archive's ``locks`` folder) tells a killed runner from a live one at once."""
     now = time.time() if now is None else now
-    items = t.restore_items
-    with catalog.read() as conn:
-        job = conn.execute(select(t.restore_jobs).where(t.restore_jobs.c.id == job_id)).first()
-        if job is None:
-            raise RestoreError(f"there is no restore job {job_id}")
-        tiers = conn.execute(
-            select(items.c.tier, items.c.state, func.count(), func.coalesce(func.sum(items.c.size), 0),
-                   func.sum(case((items.c.sent_syntax.is_not(None), 1), else_=0)))
-            .where(items.c.job_id == job_id).group_by(items.c.tier, items.c.state)
-        ).all()
+    job, tiers = restores.job_with_item_counts(catalog, job_id)
+    if job is None:
+        raise RestoreError(f"there is no restore job {job_id}")
     by_state = {"pending": 0, "sent": 0, "failed": 0}
     bytes_sent, transcoded = 0, 0
     tier_rows: dict[int, dict[str, Any]] = {}
@@ -379,41 +326,23 @@ def job_progress(catalog: "Catalog", job_id: int, now: float | None = None,
 
 def job_failures(catalog: "Catalog", job_id: int, limit: int | None = None) -> list[dict[str, Any]]:
     """Every failed instance with the DICOM status the peer gave (None: never got that far) and why."""
-    items = t.restore_items
-    query = (select(items.c.sop_instance_uid, items.c.study_uid, items.c.sop_class_uid, items.c.transfer_syntax_uid,
-                    items.c.status, items.c.detail)
-             .where(items.c.job_id == job_id, items.c.state == "failed").order_by(items.c.position))
-    if limit is not None:
-        query = query.limit(limit)
-    with catalog.read() as conn:
-        return [{"sop_instance_uid": r.sop_instance_uid, "study_uid": r.study_uid, "sop_class_uid": r.sop_class_uid,
-                 "transfer_syntax_uid": r.transfer_syntax_uid,
-                 "status": f"0x{r.status:04X}" if r.status is not None else None, "reason": r.detail or ""}
-                for r in conn.execute(query)]
+    return [{"sop_instance_uid": r.sop_instance_uid, "study_uid": r.study_uid, "sop_class_uid": r.sop_class_uid,
+             "transfer_syntax_uid": r.transfer_syntax_uid,
+             "status": f"0x{r.status:04X}" if r.status is not None else None, "reason": r.detail or ""}
+            for r in restores.failed_items(catalog, job_id, limit)]
 
 
 def job_transcoded(catalog: "Catalog", job_id: int, limit: int = 1000) -> list[dict[str, str]]:
-    items = t.restore_items
-    with catalog.read() as conn:
-        return [{"sop_instance_uid": r.sop_instance_uid, "stored": r.transfer_syntax_uid, "sent": r.sent_syntax}
-                for r in conn.execute(select(items.c.sop_instance_uid, items.c.transfer_syntax_uid, items.c.sent_syntax)
-                                      .where(items.c.job_id == job_id, items.c.sent_syntax.is_not(None))
-                                      .order_by(items.c.position).limit(limit))]
+    return [{"sop_instance_uid": r.sop_instance_uid, "stored": r.transfer_syntax_uid, "sent": r.sent_syntax}
+            for r in restores.transcoded_items(catalog, job_id, limit)]
 
 
 def recent_jobs(catalog: "Catalog", within_seconds: float = 7 * 24 * 3600, limit: int = 10,
                 now: float | None = None, lock_dir: Path | None = None) -> list[dict[str, Any]]:
     """Unfinished jobs and those finished recently, newest first (for status and the API)."""
     now = time.time() if now is None else now
-    jobs = t.restore_jobs
-    with catalog.read() as conn:
-        ids = conn.execute(
-            select(jobs.c.id).where(jobs.c.state != "superseded")
-            .where((jobs.c.state == "active") | (jobs.c.finished_at >= now - within_seconds)
-                   | ((jobs.c.state == "planning") & (jobs.c.created_at >= now - within_seconds)))
-            .order_by(jobs.c.id.desc()).limit(limit)
-        ).scalars().all()
-    return [job_progress(catalog, int(job_id), now, lock_dir) for job_id in ids]
+    ids = restores.recent_job_ids(catalog, now - within_seconds, limit)
+    return [job_progress(catalog, job_id, now, lock_dir) for job_id in ids]
 
 
 def lock_dir(settings: Any) -> Path:
