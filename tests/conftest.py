@@ -5,6 +5,7 @@ Readiness is awaited by polling the real service (C-ECHO / HTTP), never by sleep
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -327,3 +328,13 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 def remount(mountpoint: Path, mode: str) -> None:
     run = subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)], capture_output=True, text=True)
     assert run.returncode == 0, f"remount {mode} failed: {run.stderr}"
+
+
+def blob(seed: str, size: int = 4096) -> bytes:
+    """Deterministic pseudo-random bytes (sealed objects look random too)."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])

@@ -29,23 +29,13 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Vault, free_port, make_vault, wait_until
+from conftest import Vault, blob, free_port, make_vault, wait_until
 from s3server import S3Server, s3_server, unique_bucket_name  # noqa: F401 - fixtures
 
 from dicomvault.sites import Capabilities, ObjectExists, ObjectRetention, Site, SiteError, open_site
 from dicomvault.sites.registry import BACKENDS as SCHEMES
 
 SITES = Path(__file__).resolve().parents[1] / "src" / "dicomvault" / "sites"
-
-
-def blob(seed: str, size: int = 4096) -> bytes:
-    """Deterministic pseudo-random bytes (sealed objects look random too)."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
 
 
 def name_of(data: bytes, salt: str = "") -> str:

@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 
 from dicomvault.sites import SiteError
 from dicomvault.sites.s3 import S3Site
+from conftest import blob
 from s3server import (  # noqa: F401 - fixtures
     ACCESS_KEY,
     SECRET_KEY,
@@ -31,16 +32,6 @@ from s3server import (  # noqa: F401 - fixtures
     s3_server_factory,
     unique_bucket_name,
 )
-
-
-def blob(seed: str, size: int = 4096) -> bytes:
-    """Deterministic pseudo-random bytes (sealed objects look random too)."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
 
 
 def name_of(data: bytes) -> str:
