@@ -137,9 +137,11 @@ class StoreRequestor:
     # --- C-STORE ------------------------------------------------------------------------
 
     def store(self, sop_class: str, sop_instance: str, syntax: str, dataset: bytes,
-              originator: tuple[str, int] | None = None) -> tuple[int, str]:
+              originator: tuple[str, int] | None = None) -> tuple[int | None, str]:
         """Send one dataset as-is; returns (DIMSE status, Error Comment). ``originator`` is the
-        C-MOVE requestor's (AE title, message id) when this is a move sub-operation."""
+        C-MOVE requestor's (AE title, message id) when this is a move sub-operation. The status
+        is None when the response had no Status element: a protocol error, never a success
+        (``peers/status.py`` judges every status)."""
         try:
             return self._store(sop_class, sop_instance, syntax, dataset, originator)
         except (OSError, ConnectionError, pdu.ProtocolError):
@@ -147,7 +149,7 @@ class StoreRequestor:
             return self._store(sop_class, sop_instance, syntax, dataset, originator)
 
     def _store(self, sop_class: str, sop_instance: str, syntax: str, dataset: bytes,
-               originator: tuple[str, int] | None) -> tuple[int, str]:
+               originator: tuple[str, int] | None) -> tuple[int | None, str]:
         context = self._context_for(sop_class, syntax)
         assert self._sock is not None
         self._message_id = self._message_id % 65535 + 1
@@ -182,6 +184,6 @@ class StoreRequestor:
             reply = pdu.decode_command(bytes(buffer))
             buffer.clear()
             if pdu.command_us(reply, pdu.TAG_COMMAND_FIELD) == pdu.C_STORE_RSP:
-                status = pdu.command_us(reply, pdu.TAG_STATUS) or 0
+                status = pdu.command_us(reply, pdu.TAG_STATUS)  # None: no Status element
                 comment = reply.get(pdu.TAG_ERROR_COMMENT, b"").decode("ascii", "replace").strip("\x00 ")
                 return status, comment
