@@ -9,7 +9,6 @@ import abc
 import builtins
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
 from urllib.parse import urlparse
 
 # Catalog snapshot names sort by time: ``catalog-20261123T101500.123Z-1a2b3c4d`` (UTC, to the
@@ -101,12 +100,8 @@ class Site(abc.ABC):
         """Remove an unacknowledged object that ``recover`` returned but that failed to open."""
 
 
-def open_site(url: str, options: Mapping[str, object] | None = None, opener: Any = None) -> Site:
-    """The backend for ``url``; ``options`` are the backend's settings from the site's table.
-
-    ``opener`` (sealed bytes -> metadata, original bytes) is needed only by ``dicom://``,
-    the one target that receives plaintext.
-    """
+def open_site(url: str, options: Mapping[str, object] | None = None) -> Site:
+    """The backend for ``url``; ``options`` are the backend's settings from the site's table."""
     scheme = urlparse(url).scheme
     options = dict(options or {})
     if scheme == "file":
@@ -123,8 +118,5 @@ def open_site(url: str, options: Mapping[str, object] | None = None, opener: Any
         from .vault import VaultSite
 
         return VaultSite.from_url(url, options)
-    if scheme == "dicom":
-        from .dicom import DicomSite
-
-        return DicomSite.from_url(url, options, opener)
-    raise SiteError(f"unsupported site URL {url!r}: supported schemes are file://, s3://, vault:// and dicom://")
+    raise SiteError(f"unsupported site URL {url!r}: supported schemes are file://, s3:// and vault://"
+                    + (" (a dicom:// PACS is a replication target, not a site)" if scheme == "dicom" else ""))
