@@ -352,11 +352,17 @@ def test_journal_when_declared(case: Case) -> None:
     assert case.reopen().get(name) == data
 
 
-def test_off_site_backends_never_see_plaintext(case: Case) -> None:
-    """Promise 5: only a PACS target (dicom://) may be handed plaintext."""
-    assert case.site.capabilities.plaintext is False
+def test_capabilities_are_declared_by_the_backend_class(case: Case) -> None:
     assert isinstance(case.site.capabilities, Capabilities)
-    assert type(case.site).capabilities == case.site.capabilities  # declared by the class itself
+    assert type(case.site).capabilities == case.site.capabilities
+
+
+def test_a_pacs_is_not_a_site() -> None:
+    """Promise 5: a site is handed sealed bytes only; a dicom:// PACS, which must be sent
+    plaintext, is a replication target in peers/ and cannot be opened as a site."""
+    assert "dicom" not in SCHEMES
+    with pytest.raises(SiteError, match="replication target, not a site"):
+        open_site("dicom://PACS@127.0.0.1:104")
 
 
 # -- failures ----------------------------------------------------------------------------------

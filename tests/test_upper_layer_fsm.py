@@ -33,7 +33,7 @@ from dicomvault.net.fsm import (
     Machine,
     State,
 )
-from dicomvault.net.requestor import AssociationRejected, StoreRequestor
+from dicomvault.net.requestor import AssociationRejected, MissingStatus, StoreRequestor
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 VERIFICATION = "1.2.840.10008.1.1"
@@ -548,10 +548,13 @@ def test_a_broken_response_is_aborted_never_taken_for_success(reply: str) -> Non
         assert closed_by_peer(conn)
         return pdu.parse_abort(body)
 
-    peer = RawPeer(script, connections=2)
-    with pytest.raises(pdu.ProtocolError):
+    # A missing Status is the peer's answer, only malformed: aborted, not sent again (the sender
+    # records the instance as failed). A PDU out of place may be a stale association: one retry.
+    attempts = 1 if reply == "no status" else 2
+    peer = RawPeer(script, connections=attempts)
+    with pytest.raises(MissingStatus if reply == "no status" else pdu.ProtocolError):
         requestor(peer).store(CT, "1.2.3.4", IMPLICIT, b"\x00\x00")
-    assert peer.finish() == [(2, 2), (2, 2)]  # service-provider A-ABORT on both attempts
+    assert peer.finish() == [(2, 2)] * attempts  # service-provider A-ABORT on each attempt
 
 
 def test_a_peer_releasing_while_we_await_the_response_gets_its_release_rp() -> None:

@@ -99,8 +99,7 @@ def serve(config: ConfigOption = None) -> None:
     settings = archive.settings
     from dicomvault.replicate.service import ReplicationService
 
-    replication = ReplicationService(settings, archive.catalog, archive.site, archive.repository.open_blob,
-                                     archive.repository)
+    replication = ReplicationService(settings, archive.catalog, archive.site, archive.repository)
     archive.replication = replication
     archive.ingestor.on_stored.append(replication.notify)
     # --- storage commitment SCP (ingest/commitment.py): N-ACTION handler + background evaluator ---

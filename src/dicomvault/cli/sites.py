@@ -69,7 +69,7 @@ def add_site(
     no_test: Annotated[bool, typer.Option("--no-test", help="Add it even if it does not answer now")] = False,
 ) -> None:
     """Add a replica site to the configuration after checking it answers."""
-    from dicomvault.sites import open_site
+    from dicomvault.replicate.targets import SiteTarget, open_target
 
     path = resolve_config_path(config)
     settings = load_settings(path)
@@ -99,8 +99,8 @@ def add_site(
     path.write_text(original.rstrip("\n") + "\n" + "\n".join(lines) + "\n", encoding="utf-8")
     try:
         added = next(r for r in load_settings(path).replicas if r.name == name)
-        site = open_site(added.url, added.option_map)
-        health = site.health()
+        target = open_target(added)  # a PACS needs no key to answer a C-ECHO
+        health = target.health()
         if not health.get("ok") and not no_test:
             raise SitesFailure(f"site {name} does not answer: {health.get('error')}; fix it or add with --no-test")
     except (SitesFailure, ConfigError, Exception) as exc:
@@ -108,7 +108,7 @@ def add_site(
         if isinstance(exc, SitesFailure):
             raise
         raise SitesFailure(f"site {name} not added: {exc}") from exc
-    if url.startswith("dicom://"):
+    if not isinstance(target, SiteTarget):
         out.print("[bold yellow]WARNING:[/bold yellow] a dicom:// site receives DECRYPTED images (a PACS must read "
                   "them). Use it only for a destination trusted with patient data; it is not an encrypted copy.")
     out.print(f"added site {name} ({added.url}); restart `dicomvault serve` to start copying "
@@ -117,7 +117,8 @@ def add_site(
 
 @sites_app.command("test")
 def test_site(name: Annotated[str, typer.Argument()], config: ConfigOption = None) -> None:
-    """Check a site answers (health probe and a listing)."""
+    """Check a site answers (health probe and a listing; a dicom:// PACS: C-ECHO only)."""
+    from dicomvault.replicate.targets import SiteTarget, open_target
     from dicomvault.sites import open_site
 
     settings = load_settings(config)
@@ -127,7 +128,15 @@ def test_site(name: Annotated[str, typer.Argument()], config: ConfigOption = Non
         replica = next((r for r in settings.replicas if r.name == name), None)
         if replica is None:
             raise SitesFailure(f"no site named {name!r}; see `dicomvault sites list`")
-        site = open_site(replica.url, replica.option_map)
+        target = open_target(replica)
+        if not isinstance(target, SiteTarget):
+            health = target.health()
+            if not health.get("ok"):
+                raise SitesFailure(f"{name} does not answer: {health.get('error')}")
+            out.print(f"{name} answers a C-ECHO ({target.url}); it is a PACS: it receives decrypted images and "
+                      "cannot be listed")
+            return
+        site = target.site
     health = site.health()
     if not health.get("ok"):
         raise SitesFailure(f"site {name} does not answer: {health.get('error')}")

@@ -195,10 +195,11 @@ class Operation:
             self.finished = True
         self._send(pdu.message(self.context_id, pdu.encode_command(elements), identifier, self.assoc.peer_max_pdu))
 
-    def store(self, context_id: int, sop_class: str, sop_instance: str, dataset: bytes) -> tuple[int, str]:
+    def store(self, context_id: int, sop_class: str, sop_instance: str, dataset: bytes) -> tuple[int | None, str]:
         """A C-GET sub-operation: C-STORE ``dataset`` (as stored) to the requestor on this
         association and read its response here (``_read_command``; the socket's timeout is
-        the network timeout). Returns (status, Error Comment)."""
+        the network timeout). Returns (status, Error Comment); status None when the response
+        had no Status element (a protocol error, never a success: ``peers/status.py``)."""
         self._sub_message_id = self._sub_message_id % 0xFFFF + 1
         command = pdu.encode_command({
             pdu.TAG_AFFECTED_SOP_CLASS: pdu.uid_value(sop_class),
@@ -215,7 +216,7 @@ class Operation:
                 continue  # a C-CANCEL, already noted
             if pdu.command_us(reply, pdu.TAG_MESSAGE_ID_RESPONDED) != self._sub_message_id:
                 continue  # a late answer to an earlier sub-operation
-            status = pdu.command_us(reply, pdu.TAG_STATUS) or 0
+            status = pdu.command_us(reply, pdu.TAG_STATUS)  # None: no Status element
             return status, reply.get(pdu.TAG_ERROR_COMMENT, b"").decode("ascii", "replace").strip("\x00 ")
 
     # --- direct reads (C-GET): the operation's thread reads the peer's answers itself -------

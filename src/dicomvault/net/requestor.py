@@ -27,6 +27,11 @@ CONTEXT_RESULTS = {  # PS3.8 9.3.3.2, A-ASSOCIATE-AC presentation context result
 }
 
 
+class MissingStatus(pdu.ProtocolError):
+    """A C-STORE-RSP without its mandatory Status (PS3.7 9.3.1.2): the association is aborted
+    and the instance is not taken as stored; it is not resent (the peer answered, badly)."""
+
+
 class AssociationRejected(Exception):
     """The peer refused the association or the presentation context we need."""
 
@@ -229,6 +234,8 @@ class StoreRequestor:
         C-MOVE requestor's (AE title, message id) when this is a move sub-operation."""
         try:
             return self._store(sop_class, sop_instance, syntax, dataset, originator)
+        except MissingStatus:
+            raise
         except (OSError, ConnectionError, pdu.ProtocolError):
             self.close()  # a stale kept-open association: one fresh try
             return self._store(sop_class, sop_instance, syntax, dataset, originator)
@@ -294,6 +301,6 @@ class StoreRequestor:
             return None
         status = pdu.command_us(reply, pdu.TAG_STATUS)
         if status is None:  # Status is mandatory (PS3.7 9.3.1.2): never take its absence for success
-            raise pdu.ProtocolError("C-STORE-RSP without a Status")
+            raise MissingStatus("C-STORE-RSP without a Status")
         comment = reply.get(pdu.TAG_ERROR_COMMENT, b"").decode("ascii", "replace").strip("\x00 ")
         return status, comment

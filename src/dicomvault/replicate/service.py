@@ -1,4 +1,4 @@
-"""All replica sites of one archive: builds a ``SiteReplicator`` per configured site.
+"""All replica targets of one archive: builds a ``SiteReplicator`` per configured site or PACS.
 
 Runs inside ``dicomvault serve``. Sites configured after objects were stored are owed a
 copy of every existing object at start-up, so adding a site backfills it.
@@ -13,9 +13,10 @@ from typing import Any
 from dicomvault.archive.copies import owed_sites
 from dicomvault.config import ReplicaSiteSettings, Settings
 from dicomvault.catalog import Catalog
-from dicomvault.sites import Site, open_site
+from dicomvault.sites import Site
 
 from .outbox import Outbox
+from .targets import SiteTarget, open_target
 from .worker import Limiter, SiteReplicator
 
 log = logging.getLogger(__name__)
@@ -41,22 +42,23 @@ class _ReadThrough:
 
 
 class ReplicationService:
-    def __init__(self, settings: Settings, catalog: Catalog, primary: Site, opener: Any = None,
-                 repository: Any = None) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog, primary: Site, repository: Any = None) -> None:
+        """``repository``: the archive's, read through for sources and opened by a ``dicom://``
+        target (the one kind that decrypts, through the repository's SHA-256 gate)."""
         self.outbox = Outbox(catalog)
         self.catalog = catalog
         self.replicators: dict[str, SiteReplicator] = {}
         by_name = {replica.name: replica for replica in settings.replicas}
         for replica in (by_name[name] for name in owed_sites(settings)):
-            site = open_site(replica.url, replica.option_map, opener)
-            if site.capabilities.plaintext:
-                log.warning("site %s (%s) receives PLAINTEXT images: it must itself be trusted with patient data",
+            target = open_target(replica, repository)
+            if not isinstance(target, SiteTarget):
+                log.warning("target %s (%s) receives PLAINTEXT images: it must itself be trusted with patient data",
                             replica.name, replica.url)
             # With the repository, an object the primary lacks (refilling after a rebuild) is
             # copied from another replica's verified copy instead of failing until the refill.
             source = primary if repository is None else _ReadThrough(repository, replica.name)
             self.replicators[replica.name] = SiteReplicator(
-                replica.name, site, source, self.outbox, workers=replica.workers,
+                replica.name, target, source, self.outbox, workers=replica.workers,
                 max_attempts=replica.max_attempts, limiter=build_limiter(replica),
             )
 

@@ -1,4 +1,4 @@
-"""Workers that drain the outbox of one replica site.
+"""Workers that drain the outbox of one replica site or PACS target (``targets.py``).
 
 Each site gets its own small pool of threads, a shared rate limiter and a circuit breaker:
 when the site itself is unreachable (its health probe fails), the pool pauses and probes
@@ -6,13 +6,12 @@ with backoff instead of burning every object's retry budget, then makes everythi
 owed due at once when the site comes back. Failures of a single object (the site is fine)
 back off exponentially with jitter and dead-letter after ``max_attempts``, with an alert.
 
-Copies are verified before they count: by the checksum the site computed on arrival when
-the backend reports one (S3's SHA-256), otherwise by reading the object back.
+Copies are verified before they count: the target's ``deliver`` returns only once it has
+proved the copy (a site by checksum or read-back, a PACS by its C-STORE status).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import threading
@@ -22,9 +21,10 @@ from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge
 
-from dicomvault.sites import Site, SiteError
+from dicomvault.sites import SiteError
 
 from .outbox import CopyTask, Outbox
+from .targets import CopyTarget
 
 log = logging.getLogger(__name__)
 
@@ -55,27 +55,6 @@ def backoff_delay(attempts: int, rng: random.Random) -> float:
     return step * (0.5 + rng.random() / 2)
 
 
-class VerificationFailed(SiteError):
-    """What the site holds is not what was sent."""
-
-
-def verify_copy(site: Site, name: str, blob: bytes) -> str:
-    """Prove the site holds exactly ``blob``; returns how it was checked."""
-    expected = hashlib.sha256(blob).hexdigest()
-    remote = site.checksum_sha256(name)  # None: the site cannot vouch for it, read it back
-    if remote is not None:
-        if remote != expected:
-            raise VerificationFailed(f"checksum mismatch on {site.url}: site reports {remote[:16]}..., sent {expected[:16]}...")
-        return "checksum"
-    try:
-        held = site.get(name)
-    except KeyError as exc:
-        raise VerificationFailed(f"object {name} is missing on {site.url} right after upload") from exc
-    if hashlib.sha256(held).hexdigest() != expected:
-        raise VerificationFailed(f"read-back of {name} from {site.url} differs from what was sent")
-    return "read-back"
-
-
 class SealedSource(Protocol):
     """Where a replicator reads the sealed bytes it copies: the primary site, or
     ``Repository.sealed`` (the primary, else a verified replica copy)."""
@@ -86,11 +65,11 @@ class SealedSource(Protocol):
 class SiteReplicator:
     """Drains one site's outbox with ``workers`` threads."""
 
-    def __init__(self, name: str, site: Site, primary: "SealedSource", outbox: Outbox, *, workers: int = 2,
+    def __init__(self, name: str, target: CopyTarget, primary: "SealedSource", outbox: Outbox, *, workers: int = 2,
                  max_attempts: int = 8, limiter: Limiter | None = None, batch: int = 64,
                  seed: int | None = None, on_dead: Callable[[str, CopyTask, str], None] | None = None) -> None:
         self.name = name
-        self.site = site
+        self.target = target
         self.primary = primary
         self.outbox = outbox
         self.workers = workers
@@ -130,6 +109,7 @@ class SiteReplicator:
         for thread in self._threads:
             thread.join(timeout=timeout)
         self._commit_verified()
+        self.target.close()
 
     def notify(self) -> None:
         """New copies are owed (an ingest committed): wake an idle worker now."""
@@ -185,15 +165,12 @@ class SiteReplicator:
             return False
         try:
             self.limiter.acquire(len(blob))
-            self.site.put_if_absent(task.object_id, blob)
-            self.site.flush()
-            verify_copy(self.site, task.object_id, blob)
+            self.target.deliver(task.object_id, blob)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded and retried
             health = self._health()
             self._fail(task, f"{type(exc).__name__}: {exc}", site_fault=not health.get("ok", False),
                        health_error=str(health.get("error") or ""))
             return False
-        self.site.release_intents([task.object_id])
         with self._lock:
             self._verified.append(task.object_id)
             self.copied_objects += 1
@@ -205,7 +182,7 @@ class SiteReplicator:
 
     def _health(self) -> dict[str, object]:
         try:
-            return self.site.health()
+            return self.target.health()
         except Exception as exc:  # noqa: BLE001
             return {"ok": False, "error": str(exc)}
 

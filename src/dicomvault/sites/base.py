@@ -53,9 +53,6 @@ class Capabilities:
     # Objects can be kept under retention (Object Lock): ``get_with_retention`` reports it and
     # ``extend_retention`` lengthens it; ``object_lock_days`` > 0 sets it on every write.
     object_lock: bool = False
-    # Receives PLAINTEXT (a PACS): it gets the opener, and must itself be trusted with patient
-    # data. Never true for an off-site copy (promise 5).
-    plaintext: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,7 @@ class ObjectRetention:
 
 class Site(abc.ABC):
     url: str
-    # Declared per backend class; not a ClassVar, so an instance may be told more (registry.py).
+    # Declared per backend class.
     capabilities: Capabilities = Capabilities()
     object_lock_days: int = 0  # days each new object is locked for (object_lock sites), 0: none
 

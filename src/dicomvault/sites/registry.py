@@ -11,18 +11,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlparse
 
-from .base import Capabilities, Site, SiteError
+from .base import Site, SiteError
 
 
 @dataclass(frozen=True)
 class Backend:
     target: str  # "package.module:Class", a Site subclass with from_url(url, options)
-    # Told to the site when its class does not declare them itself (dicom.py, being moved
-    # out of sites/: until then the registry says it sees plaintext and vouches by checksum).
-    capabilities: Capabilities | None = None
 
     def load(self) -> type[Site]:
         module, _, name = self.target.partition(":")
@@ -36,28 +32,15 @@ BACKENDS: dict[str, Backend] = {
     "file": Backend("dicomvault.sites.file:FileSite"),
     "s3": Backend("dicomvault.sites.s3:S3Site"),
     "vault": Backend("dicomvault.sites.vault:VaultSite"),
-    "dicom": Backend("dicomvault.sites.dicom:DicomSite", Capabilities(checksums=True, plaintext=True)),
 }
 
 
-def open_site(url: str, options: Mapping[str, object] | None = None, opener: Any = None) -> Site:
-    """The backend for ``url``; ``options`` are the backend's settings from the site's table.
-
-    ``opener`` (sealed bytes -> metadata, original bytes) goes only to a plaintext site
-    (``dicom://``), the one kind of target that must decrypt.
-    """
+def open_site(url: str, options: Mapping[str, object] | None = None) -> Site:
+    """The backend for ``url``; ``options`` are the backend's settings from the site's table."""
     scheme = urlparse(url).scheme
     backend = BACKENDS.get(scheme)
     if backend is None:
         known = ", ".join(f"{name}://" for name in BACKENDS)
-        raise SiteError(f"unsupported site URL {url!r}: supported schemes are {known}")
-    cls = backend.load()
-    capabilities = backend.capabilities or cls.capabilities
-    site: Site
-    if capabilities.plaintext:
-        site = cls.from_url(url, dict(options or {}), opener)  # type: ignore[call-arg]
-    else:
-        site = cls.from_url(url, dict(options or {}))
-    if backend.capabilities is not None:
-        site.capabilities = backend.capabilities
-    return site
+        hint = " (a dicom:// PACS is a replication target, not a site)" if scheme == "dicom" else ""
+        raise SiteError(f"unsupported site URL {url!r}: supported schemes are {known}{hint}")
+    return backend.load().from_url(url, dict(options or {}))

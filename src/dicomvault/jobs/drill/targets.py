@@ -1,5 +1,6 @@
 """Where a restore drill restores to: a scratch folder (the file written, then read back from
-disk and hashed: byte for byte) or a test PACS over C-STORE (success status or failure).
+disk and hashed: byte for byte) or a test PACS over C-STORE (stored, possibly with a warning,
+or failed, as ``peers/status.py`` rules).
 
 Both receive the original Part-10 bytes already authenticated and SHA-256-checked against
 the catalog, and answer with the problem, or None when the instance arrived intact.
@@ -8,19 +9,19 @@ the catalog, and answer with the problem, or None when the instance arrived inta
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from dicomvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from dicomvault.net import pdu
-from dicomvault.net.requestor import AssociationRejected, StoreRequestor
+from dicomvault.peers.sender import PeerLost, StoreSender
 
 if TYPE_CHECKING:
     from dicomvault.catalog.retrieval import RetrievalItem
     from dicomvault.config import PeerSettings, Settings
 
+log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^0-9A-Za-z.]")
 
 
@@ -61,43 +62,39 @@ class ScratchTarget:
 
 
 class PeerTarget:
-    """C-STORE to a ``[peers.NAME]`` test PACS over one association, the stored data set
-    unchanged in its stored transfer syntax (a drill never transcodes: it proves the bytes)."""
+    """C-STORE to a ``[peers.NAME]`` test PACS over one association (``peers/sender.py``), the
+    stored data set unchanged in its stored transfer syntax (a drill never transcodes: it proves
+    the bytes). A warning status means stored (``peers/status.py``): it passes, and is logged
+    with its code."""
 
     def __init__(self, settings: "Settings", peer: "PeerSettings", pairs: list[tuple[str, str]]) -> None:
         self.peer = peer
-        self.requestor = StoreRequestor(peer.host, peer.port, peer.ae_title, settings.dicom.ae_title,
-                                        timeout=settings.dicom.network_timeout,
-                                        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-                                        implementation_version=IMPLEMENTATION_VERSION_NAME)
+        self.sender = StoreSender.to_peer(settings, peer)
         try:
-            self.requestor.prepare(pairs)
-        except (AssociationRejected, OSError, pdu.ProtocolError) as exc:
-            self.requestor.close()
-            raise TargetLost(f"cannot associate with {self.describe()}: {exc}") from exc
+            self.sender.open(pairs, convert=False)
+        except PeerLost as exc:
+            raise TargetLost(str(exc)) from exc
 
     def describe(self) -> str:
-        return f"{self.peer.name} ({self.peer.ae_title}@{self.peer.host}:{self.peer.port})"
+        return self.sender.describe()
 
     def deliver(self, site: str, item: "RetrievalItem", original: bytes, dataset_offset: int) -> str | None:
-        syntax = item.transfer_syntax_uid
-        refused = self.requestor.refusal(item.sop_class_uid, syntax)
-        if refused is not None:
-            return (f"{self.peer.name} does not take SOP class {item.sop_class_uid} in the stored transfer syntax "
-                    f"{syntax} ({refused}); a drill sends the stored bytes unchanged")
         try:
-            status, comment = self.requestor.store(item.sop_class_uid, item.sop_instance_uid, syntax,
-                                                   original[dataset_offset:])
-        except AssociationRejected as exc:
-            return str(exc)
-        except (OSError, pdu.ProtocolError) as exc:
-            raise TargetLost(f"lost the association with {self.describe()}: {exc}") from exc
-        if status != 0x0000:
-            return f"{self.peer.name} answered C-STORE status 0x{status:04X}" + (f": {comment}" if comment else "")
-        return None
+            sent = self.sender.send(item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax_uid,
+                                    original[dataset_offset:], convert=False)
+        except PeerLost as exc:
+            raise TargetLost(str(exc)) from exc
+        result = sent.outcome
+        if result.warning:
+            log.warning("drill of site %s: %s %s", site, item.sop_instance_uid, result.detail())
+        if result.stored:
+            return None
+        if result.status is None:
+            return f"{result.describe()}; a drill sends the stored bytes unchanged"
+        return f"{self.peer.name} answered C-STORE {result.describe()}"
 
     def close(self) -> None:
-        self.requestor.close()
+        self.sender.close()
 
 
 def sha256_file(path: Path) -> str:

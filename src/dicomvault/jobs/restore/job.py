@@ -6,8 +6,8 @@ uncompressed instance re-encoded losslessly (``dicom/transcode.py``), and the it
 what it was sent as. Compressed instances are never decompressed here: they fail with the
 reason, and the report names them.
 
-Each association is one sender thread with its own lean requestor (``net/requestor.py``,
-TCP_NODELAY on); they take instances from one shared decrypt-ahead queue, so four
+Each association is one sender thread with its own ``peers/sender.py`` StoreSender (one
+status rule: ``peers/status.py``; a warning is stored, with its code recorded); they take instances from one shared decrypt-ahead queue, so four
 associations still send in urgency order. A rate limit (bytes or instances per second) is
 shared by all of them. Outcomes are recorded by the calling thread in small batches, and the
 job's heartbeat with them, so a killed job resends at most the instances acknowledged in the
@@ -28,18 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from dicomvault.audit import AuditEvent, append
 from dicomvault.catalog import restores
-from dicomvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from dicomvault.dicom.transcode import (
-    EXPLICIT_VR_LE,
-    IMPLICIT_VR_LE,
-    UNCOMPRESSED,
-    TranscodeError,
-    pick_syntax,
-    proposals,
-    transcode,
-)
-from dicomvault.net import pdu
-from dicomvault.net.requestor import AssociationRejected, StoreRequestor
+from dicomvault.peers.sender import PeerLost, StoreSender
 from dicomvault.replicate.throttle import RateLimiter, Schedule, ThrottleConfigError, parse_rate
 
 from dicomvault.archive.prefetch import Prefetcher
@@ -52,7 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})  # success, or stored with a warning
 RECORD_EVERY = 0.25  # seconds between batched outcome writes (and heartbeats)
 INSTANCE_UNIT = 1_000_000  # an instances/s limit runs the byte limiter with one instance = 1 MB
 PENDING_PAGE = 2000  # items read from the plan per query while sending
@@ -114,10 +102,6 @@ class Outcome:
     detail: str | None
     sent_syntax: str | None
     at: float
-
-
-class PeerLost(Exception):
-    """The PACS went away or refused the association: the job stops, resumable."""
 
 
 class RestoreRunner:
@@ -238,7 +222,7 @@ class RestoreRunner:
         return self.archive.repository.load_dataset(item.object_id, item.sha256)
 
     def _send_all(self, run_number: int) -> None:
-        pairs = proposals(self._pending_pairs())
+        pairs = self._pending_pairs()
         limiters = self.rate.limiters()
         # One loader thread while one or two associations send: an object opens in about a
         # millisecond against ~5 ms for the PACS to take it, and a second loader only competes
@@ -293,13 +277,14 @@ class RestoreRunner:
 
     def _sender(self, feed: Prefetcher[PlannedItem, bytes], pairs: list[tuple[str, str]],
                 limiters: list[tuple[RateLimiter, Callable[[int], int]]]) -> None:
-        settings = self.archive.settings
-        requestor = StoreRequestor(self.peer.host, self.peer.port, self.peer.ae_title, settings.dicom.ae_title,
-                                   timeout=settings.dicom.network_timeout,
-                                   implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-                                   implementation_version=IMPLEMENTATION_VERSION_NAME)
+        sender = StoreSender.to_peer(self.archive.settings, self.peer)
+
+        def pace(nbytes: int) -> None:
+            for limiter, cost in limiters:
+                limiter.acquire(cost(nbytes))
+
         try:
-            requestor.prepare(pairs)
+            sender.open(pairs)
             while not self._stop.is_set():
                 entry = feed.next_item()
                 if entry is None:
@@ -313,11 +298,8 @@ class RestoreRunner:
                     self._outcomes.put(Outcome(item, "failed", None, f"stored copy unreadable: {exc}", None,
                                                time.time()))
                     continue
-                self._outcomes.put(self._send_one(requestor, item, dataset, limiters))
+                self._outcomes.put(self._send_one(sender, item, dataset, pace))
         except PeerLost as exc:
-            self._lost.append(str(exc))
-            self._stop.set()
-        except (AssociationRejected, OSError, pdu.ProtocolError) as exc:
             self._lost.append(f"cannot send to {self.peer.name} ({self.job.destination}): {exc}")
             self._stop.set()
         except Exception as exc:  # noqa: BLE001 - a bug must stop the job loudly, not leave it hanging
@@ -325,53 +307,14 @@ class RestoreRunner:
             self._lost.append(f"internal error while sending: {type(exc).__name__}: {exc}")
             self._stop.set()
         finally:
-            requestor.close()
+            sender.close()
             self._outcomes.put(None)
 
-    def _send_one(self, requestor: StoreRequestor, item: PlannedItem, dataset: bytes,
-                  limiters: list[tuple[RateLimiter, Callable[[int], int]]]) -> Outcome:
-        candidates = (item.transfer_syntax_uid, EXPLICIT_VR_LE, IMPLICIT_VR_LE)
-        accepted = [ts for ts in candidates if requestor.accepts(item.sop_class_uid, ts)]
-        if not accepted:
-            reasons = {requestor.refusal(item.sop_class_uid, ts) for ts in candidates} - {None}
-            if reasons:
-                lossy_only = "" if item.transfer_syntax_uid in UNCOMPRESSED else (
-                    f"; it is stored as {item.transfer_syntax_uid} and is never converted with loss")
-                return Outcome(item, "failed", None, f"{self.peer.ae_title} refused SOP class {item.sop_class_uid} "
-                               f"({'; '.join(sorted(r for r in reasons if r))}){lossy_only}", None, time.time())
-            accepted = [item.transfer_syntax_uid]  # not proposed yet (over 126 pairs): negotiate it now
-        try:
-            syntax = pick_syntax(item.transfer_syntax_uid, accepted)
-            payload = transcode(dataset, item.transfer_syntax_uid, syntax)
-        except TranscodeError as exc:
-            return Outcome(item, "failed", None, str(exc), None, time.time())
-        for limiter, cost in limiters:
-            limiter.acquire(cost(len(payload)))
-        try:
-            status, comment = requestor.store(item.sop_class_uid, item.sop_instance_uid, syntax, payload)
-        except AssociationRejected as exc:
-            return Outcome(item, "failed", None, str(exc), None, time.time())
-        except (OSError, ConnectionError, pdu.ProtocolError) as exc:
-            raise PeerLost(f"lost the association with {self.peer.name} ({self.job.destination}): {exc}") from exc
-        converted = syntax if syntax != item.transfer_syntax_uid else None
-        if status in STORED_STATUSES:
-            warning = f"stored with warning 0x{status:04X} {comment}".strip() if status else None
-            return Outcome(item, "sent", status, warning, converted, time.time())
-        return Outcome(item, "failed", status, comment or _status_text(status), converted, time.time())
-
-
-def _status_text(status: int) -> str:
-    """PS3.4 Annex B C-STORE status classes, for a PACS that gave no Error Comment."""
-    if status == 0xA700 or 0xA700 <= status <= 0xA7FF:
-        return "refused: out of resources"
-    if 0xA900 <= status <= 0xA9FF:
-        return "error: data set does not match SOP class"
-    if 0xC000 <= status <= 0xCFFF:
-        return "error: cannot understand"
-    if status == 0x0122:
-        return "refused: SOP class not supported"
-    if status == 0x0124:
-        return "refused: not authorized"
-    if status == 0x0211:
-        return "unrecognized operation"
-    return "failure"
+    def _send_one(self, sender: StoreSender, item: PlannedItem, dataset: bytes,
+                  pace: Callable[[int], None]) -> Outcome:
+        """One instance, judged by ``peers/status.py``: a warning is stored (its code and comment
+        recorded as the item's detail), a failure keeps its status and the receiver's reason."""
+        sent = sender.send(item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax_uid, dataset, pace=pace)
+        result = sent.outcome
+        return Outcome(item, "sent" if result.stored else "failed", result.status, result.detail(),
+                       sent.converted_to, time.time())

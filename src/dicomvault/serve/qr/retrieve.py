@@ -6,6 +6,9 @@ uncompressed, is it re-encoded losslessly (``dicom/transcode.py``). Objects are 
 and verified against their recorded SHA-256 a few instances ahead of the network (a small
 prefetch pool), so decrypting overlaps with sending. C-MOVE destinations must be configured
 peers (``[peers.NAME]``): the archive never sends PHI to an address a request names.
+C-MOVE sends through ``peers/sender.py``; every sub-operation's C-STORE status, C-GET's
+too, is judged by ``peers/status.py``: a warning is a stored instance, counted in the
+Number of Warning Sub-operations, and makes the final status 0xB000.
 """
 
 from __future__ import annotations
@@ -16,11 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from dicomvault.catalog.retrieval import LEVEL_KEYS, RetrievalItem, retrieval_items
-from dicomvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from dicomvault.dicom.transcode import EXPLICIT_VR_LE, IMPLICIT_VR_LE, TranscodeError, pick_syntax, proposals, transcode
 from dicomvault.archive.prefetch import Prefetcher
 from dicomvault.net import pdu
-from dicomvault.net.requestor import AssociationRejected, StoreRequestor
+from dicomvault.peers.sender import PeerLost, StoreSender, payload_for
+from dicomvault.peers.status import Outcome, outcome
 
 from dicomvault.serve.qr.common import (
     CANCELLED,
@@ -84,7 +86,7 @@ class Retriever:
             self._audit(op, action, "", "refused", {"reason": str(exc)})
             return
         subject = "\\".join(keys)
-        deliver: Callable[[RetrievalItem, bytes], None]
+        deliver: Callable[[RetrievalItem, bytes], Outcome]
         if is_move:
             peer = next((p for p in self.settings.peers if p.ae_title == op.move_destination), None)
             if peer is None:
@@ -93,10 +95,7 @@ class Retriever:
                 op.respond(MOVE_DESTINATION_UNKNOWN, comment=reason)
                 self._audit(op, action, subject, "refused", {"reason": reason})
                 return
-            requestor = StoreRequestor(peer.host, peer.port, peer.ae_title, self.settings.dicom.ae_title,
-                                       timeout=self.settings.dicom.network_timeout,
-                                       implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-                                       implementation_version=IMPLEMENTATION_VERSION_NAME)
+            sender = StoreSender.to_peer(self.settings, peer)
         try:
             items = retrieval_items(self.archive.catalog, level, keys)
         except Exception as exc:  # noqa: BLE001 - the catalog is unreachable or broken
@@ -105,8 +104,8 @@ class Retriever:
             return
         if is_move:
             try:
-                deliver = self._move_sender(op, requestor, items)
-            except (AssociationRejected, OSError, pdu.ProtocolError) as exc:
+                deliver = self._move_sender(op, sender, items)
+            except PeerLost as exc:
                 reason = f"cannot reach {op.move_destination}: {exc}"
                 log.warning("C-MOVE from %s: %s", op.assoc.calling_ae, reason)
                 op.respond(SUBOPERATIONS_FAILED if items else SUCCESS, failed=len(items), completed=0, warning=0,
@@ -120,11 +119,11 @@ class Retriever:
             self._run(op, action, subject, items, deliver)
         finally:
             if is_move:
-                requestor.close()
+                sender.close()
 
     def _run(self, op: "Operation", action: str, subject: str, items: list[RetrievalItem],
-             deliver: Callable[[RetrievalItem, bytes], None]) -> None:
-        completed, failed_uids, warning = 0, [], 0
+             deliver: Callable[[RetrievalItem, bytes], Outcome]) -> None:
+        completed, failed_uids, warning, warned_uids = 0, [], 0, []
         remaining = len(items)
         outcome = "success"
         try:
@@ -141,8 +140,14 @@ class Retriever:
                         log.error("ALERT: the stored copy of %s (object %s) cannot be read back: %s",
                                   item.sop_instance_uid, item.object_id, exc)
                         raise SubOperationFailed(f"stored copy unreadable: {exc}") from exc
-                    deliver(item, dataset)
-                    completed += 1
+                    result = deliver(item, dataset)
+                    if not result.stored:
+                        raise SubOperationFailed(result.describe())
+                    if result.warning:  # stored: counted apart, as PS3.4 C.4.2/C.4.3 ask
+                        warning += 1
+                        warned_uids.append(item.sop_instance_uid)
+                    else:
+                        completed += 1
                 except SubOperationFailed as exc:
                     log.warning("C-%s sub-operation for %s failed: %s", action.upper(), item.sop_instance_uid, exc)
                     failed_uids.append(item.sop_instance_uid)
@@ -151,17 +156,19 @@ class Retriever:
                     op.respond(PENDING, remaining=remaining, completed=completed, failed=len(failed_uids),
                                warning=warning)
             if not failed_uids:
-                op.respond(SUCCESS, completed=completed, failed=0, warning=warning)
+                op.respond(WARNING_SOME_FAILED if warning else SUCCESS, completed=completed, failed=0,
+                           warning=warning)
             else:
-                outcome = "partial" if completed else "failure"
-                op.respond(WARNING_SOME_FAILED if completed else SUBOPERATIONS_FAILED,
+                outcome = "partial" if completed or warning else "failure"
+                op.respond(WARNING_SOME_FAILED if completed or warning else SUBOPERATIONS_FAILED,
                            identifier=self._failed_list(op, failed_uids), completed=completed,
                            failed=len(failed_uids), warning=warning)
         finally:
             self._audit(op, action, subject, outcome, {
-                "instances": len(items), "completed": completed, "failed": len(failed_uids),
+                "instances": len(items), "completed": completed, "failed": len(failed_uids), "warning": warning,
                 **({"destination": op.move_destination} if op.move_destination else {}),
                 **({"failed_uids": failed_uids[:50]} if failed_uids else {}),
+                **({"warning_uids": warned_uids[:50]} if warned_uids else {}),
             })
 
     def _failed_list(self, op: "Operation", uids: list[str]) -> bytes:
@@ -176,56 +183,33 @@ class Retriever:
 
     # --- C-GET: C-STOREs back on the requestor's own association ------------------------
 
-    def _get_sender(self, op: "Operation") -> Callable[[RetrievalItem, bytes], None]:
-        def deliver(item: RetrievalItem, dataset: bytes) -> None:
+    def _get_sender(self, op: "Operation") -> Callable[[RetrievalItem, bytes], Outcome]:
+        def deliver(item: RetrievalItem, dataset: bytes) -> Outcome:
             contexts = op.assoc.storage_contexts(item.sop_class_uid)
             if not contexts:
                 raise SubOperationFailed(f"{op.assoc.calling_ae} did not offer to receive {item.sop_class_uid} "
                                          "(no storage context with the SCP role)")
-            syntax = _pick_syntax(item.transfer_syntax_uid, list(contexts))
-            payload = _encode_for(item, dataset, syntax)
-            status, comment = op.store(contexts[syntax], item.sop_class_uid, item.sop_instance_uid, payload)
-            if status not in (0x0000, 0xB000, 0xB007, 0xB006):
-                raise SubOperationFailed(f"C-STORE status 0x{status:04X} {comment}".strip())
+            chosen = payload_for(item.transfer_syntax_uid, list(contexts), dataset)
+            if isinstance(chosen, Outcome):
+                return chosen
+            syntax, payload = chosen
+            return outcome(*op.store(contexts[syntax], item.sop_class_uid, item.sop_instance_uid, payload))
 
         return deliver
 
-    # --- C-MOVE: a new association to the configured destination ------------------------
+    # --- C-MOVE: a new association to the configured destination (peers/sender.py) -----
 
-    def _move_sender(self, op: "Operation", requestor: StoreRequestor,
-                     items: list[RetrievalItem]) -> Callable[[RetrievalItem, bytes], None]:
+    def _move_sender(self, op: "Operation", sender: StoreSender,
+                     items: list[RetrievalItem]) -> Callable[[RetrievalItem, bytes], Outcome]:
         if items:
-            requestor.prepare(proposals([(item.sop_class_uid, item.transfer_syntax_uid) for item in items]))
+            sender.open([(item.sop_class_uid, item.transfer_syntax_uid) for item in items])
         originator = (op.assoc.calling_ae, op.message_id)
 
-        def deliver(item: RetrievalItem, dataset: bytes) -> None:
-            offered = [ts for ts in (item.transfer_syntax_uid, EXPLICIT_VR_LE, IMPLICIT_VR_LE)
-                       if requestor.accepts(item.sop_class_uid, ts)]
-            if not offered:
-                raise SubOperationFailed(f"{op.move_destination} accepts {item.sop_class_uid} in none of "
-                                         f"{item.transfer_syntax_uid} (stored) or an uncompressed syntax")
-            syntax = _pick_syntax(item.transfer_syntax_uid, offered)
-            payload = _encode_for(item, dataset, syntax)
+        def deliver(item: RetrievalItem, dataset: bytes) -> Outcome:
             try:
-                status, comment = requestor.store(item.sop_class_uid, item.sop_instance_uid, syntax, payload,
-                                                  originator=originator)
-            except (OSError, ConnectionError, AssociationRejected, pdu.ProtocolError) as exc:
+                return sender.send(item.sop_class_uid, item.sop_instance_uid, item.transfer_syntax_uid, dataset,
+                                   originator=originator).outcome
+            except PeerLost as exc:  # the next sub-operation tries a fresh association
                 raise SubOperationFailed(f"sending to {op.move_destination} failed: {exc}") from exc
-            if status not in (0x0000, 0xB000, 0xB007, 0xB006):
-                raise SubOperationFailed(f"C-STORE status 0x{status:04X} {comment}".strip())
 
         return deliver
-
-
-def _pick_syntax(stored: str, accepted: list[str]) -> str:
-    try:
-        return pick_syntax(stored, accepted)
-    except TranscodeError as exc:
-        raise SubOperationFailed(str(exc)) from exc
-
-
-def _encode_for(item: RetrievalItem, dataset: bytes, syntax: str) -> bytes:
-    try:
-        return transcode(dataset, item.transfer_syntax_uid, syntax)
-    except TranscodeError as exc:
-        raise SubOperationFailed(str(exc)) from exc
