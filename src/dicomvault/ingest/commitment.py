@@ -68,6 +68,7 @@ SOP_INSTANCE_UID = "1.2.840.10008.1.20.1.1"  # its well-known SOP Instance
 ACTION_REQUEST_COMMITMENT = 1
 EVENT_ALL_SUCCESS = 1
 EVENT_FAILURES_EXIST = 2
+COALESCE_SECONDS = 0.1  # one evaluation per burst of wake-ups (see _evaluate_loop)
 
 # N-ACTION response statuses (PS3.7 10.1.4.1.10; Annex J defines no class-specific ones).
 STATUS_SUCCESS = 0x0000
@@ -276,6 +277,9 @@ class StorageCommitmentService:
         self._warned_undeliverable: set[int] = set()
         self._last_fingerprint: tuple[Any, ...] | None = None
         self._next_timeout: float | None = None  # when the oldest pending request times out
+        # False once an evaluation found nothing pending and no request came since: a store
+        # then wakes nobody (ingest calls ``notify`` for every instance it stores).
+        self._pending = True
 
     # --- N-ACTION -------------------------------------------------------------------------
 
@@ -341,6 +345,7 @@ class StorageCommitmentService:
                       calling_ae, calling_ae)
         log.info("storage commitment %s from %s: %d instance(s) pending", request.transaction_uid, calling_ae,
                  len(request.items))
+        self._pending = True
         self._wake_evaluator.set()
         return True
 
@@ -353,6 +358,7 @@ class StorageCommitmentService:
         """
         oldest = q.oldest_pending_received_at(conn)
         self._next_timeout = None if oldest is None else oldest + self.timeout
+        self._pending = oldest is not None  # a request submitted meanwhile has set its wake-up
         if oldest is None:
             return ("idle",)
         if now - oldest >= self.timeout:
@@ -546,8 +552,10 @@ class StorageCommitmentService:
         """Something changed (a copy verified, an instance stored): re-evaluate now.
 
         ``serve`` wires this to the replication outbox (a batch of copies verified) and to
-        the ingestor (an instance stored); nothing else needs to call it."""
-        self._wake_evaluator.set()
+        the ingestor (an instance stored); nothing else needs to call it. Cheap while no
+        request is pending, which is most of the time."""
+        if self._pending:
+            self._wake_evaluator.set()
 
     def _evaluate_loop(self) -> None:
         while not self._stop.is_set():
@@ -556,6 +564,9 @@ class StorageCommitmentService:
             except Exception as exc:  # noqa: BLE001 - catalog busy or gone: try again next round
                 log.warning("storage commitment evaluation failed: %s", exc)
             self._wake_evaluator.wait(self._until_next_evaluation())
+            # A burst of wake-ups (one per stored instance while a request is pending) makes one
+            # evaluation per COALESCE seconds, not one per instance.
+            self._stop.wait(COALESCE_SECONDS)
             self._wake_evaluator.clear()
 
     def _until_next_evaluation(self) -> float:
