@@ -123,7 +123,7 @@ class Site(abc.ABC):
         raise SiteError(f"{self.url} cannot keep objects under retention")
 
     # Encrypted catalog snapshots (jobs/rebuild/snapshot.py, ``capabilities.snapshots``), a small
-    # namespace beside the objects. Sites that cannot hold them (a PACS) keep these defaults.
+    # namespace beside the objects. Backends without ``capabilities.snapshots`` keep these defaults.
 
     def put_snapshot(self, name: str, data: bytes) -> None:
         """Durably store a sealed snapshot under a new name (names are never reused)."""
