@@ -15,7 +15,9 @@ from test_orthanc_forward import dataset_bytes, make_study
 from test_replication_file import drained, site_status
 
 
-def test_every_object_reaches_the_pacs_in_its_stored_syntax(vault: Vault, orthanc: Orthanc, tmp_path: Path) -> None:  # noqa: F811
+def test_every_object_reaches_the_pacs_in_its_stored_syntax(orthanc: Orthanc, vault: Vault, tmp_path: Path) -> None:  # noqa: F811
+    # orthanc first: torn down last, after the vault has released its kept-open association
+    # (Orthanc waits for open associations at shutdown, 20 s until the fixture kills it).
     study_uid, files = make_study(tmp_path / "study")
     orthanc.add_modality("vault", "DICOMVAULT", "127.0.0.1", vault.dicom_port)
     added = vault.cli("sites", "add", "pacs", f"dicom://{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}", "--onsite")
