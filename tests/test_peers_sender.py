@@ -294,3 +294,53 @@ def test_a_move_counts_warnings_apart_and_answers_b000(
             final.NumberOfFailedSuboperations) == (kinds.count(STORED), kinds.count(STORED_WITH_WARNING),
                                                    kinds.count(FAILED)), final
     assert sorted(pacs.received) == sorted(chosen), "every instance offered once"
+
+
+def test_a_get_counts_warnings_apart_and_answers_b000(
+        pacs: StatusPacs, template: pydicom.Dataset, tmp_path: Path) -> None:
+    """C-GET sub-operations travel back on the requester's own association, and its C-STORE
+    responses are judged by the same rule: warnings counted apart, no Status a failure."""
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
+
+    made = write_instances(template, tmp_path / "files", len(CASES))
+    chosen = assign(pacs, [uid for uid, _ in made])  # the fixture strips Status for NO_STATUS uids
+    study = str(pydicom.dcmread(tmp_path / "files" / "00.dcm", stop_before_pixels=True).StudyInstanceUID)
+    received: list[str] = []
+
+    def on_store(event: evt.Event) -> Dataset:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        received.append(uid)
+        status, comment = pacs.answers[uid]
+        answer = Dataset()
+        answer.Status = 0x0000 if status == NO_STATUS else status
+        if comment:
+            answer.ErrorComment = comment
+        return answer
+
+    vault = make_vault(tmp_path / "vault")
+    vault.start()
+    try:
+        vault.cli("import", str(tmp_path / "files"))
+        scu = AE(ae_title="GETSCU")
+        scu.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        scu.add_requested_context(CT, [ExplicitVRLittleEndian])
+        assoc = scu.associate("127.0.0.1", vault.dicom_port, ae_title=vault.ae_title,
+                              ext_neg=[build_role(CT, scp_role=True)],
+                              evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", study
+        try:
+            responses = list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
+        finally:
+            assoc.release()
+    finally:
+        vault.stop()
+    final = responses[-1][0]
+    kinds = [kind for _s, _c, kind in chosen.values()]
+    assert final.Status == 0xB000, final
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfWarningSuboperations,
+            final.NumberOfFailedSuboperations) == (kinds.count(STORED), kinds.count(STORED_WITH_WARNING),
+                                                   kinds.count(FAILED)), final
+    assert sorted(received) == sorted(chosen), "every instance offered once"
