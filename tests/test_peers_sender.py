@@ -9,9 +9,10 @@ from __future__ import annotations
 import copy
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -51,15 +52,11 @@ class StatusPacs:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-@pytest.fixture
-def pacs(monkeypatch: pytest.MonkeyPatch) -> Iterator[StatusPacs]:
-    from pynetdicom import AE, evt
-    from pynetdicom.dimse import DIMSEServiceProvider
-    from pynetdicom.dimse_primitives import C_STORE
+def store_handler(scp: StatusPacs) -> Callable[[Any], Dataset]:
+    """A pynetdicom EVT_C_STORE handler that records each instance in ``scp.received`` and
+    answers ``scp.answers[uid]`` (the ``pacs`` fixture strips Status for NO_STATUS)."""
 
-    scp = StatusPacs("STATUSPACS", free_port())
-
-    def on_store(event: evt.Event) -> Dataset:
+    def on_store(event: Any) -> Dataset:
         uid = str(event.request.AffectedSOPInstanceUID)
         with scp.lock:
             scp.received.append(uid)
@@ -69,6 +66,18 @@ def pacs(monkeypatch: pytest.MonkeyPatch) -> Iterator[StatusPacs]:
         if comment:
             answer.ErrorComment = comment
         return answer
+
+    return on_store
+
+
+@pytest.fixture
+def pacs(monkeypatch: pytest.MonkeyPatch) -> Iterator[StatusPacs]:
+    from pynetdicom import AE, evt
+    from pynetdicom.dimse import DIMSEServiceProvider
+    from pynetdicom.dimse_primitives import C_STORE
+
+    scp = StatusPacs("STATUSPACS", free_port())
+    on_store = store_handler(scp)
 
     send_msg = DIMSEServiceProvider.send_msg
 
@@ -257,19 +266,40 @@ def test_the_dicom_target_delivers_through_the_sha256_gate_and_refuses_on_failur
     assert pacs.received == [ok, warned, refused, silent], "a tampered object must never reach the PACS"
 
 
-# --- C-MOVE sub-operations count warnings apart --------------------------------------------
+# --- C-MOVE and C-GET sub-operations count warnings apart ----------------------------------
+
+
+def study_with_every_case(pacs: StatusPacs, template: pydicom.Dataset, tmp_path: Path) \
+        -> tuple[dict[str, tuple[int, str, object]], str]:
+    """One instance per CASES entry, written to ``tmp_path/files``; (chosen cases, Study UID)."""
+    made = write_instances(template, tmp_path / "files", len(CASES))
+    chosen = assign(pacs, [uid for uid, _ in made])
+    study = str(pydicom.dcmread(tmp_path / "files" / "00.dcm", stop_before_pixels=True).StudyInstanceUID)
+    return chosen, study
+
+
+def assert_counted_apart(final: Dataset, chosen: dict[str, tuple[int, str, object]]) -> None:
+    """PS3.4 C.4.2: stored-with-warning sub-operations are Warning, not Completed, and any
+    warning or failure makes the final status 0xB000."""
+    kinds = [kind for _s, _c, kind in chosen.values()]
+    assert final.Status == 0xB000, final
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfWarningSuboperations,
+            final.NumberOfFailedSuboperations) == (kinds.count(STORED), kinds.count(STORED_WITH_WARNING),
+                                                   kinds.count(FAILED)), final
+
+
+def study_query(study: str) -> Dataset:
+    query = Dataset()
+    query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", study
+    return query
 
 
 def test_a_move_counts_warnings_apart_and_answers_b000(
         pacs: StatusPacs, template: pydicom.Dataset, tmp_path: Path) -> None:
-    """PS3.4 C.4.2: stored-with-warning sub-operations are Warning, not Completed, and any
-    warning or failure makes the final status 0xB000."""
     from pynetdicom import AE
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # type: ignore[attr-defined]
 
-    made = write_instances(template, tmp_path / "files", len(CASES))
-    chosen = assign(pacs, [uid for uid, _ in made])
-    study = str(pydicom.dcmread(tmp_path / "files" / "00.dcm", stop_before_pixels=True).StudyInstanceUID)
+    chosen, study = study_with_every_case(pacs, template, tmp_path)
     vault = make_vault(tmp_path / "vault")
     add_peer(vault, "pacs", pacs.ae_title, pacs.port)
     vault.start()
@@ -279,20 +309,14 @@ def test_a_move_counts_warnings_apart_and_answers_b000(
         scu.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
         assoc = scu.associate("127.0.0.1", vault.dicom_port, ae_title=vault.ae_title)
         assert assoc.is_established
-        query = Dataset()
-        query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", study
         try:
-            responses = list(assoc.send_c_move(query, pacs.ae_title, StudyRootQueryRetrieveInformationModelMove))
+            responses = list(assoc.send_c_move(study_query(study), pacs.ae_title,
+                                               StudyRootQueryRetrieveInformationModelMove))
         finally:
             assoc.release()
     finally:
         vault.stop()
-    final = responses[-1][0]
-    kinds = [kind for _s, _c, kind in chosen.values()]
-    assert final.Status == 0xB000, final
-    assert (final.NumberOfCompletedSuboperations, final.NumberOfWarningSuboperations,
-            final.NumberOfFailedSuboperations) == (kinds.count(STORED), kinds.count(STORED_WITH_WARNING),
-                                                   kinds.count(FAILED)), final
+    assert_counted_apart(responses[-1][0], chosen)
     assert sorted(pacs.received) == sorted(chosen), "every instance offered once"
 
 
@@ -303,44 +327,23 @@ def test_a_get_counts_warnings_apart_and_answers_b000(
     from pynetdicom import AE, build_role, evt
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
 
-    made = write_instances(template, tmp_path / "files", len(CASES))
-    chosen = assign(pacs, [uid for uid, _ in made])  # the fixture strips Status for NO_STATUS uids
-    study = str(pydicom.dcmread(tmp_path / "files" / "00.dcm", stop_before_pixels=True).StudyInstanceUID)
-    received: list[str] = []
-
-    def on_store(event: evt.Event) -> Dataset:
-        uid = str(event.request.AffectedSOPInstanceUID)
-        received.append(uid)
-        status, comment = pacs.answers[uid]
-        answer = Dataset()
-        answer.Status = 0x0000 if status == NO_STATUS else status
-        if comment:
-            answer.ErrorComment = comment
-        return answer
-
+    chosen, study = study_with_every_case(pacs, template, tmp_path)
     vault = make_vault(tmp_path / "vault")
     vault.start()
     try:
         vault.cli("import", str(tmp_path / "files"))
-        scu = AE(ae_title="GETSCU")
+        scu = AE(ae_title="GETSCU")  # the requester is the receiver: same answers as the PACS
         scu.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
         scu.add_requested_context(CT, [ExplicitVRLittleEndian])
         assoc = scu.associate("127.0.0.1", vault.dicom_port, ae_title=vault.ae_title,
                               ext_neg=[build_role(CT, scp_role=True)],
-                              evt_handlers=[(evt.EVT_C_STORE, on_store)])
+                              evt_handlers=[(evt.EVT_C_STORE, store_handler(pacs))])
         assert assoc.is_established
-        query = Dataset()
-        query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", study
         try:
-            responses = list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
+            responses = list(assoc.send_c_get(study_query(study), StudyRootQueryRetrieveInformationModelGet))
         finally:
             assoc.release()
     finally:
         vault.stop()
-    final = responses[-1][0]
-    kinds = [kind for _s, _c, kind in chosen.values()]
-    assert final.Status == 0xB000, final
-    assert (final.NumberOfCompletedSuboperations, final.NumberOfWarningSuboperations,
-            final.NumberOfFailedSuboperations) == (kinds.count(STORED), kinds.count(STORED_WITH_WARNING),
-                                                   kinds.count(FAILED)), final
-    assert sorted(received) == sorted(chosen), "every instance offered once"
+    assert_counted_apart(responses[-1][0], chosen)
+    assert sorted(pacs.received) == sorted(chosen), "every instance offered once"
