@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from . import schema as t
-from .copies import in_chunks
+from .chunks import in_chunks
 
 # Request states (commitment_requests.state) and item states (commitment_items.state).
 PENDING, DECIDED, DELIVERED = "pending", "decided", "delivered"

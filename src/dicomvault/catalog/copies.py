@@ -7,21 +7,13 @@ own rows (owed, retried, dead) are ``catalog/outbox.py``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, case, func, or_, select, update
 
 from . import schema as t
-
-_IN_CHUNK = 500  # bound the number of SQL parameters per IN (...) list
-
-
-def in_chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
-    """``values`` in slices small enough for one IN (...) list on every database."""
-    for start in range(0, len(values), _IN_CHUNK):
-        yield values[start:start + _IN_CHUNK]
-
+from .chunks import in_chunks
 
 def verified_sites(conn: Connection, object_ids: Sequence[str]) -> dict[str, list[str]]:
     """Object id -> sites holding a verified copy of it (what the copy policy counts)."""

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, func, insert, select, update
 
 from . import schema as t
+from .chunks import in_chunks
 
 if TYPE_CHECKING:
     from .db import Catalog
 
-_MAX_KEYS_PER_QUERY = 500  # stay well under every database's bound-parameter limit
 
 
 # --- the drill_runs rows -------------------------------------------------------------------
@@ -115,8 +115,8 @@ def verified_on_site(catalog: "Catalog", site: str, object_ids: Iterable[str]) -
     wanted = list(object_ids)
     held: set[str] = set()
     with catalog.read() as conn:
-        for start in range(0, len(wanted), _MAX_KEYS_PER_QUERY):
+        for chunk in in_chunks(wanted):
             held.update(conn.execute(select(t.copies.c.object_id).where(
                 t.copies.c.site == site, t.copies.c.state == "verified",
-                t.copies.c.object_id.in_(wanted[start:start + _MAX_KEYS_PER_QUERY]))).scalars())
+                t.copies.c.object_id.in_(chunk))).scalars())
     return held

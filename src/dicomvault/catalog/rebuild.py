@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select, update
 
 from . import schema as t
+from .chunks import in_chunks
 
 if TYPE_CHECKING:
     from .db import Catalog
@@ -41,12 +42,12 @@ def square_copies(catalog: "Catalog", owed: list[int], held: list[int], now: flo
     """In one write transaction: copies the site lacks are owed again (retried at once), and
     copies it holds count as held, because the snapshot said what the sites held then, not now."""
     with catalog.write() as conn:
-        for start in range(0, len(owed), _IDS_PER_UPDATE):
-            conn.execute(update(t.copies).where(t.copies.c.id.in_(owed[start:start + _IDS_PER_UPDATE]))
+        for chunk in in_chunks(owed, _IDS_PER_UPDATE):
+            conn.execute(update(t.copies).where(t.copies.c.id.in_(chunk))
                          .values(state="owed", attempts=0, next_attempt_at=0.0, owed_since=now,
                                  verified_at=None, last_error="not on the site at rebuild-index"))
-        for start in range(0, len(held), _IDS_PER_UPDATE):
-            conn.execute(update(t.copies).where(t.copies.c.id.in_(held[start:start + _IDS_PER_UPDATE]))
+        for chunk in in_chunks(held, _IDS_PER_UPDATE):
+            conn.execute(update(t.copies).where(t.copies.c.id.in_(chunk))
                          .values(state="verified", copied_at=now, verified_at=None, last_error=None))
 
 

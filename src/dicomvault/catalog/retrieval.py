@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from . import schema as t
+from .chunks import in_chunks
 from .selection import latest_versions_select, number_key
 
 if TYPE_CHECKING:
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 # The attribute that names the unique key of each retrieval level (PS3.4 C.4.2.2.1).
 LEVEL_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
               "IMAGE": "SOPInstanceUID"}
-_MAX_KEYS_PER_QUERY = 500  # stay well under every database's bound-parameter limit
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ def retrieval_items(catalog: "Catalog", level: str, keys: Sequence[str]) -> list
     unique = list(dict.fromkeys(k for k in keys if k))
     items: dict[str, RetrievalItem] = {}
     with catalog.read() as conn:
-        for start in range(0, len(unique), _MAX_KEYS_PER_QUERY):
-            for row in conn.execute(base.where(column.in_(unique[start:start + _MAX_KEYS_PER_QUERY]))):
+        for chunk in in_chunks(unique):
+            for row in conn.execute(base.where(column.in_(chunk))):
                 items[row.sop_instance_uid] = RetrievalItem(
                     row.sop_instance_uid, row.sop_class_uid, row.study_uid, row.series_uid, row.object_id,
                     row.sha256, row.transfer_syntax_uid, int(row.size_original), int(row.version),

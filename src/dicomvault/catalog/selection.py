@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy import and_, func, or_, select
 
 from . import schema as t
+from .chunks import in_chunks
 
 if TYPE_CHECKING:
     from .db import Catalog
 
 _DATE = re.compile(r"\d{8}")
-_MAX_KEYS_PER_QUERY = 500  # stay well under every database's bound-parameter limit
 
 
 class SelectionError(ValueError):
@@ -141,10 +141,9 @@ def latest_versions_select(*columns: object) -> object:
     )
 
 
-def _in_chunks(column: object, values: tuple[object, ...]) -> object:
+def _in_any(column: object, values: tuple[object, ...]) -> object:
     """``column IN (...)`` split so no statement binds more than a few hundred parameters."""
-    return or_(*(column.in_(values[i:i + _MAX_KEYS_PER_QUERY])  # type: ignore[attr-defined]
-                 for i in range(0, len(values), _MAX_KEYS_PER_QUERY)))
+    return or_(*(column.in_(chunk) for chunk in in_chunks(values)))  # type: ignore[attr-defined]
 
 
 def _filtered(query: object, selection: "Selection") -> object:
@@ -156,11 +155,11 @@ def _filtered(query: object, selection: "Selection") -> object:
     if selection.until:
         query = query.where(t.studies.c.study_date <= selection.until)  # type: ignore[attr-defined]
     if selection.patients:
-        query = query.where(_in_chunks(t.patients.c.patient_id, selection.patients))  # type: ignore[attr-defined]
+        query = query.where(_in_any(t.patients.c.patient_id, selection.patients))  # type: ignore[attr-defined]
     if selection.modalities:
-        query = query.where(_in_chunks(t.series.c.modality, selection.modalities))  # type: ignore[attr-defined]
+        query = query.where(_in_any(t.series.c.modality, selection.modalities))  # type: ignore[attr-defined]
     if selection.studies:
-        query = query.where(_in_chunks(t.studies.c.study_uid, selection.studies))  # type: ignore[attr-defined]
+        query = query.where(_in_any(t.studies.c.study_uid, selection.studies))  # type: ignore[attr-defined]
     return query
 
 
@@ -193,7 +192,7 @@ def select_instances(catalog: "Catalog", selection: Selection,
         t.instances.c.instance_number, t.versions.c.received_at, t.studies.c.id.label("study_pk"),
     ), selection)
     if study_pks is not None:
-        query = query.where(_in_chunks(t.studies.c.id, tuple(study_pks)))  # type: ignore[attr-defined]
+        query = query.where(_in_any(t.studies.c.id, tuple(study_pks)))  # type: ignore[attr-defined]
     with catalog.read() as conn:
         rows = [SelectedInstance(
             r.sop_instance_uid, r.sop_class_uid, r.study_uid, r.series_uid, r.object_id, r.sha256,
