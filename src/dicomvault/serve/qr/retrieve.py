@@ -125,13 +125,13 @@ class Retriever:
              deliver: Callable[[RetrievalItem, bytes], Outcome]) -> None:
         completed, failed_uids, warning, warned_uids = 0, [], 0, []
         remaining = len(items)
-        outcome = "success"
+        audit_outcome = "success"
         try:
             for item, loading in self._prefetched(items):
                 if op.cancelled.is_set():
                     op.respond(CANCELLED, identifier=self._failed_list(op, failed_uids) if failed_uids else None,
                                remaining=remaining, completed=completed, failed=len(failed_uids), warning=warning)
-                    outcome = "cancelled"
+                    audit_outcome = "cancelled"
                     return
                 try:
                     try:
@@ -159,12 +159,12 @@ class Retriever:
                 op.respond(WARNING_SOME_FAILED if warning else SUCCESS, completed=completed, failed=0,
                            warning=warning)
             else:
-                outcome = "partial" if completed or warning else "failure"
+                audit_outcome = "partial" if completed or warning else "failure"
                 op.respond(WARNING_SOME_FAILED if completed or warning else SUBOPERATIONS_FAILED,
                            identifier=self._failed_list(op, failed_uids), completed=completed,
                            failed=len(failed_uids), warning=warning)
         finally:
-            self._audit(op, action, subject, outcome, {
+            self._audit(op, action, subject, audit_outcome, {
                 "instances": len(items), "completed": completed, "failed": len(failed_uids), "warning": warning,
                 **({"destination": op.move_destination} if op.move_destination else {}),
                 **({"failed_uids": failed_uids[:50]} if failed_uids else {}),
