@@ -110,14 +110,17 @@ def serve(config: ConfigOption = None) -> None:
     replication.on_verified.append(commitment.notify)
     archive.ingestor.on_stored.append(commitment.notify)
     # --- end storage commitment ---
+    from dicomvault.ingest.gate import AccessGate
+
+    gate = AccessGate.from_settings(settings, archive.catalog)  # who may do what over DICOM
     if settings.dicom.engine == "pynetdicom":
-        dimse: Any = DimseServer(settings.dicom, archive.ingestor, commitment=commitment)
+        dimse: Any = DimseServer(settings.dicom, archive.ingestor, commitment=commitment, gate=gate)
     else:
         from dicomvault.ingest.listener import FastDimseServer
         from dicomvault.serve.qr.find import QueryRetrieveService
 
         dimse = FastDimseServer(settings.dicom, archive.ingestor, commitment=commitment,
-                                query_retrieve=QueryRetrieveService(archive))
+                                query_retrieve=QueryRetrieveService(archive), gate=gate)
     from dicomvault.jobs.restore.service import RestoreService
 
     restores = RestoreService(archive)  # jobs started with POST /api/restores
