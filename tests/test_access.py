@@ -163,6 +163,16 @@ def test_move_is_refused_without_the_permission(stocked: Vault) -> None:
     assert move("PACS").Status == 0xA900
 
 
+def test_status_shows_who_may_do_what_and_the_refusals(stocked: Vault) -> None:
+    find(stocked, "PROBE")
+    access = stocked.status()["access"]
+    assert access["anonymous"] == ["store"]
+    assert access["peers"]["viewer"]["permissions"] == ["find", "get"]
+    assert access["denied_last_24h"] >= 1 and access["alerts"] == []
+    text = stocked.cli("status", check=False).stdout
+    assert "unknown AEs may echo, store" in text and "refused in 24 h" in text, text
+
+
 def test_a_peer_is_recognised_only_from_its_host(stocked: Vault) -> None:
     status, comment, _ = find(stocked, "ELSEWHERE")  # declared at 127.0.0.2, calling from 127.0.0.1
     assert status == NOT_AUTHORIZED
@@ -228,3 +238,16 @@ def test_policy_decisions() -> None:
     assert policy.check("find", "PACS", "::ffff:127.0.0.1", "o=hospital,cn=PACS.example").allowed
     assert not policy.check("find", "PACS", "127.0.0.1", "CN=intruder,O=Hospital").allowed
     assert not policy.check("get", "PACS", "127.0.0.1", "CN=pacs.example,O=Hospital").allowed
+
+
+def test_risky_access_settings_are_named() -> None:
+    from dicomvault.access import exposure
+    from dicomvault.config import PeerSettings
+
+    assert exposure([], ["store"]) == []
+    (open_reads,) = exposure([], ["store", "find"])
+    assert "any AE title can read patient data" in open_reads
+    trusting = PeerSettings("viewer", "VIEWER", "h", 104, permissions=frozenset({"get"}), check_host=False)
+    (found,) = exposure([trusting], ["store"])
+    assert found.startswith("[peers.viewer] may get and is believed by AE title from any address")
+    assert exposure([PeerSettings("pacs", "PACS", "h", 104, check_host=False)], []) == [], "store/commit only"

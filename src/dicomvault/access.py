@@ -126,3 +126,18 @@ class AccessPolicy:
             reason = (f"{permission} refused: AE {calling_ae.strip()} is not a [peers] entry with {permission!r}; "
                       f"declare it as [peers.NAME] with permissions = [\"{permission}\"]")
         return Decision(False, None, reason)
+
+
+def exposure(peers: Iterable[PeerSettings], anonymous: Iterable[str]) -> list[str]:
+    """What in this access configuration a security officer should know about, in words:
+    reading open to unknown callers, and readers believed by AE title from anywhere."""
+    found = []
+    open_reads = sorted(set(anonymous) & {"find", "get", "move"})
+    if open_reads:
+        found.append(f"[dicom] anonymous allows {', '.join(open_reads)}: any AE title can read patient data")
+    for peer in peers:
+        reads = sorted(peer.permissions & {"find", "get", "move"})
+        if reads and not peer.check_host and not peer.tls_subject:
+            found.append(f"[peers.{peer.name}] may {', '.join(reads)} and is believed by AE title from any "
+                         "address (check_host = false, no tls_subject)")
+    return found

@@ -296,6 +296,9 @@ def status(
         counts = report["counts"]
         out.print(f"{'OK' if report['ok'] else 'ATTENTION'}: {counts['studies']} studies, {counts['instances']} instances, "
                   f"{report['bytes_received']} bytes received, {report['bytes_stored']} stored")
+        access = report["access"]
+        out.print(f"  access: unknown AEs may {', '.join(['echo', *access['anonymous']])}; "
+                  f"{len(access['peers'])} peer(s); {access['denied_last_24h']} request(s) refused in 24 h")
         for alert in report["alerts"]:
             out.print(f"  alert: {alert}")
     if not report["ok"]:

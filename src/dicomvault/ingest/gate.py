@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from dicomvault.access import NOT_AUTHORIZED, AccessPolicy, Decision
+from dicomvault.access import NOT_AUTHORIZED, AccessPolicy, Decision, exposure
 from dicomvault.audit import AuditEvent, append
+from dicomvault.catalog import audit_log
 from dicomvault.config import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NOT_AUTHORIZED", "AccessGate"]
+__all__ = ["NOT_AUTHORIZED", "AccessGate", "access_status"]
 
 
 class AccessGate:
@@ -45,3 +46,18 @@ class AccessGate:
             except Exception:  # noqa: BLE001 - the refusal stands even if the audit row cannot be written
                 log.exception("ALERT: could not audit a refused DICOM %s by %s@%s", permission, calling_ae, address)
         return decision
+
+
+def access_status(settings: Settings, catalog: Any, now: float) -> dict[str, Any]:
+    """The DICOM access posture for ``status``: who may do what, risky settings (alerts), and
+    how many requests were refused in the last 24 hours (someone probing, or a peer to add)."""
+    with catalog.read() as conn:
+        denied = audit_log.count_since(conn, "access-denied", now - 86400)
+    return {
+        "anonymous": sorted(settings.dicom.anonymous),
+        "peers": {peer.name: {"ae_title": peer.ae_title, "permissions": sorted(peer.permissions),
+                              "check_host": peer.check_host, "tls_subject": peer.tls_subject}
+                  for peer in settings.peers},
+        "denied_last_24h": denied,
+        "alerts": exposure(settings.peers, settings.dicom.anonymous),
+    }
