@@ -308,18 +308,6 @@ class Operation:
                     return command
 
 
-def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """A failed TLS handshake (plain TCP on the TLS port, no or an untrusted client
-    certificate, an old protocol) reaches the loop's handler: one warning, no traceback."""
-    exc = context.get("exception")
-    if isinstance(exc, (ssl.SSLError, ConnectionError, TimeoutError)):
-        transport = context.get("transport")
-        peer = transport.get_extra_info("peername") if transport is not None else None
-        log.warning("TLS connection from %s refused: %s", peer[0] if peer else "?", getattr(exc, "reason", None) or exc)
-        return
-    loop.default_exception_handler(context)
-
-
 class DicomListener:
     """Accepts associations on (bind, port) in a thread running its own event loop."""
 
@@ -335,6 +323,7 @@ class DicomListener:
         self._workers = ThreadPoolExecutor(max_workers=max(2, settings.max_associations), thread_name_prefix="dimse")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[asyncio.AbstractServer] = []  # plain and TLS
+        self._tls_context: ssl.SSLContext | None = None
         self._thread: threading.Thread | None = None
         self._active = 0
 
@@ -353,13 +342,12 @@ class DicomListener:
                 self._servers.append(await asyncio.start_server(self._handle, settings.bind, settings.port,
                                                                 backlog=64))
             if context is not None:
-                self._servers.append(await asyncio.start_server(
-                    self._handle, settings.bind, settings.tls_port, backlog=64, ssl=context,
-                    ssl_handshake_timeout=min(ARTIM_SECONDS, settings.network_timeout)))
+                self._tls_context = context
+                self._servers.append(await asyncio.start_server(self._handle_tls, settings.bind, settings.tls_port,
+                                                                backlog=64))
 
         def run() -> None:
             loop = asyncio.new_event_loop()
-            loop.set_exception_handler(_log_loop_error)
             self._loop = loop
             try:
                 loop.run_until_complete(listen())
@@ -432,6 +420,22 @@ class DicomListener:
         async with asyncio.timeout(self.settings.network_timeout):
             body = await reader.readexactly(length)
         return kind, header, body
+
+    async def _handle_tls(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The TLS port: the handshake first (bounded by ARTIM), here rather than inside
+        asyncio's server so that a refused one (plain TCP, no or an untrusted client
+        certificate, TLS < 1.2) is logged with the address and why; then as on the plain port."""
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        assert self._tls_context is not None
+        try:
+            await writer.start_tls(self._tls_context,
+                                   ssl_handshake_timeout=min(ARTIM_SECONDS, self.settings.network_timeout))
+        except (OSError, asyncio.TimeoutError, EOFError) as exc:  # ssl.SSLError is an OSError
+            log.warning("TLS connection from %s:%s refused: %s", *peer[:2],
+                        getattr(exc, "reason", None) or str(exc) or type(exc).__name__)
+            writer.close()  # after the TLS alert, if any, has been sent
+            return
+        await self._handle(reader, writer)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
@@ -672,12 +676,15 @@ class DicomListener:
 
         async def start() -> None:
             # Everything written before the request must be on the wire before the operation's
-            # own writes begin: wait for the transport's buffer to be empty.
-            writer.transport.set_write_buffer_limits(high=0)
-            try:
-                await writer.drain()
-            finally:
-                writer.transport.set_write_buffer_limits()
+            # own writes begin: wait for the transport's buffer to be empty. (Not under TLS: its
+            # writes go through the same transport, in order; and an SSL transport pauses at
+            # high=0 even when empty, so drain would never return.)
+            if not assoc.tls:
+                writer.transport.set_write_buffer_limits(high=0)
+                try:
+                    await writer.drain()
+                finally:
+                    writer.transport.set_write_buffer_limits()
             if operation.reads_directly and not assoc.tls:
                 writer.transport.pause_reading()
                 buffered = getattr(reader, "_buffer", None)  # what the StreamReader already holds

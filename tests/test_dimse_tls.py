@@ -1,0 +1,287 @@
+"""DIMSE over TLS ([dicom] tls_port, [peers.NAME] tls): real DCMTK and Orthanc both ways.
+
+Certificates are made here with ``cryptography``: a test CA, the vault's certificate (for
+127.0.0.1/localhost, also its client certificate), a modality's client certificate, Orthanc's,
+and a client certificate from another CA that must be refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import socket
+import sqlite3
+import ssl
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from conftest import Vault, dcmtk, free_port, make_vault, wait_until
+from orthanc import Orthanc, orthanc_factory  # noqa: F401
+
+MODALITY_SUBJECT = "CN=CT-SCANNER-1,O=Test Hospital"
+
+
+# --- certificates -------------------------------------------------------------------------------
+
+
+@dataclass
+class Issued:
+    cert: Path
+    key: Path
+
+
+def _name(rfc4514: str) -> x509.Name:
+    parts = dict(part.split("=", 1) for part in rfc4514.split(","))
+    oids = {"CN": NameOID.COMMON_NAME, "O": NameOID.ORGANIZATION_NAME}
+    return x509.Name([x509.NameAttribute(oids[k], v) for k, v in reversed(list(parts.items()))])
+
+
+class Authority:
+    """A CA that issues PEM certificate/key pairs into ``root``."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.root = root
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.name = _name(f"CN={name},O=Test Hospital")
+        now = dt.datetime.now(dt.timezone.utc)
+        self.cert = (x509.CertificateBuilder().subject_name(self.name).issuer_name(self.name)
+                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                     .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=2))
+                     .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                     .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), True)
+                     .sign(self.key, hashes.SHA256()))
+        self.pem = root / f"{name}.pem"
+        self.pem.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, file_name: str, subject: str, hosts: tuple[str, ...] = ()) -> Issued:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.timezone.utc)
+        builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(self.name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                         ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+        if hosts:
+            names: list[x509.GeneralName] = []
+            for host in hosts:
+                try:
+                    names.append(x509.IPAddress(ipaddress.ip_address(host)))
+                except ValueError:
+                    names.append(x509.DNSName(host))
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
+        issued = Issued(self.root / f"{file_name}.pem", self.root / f"{file_name}.key")
+        issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        issued.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()))
+        issued.key.chmod(0o600)
+        return issued
+
+
+@dataclass
+class Pki:
+    ca: Authority
+    vault: Issued
+    modality: Issued
+    orthanc: Issued
+    stranger: Issued  # a client certificate from another CA
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    root = tmp_path_factory.mktemp("pki")
+    ca, other = Authority(root, "test-ca"), Authority(root, "other-ca")
+    return Pki(ca, ca.issue("vault", "CN=dicomvault,O=Test Hospital", ("127.0.0.1", "localhost")),
+               ca.issue("modality", MODALITY_SUBJECT), ca.issue("orthanc", "CN=orthanc,O=Test Hospital",
+                                                                ("127.0.0.1", "localhost")),
+               other.issue("stranger", "CN=stranger,O=Elsewhere"))
+
+
+# --- the vault ----------------------------------------------------------------------------------
+
+
+def configure_tls(vault: Vault, pki: Pki, tls_port: int, peers: str = "") -> None:
+    """[dicom] TLS keys (paths relative to the config, as a user would write them) and peers."""
+    keys = vault.root / "keys"
+    for name, issued in (("dicom", pki.vault),):
+        (keys / f"{name}.pem").write_bytes(issued.cert.read_bytes())
+        (keys / f"{name}.key").write_bytes(issued.key.read_bytes())
+    (keys / "dicom-ca.pem").write_bytes(pki.ca.pem.read_bytes())
+    text = vault.config.read_text().replace(
+        "[dicom]\n", f'[dicom]\ntls_port = {tls_port}\ntls_cert_file = "keys/dicom.pem"\n'
+                     f'tls_key_file = "keys/dicom.key"\ntls_ca_file = "keys/dicom-ca.pem"\n', 1)
+    vault.config.write_text(text + peers)
+
+
+# The SCU that queries and retrieves: a peer, so C-FIND/C-GET stay allowed when reading becomes
+# default-deny for non-peers (it will then need permissions = ["find", "get"]).
+MODALITY_PEER = '\n[peers.modality]\nae_title = "MODALITY"\nhost = "127.0.0.1"\nport = 104\n'
+
+
+@pytest.fixture(scope="module")
+def tls_vault(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Vault:
+    vault = make_vault(tmp_path_factory.mktemp("tls") / "vault")
+    vault.tls_port = free_port()  # type: ignore[attr-defined]
+    configure_tls(vault, pki, vault.tls_port, MODALITY_PEER)  # type: ignore[attr-defined]
+    vault.start()
+    yield vault
+    vault.stop()
+
+
+def instance_count(vault: Vault) -> int:
+    vault.wait_settled()
+    with sqlite3.connect(vault.root / "catalog.sqlite3") as db:
+        return int(db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+
+
+def dataset_bytes(data: bytes) -> bytes:
+    from dicomvault.dicom import parse_part10
+
+    return data[parse_part10(data).dataset_offset:]
+
+
+@pytest.fixture(scope="module")
+def ct_clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CT_small without the trailing padding item storescu drops, so the wire bytes equal the file's."""
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds[0xFFFCFFFC]
+    path = tmp_path_factory.mktemp("ct") / "ct_clean.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def tls_args(issued: Issued | None, pki: Pki) -> list[str]:
+    """DCMTK's TLS options: our client certificate (or anonymous TLS) and the CA to trust."""
+    auth = ["+tls", str(issued.key), str(issued.cert)] if issued else ["+tla"]
+    return [*auth, "+cf", str(pki.ca.pem)]
+
+
+def run(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+
+
+# --- DCMTK against our TLS port ------------------------------------------------------------------
+
+
+def test_dcmtk_store_find_get_over_tls(tls_vault: Vault, pki: Pki, ct_clean: Path, tmp_path: Path) -> None:
+    port = str(tls_vault.tls_port)  # type: ignore[attr-defined]
+    ds = pydicom.dcmread(ct_clean)
+    sent = run([dcmtk("storescu"), *tls_args(pki.modality, pki), "-aet", "MODALITY", "-aec", tls_vault.ae_title,
+                "127.0.0.1", port, str(ct_clean)])
+    assert sent.returncode == 0, sent.stderr
+    tls_vault.wait_settled()
+    tls_vault.cli("get", ds.SOPInstanceUID, "--out", str(tmp_path / "out"))
+    (got,) = list((tmp_path / "out").rglob("*.dcm"))
+    assert dataset_bytes(got.read_bytes()) == dataset_bytes(ct_clean.read_bytes())
+    # The association carried the verified client certificate's subject.
+    wait_until(lambda: f"TLS association from MODALITY@127.0.0.1" in tls_vault.log(), timeout=10, what="TLS log line")
+    line = next(ln for ln in tls_vault.log().splitlines() if "TLS association from MODALITY" in ln)
+    assert MODALITY_SUBJECT in line and "TLSv1." in line
+
+    found = run([dcmtk("findscu"), *tls_args(pki.modality, pki), "-aet", "MODALITY", "-aec", tls_vault.ae_title,
+                 "-S", "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={ds.StudyInstanceUID}",
+                 "-k", "PatientID", "127.0.0.1", port])
+    assert found.returncode == 0, found.stderr
+    assert ds.PatientID in found.stdout + found.stderr and "Find Response: 1" in found.stdout + found.stderr
+
+    # DCMTK 3.6.7's getscu has no TLS: the C-GET SCU is pynetdicom's, with the same certificate.
+    got_back = c_get_over_tls(tls_vault, pki, ds.StudyInstanceUID, ds.file_meta.TransferSyntaxUID)
+    assert got_back == [dataset_bytes(ct_clean.read_bytes())]
+
+
+def c_get_over_tls(vault: Vault, pki: Pki, study_uid: str, syntax: str) -> list[bytes]:
+    """A Study Root C-GET as MODALITY over TLS (pynetdicom), taking CT in ``syntax`` only (the
+    stored one, so nothing is re-encoded); the received data sets' bytes."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet  # type: ignore
+
+    received: list[bytes] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.request.DataSet.getvalue())
+        return 0x0000
+
+    context = ssl.create_default_context(cafile=str(pki.ca.pem))
+    context.load_cert_chain(pki.modality.cert, pki.modality.key)
+    ae = AE(ae_title="MODALITY")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, [syntax])
+    assoc = ae.associate("127.0.0.1", vault.tls_port, ae_title=vault.ae_title,  # type: ignore[attr-defined]
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)], tls_args=(context, "127.0.0.1"))
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", study_uid
+    try:
+        statuses = [status.Status for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
+                    if status]
+    finally:
+        assoc.release()
+    assert statuses and statuses[-1] == 0x0000, [hex(s) for s in statuses]
+    return received
+
+
+@pytest.mark.parametrize("how, reason", [
+    ("plain TCP", "WRONG_VERSION_NUMBER"), ("no client certificate", "PEER_DID_NOT_RETURN_A_CERTIFICATE"),
+    ("certificate from another CA", "CERTIFICATE_VERIFY_FAILED"), ("TLS 1.1", "UNSUPPORTED_PROTOCOL"),
+])
+def test_tls_port_refuses(tls_vault: Vault, pki: Pki, ct_clean: Path, tmp_path: Path, how: str, reason: str) -> None:
+    """Each attempt fails cleanly, is logged with why, and stores nothing; the listener keeps serving."""
+    before = instance_count(tls_vault)
+    refused_before = tls_vault.log().count(f"refused: {reason}")
+    ds = pydicom.dcmread(ct_clean)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    changed = tmp_path / "changed.dcm"
+    ds.save_as(changed, enforce_file_format=True)
+    port = tls_vault.tls_port  # type: ignore[attr-defined]
+    if how == "TLS 1.1":
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")  # this client would speak TLS 1.1; the server must not
+        context.load_cert_chain(pki.modality.cert, pki.modality.key)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with pytest.raises(ssl.SSLError):  # asyncio closes without flushing the alert: EOF here
+                context.wrap_socket(raw)
+    else:
+        args = {"plain TCP": [], "no client certificate": tls_args(None, pki),
+                "certificate from another CA": ["+tls", str(pki.stranger.key), str(pki.stranger.cert),
+                                                "+cf", str(pki.ca.pem)]}[how]
+        sent = run([dcmtk("storescu"), *args, "-to", "5", "-aet", "MODALITY", "-aec", tls_vault.ae_title,
+                    "127.0.0.1", str(port), str(changed)])
+        assert sent.returncode != 0, sent.stdout
+    wait_until(lambda: tls_vault.log().count(f"refused: {reason}") > refused_before, timeout=10,
+               what=f"the refused handshake logged with {reason}")
+    assert instance_count(tls_vault) == before
+    assert run([dcmtk("echoscu"), *tls_args(pki.modality, pki), "-aec", tls_vault.ae_title, "127.0.0.1",
+                str(port)]).returncode == 0, "the TLS listener still serves"
+
+
+def test_startup_refuses_unusable_tls_files(tmp_path: Path, pki: Pki) -> None:
+    vault = make_vault(tmp_path / "vault")
+    configure_tls(vault, pki, free_port())
+    (vault.root / "keys" / "dicom.key").write_bytes(pki.modality.key.read_bytes())  # another certificate's key
+    proc = vault.cli("serve", check=False, timeout=60)
+    assert proc.returncode != 0
+    assert "does not match the certificate" in proc.stderr + proc.stdout
+    (vault.root / "keys" / "dicom.key").unlink()
+    proc = vault.cli("serve", check=False, timeout=60)
+    assert proc.returncode != 0 and "cannot be read" in proc.stderr + proc.stdout
+    text = vault.config.read_text().replace('tls_cert_file = "keys/dicom.pem"\n', "")
+    vault.config.write_text(text.replace('tls_key_file = "keys/dicom.key"\n', ""))
+    proc = vault.cli("status", check=False, timeout=60)
+    assert proc.returncode != 0 and "needs tls_cert_file and tls_key_file" in proc.stderr + proc.stdout
