@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
+import re
 import socket
 import sqlite3
 import ssl
@@ -285,3 +287,86 @@ def test_startup_refuses_unusable_tls_files(tmp_path: Path, pki: Pki) -> None:
     vault.config.write_text(text.replace('tls_key_file = "keys/dicom.key"\n', ""))
     proc = vault.cli("status", check=False, timeout=60)
     assert proc.returncode != 0 and "needs tls_cert_file and tls_key_file" in proc.stderr + proc.stdout
+
+
+# --- Orthanc (DicomTlsEnabled) both ways ----------------------------------------------------------
+
+
+def tls_orthanc(factory: Callable[..., Orthanc], pki: Pki, aet: str) -> Orthanc:
+    """An Orthanc whose DICOM port speaks TLS only and requires a client certificate from our CA."""
+    return factory(aet=aet, config={
+        "DicomTlsEnabled": True, "DicomTlsCertificate": str(pki.orthanc.cert),
+        "DicomTlsPrivateKey": str(pki.orthanc.key), "DicomTlsTrustedCertificates": str(pki.ca.pem),
+        "DicomTlsRemoteCertificateRequired": True,
+    })
+
+
+def unique_copy(source: Path, dest: Path) -> tuple[Path, pydicom.Dataset]:
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(dest, enforce_file_format=True)
+    return dest, ds
+
+
+def test_orthanc_both_ways_over_tls(orthanc_factory: Callable[..., Orthanc], tmp_path: Path, pki: Pki,  # noqa: F811
+                                    ct_clean: Path) -> None:
+    """Orthanc C-STOREs to our TLS port and asks for storage commitment (the report goes back
+    over TLS); we export to it and reconcile with it as a [peers.NAME] with tls = true, and
+    replicate to another TLS Orthanc as a dicom:// site with tls = true. Orthanc's DICOM ports
+    speak nothing but TLS, so every success below crossed TLS."""
+    pacs = tls_orthanc(orthanc_factory, pki, "PACS")
+    mirror = tls_orthanc(orthanc_factory, pki, "MIRROR")
+    vault = make_vault(tmp_path / "vault")
+    tls_port = free_port()
+    configure_tls(vault, pki, tls_port,
+                  f'\n[peers.pacs]\nae_title = "PACS"\nhost = "127.0.0.1"\nport = {pacs.dicom_port}\ntls = true\n')
+    vault.set_config("commitment", "check_interval", "0.1")
+    vault.set_config("policy", "copies", "1")
+    vault.set_config("policy", "offsite_copies", "0")
+    with open(vault.config, "a", encoding="utf-8") as f:
+        f.write(f'\n[sites.mirror]\nurl = "dicom://MIRROR@127.0.0.1:{mirror.dicom_port}"\noffsite = false\n'
+                'tls = true\n')
+    for orthanc in (pacs, mirror):
+        orthanc.add_modality("vault", vault.ae_title, "127.0.0.1", tls_port, UseDicomTls=True)
+    vault.start()
+    try:
+        # Orthanc -> our TLS port: stored byte-exact, the association carries Orthanc's subject.
+        first, first_ds = unique_copy(ct_clean, tmp_path / "first.dcm")
+        uploaded = pacs.upload(first)
+        result = pacs.store_to_modality("vault", [uploaded["ID"]])
+        assert result.get("FailedInstancesCount") == 0 and result.get("InstancesCount") == 1, result
+        vault.wait_settled()
+        vault.cli("get", first_ds.SOPInstanceUID, "--out", str(tmp_path / "out"))
+        (got,) = list((tmp_path / "out").rglob("*.dcm"))
+        assert dataset_bytes(got.read_bytes()) == dataset_bytes(first.read_bytes())
+        assert re.search(r"TLS association from PACS@127\.0\.0\.1 \(TLSv1\.[23], client certificate "
+                         r"CN=orthanc,O=Test Hospital\)", vault.log()), vault.log()
+
+        # Storage commitment: Orthanc's N-ACTION on TLS, our N-EVENT-REPORT back on TLS.
+        transaction = pacs.storage_commitment("vault", [uploaded["ID"]])["ID"]
+        wait_until(lambda: pacs.rest("GET", f"/storage-commitment/{transaction}")["Status"] != "Pending",
+                   timeout=30, what="Orthanc's storage commitment report")
+        report = pacs.rest("GET", f"/storage-commitment/{transaction}")
+        assert report["Status"] == "Success", f"{report}\n{vault.log()}"
+
+        # We -> Orthanc: export of an instance Orthanc lacks, byte-exact.
+        second, second_ds = unique_copy(ct_clean, tmp_path / "second.dcm")
+        sent = run([dcmtk("storescu"), "-aec", vault.ae_title, "127.0.0.1", str(vault.dicom_port), str(second)])
+        assert sent.returncode == 0, sent.stderr
+        vault.wait_settled()
+        vault.cli("export", "--to", "pacs", "--study", str(second_ds.StudyInstanceUID), timeout=60)
+        (found,) = pacs.lookup(str(second_ds.SOPInstanceUID))
+        assert dataset_bytes(pacs.instance_file(found["ID"])) == dataset_bytes(second.read_bytes())
+
+        # The dicom:// site over TLS received both instances.
+        wait_until(lambda: all(mirror.lookup(str(ds.SOPInstanceUID)) for ds in (first_ds, second_ds)),
+                   timeout=30, what="both instances replicated to the dicom:// site over TLS")
+
+        # Reconcile (C-FIND client, pynetdicom) over TLS: both sides hold the same study.
+        day = str(first_ds.StudyDate)
+        reconciled = vault.cli("reconcile", "--pacs", "pacs", "--since", day, "--until", day, "--json", timeout=60)
+        answer = json.loads(reconciled.stdout)
+        assert answer["state"] == "completed" and answer["totals"]["in_both"] == 1, answer
+        assert answer["totals"]["matching"] == 1, answer
+    finally:
+        vault.stop()  # before Orthanc, which waits for open associations at shutdown
