@@ -700,6 +700,13 @@ engine = "lean"
 # C-FIND: match person names case-insensitively ("smith*" finds "SMITH^JOHN").
 case_insensitive_names = false
 # C-MOVE destinations are the [peers.NAME] tables below (ae_title, host, port).
+# DIMSE over TLS (BCP 195: TLS 1.2/1.3, AES-GCM suites) on a second port; 0 = off. port = 0
+# then means TLS only. PEM certificate (chain) and key; with tls_ca_file, every client must
+# show a certificate from that CA (its subject is logged with the association).
+tls_port = 0
+tls_cert_file = ""
+tls_key_file = ""
+tls_ca_file = ""
 
 [policy]
 # An instance is safe (and storage commitment reports success) once this many verified
@@ -713,6 +720,10 @@ offsite_copies = 1
 # [sites.nas]
 # url = "file:///mnt/nas/dicomvault"
 # offsite = false
+#
+# [sites.mirror]                 # a PACS that gets every image DECRYPTED over C-STORE
+# url = "dicom://MIRROR@10.0.0.30:2762"
+# tls = true                     # + tls_ca_file, tls_cert_file, tls_key_file as for [peers.NAME]
 #
 # [sites.offsite]
 # url = "s3://hospital-dr/dicomvault"
@@ -741,6 +752,11 @@ poll_seconds = 10.0
 # ae_title = "PACS"
 # host = "10.0.0.12"
 # port = 104
+# tls = false              # true: every association to it over TLS (restore, export, C-MOVE,
+#                          # reports, reconcile); its certificate must name host and chain to
+# tls_ca_file = ""         # this CA (default [dicom] tls_ca_file, else the system store);
+# tls_cert_file = ""       # our client certificate and key (default [dicom]'s)
+# tls_key_file = ""
 
 [reconcile]
 # Scheduled reconciliation inside `dicomvault serve`: every `every` ("24h", "6h", "30m") the
