@@ -119,10 +119,11 @@ def configure_tls(vault: Vault, pki: Pki, tls_port: int, peers: str = "") -> Non
         (keys / f"{name}.pem").write_bytes(issued.cert.read_bytes())
         (keys / f"{name}.key").write_bytes(issued.key.read_bytes())
     (keys / "dicom-ca.pem").write_bytes(pki.ca.pem.read_bytes())
-    text = vault.config.read_text().replace(
-        "[dicom]\n", f'[dicom]\ntls_port = {tls_port}\ntls_cert_file = "keys/dicom.pem"\n'
-                     f'tls_key_file = "keys/dicom.key"\ntls_ca_file = "keys/dicom-ca.pem"\n', 1)
-    vault.config.write_text(text + peers)
+    for key, value in (("tls_port", str(tls_port)), ("tls_cert_file", '"keys/dicom.pem"'),
+                       ("tls_key_file", '"keys/dicom.key"'), ("tls_ca_file", '"keys/dicom-ca.pem"')):
+        vault.set_config("dicom", key, value)
+    with open(vault.config, "a", encoding="utf-8") as f:
+        f.write(peers)
 
 
 # The SCU that queries and retrieves: a peer, so C-FIND/C-GET stay allowed when reading becomes
@@ -283,10 +284,38 @@ def test_startup_refuses_unusable_tls_files(tmp_path: Path, pki: Pki) -> None:
     (vault.root / "keys" / "dicom.key").unlink()
     proc = vault.cli("serve", check=False, timeout=60)
     assert proc.returncode != 0 and "cannot be read" in proc.stderr + proc.stdout
-    text = vault.config.read_text().replace('tls_cert_file = "keys/dicom.pem"\n', "")
-    vault.config.write_text(text.replace('tls_key_file = "keys/dicom.key"\n', ""))
+    vault.set_config("dicom", "tls_cert_file", '""')
+    vault.set_config("dicom", "tls_key_file", '""')
     proc = vault.cli("status", check=False, timeout=60)
     assert proc.returncode != 0 and "needs tls_cert_file and tls_key_file" in proc.stderr + proc.stdout
+
+
+def c_move_over_tls(vault: Vault, port: int, pki: Pki, ds: pydicom.Dataset, destination: str) -> int:
+    """An IMAGE-level Study Root C-MOVE as MODALITY over TLS (pynetdicom); the final status."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # type: ignore
+
+    context = ssl.create_default_context(cafile=str(pki.ca.pem))
+    context.load_cert_chain(pki.modality.cert, pki.modality.key)
+    ae = AE(ae_title="MODALITY")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", port, ae_title=vault.ae_title, tls_args=(context, "127.0.0.1"))
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    query.StudyInstanceUID, query.SeriesInstanceUID = ds.StudyInstanceUID, ds.SeriesInstanceUID
+    query.SOPInstanceUID = ds.SOPInstanceUID
+    try:
+        statuses = [status for status, _ in assoc.send_c_move(query, destination,
+                                                              StudyRootQueryRetrieveInformationModelMove) if status]
+    finally:
+        assoc.release()
+    assert statuses, "no C-MOVE response"
+    final = statuses[-1]
+    assert getattr(final, "NumberOfFailedSuboperations", 0) == 0, final
+    return int(final.Status)
 
 
 # --- Orthanc (DicomTlsEnabled) both ways ----------------------------------------------------------
@@ -311,14 +340,14 @@ def unique_copy(source: Path, dest: Path) -> tuple[Path, pydicom.Dataset]:
 def test_orthanc_both_ways_over_tls(orthanc_factory: Callable[..., Orthanc], tmp_path: Path, pki: Pki,  # noqa: F811
                                     ct_clean: Path) -> None:
     """Orthanc C-STOREs to our TLS port and asks for storage commitment (the report goes back
-    over TLS); we export to it and reconcile with it as a [peers.NAME] with tls = true, and
-    replicate to another TLS Orthanc as a dicom:// site with tls = true. Orthanc's DICOM ports
+    over TLS); we export to it, C-MOVE to it and reconcile with it as a [peers.NAME] with
+    tls = true, and replicate to another TLS Orthanc as a dicom:// site with tls = true. Orthanc's DICOM ports
     speak nothing but TLS, so every success below crossed TLS."""
     pacs = tls_orthanc(orthanc_factory, pki, "PACS")
     mirror = tls_orthanc(orthanc_factory, pki, "MIRROR")
     vault = make_vault(tmp_path / "vault")
     tls_port = free_port()
-    configure_tls(vault, pki, tls_port,
+    configure_tls(vault, pki, tls_port, MODALITY_PEER +
                   f'\n[peers.pacs]\nae_title = "PACS"\nhost = "127.0.0.1"\nport = {pacs.dicom_port}\ntls = true\n')
     vault.set_config("commitment", "check_interval", "0.1")
     vault.set_config("policy", "copies", "1")
@@ -358,9 +387,18 @@ def test_orthanc_both_ways_over_tls(orthanc_factory: Callable[..., Orthanc], tmp
         (found,) = pacs.lookup(str(second_ds.SOPInstanceUID))
         assert dataset_bytes(pacs.instance_file(found["ID"])) == dataset_bytes(second.read_bytes())
 
-        # The dicom:// site over TLS received both instances.
-        wait_until(lambda: all(mirror.lookup(str(ds.SOPInstanceUID)) for ds in (first_ds, second_ds)),
-                   timeout=30, what="both instances replicated to the dicom:// site over TLS")
+        # C-MOVE over TLS (asked by MODALITY on our TLS port), its sub-operations to Orthanc over TLS.
+        third, third_ds = unique_copy(ct_clean, tmp_path / "third.dcm")
+        sent = run([dcmtk("storescu"), "-aec", vault.ae_title, "127.0.0.1", str(vault.dicom_port), str(third)])
+        assert sent.returncode == 0, sent.stderr
+        vault.wait_settled()
+        assert c_move_over_tls(vault, tls_port, pki, third_ds, "PACS") == 0x0000
+        (found,) = pacs.lookup(str(third_ds.SOPInstanceUID))
+        assert dataset_bytes(pacs.instance_file(found["ID"])) == dataset_bytes(third.read_bytes())
+
+        # The dicom:// site over TLS received every instance.
+        wait_until(lambda: all(mirror.lookup(str(ds.SOPInstanceUID)) for ds in (first_ds, second_ds, third_ds)),
+                   timeout=30, what="every instance replicated to the dicom:// site over TLS")
 
         # Reconcile (C-FIND client, pynetdicom) over TLS: both sides hold the same study.
         day = str(first_ds.StudyDate)
@@ -368,5 +406,38 @@ def test_orthanc_both_ways_over_tls(orthanc_factory: Callable[..., Orthanc], tmp
         answer = json.loads(reconciled.stdout)
         assert answer["state"] == "completed" and answer["totals"]["in_both"] == 1, answer
         assert answer["totals"]["matching"] == 1, answer
+        assert answer["totals"]["in_both"] == 1 and answer["totals"]["only_in_vault"] == 0, answer
     finally:
         vault.stop()  # before Orthanc, which waits for open associations at shutdown
+
+
+def test_tls_config_keys_parse_resolve_and_refuse(tmp_path: Path, pki: Pki) -> None:
+    """[dicom] and [peers.NAME] TLS keys: paths relative to the config; bad values named."""
+    from dicomvault.config import ConfigError, load_settings
+    from dicomvault.net.tls import TlsSetupError, client_context
+
+    def load(text: str):  # noqa: ANN202
+        (tmp_path / "dicomvault.toml").write_text(text)
+        return load_settings(tmp_path / "dicomvault.toml")
+
+    peer = '[peers.pacs]\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 2762\n'
+    settings = load(f'[dicom]\nport = 0\ntls_port = 2762\ntls_cert_file = "c.pem"\ntls_key_file = "c.key"\n'
+                    f'{peer}tls = true\ntls_ca_file = "ca/pacs.pem"\n')
+    assert settings.dicom.tls_cert_file == str(tmp_path / "c.pem") and settings.dicom.port == 0
+    (pacs,) = settings.peers
+    assert pacs.tls and pacs.tls_ca_file == str(tmp_path / "ca" / "pacs.pem")
+    with pytest.raises(TlsSetupError, match=r"\[peers.pacs\] tls_ca_file .*pacs.pem cannot be read"):
+        client_context(pacs, settings.dicom)
+    assert client_context(load(peer).peers[0], None) is None  # no tls: plain TCP
+    for text, message in (
+        ("[dicom]\nport = 0\n", "needs a tls_port"),
+        ('[dicom]\ntls_port = 2762\ntls_cert_file = "c.pem"\n', "both tls_cert_file and tls_key_file"),
+        ('[dicom]\ntls_port = 11112\ntls_cert_file = "c"\ntls_key_file = "k"\n', "use two ports"),
+        ('[dicom]\nengine = "pynetdicom"\ntls_port = 2762\ntls_cert_file = "c"\ntls_key_file = "k"\n',
+         'engine = "lean"'),
+        (f"{peer}tls = \"yes\"\n", "tls must be true or false"),
+        (f'{peer}tls = true\ntls_cert_file = "c.pem"\n', "both tls_cert_file and tls_key_file"),
+        (f'{peer}tls_ca_file = "ca.pem"\n', "not tls = true"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load(text)
