@@ -204,6 +204,13 @@ def test_dcmtk_store_find_get_over_tls(tls_vault: Vault, pki: Pki, ct_clean: Pat
     assert got_back == [dataset_bytes(ct_clean.read_bytes())]
 
 
+def modality_context(pki: Pki) -> ssl.SSLContext:
+    """A pynetdicom SCU's TLS context: the modality's certificate, trusting our test CA."""
+    context = ssl.create_default_context(cafile=str(pki.ca.pem))
+    context.load_cert_chain(pki.modality.cert, pki.modality.key)
+    return context
+
+
 def c_get_over_tls(vault: Vault, pki: Pki, study_uid: str, syntax: str) -> list[bytes]:
     """A Study Root C-GET as MODALITY over TLS (pynetdicom), taking CT in ``syntax`` only (the
     stored one, so nothing is re-encoded); the received data sets' bytes."""
@@ -217,8 +224,7 @@ def c_get_over_tls(vault: Vault, pki: Pki, study_uid: str, syntax: str) -> list[
         received.append(event.request.DataSet.getvalue())
         return 0x0000
 
-    context = ssl.create_default_context(cafile=str(pki.ca.pem))
-    context.load_cert_chain(pki.modality.cert, pki.modality.key)
+    context = modality_context(pki)
     ae = AE(ae_title="MODALITY")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
@@ -296,8 +302,7 @@ def c_move_over_tls(vault: Vault, port: int, pki: Pki, ds: pydicom.Dataset, dest
     from pynetdicom import AE
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # type: ignore
 
-    context = ssl.create_default_context(cafile=str(pki.ca.pem))
-    context.load_cert_chain(pki.modality.cert, pki.modality.key)
+    context = modality_context(pki)
     ae = AE(ae_title="MODALITY")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
