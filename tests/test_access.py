@@ -22,7 +22,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from conftest import Vault, dcmtk, free_port, make_vault
+from conftest import Vault, dcmtk, free_port, make_vault, wait_until
 
 NOT_AUTHORIZED = 0x0124
 
@@ -74,6 +74,7 @@ def stocked(tmp_path_factory: pytest.TempPathFactory, ct_small_module: Path) -> 
     run = subprocess.run([dcmtk("storescu"), "-aet", "MODALITY", "-aec", vault.ae_title, "127.0.0.1",
                           str(vault.dicom_port), str(ct_small_module)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
+    wait_until(lambda: instance_count(vault) == 1, timeout=10, what="the stored instance indexed")
     yield vault
     vault.stop()
 
@@ -85,12 +86,17 @@ def ct_small_module() -> Path:
     return Path(get_testdata_file("CT_small.dcm"))
 
 
-def test_store_is_open_to_any_ae_by_default(stocked: Vault) -> None:
-    db = sqlite3.connect(stocked.root / "catalog.sqlite3")
+def instance_count(vault: Vault) -> int:
+    db = sqlite3.connect(vault.root / "catalog.sqlite3")
     try:
-        assert db.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 1, "MODALITY (no peer) may store"
+        return db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
     finally:
         db.close()
+
+
+def test_store_is_open_to_any_ae_by_default(stocked: Vault) -> None:
+    # acknowledged means durable; the catalog row follows within the group commit's interval
+    wait_until(lambda: instance_count(stocked) == 1, timeout=10, what="MODALITY's instance (no peer) indexed")
 
 
 def test_find_by_an_unknown_ae_is_refused_with_a_reason_and_audited(stocked: Vault) -> None:
@@ -197,12 +203,9 @@ def test_anonymous_store_can_be_closed_too(tmp_path: Path, ct_small_module: Path
 
             refused = store("STRANGER")
             assert "0x0124" in refused.stdout + refused.stderr, (refused.stdout + refused.stderr)[-2000:]
-            db = sqlite3.connect(vault.root / "catalog.sqlite3")
-            try:
-                assert db.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 0, engine
-            finally:
-                db.close()
             assert store("MODALITY").returncode == 0
+            wait_until(lambda: instance_count(vault) == 1, timeout=10, what=f"only MODALITY's instance ({engine})")
+            assert instance_count(vault) == 1, "the refused one was not stored"
             assert vault.echo(), "C-ECHO is always answered"
             assert [row[:2] for row in denied_rows(vault)] == [("dicom:STRANGER", "store")], engine
         finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 CONFIG_ENV = "DICOMVAULT_CONFIG"
@@ -35,6 +35,13 @@ class DicomSettings:
     # C-FIND: match person names case-insensitively ("smith*" finds "SMITH^JOHN"), as many
     # viewers expect; the standard's default is case-sensitive.
     case_insensitive_names: bool = False
+    # DIMSE over TLS (net/tls.py): a second listener on tls_port (0 = none) with this PEM
+    # certificate (chain) and key; with tls_ca_file, client certificates are required and
+    # verified against it. ``port = 0`` then means "no plain listener".
+    tls_port: int = 0
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,13 @@ class PeerSettings:
     accept_from: tuple[str, ...] = ()
     # When set, accept this AE title only over TLS with a client certificate of this subject.
     tls_subject: str = ""
+    # DIMSE over TLS to this peer (net/tls.py client_context): our client certificate (default
+    # [dicom] tls_cert_file/tls_key_file) and the CA its server certificate must chain to
+    # (default [dicom] tls_ca_file, else the system store).
+    tls: bool = False
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
 
 
 def find_peer(peers: Iterable[PeerSettings], name: str, ignore_case: bool = False) -> PeerSettings | None:
@@ -248,6 +262,7 @@ def parse_duration(value: str) -> float:
 
 
 _SITE_KEYS = {"url", "offsite", "rate", "schedule", "workers", "max_attempts"}
+_TLS_FILE_OPTIONS = {"tls_cert_file", "tls_key_file", "tls_ca_file"}  # a dicom:// target's, like [peers.NAME]'s
 _SITE_NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -276,7 +291,8 @@ def _replica_sites(base: Path, sites: dict) -> tuple[ReplicaSiteSettings, ...]:
         workers = int(raw.get("workers", 4))
         if not 1 <= workers <= 32:
             raise ConfigError(f"[sites.{name}] workers must be 1-32, got {workers}")
-        options = tuple(sorted((k, v) for k, v in raw.items() if k not in _SITE_KEYS))
+        options = tuple(sorted((k, str(_resolve(base, v)) if k in _TLS_FILE_OPTIONS and isinstance(v, str) and v else v)
+                               for k, v in raw.items() if k not in _SITE_KEYS))
         result.append(ReplicaSiteSettings(
             name=name, url=url, offsite=bool(raw.get("offsite", True)), rate=str(raw.get("rate", "unlimited")),
             schedule=tuple(str(w) for w in schedule), workers=workers,
@@ -389,7 +405,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     site_key = _resolve(base, str(keys.get("site_key_file", "keys/site.key")))
     recovery_pub = _resolve(base, str(keys.get("recovery_public_key_file", "keys/recovery.pub")))
 
-    dicom = DicomSettings(**_section(data, "dicom", DicomSettings()))
+    dicom = _dicom_tls(DicomSettings(**_section(data, "dicom", DicomSettings())), base)
     _permission_list("[dicom] anonymous", list(dicom.anonymous))
     if dicom.engine not in ("lean", "pynetdicom"):
         raise ConfigError(f"[dicom] engine must be \"lean\" or \"pynetdicom\", got {dicom.engine!r}")
@@ -409,7 +425,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         config_file=config_path.resolve(),
         replicas=_replica_sites(base, sites if isinstance(sites, dict) else {}),
         policy=_policy(data),
-        peers=_peers(data),
+        peers=tuple(_peer_tls_files(peer, base) for peer in _peers(data)),
         commitment=_commitment(data),
         replica_store=_replica_store(data, base, data_dir),
         dicomweb=_dicomweb(data, base),
@@ -478,7 +494,8 @@ def _policy(data: dict) -> PolicySettings:
     return policy
 
 
-_PEER_KEYS = {"ae_title", "host", "port", "permissions", "check_host", "accept_from", "tls_subject"}
+_PEER_KEYS = ({"ae_title", "host", "port", "permissions", "check_host", "accept_from", "tls_subject"}
+              | {"tls", "tls_cert_file", "tls_key_file", "tls_ca_file"})
 
 
 def _peers(data: dict) -> tuple[PeerSettings, ...]:
@@ -507,7 +524,7 @@ def _peers(data: dict) -> tuple[PeerSettings, ...]:
             raise ConfigError(f"[peers.{name}] and [peers.{seen[ae_title]}] both use AE title {ae_title!r}")
         seen[ae_title] = name
         result.append(PeerSettings(name=name, ae_title=ae_title, host=host.strip(), port=port,
-                                   **_peer_access(name, raw)))
+                                   **_peer_access(name, raw), **_peer_tls(name, raw)))
     return tuple(result)
 
 
@@ -547,6 +564,54 @@ def _peer_access(name: str, raw: dict) -> dict[str, object]:
                           f"\"CN=pacs.example.org,O=Hospital\", got {subject!r}")
     values["tls_subject"] = subject.strip()
     return values
+
+
+def _peer_tls(name: str, raw: dict) -> dict:
+    """The TLS keys of one ``[peers.NAME]`` table, checked (paths resolved later)."""
+    tls = raw.get("tls", False)
+    if not isinstance(tls, bool):
+        raise ConfigError(f"[peers.{name}] tls must be true or false, got {tls!r}")
+    files = {key: raw.get(key, "") for key in ("tls_cert_file", "tls_key_file", "tls_ca_file")}
+    for key, value in files.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"[peers.{name}] {key} must be a file path, got {value!r}")
+    if bool(files["tls_cert_file"]) != bool(files["tls_key_file"]):
+        raise ConfigError(f"[peers.{name}] needs both tls_cert_file and tls_key_file (our client certificate), "
+                          "or neither")
+    if not tls and any(files.values()):
+        raise ConfigError(f"[peers.{name}] sets TLS files but not tls = true")
+    return {"tls": tls, **files}
+
+
+def _peer_tls_files(peer: PeerSettings, base: Path) -> PeerSettings:
+    """A peer's TLS file paths resolved against the config file's directory."""
+    files = {key: str(_resolve(base, value)) for key in ("tls_cert_file", "tls_key_file", "tls_ca_file")
+             if (value := getattr(peer, key))}
+    return replace(peer, **files) if files else peer
+
+
+def _dicom_tls(dicom: DicomSettings, base: Path) -> DicomSettings:
+    """``[dicom] tls_*``: paths resolved like the keys; a TLS port needs a certificate and key.
+    Whether the files can be read and match is checked when the listener starts (net/tls.py)."""
+    if not 0 <= dicom.tls_port <= 65535 or not 0 <= dicom.port <= 65535:
+        raise ConfigError(f"[dicom] port and tls_port must be 0-65535, got {dicom.port} and {dicom.tls_port}")
+    files = {key: str(_resolve(base, value)) for key in ("tls_cert_file", "tls_key_file", "tls_ca_file")
+             if (value := str(getattr(dicom, key) or "").strip())}
+    dicom = replace(dicom, **files)
+    if bool(dicom.tls_cert_file) != bool(dicom.tls_key_file):
+        raise ConfigError("[dicom] needs both tls_cert_file and tls_key_file, or neither")
+    if dicom.tls_port:
+        if not dicom.tls_cert_file:
+            raise ConfigError(f"[dicom] tls_port = {dicom.tls_port} needs tls_cert_file and tls_key_file (the "
+                              "listener's PEM certificate and private key)")
+        if dicom.tls_port == dicom.port:
+            raise ConfigError(f"[dicom] tls_port and port are both {dicom.port}: use two ports, or port = 0 for "
+                              "TLS only")
+        if dicom.engine != "lean":
+            raise ConfigError("[dicom] tls_port needs engine = \"lean\" (the pynetdicom engine has no TLS listener)")
+    elif not dicom.port:
+        raise ConfigError("[dicom] port = 0 (no plain listener) needs a tls_port")
+    return dicom
 
 
 def _scrub(data: dict) -> ScrubSettings:
@@ -694,6 +759,13 @@ engine = "lean"
 # C-FIND: match person names case-insensitively ("smith*" finds "SMITH^JOHN").
 case_insensitive_names = false
 # C-MOVE destinations are the [peers.NAME] tables below (ae_title, host, port).
+# DIMSE over TLS (BCP 195: TLS 1.2/1.3, AES-GCM suites) on a second port; 0 = off. port = 0
+# then means TLS only. PEM certificate (chain) and key; with tls_ca_file, every client must
+# show a certificate from that CA (its subject is logged with the association).
+tls_port = 0
+tls_cert_file = ""
+tls_key_file = ""
+tls_ca_file = ""
 
 [policy]
 # An instance is safe (and storage commitment reports success) once this many verified
@@ -707,6 +779,10 @@ offsite_copies = 1
 # [sites.nas]
 # url = "file:///mnt/nas/dicomvault"
 # offsite = false
+#
+# [sites.mirror]                 # a PACS that gets every image DECRYPTED over C-STORE
+# url = "dicom://MIRROR@10.0.0.30:2762"
+# tls = true                     # + tls_ca_file, tls_cert_file, tls_key_file as for [peers.NAME]
 #
 # [sites.offsite]
 # url = "s3://hospital-dr/dicomvault"
@@ -742,6 +818,11 @@ poll_seconds = 10.0
 # permissions = ["store", "commit", "find", "move"]
 # accept_from = ["10.0.0.0/28"]        # the PACS's other addresses, if it calls from them
 # tls_subject = "CN=pacs.hospital.example,O=Hospital"
+# tls = false              # true: every association to it over TLS (restore, export, C-MOVE,
+#                          # reports, reconcile); its certificate must name host and chain to
+# tls_ca_file = ""         # this CA (default [dicom] tls_ca_file, else the system store);
+# tls_cert_file = ""       # our client certificate and key (default [dicom]'s)
+# tls_key_file = ""
 
 [reconcile]
 # Scheduled reconciliation inside `dicomvault serve`: every `every` ("24h", "6h", "30m") the

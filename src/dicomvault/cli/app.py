@@ -136,10 +136,13 @@ def serve(config: ConfigOption = None) -> None:
             raise CliFailure(f"cannot serve HTTP on {settings.http.bind}:{settings.http.port}: {exc}") from exc
     try:
         dimse.start()
-    except OSError as exc:
+    except (OSError, ConfigError) as exc:  # a port in use, or [dicom] TLS files that cannot be used
         if http is not None:
             http.stop()
-        raise CliFailure(f"cannot listen for DICOM on {settings.dicom.bind}:{settings.dicom.port}: {exc.strerror}") from exc
+        if isinstance(exc, ConfigError):
+            raise CliFailure(f"cannot start the DICOM TLS listener: {exc}") from exc
+        ports = " and ".join(str(p) for p in (settings.dicom.port, settings.dicom.tls_port) if p)
+        raise CliFailure(f"cannot listen for DICOM on {settings.dicom.bind}:{ports}: {exc.strerror}") from exc
     archive.ingestor.durability.start()
     replication.start()
     commitment.start()  # storage commitment evaluator and report deliverer
@@ -166,6 +169,7 @@ def serve(config: ConfigOption = None) -> None:
     refill.start()  # after a rebuild on a new host: copies the primary lacks, from the replicas
     print(
         f"dicomvault {__version__} serving: DICOM {settings.dicom.ae_title}@{settings.dicom.bind}:{settings.dicom.port}"
+        + (f" (TLS :{settings.dicom.tls_port})" if settings.dicom.tls_port else "")
         + (f", HTTP {settings.http.bind}:{settings.http.port}" if http else ""),
         flush=True,
     )

@@ -98,8 +98,9 @@ def add_site(
     original = path.read_text(encoding="utf-8")
     path.write_text(original.rstrip("\n") + "\n" + "\n".join(lines) + "\n", encoding="utf-8")
     try:
-        added = next(r for r in load_settings(path).replicas if r.name == name)
-        target = open_target(added)  # a PACS needs no key to answer a C-ECHO
+        new_settings = load_settings(path)
+        added = next(r for r in new_settings.replicas if r.name == name)
+        target = open_target(added, dicom=new_settings.dicom)  # a PACS needs no key to answer a C-ECHO
         health = target.health()
         if not health.get("ok") and not no_test:
             raise SitesFailure(f"site {name} does not answer: {health.get('error')}; fix it or add with --no-test")
@@ -128,7 +129,7 @@ def test_site(name: Annotated[str, typer.Argument()], config: ConfigOption = Non
         replica = next((r for r in settings.replicas if r.name == name), None)
         if replica is None:
             raise SitesFailure(f"no site named {name!r}; see `dicomvault sites list`")
-        target = open_target(replica)
+        target = open_target(replica, dicom=settings.dicom)
         if not isinstance(target, SiteTarget):
             health = target.health()
             if not health.get("ok"):

@@ -56,7 +56,8 @@ from dicomvault.catalog import Catalog
 from dicomvault.catalog import commitments as q
 from dicomvault.catalog.commitments import COMMITTED, DELIVERED, FAILED, PENDING, decision
 from dicomvault.catalog.copies import verified_sites
-from dicomvault.config import PeerSettings, Settings
+from dicomvault.config import ConfigError, DicomSettings, PeerSettings, Settings
+from dicomvault.net.tls import client_context, pynetdicom_tls_args
 
 if TYPE_CHECKING:  # pydicom (~0.3 s with numpy) is imported where a data set is built or read,
     from pydicom.dataset import Dataset  # not by `status`, which only needs commitment_status
@@ -216,8 +217,10 @@ def _set_nodelay(event: Any) -> None:
             pass
 
 
-def send_report(local_ae_title: str, peer: PeerSettings, report: Report, timeout: float = 30.0) -> None:
-    """One N-EVENT-REPORT on a new association; returns only after an N-EVENT-REPORT-RSP success."""
+def send_report(local_ae_title: str, peer: PeerSettings, report: Report, timeout: float = 30.0,
+                dicom: DicomSettings | None = None) -> None:
+    """One N-EVENT-REPORT on a new association; returns only after an N-EVENT-REPORT-RSP success.
+    Over TLS when the peer has ``tls = true`` (``dicom``: our ``[dicom]`` TLS defaults)."""
     from pynetdicom import AE, build_role, evt
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -230,8 +233,13 @@ def send_report(local_ae_title: str, peer: PeerSettings, report: Report, timeout
     # We, the SCP of the SOP Class, request the association: propose the SCP role (PS3.4 J.3.3.1.2 note 1).
     role = build_role(SOP_CLASS_UID, scu_role=False, scp_role=True)
     where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    try:
+        context = client_context(peer, dicom)
+    except ConfigError as exc:
+        raise DeliveryFailed(str(exc)) from exc
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=[role],
-                         evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay)])
+                         evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay)],
+                         tls_args=pynetdicom_tls_args(context, peer.host))
     if not assoc.is_established:
         if assoc.is_rejected:
             raise DeliveryFailed(f"association with {where} rejected")
@@ -268,7 +276,8 @@ class StorageCommitmentService:
         self.interval = settings.commitment.check_interval
         self.poll = settings.commitment.poll_seconds
         self.peers = {peer.ae_title: peer for peer in settings.peers}
-        self.sender = sender or (lambda ae_title, peer, report: send_report(ae_title, peer, report))
+        self.sender = sender or (lambda ae_title, peer, report: send_report(ae_title, peer, report,
+                                                                            dicom=settings.dicom))
         self._rng = random.Random()
         self._stop = threading.Event()
         self._wake_evaluator = threading.Event()

@@ -30,6 +30,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from typing import Any
 
 from dicomvault.config import DicomSettings
 
-from . import pdu
+from . import pdu, tls
 from .associate import encode_associate_ac, parse_associate_rq
 from .fsm import SENDS_ABORT, Action, Event, Machine, State
 
@@ -87,6 +88,11 @@ class Association:
     # SOP classes for which the requestor took the SCP role (SCP/SCU Role Selection): we may
     # send it C-STOREs on those contexts, which is how C-GET delivers.
     requestor_scp: set[str] = field(default_factory=set)
+    # DIMSE over TLS ([dicom] tls_port): tls is True on the TLS listener; tls_subject is the
+    # RFC 4514 subject of the client certificate, verified against [dicom] tls_ca_file ("" if
+    # none was asked for). Per-peer rules match it against [peers.NAME] tls_subject.
+    tls: bool = False
+    tls_subject: str = ""
     _storage_cache: dict[str, dict[str, int]] = field(default_factory=dict)
     # The verified TLS client certificate's subject (RFC 4514), "" over plain TCP.
     tls_subject: str = ""
@@ -131,6 +137,10 @@ class Operation:
         self._abandoned = threading.Event()
         self._sub_message_id = 0
         self._out: socket.socket | None = None
+        # Under TLS the bytes on the socket are ciphertext owned by the event loop's SSL
+        # transport: the operation's writes (and C-GET's reads) go through the loop instead.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader: asyncio.StreamReader | None = None
         self.task: asyncio.Task[None] | None = None
         # C-GET: the event loop stops reading while the operation runs and the operation's
         # thread reads the answers to its sub-operations itself (``_read_command``);
@@ -143,11 +153,34 @@ class Operation:
         the connection's descriptor; the event loop writes nothing while it runs). Handing
         every message to the loop thread instead cost ~0.5 ms per sub-operation in thread
         switches, as much as the receiver's own work. Called once the transport's own write
-        buffer is empty, so the byte order on the wire is kept."""
+        buffer is empty, so the byte order on the wire is kept. Under TLS (``through_loop``)
+        there is no such shortcut."""
+        if self._loop is not None:
+            return
         raw = self._writer.get_extra_info("socket")
         out = socket.socket(fileno=os.dup(raw.fileno()))
         out.settimeout(self._timeout)  # the shared description stays non-blocking; waits use poll
         self._out = out
+
+    def through_loop(self, loop: asyncio.AbstractEventLoop, reader: asyncio.StreamReader) -> None:
+        """TLS: write (and, for C-GET, read) through the event loop's transport; each message
+        then costs a thread switch, the price of encryption living in the loop."""
+        self._loop, self._reader = loop, reader
+
+    def _in_loop(self, coroutine: Any) -> Any:
+        """Run ``coroutine`` on the event loop from the operation's thread, bounded in time."""
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout=self._timeout)
+        except (OSError, EOFError, TimeoutError, asyncio.CancelledError, RuntimeError) as exc:
+            future.cancel()
+            self.abandon()
+            raise OperationAbandoned(f"the TLS connection failed: {type(exc).__name__} {exc}") from exc
+
+    async def _write_all(self, pdus: list[bytes | memoryview]) -> None:
+        self._writer.writelines(pdus)
+        await self._writer.drain()
 
     def close_output(self) -> None:
         if self._out is not None:
@@ -166,8 +199,11 @@ class Operation:
     # --- called from the handler's thread -----------------------------------------------
 
     def _send(self, pdus: list[bytes | memoryview]) -> None:
-        if self._abandoned.is_set() or self._out is None:
+        if self._abandoned.is_set() or (self._out is None and self._loop is None):
             raise OperationAbandoned("the association has ended")
+        if self._loop is not None:
+            self._in_loop(self._write_all(pdus))
+            return
         try:
             pdu.send_buffers(self._out, pdus)
         except OSError as exc:
@@ -224,6 +260,8 @@ class Operation:
     # --- direct reads (C-GET): the operation's thread reads the peer's answers itself -------
 
     def _recv_exact(self, count: int) -> bytes:
+        if self._reader is not None:
+            return self._in_loop(self._reader.readexactly(count))  # type: ignore[no-any-return]
         assert self._out is not None
         chunks = []
         if self._handover:
@@ -286,7 +324,8 @@ class DicomListener:
         self.implementation_version = implementation_version
         self._workers = ThreadPoolExecutor(max_workers=max(2, settings.max_associations), thread_name_prefix="dimse")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._servers: list[asyncio.AbstractServer] = []  # plain and TLS
+        self._tls_context: ssl.SSLContext | None = None
         self._thread: threading.Thread | None = None
         self._active = 0
 
@@ -297,14 +336,26 @@ class DicomListener:
         ready = threading.Event()
         failure: list[BaseException] = []
 
+        settings = self.settings
+        context = tls.server_context(settings) if settings.tls_port else None  # TlsSetupError: refuse now
+
+        async def listen() -> None:
+            if settings.port:
+                self._servers.append(await asyncio.start_server(self._handle, settings.bind, settings.port,
+                                                                backlog=64))
+            if context is not None:
+                self._tls_context = context
+                self._servers.append(await asyncio.start_server(self._handle_tls, settings.bind, settings.tls_port,
+                                                                backlog=64))
+
         def run() -> None:
             loop = asyncio.new_event_loop()
             self._loop = loop
             try:
-                self._server = loop.run_until_complete(
-                    asyncio.start_server(self._handle, self.settings.bind, self.settings.port, backlog=64)
-                )
+                loop.run_until_complete(listen())
             except BaseException as exc:  # noqa: BLE001 - reported to start()'s caller
+                for server in self._servers:
+                    server.close()
                 failure.append(exc)
                 ready.set()
                 loop.close()
@@ -321,7 +372,12 @@ class DicomListener:
         ready.wait()
         if failure:
             raise failure[0]
-        log.info("DIMSE listening as %s on %s:%d", self.settings.ae_title, self.settings.bind, self.settings.port)
+        if settings.port:
+            log.info("DIMSE listening as %s on %s:%d", settings.ae_title, settings.bind, settings.port)
+        if settings.tls_port:
+            log.info("DIMSE over TLS listening as %s on %s:%d (client certificates %s)", settings.ae_title,
+                     settings.bind, settings.tls_port,
+                     f"required, CA {settings.tls_ca_file}" if settings.tls_ca_file else "not asked")
 
     def stop(self) -> None:
         loop = self._loop
@@ -329,8 +385,8 @@ class DicomListener:
             return
 
         async def shutdown() -> None:
-            if self._server is not None:
-                self._server.close()
+            for server in self._servers:
+                server.close()
             for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
                 task.cancel()
 
@@ -366,6 +422,22 @@ class DicomListener:
         async with asyncio.timeout(self.settings.network_timeout):
             body = await reader.readexactly(length)
         return kind, header, body
+
+    async def _handle_tls(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The TLS port: the handshake first (bounded by ARTIM), here rather than inside
+        asyncio's server so that a refused one (plain TCP, no or an untrusted client
+        certificate, TLS < 1.2) is logged with the address and why; then as on the plain port."""
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        assert self._tls_context is not None
+        try:
+            await writer.start_tls(self._tls_context,
+                                   ssl_handshake_timeout=min(ARTIM_SECONDS, self.settings.network_timeout))
+        except (OSError, asyncio.TimeoutError, EOFError) as exc:  # ssl.SSLError is an OSError
+            log.warning("TLS connection from %s:%s refused: %s", *peer[:2],
+                        getattr(exc, "reason", None) or str(exc) or type(exc).__name__)
+            writer.close()  # after the TLS alert, if any, has been sent
+            return
+        await self._handle(reader, writer)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
@@ -468,6 +540,11 @@ class DicomListener:
 
         assoc = Association(calling, called, str(peer[0]), int(peer[1]) if len(peer) > 1 else 0)
         assoc.peer_max_pdu = request.max_pdu
+        ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            assoc.tls, assoc.tls_subject = True, tls.peer_subject(ssl_object)
+            log.info("TLS association from %s@%s (%s, client certificate %s)", calling, peer[0],
+                     ssl_object.version(), assoc.tls_subject or "none asked")
         roles: list[tuple[str, bool, bool]] = []
         if self.on_query is not None:
             # Accept the roles as proposed: a C-GET requestor offering to be the storage SCP
@@ -552,8 +629,10 @@ class DicomListener:
                         data_buffer.clear()
                         field_ = pdu.command_us(command, pdu.TAG_COMMAND_FIELD)
                         if field_ in (pdu.C_FIND_RQ, pdu.C_GET_RQ, pdu.C_MOVE_RQ) and self.on_query is not None:
-                            self._start_operation(loop, reader, writer, assoc, command_context, command, dataset,
-                                                  running)
+                            operation = self._start_operation(loop, reader, writer, assoc, command_context, command,
+                                                              dataset, running)
+                            if operation.reads_directly and assoc.tls and operation.task is not None:
+                                await operation.task  # it reads the stream itself (through the loop) meanwhile
                         else:
                             if any(not op.finished for op in running):
                                 raise pdu.ProtocolError("a request arrived while a query/retrieve was in progress")
@@ -567,7 +646,7 @@ class DicomListener:
 
     def _start_operation(self, loop: asyncio.AbstractEventLoop, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter, assoc: Association, context_id: int,
-                         command: dict[int, bytes], identifier: bytes, running: list[Operation]) -> None:
+                         command: dict[int, bytes], identifier: bytes, running: list[Operation]) -> Operation:
         # An operation counts as running until its final response is on its way (its thread
         # may still be writing the audit row): a peer may send the next request at once.
         running[:] = [op for op in running if not op.finished]
@@ -576,6 +655,8 @@ class DicomListener:
         if assoc.contexts[context_id][0] not in QR_MODELS:
             raise pdu.ProtocolError("a query/retrieve request on a context of another SOP class")
         operation = Operation(writer, assoc, context_id, command, identifier, self.settings.network_timeout)
+        if assoc.tls:
+            operation.through_loop(loop, reader)
         running.append(operation)
 
         def run() -> None:
@@ -597,13 +678,16 @@ class DicomListener:
 
         async def start() -> None:
             # Everything written before the request must be on the wire before the operation's
-            # own writes begin: wait for the transport's buffer to be empty.
-            writer.transport.set_write_buffer_limits(high=0)
-            try:
-                await writer.drain()
-            finally:
-                writer.transport.set_write_buffer_limits()
-            if operation.reads_directly:
+            # own writes begin: wait for the transport's buffer to be empty. (Not under TLS: its
+            # writes go through the same transport, in order; and an SSL transport pauses at
+            # high=0 even when empty, so drain would never return.)
+            if not assoc.tls:
+                writer.transport.set_write_buffer_limits(high=0)
+                try:
+                    await writer.drain()
+                finally:
+                    writer.transport.set_write_buffer_limits()
+            if operation.reads_directly and not assoc.tls:
                 writer.transport.pause_reading()
                 buffered = getattr(reader, "_buffer", None)  # what the StreamReader already holds
                 if buffered:
@@ -612,11 +696,12 @@ class DicomListener:
             try:
                 await loop.run_in_executor(self._workers, run)
             finally:
-                if operation.reads_directly and not writer.is_closing():
+                if operation.reads_directly and not assoc.tls and not writer.is_closing():
                     writer.transport.resume_reading()
 
         task = operation.task = loop.create_task(start())  # a strong reference while it runs
         task.add_done_callback(lambda _t: running.remove(operation) if operation in running else None)
+        return operation
 
     async def _no_dataset(self, loop: asyncio.AbstractEventLoop, assoc: Association, context_id: int,
                           command: dict[int, bytes], running: list[Operation]) -> bytes | None:

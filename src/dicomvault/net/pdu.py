@@ -11,6 +11,7 @@ decoded or re-encoded. Every parser raises ``ProtocolError`` and nothing else on
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 
 A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ = 0x01, 0x02, 0x03
@@ -132,11 +133,25 @@ def message(context_id: int, command: bytes, dataset: bytes | None, max_pdu: int
 
 
 _PDV_HEADER = struct.Struct(">BBIIBB")
+_TLS_WRITE = 256 * 1024
 _MAX_IOV = 512  # well under every kernel's IOV_MAX (1024 on Linux)
 
 
 def send_buffers(sock: socket.socket, buffers: list[bytes | memoryview]) -> None:
-    """``sendall`` for a list of buffers, gathered by the kernel (``sendmsg``), no joining."""
+    """``sendall`` for a list of buffers, gathered by the kernel (``sendmsg``), no joining.
+    A TLS socket has no ``sendmsg``: the buffers are joined into ~256 KiB writes instead."""
+    if isinstance(sock, ssl.SSLSocket):
+        batch: list[bytes | memoryview] = []
+        size = 0
+        for buffer in buffers:
+            batch.append(buffer)
+            size += len(buffer)
+            if size >= _TLS_WRITE:
+                sock.sendall(b"".join(batch))
+                batch, size = [], 0
+        if batch:
+            sock.sendall(b"".join(batch))
+        return
     pending = [memoryview(b) for b in buffers if len(b)]
     while pending:
         sent = sock.sendmsg(pending[:_MAX_IOV])

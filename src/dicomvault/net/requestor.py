@@ -11,6 +11,7 @@ sender thread (replication worker, restore association, C-MOVE) owns one.
 from __future__ import annotations
 
 import socket
+import ssl
 
 from . import pdu
 from .associate import encode_associate_rq, parse_associate_ac
@@ -32,14 +33,21 @@ class MissingStatus(pdu.ProtocolError):
     and the instance is not taken as stored; it is not resent (the peer answered, badly)."""
 
 
+class TlsFailed(ConnectionError):
+    """The TLS handshake failed (untrusted or mismatched certificate, no common protocol):
+    the peer is unreachable for us, like a refused connection."""
+
+
 class AssociationRejected(Exception):
     """The peer refused the association or the presentation context we need."""
 
 
 class StoreRequestor:
     def __init__(self, host: str, port: int, called_ae: str, calling_ae: str, timeout: float = 30.0,
-                 implementation_class_uid: str = "", implementation_version: str = "") -> None:
+                 implementation_class_uid: str = "", implementation_version: str = "",
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.host, self.port = host, port
+        self.ssl_context = ssl_context  # DIMSE over TLS (net/tls.py client_context); None: plain TCP
         self.called_ae, self.calling_ae = called_ae, calling_ae
         self.timeout = timeout
         self.implementation_class_uid = implementation_class_uid
@@ -132,6 +140,13 @@ class StoreRequestor:
             self._machine.fire(Event.EVT17)  # AA-4
             raise
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is not None:
+            try:  # the handshake, bounded by the socket's timeout; the host name is checked
+                sock = self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+            except OSError as exc:
+                sock.close()
+                self._machine.fire(Event.EVT17)  # AA-4: the transport is gone
+                raise TlsFailed(f"TLS with {where} failed: {getattr(exc, 'reason', None) or exc}") from exc
         self._sock = sock
         self._machine.fire(Event.EVT2)  # AE-2: send the A-ASSOCIATE-RQ
         contexts = [(2 * i + 1, abstract, [syntax]) for i, (abstract, syntax) in enumerate(self._wanted)]

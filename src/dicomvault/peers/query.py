@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dicomvault.config import PeerSettings
+from dicomvault.config import ConfigError, DicomSettings, PeerSettings
+from dicomvault.net.tls import client_context, pynetdicom_tls_args
 
 if TYPE_CHECKING:  # pydicom is imported by the queries themselves: `status` imports this module
     from pydicom.dataset import Dataset  # (MoveResult, via reconcile_report) and must stay light
@@ -95,8 +97,10 @@ class PacsClient:
     """One association to one PACS, as a context manager. Not thread-safe (one run uses it)."""
 
     def __init__(self, peer: PeerSettings, our_ae_title: str, timeout: float = 60.0,
-                 cancelled: threading.Event | None = None) -> None:
+                 cancelled: threading.Event | None = None, dicom: DicomSettings | None = None) -> None:
         self.peer = peer
+        self.dicom = dicom  # [dicom]: TLS defaults for a peer with tls = true
+        self._ssl_context: ssl.SSLContext | None = None
         self.our_ae_title = our_ae_title
         self.timeout = float(timeout)
         self.cancelled = cancelled or threading.Event()
@@ -142,7 +146,8 @@ class PacsClient:
         ae.network_timeout = self.timeout
         ae.add_requested_context(FIND_MODEL)
         ae.add_requested_context(MOVE_MODEL)
-        assoc = ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.ae_title)
+        assoc = ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.ae_title,
+                             tls_args=pynetdicom_tls_args(self._tls(), self.peer.host))
         if not assoc.is_established:
             if assoc.is_rejected:
                 raise PacsError(
@@ -162,6 +167,15 @@ class PacsClient:
             raise PacsError(f"{self._describe()} does not accept Study Root C-FIND from {self.our_ae_title!r}; "
                             "allow queries for our AE title in the PACS")
         self.can_move = MOVE_MODEL in accepted
+
+    def _tls(self) -> ssl.SSLContext | None:
+        """The peer's TLS context (``tls = true``), built once; PacsError if its files are unusable."""
+        if self._ssl_context is None and self.peer.tls:
+            try:
+                self._ssl_context = client_context(self.peer, self.dicom)
+            except ConfigError as exc:
+                raise PacsError(f"{self._describe()}: {exc}") from None
+        return self._ssl_context
 
     def close(self) -> None:
         with self._lock:

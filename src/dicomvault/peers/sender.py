@@ -13,6 +13,7 @@ they share ``payload_for`` and the status rule, not the association.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -32,6 +33,7 @@ from dicomvault.dicom.transcode import (
 )
 from dicomvault.net import pdu
 from dicomvault.net.requestor import AssociationRejected, MissingStatus, StoreRequestor
+from dicomvault.net.tls import client_context
 from dicomvault.peers.status import Outcome, not_sent, outcome
 
 if TYPE_CHECKING:
@@ -64,20 +66,22 @@ class StoreSender:
     """C-STOREs to one peer over one kept-open association (one per thread: not thread-safe)."""
 
     def __init__(self, host: str, port: int, called_ae: str, calling_ae: str, timeout: float = 30.0,
-                 name: str | None = None) -> None:
+                 name: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         self.name = name or called_ae
         self.called_ae, self.host, self.port = called_ae, host, port
+        self.tls = ssl_context is not None
         self.requestor = StoreRequestor(host, port, called_ae, calling_ae, timeout,
-                                        IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME)
+                                        IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ssl_context)
 
     @classmethod
     def to_peer(cls, settings: "Settings", peer: "PeerSettings") -> "StoreSender":
-        """A sender to a configured ``[peers.NAME]``, as our ``[dicom] ae_title``."""
+        """A sender to a configured ``[peers.NAME]``, as our ``[dicom] ae_title``; over TLS when
+        the peer says ``tls = true`` (a TlsSetupError when its certificate files are unusable)."""
         return cls(peer.host, peer.port, peer.ae_title, settings.dicom.ae_title,
-                   settings.dicom.network_timeout, peer.name)
+                   settings.dicom.network_timeout, peer.name, client_context(peer, settings.dicom))
 
     def describe(self) -> str:
-        return f"{self.name} ({self.called_ae}@{self.host}:{self.port})"
+        return f"{self.name} ({self.called_ae}@{self.host}:{self.port}{', TLS' if self.tls else ''})"
 
     def open(self, pairs: list[tuple[str, str]], convert: bool = True) -> None:
         """Propose every (SOP class, stored syntax) up front (plus the lossless fallbacks when

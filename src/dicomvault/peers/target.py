@@ -15,14 +15,19 @@ PACS answers success or a warning (``peers/status.py``); DICOM has no checksum t
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from dicomvault.config import ConfigError, DicomSettings, PeerSettings
+from dicomvault.net.tls import client_context, pynetdicom_tls_args
 from dicomvault.peers.sender import PeerLost, StoreSender
 
 log = logging.getLogger(__name__)
+
+_OPTIONS = {"calling_ae", "timeout", "tls", "tls_cert_file", "tls_key_file", "tls_ca_file"}
 
 
 class TargetError(Exception):
@@ -40,8 +45,9 @@ class PacsTarget:
     """Delivers sealed objects to a PACS as plaintext C-STOREs."""
 
     def __init__(self, url: str, called_ae: str, host: str, port: int, repository: Opener | None,
-                 calling_ae: str = "DICOMVAULT", timeout: float = 30.0) -> None:
+                 calling_ae: str = "DICOMVAULT", timeout: float = 30.0, ssl_context: ssl.SSLContext | None = None) -> None:
         self.url = url
+        self.ssl_context = ssl_context  # DIMSE over TLS (the site's tls = true); None: plain TCP
         self.called_ae, self.host, self.port = called_ae, host, port
         self.calling_ae = calling_ae
         self.timeout = timeout
@@ -52,13 +58,16 @@ class PacsTarget:
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, object] | None = None,
-                 repository: Opener | None = None) -> "PacsTarget":
+                 repository: Opener | None = None, dicom: DicomSettings | None = None) -> "PacsTarget":
+        """``options``: the site table's other keys. With ``tls = true`` the PACS is reached over
+        TLS (``tls_ca_file``, ``tls_cert_file``/``tls_key_file`` as for a ``[peers.NAME]``,
+        defaulting to ``dicom``'s, i.e. ``[dicom]``)."""
         parsed = urlparse(url)
         options = dict(options or {})
-        unknown = set(options) - {"calling_ae", "timeout"}
+        unknown = set(options) - _OPTIONS
         if unknown:
             raise TargetError(f"dicom target {url}: unknown option(s) {', '.join(sorted(unknown))}; "
-                              "known: calling_ae, timeout")
+                              f"known: {', '.join(sorted(_OPTIONS))}")
         called = (parsed.username or "").strip()
         if parsed.scheme != "dicom" or not called or len(called) > 16 or not parsed.hostname or not parsed.port:
             raise TargetError(f"dicom target URL {url!r}: expected dicom://AETITLE@host:port")
@@ -66,15 +75,24 @@ class PacsTarget:
             timeout = float(options.get("timeout", 30.0))  # type: ignore[arg-type]
         except (TypeError, ValueError) as exc:
             raise TargetError(f"dicom target {url}: timeout must be a number of seconds") from exc
+        tls = options.get("tls", False)
+        files = {key: str(options.get(key, "")) for key in ("tls_cert_file", "tls_key_file", "tls_ca_file")}
+        if not isinstance(tls, bool) or (any(files.values()) and not tls):
+            raise TargetError(f"dicom target {url}: tls must be true or false (and true when tls_*_file is set)")
+        peer = PeerSettings(called, called, parsed.hostname, parsed.port, tls=tls, **files)
+        try:
+            context = client_context(peer, dicom, where=f"dicom target {url}")
+        except ConfigError as exc:
+            raise TargetError(str(exc)) from exc
         return cls(url, called, parsed.hostname, parsed.port, repository, str(options.get("calling_ae", "DICOMVAULT")),
-                   timeout)
+                   timeout, context)
 
     def _sender(self) -> StoreSender:
         """This thread's association (replication runs several threads per target)."""
         sender = getattr(self._local, "sender", None)
         if sender is None:
             sender = StoreSender(self.host, self.port, self.called_ae, self.calling_ae, self.timeout,
-                                 name=f"PACS {self.called_ae}")
+                                 name=f"PACS {self.called_ae}", ssl_context=self.ssl_context)
             self._local.sender = sender
             with self._lock:
                 self._senders.append(sender)
@@ -117,7 +135,8 @@ class PacsTarget:
         ae.add_requested_context(Verification)
         ae.acse_timeout = ae.network_timeout = min(self.timeout, 10.0)
         try:
-            assoc = ae.associate(self.host, self.port, ae_title=self.called_ae)
+            assoc = ae.associate(self.host, self.port, ae_title=self.called_ae,
+                                 tls_args=pynetdicom_tls_args(self.ssl_context, self.host))
         except Exception as exc:  # noqa: BLE001
             return {**info, "ok": False, "error": f"cannot reach PACS {self.called_ae}@{self.host}:{self.port}: {exc}"}
         if not assoc.is_established:

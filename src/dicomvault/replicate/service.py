@@ -50,7 +50,7 @@ class ReplicationService:
         self.replicators: dict[str, SiteReplicator] = {}
         by_name = {replica.name: replica for replica in settings.replicas}
         for replica in (by_name[name] for name in owed_sites(settings)):
-            target = open_target(replica, repository)
+            target = open_target(replica, repository, settings.dicom)
             if not isinstance(target, SiteTarget):
                 log.warning("target %s (%s) receives PLAINTEXT images: it must itself be trusted with patient data",
                             replica.name, replica.url)

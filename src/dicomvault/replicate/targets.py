@@ -77,11 +77,12 @@ class SiteTarget:
         pass  # the site outlives its replicator (the archive may read it)
 
 
-def open_target(replica: "ReplicaSiteSettings", repository: Any = None) -> CopyTarget:
+def open_target(replica: "ReplicaSiteSettings", repository: Any = None, dicom: Any = None) -> CopyTarget:
     """The copy target for a configured ``[sites.NAME]``. ``repository`` (the archive's
-    ``Repository``) is needed only by a ``dicom://`` PACS, which must decrypt to send."""
+    ``Repository``) is needed only by a ``dicom://`` PACS, which must decrypt to send;
+    ``dicom`` (``[dicom]``) gives its TLS defaults."""
     if replica.is_pacs:
         from dicomvault.peers.target import PacsTarget
 
-        return PacsTarget.from_url(replica.url, replica.option_map, repository)
+        return PacsTarget.from_url(replica.url, replica.option_map, repository, dicom)
     return SiteTarget(open_site(replica.url, replica.option_map))

@@ -48,11 +48,12 @@ class Backfill:
         """None when something accepts connections on our DICOM port, else why not."""
         bind = self.settings.dicom.bind
         host = "127.0.0.1" if bind in ("", "0.0.0.0", "::") else bind
+        port = self.settings.dicom.port or self.settings.dicom.tls_port  # port = 0: TLS only
         try:
-            with socket.create_connection((host, self.settings.dicom.port), timeout=5):
+            with socket.create_connection((host, port), timeout=5):
                 return None
         except OSError as exc:
-            return (f"the vault's DICOM listener ({self.our_ae} on {host}:{self.settings.dicom.port}) is not running "
+            return (f"the vault's DICOM listener ({self.our_ae} on {host}:{port}) is not running "
                     f"({exc.strerror or exc}): start `dicomvault serve` so the PACS can send the missing instances")
 
     def run(self) -> None:

@@ -131,7 +131,7 @@ class Reconciler:
         report = self.report
         start_run(self.catalog, report)
         try:
-            self.client = PacsClient(self.peer, self.our_ae, self.timeout, self.cancelled)
+            self.client = PacsClient(self.peer, self.our_ae, self.timeout, self.cancelled, self.settings.dicom)
             with self.client:
                 comparison = Comparison(self.catalog, self.client, report, self.progress, self.cancelled)
                 comparison.compare_range(self.since, self.until, self.chunk_days)
