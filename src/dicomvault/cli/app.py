@@ -6,6 +6,7 @@ import atexit
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -164,6 +165,14 @@ def serve(config: ConfigOption = None) -> None:
     snapshots.start()  # an encrypted catalog snapshot to every site per [snapshots] every
     refill = PrimaryRefill(archive.catalog, archive.repository, archive.site)
     refill.start()  # after a rebuild on a new host: copies the primary lacks, from the replicas
+    # --- ATNA audit export (audit/forward.py): every audit row to [audit] syslog, in order ---
+    from dicomvault.audit.forward import AuditForwarder
+
+    audit_export = AuditForwarder(archive.catalog, settings)
+    archive.ingestor.on_stored.append(audit_export.notify)
+    _audit_serve(archive, "start")
+    audit_export.start()  # off unless [audit] syslog is set
+    # --- end ATNA audit export ---
     print(
         f"dicomvault {__version__} serving: DICOM {settings.dicom.ae_title}@{settings.dicom.bind}:{settings.dicom.port}"
         + (f", HTTP {settings.http.bind}:{settings.http.port}" if http else ""),
@@ -184,7 +193,18 @@ def serve(config: ConfigOption = None) -> None:
     commitment.stop()  # storage commitment threads
     replication.stop()
     archive.ingestor.close()
+    _audit_serve(archive, "stop")
+    audit_export.stop()  # delivers the stop event (and any backlog) for a few seconds, then stops
     archive.close()
+
+
+def _audit_serve(archive: Any, event: str) -> None:
+    """Application Activity (start / stop) for the audit trail: when was the archive serving."""
+    from dicomvault.audit import AuditEvent, append
+
+    with archive.catalog.write() as conn:
+        append(conn, AuditEvent(actor=_actor(), action="serve", subject=archive.settings.dicom.ae_title,
+                                detail={"event": event, "version": __version__, "pid": os.getpid()}))
 
 
 @app.command("import")
