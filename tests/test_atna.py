@@ -272,6 +272,7 @@ def test_every_event_kind_arrives_over_tls_as_a_dicom_audit_message(vault: Vault
         assert m.pri % 8 == 5
         who = participants(m)
         assert who["110153"].get("UserID") == "MODALITY1" and who["110153"].get("UserIsRequestor") == "true"
+        assert who["110153"].get("NetworkAccessPointID") == "127.0.0.1"
         assert who["110152"].get("AlternativeUserID") == "AETITLES=DICOMVAULT"
         assert objects(m, "110180") == [study] and objects(m, "2") == ["ATNA0"]
         sop = m.xml.find("ParticipantObjectIdentification/SOPClass")
@@ -350,22 +351,27 @@ def test_an_untrusted_server_gets_nothing(vault: Vault, rsyslog: Rsyslog, tmp_pa
 
 # --- the mapping, without a server -----------------------------------------------------------------
 
-def audited_actions(src: Path) -> set[str]:
-    """The string constants passed as ``action`` anywhere in src: to ``AuditEvent`` and to every
-    function with an ``action`` parameter whose name mentions audit (``ast``: a call is matched
-    to the definition in its own module or in the module it imported the name from)."""
+def audited_values(src: Path, parameter: str) -> set[str]:
+    """The string constants passed as ``parameter`` (action, outcome) anywhere in src: to
+    ``AuditEvent`` and to every function with that parameter whose name mentions audit, called
+    or handed to ``run_in_threadpool`` (``ast``: a call is matched to the definition in its own
+    module or in the module it imported the name from)."""
     import ast
 
     modules = {".".join(("dicomvault",) + p.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): p
                for p in src.rglob("*.py")}
     trees = {name: ast.parse(path.read_text()) for name, path in modules.items()}
-    helpers: dict[tuple[str, str], int] = {}  # (module, function) -> index of ``action`` (self not counted)
+    helpers: dict[tuple[str, str], int] = {}  # (module, function) -> index of the parameter (self not counted)
     for module, tree in trees.items():
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and "audit" in node.name:
                 names = [a.arg for a in node.args.args if a.arg != "self"]
-                if "action" in names:
-                    helpers[(module, node.name)] = names.index("action")
+                if parameter in names:
+                    helpers[(module, node.name)] = names.index(parameter)
+
+    def name_of(node: ast.AST) -> str:
+        return node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+
     found: set[str] = set()
     for module, tree in trees.items():
         origin = {}  # imported name -> its module
@@ -375,25 +381,51 @@ def audited_actions(src: Path) -> set[str]:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]) if node.level else ""
                 source = ".".join(part for part in (base, node.module or "") if part)
                 origin.update({alias.asname or alias.name: source for alias in node.names})
+
+        def index_of(name: str) -> int | None:
+            return helpers.get((module, name), helpers.get((origin.get(name, ""), name)))
+
+        auditing = "audit" in modules[module].read_text()
+        for node in ast.walk(tree):  # outcome = "..." / status, outcome = 409, "conflict"
+            if auditing and isinstance(node, ast.Assign):
+                for target in node.targets:
+                    pairs = zip(target.elts, node.value.elts) if isinstance(target, ast.Tuple) and \
+                        isinstance(node.value, ast.Tuple) else [(target, node.value)]
+                    for name_node, value in pairs:
+                        if getattr(name_node, "id", "").endswith(parameter):
+                            found |= {c.value for c in ast.walk(value)
+                                      if isinstance(c, ast.Constant) and isinstance(c.value, str)}
         for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
-            name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
-            argument = next((k.value for k in call.keywords if k.arg == "action"), None)
-            index = helpers.get((module, name), helpers.get((origin.get(name, ""), name)))
-            if argument is None and index is not None and len(call.args) > index:
-                argument = call.args[index]
+            name, args = name_of(call.func), call.args
+            if index_of(name) is None and args and index_of(name_of(args[0])) is not None:
+                name, args = name_of(args[0]), args[1:]  # run_in_threadpool(store.audit, ...)
+            argument = next((k.value for k in call.keywords if k.arg == parameter), None)
+            index = index_of(name)
+            if argument is None and index is not None and len(args) > index:
+                argument = args[index]
             if argument is not None and (name == "AuditEvent" or index is not None):
                 found |= {c.value for c in ast.walk(argument) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
     return found
+
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "dicomvault"
 
 
 def test_every_audited_action_in_the_code_has_a_dicom_event() -> None:
     """A new audited action in src must be mapped on purpose, not fall to the default."""
     from dicomvault.audit import atna
 
-    found = audited_actions(Path(__file__).resolve().parent.parent / "src" / "dicomvault")
-    found |= {"get", "move", "restore", "export", "recover"}  # passed through variables
-    assert {"store", "login", "replica-auth", "damage", "serve"} <= found, sorted(found)
+    found = audited_values(SRC, "action") | {"get", "move", "restore", "export", "recover"}  # via variables
+    assert {"store", "login", "replica-auth", "replica-delete", "damage", "serve"} <= found, sorted(found)
     assert found - set(atna.RULES) == set()
+
+
+def test_every_audited_outcome_has_a_severity() -> None:
+    from dicomvault.audit import atna
+
+    found = audited_values(SRC, "outcome")
+    assert {"success", "duplicate", "refused", "stored", "conflict"} <= found, sorted(found)
+    assert found - (atna.SUCCESS_OUTCOMES | atna.MINOR_OUTCOMES | atna.FAILURE_OUTCOMES) == set()
 
 
 @pytest.mark.parametrize("action, outcome, event", [

@@ -79,6 +79,7 @@ RULES: dict[str, Rule] = {
     "recover": Rule(INSTANCES_TRANSFERRED, "C", INBOUND),  # re-indexed after a crash
     "replica-put": Rule(INSTANCES_TRANSFERRED, "C", INBOUND),  # another vault's ciphertext
     "replica-snapshot": Rule(INSTANCES_TRANSFERRED, "C", INBOUND),
+    "replica-delete": Rule(STUDY_DELETED, "D", REQUEST),  # a sender removes its ciphertext here
     "get": Rule(INSTANCES_TRANSFERRED, "R", OUTBOUND),
     "move": Rule(INSTANCES_TRANSFERRED, "R", OUTBOUND),
     "read": Rule(INSTANCES_TRANSFERRED, "R", OUTBOUND),  # WADO, `get`; API reads: see build()
@@ -111,10 +112,11 @@ RULES: dict[str, Rule] = {
     "commitment-report": Rule(APPLICATION_ACTIVITY, "E", OUTBOUND),
 }
 
-SUCCESS_OUTCOMES = {"success", "duplicate", "started", "accepted", "repaired", "quarantined", "reachable",
-                    "stop requested", "completed", "ok"}
+SUCCESS_OUTCOMES = {"success", "duplicate", "stored", "started", "accepted", "repaired", "quarantined",
+                    "reachable", "cleared", "stop requested", "completed"}
 MINOR_OUTCOMES = {"partial", "retry", "failures", "interrupted", "cancelled", "abandoned", "unreachable"}
-DENIED_OUTCOMES = {"denied", "forbidden", "unauthorized", "not permitted"}  # a right was missing
+DENIED_OUTCOMES = {"denied", "forbidden", "unauthorized"}  # a right was missing: a Security Alert
+FAILURE_OUTCOMES = {"failure", "failed", "refused", "rejected", "error", "dead", "conflict"} | DENIED_OUTCOMES
 
 
 def rule_for(action: str, outcome: str) -> Rule:
@@ -125,13 +127,14 @@ def rule_for(action: str, outcome: str) -> Rule:
     rule = RULES.get(action)
     if rule is not None:
         return rule
-    if outcome in ("refused", "rejected") or outcome in DENIED_OUTCOMES:
+    if outcome in ("refused", "rejected"):
         return Rule(SECURITY_ALERT, "E", REQUEST)
     return Rule(APPLICATION_ACTIVITY, "E")
 
 
 def outcome_indicator(outcome: str) -> int:
-    """EventOutcomeIndicator: 0 success, 4 minor failure, 8 serious failure."""
+    """EventOutcomeIndicator: 0 success, 4 minor failure, 8 serious failure (and any outcome
+    not listed above: an unknown word is not evidence of success)."""
     return 0 if outcome in SUCCESS_OUTCOMES else 4 if outcome in MINOR_OUTCOMES else 8
 
 
@@ -219,7 +222,8 @@ def _destination(row: Any, detail: dict[str, Any]) -> Participant:
 def _participants(rule: Rule, row: Any, detail: dict[str, Any], source: Source) -> list[Participant]:
     """Who took part, with the roles PS3.15 A.5.3 asks for the event's direction."""
     internal = row.actor.startswith("dicomvault")  # the archive acting on its own
-    actor = parse_actor(row.actor, str(detail.get("address", "")))
+    source_address = str(detail.get("source", "")).rpartition("@")[2]  # "dimse:AE@10.0.0.5" of a store
+    actor = parse_actor(row.actor, str(detail.get("address") or source_address))
     if rule.event == APPLICATION_ACTIVITY and row.action == "serve":
         return [_archive(source, False, ROLE_APPLICATION), Participant(actor.user_id, True, ROLE_LAUNCHER,
                                                                        access_point=actor.access_point)]

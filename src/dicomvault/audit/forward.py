@@ -107,7 +107,7 @@ class AuditForwarder:
                     log.warning("audit export: %s; the rest is sent at the next start", exc)
                     return
                 self._failed(exc)
-                self._wake.wait(pause)
+                self._stopping.wait(pause)  # not woken by stores: no connection attempt per instance
                 pause = min(pause * 2, BACKOFF_MAX)
                 continue
             pause = BACKOFF_FIRST
