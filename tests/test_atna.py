@@ -15,6 +15,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -347,6 +348,16 @@ def test_an_untrusted_server_gets_nothing(vault: Vault, rsyslog: Rsyslog, tmp_pa
     wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in (vault.status()["audit"]["export"]["error"] or ""),
                timeout=20, interval=0.5, what="the export to refuse the server's certificate")
     assert not rsyslog.messages()
+
+
+def test_unreadable_tls_files_stop_serve_with_the_reason(vault: Vault, pki: SimpleNamespace) -> None:
+    configure(vault, "tls://127.0.0.1:6514", SimpleNamespace(ca=vault.root / "missing-ca.pem", client=pki.client,
+                                                             client_key=pki.client_key))
+    run = subprocess.run([sys.executable, "-m", "dicomvault.cli", "serve", "--config", str(vault.config)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    assert "[audit] cannot use the TLS files" in run.stderr + run.stdout and "missing-ca.pem" in run.stderr + run.stdout
+    assert not vault.echo(), "nothing listens"
 
 
 # --- the mapping, without a server -----------------------------------------------------------------

@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from typing import Any
 
 from dicomvault.audit import atna, syslog
 from dicomvault.catalog import audit_log
-from dicomvault.config import AuditSettings, Settings
+from dicomvault.config import AuditSettings, ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,16 @@ def audit_source(settings: Settings) -> atna.Source:
 
 
 def sender_for(audit: AuditSettings) -> syslog.TlsSender | syslog.UdpSender:
+    """The transport of ``[audit] syslog``; unreadable certificate files are a ConfigError at
+    start, not a retry loop."""
     scheme, host, port = audit.transport
-    if scheme == "tls":
+    if scheme != "tls":
+        return syslog.UdpSender(host, port)
+    try:
         return syslog.TlsSender(host, port, audit.syslog_ca_file, audit.syslog_cert_file, audit.syslog_key_file)
-    return syslog.UdpSender(host, port)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"[audit] cannot use the TLS files (syslog_ca_file {audit.syslog_ca_file!r}, "
+                          f"syslog_cert_file {audit.syslog_cert_file!r}, syslog_key_file): {exc}") from exc
 
 
 class AuditForwarder:

@@ -125,6 +125,11 @@ def serve(config: ConfigOption = None) -> None:
     from dicomvault.jobs.restore.service import RestoreService
 
     restores = RestoreService(archive)  # jobs started with POST /api/restores
+    from dicomvault.audit.forward import AuditForwarder
+
+    # ATNA export: every audit row to [audit] syslog, in order (before listening: bad TLS files stop here)
+    audit_export = AuditForwarder(archive.catalog, settings)
+    archive.ingestor.on_stored.append(audit_export.notify)
     http = (HttpServer(archive, settings.http.bind, settings.http.port, restores=restores)
             if settings.http.enabled else None)
     stop = threading.Event()
@@ -165,14 +170,8 @@ def serve(config: ConfigOption = None) -> None:
     snapshots.start()  # an encrypted catalog snapshot to every site per [snapshots] every
     refill = PrimaryRefill(archive.catalog, archive.repository, archive.site)
     refill.start()  # after a rebuild on a new host: copies the primary lacks, from the replicas
-    # --- ATNA audit export (audit/forward.py): every audit row to [audit] syslog, in order ---
-    from dicomvault.audit.forward import AuditForwarder
-
-    audit_export = AuditForwarder(archive.catalog, settings)
-    archive.ingestor.on_stored.append(audit_export.notify)
     _audit_serve(archive, "start")
     audit_export.start()  # off unless [audit] syslog is set
-    # --- end ATNA audit export ---
     print(
         f"dicomvault {__version__} serving: DICOM {settings.dicom.ae_title}@{settings.dicom.bind}:{settings.dicom.port}"
         + (f", HTTP {settings.http.bind}:{settings.http.port}" if http else ""),
