@@ -305,7 +305,7 @@ def _detail_reason(detail: dict[str, Any]) -> str:
 def event_of(row: Any) -> tuple[Rule, int]:
     """The rule and EventOutcomeIndicator of one row (also decides the syslog severity)."""
     rule = rule_for(row.action, row.outcome)
-    if rule.event in (RULES["restore"].event, EXPORT) and row.outcome == "started":
+    if rule.flow == OUTBOUND and row.outcome == "started":  # a restore or network export job begins
         rule = Rule(BEGIN_TRANSFERRING, "E", rule.flow)
     if row.action == "read" and not _UID.match(row.subject.split("\\")[0] if row.subject else ""):
         rule = Rule(INSTANCES_ACCESSED, "R", REQUEST)  # an API or resource read, not instances
