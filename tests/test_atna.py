@@ -8,6 +8,7 @@ tests parse the RFC 5424 header and the XML and check them per event kind.
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import json
 import re
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -339,6 +341,30 @@ def test_an_outage_loses_nothing_and_catches_up(vault: Vault, rsyslog: Rsyslog, 
     metrics = __import__("urllib.request").request.urlopen(f"http://127.0.0.1:{vault.http_port}/metrics").read()
     assert b"dicomvault_audit_export_backlog 0.0" in metrics
 
+    rsyslog.stop()  # now the open connection dies under the forwarder
+    storescu(vault, instances(tmp_path / "more", ct_small, 5))
+    vault.wait_settled()
+    rsyslog.start()
+    ids = audit_ids(vault)
+    wait_until(lambda: sorted({m.sequence for m in rsyslog.messages()}) == ids, timeout=30,
+               what="the rows written while the server restarted")
+    assert len(by_event(rsyslog.messages(), "110104")) == 25
+
+
+def test_one_connection_carries_many_batches(rsyslog: Rsyslog, pki: SimpleNamespace) -> None:
+    """TLS 1.3 session tickets are readable data: they must not pass for the server's close."""
+    from dicomvault.audit import syslog
+
+    rsyslog.start()
+    sender = syslog.TlsSender("127.0.0.1", rsyslog.tls_port, str(pki.ca), str(pki.client), str(pki.client_key))
+    sockets = []
+    for i in range(1, 6):
+        sender.send([syslog.message(b"<AuditMessage/>", ts=0.0, hostname="h", app_name="t", procid="1", sequence=i)])
+        sockets.append(sender._sock)
+    sender.close()
+    assert len(set(map(id, sockets))) == 1
+    wait_until(lambda: len(rsyslog.messages()) == 5, timeout=10, what="five messages")
+
 
 def test_an_untrusted_server_gets_nothing(vault: Vault, rsyslog: Rsyslog, tmp_path: Path) -> None:
     """The server's certificate is checked against syslog_ca_file: another CA's server is refused."""
@@ -362,6 +388,14 @@ def test_unreadable_tls_files_stop_serve_with_the_reason(vault: Vault, pki: Simp
 
 # --- the mapping, without a server -----------------------------------------------------------------
 
+@functools.cache
+def _parsed(src: Path) -> dict[str, Any]:
+    import ast
+
+    return {".".join(("dicomvault",) + p.relative_to(src).with_suffix("").parts).removesuffix(".__init__"):
+            ast.parse(p.read_text()) for p in src.rglob("*.py")}
+
+
 def audited_values(src: Path, parameter: str) -> set[str]:
     """The string constants passed as ``parameter`` (action, outcome) anywhere in src: to
     ``AuditEvent`` and to every function with that parameter whose name mentions audit, called
@@ -371,7 +405,7 @@ def audited_values(src: Path, parameter: str) -> set[str]:
 
     modules = {".".join(("dicomvault",) + p.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): p
                for p in src.rglob("*.py")}
-    trees = {name: ast.parse(path.read_text()) for name, path in modules.items()}
+    trees = _parsed(src)
     helpers: dict[tuple[str, str], int] = {}  # (module, function) -> index of the parameter (self not counted)
     for module, tree in trees.items():
         for node in ast.walk(tree):

@@ -68,15 +68,29 @@ class TlsSender:
             raise
 
     def _usable(self) -> ssl.SSLSocket:
-        """The open connection, or a new one when the server closed it meanwhile (a syslog
-        server never writes to us, so anything readable is its close)."""
-        if self._sock is not None:
-            readable, _, _ = select.select([self._sock], [], [], 0)
-            if readable:
-                self.close()
+        """The open connection, or a new one when the server closed it meanwhile."""
+        if self._sock is not None and self._closed_by_server(self._sock):
+            self.close()
         if self._sock is None:
             self._sock = self._connect()
         return self._sock
+
+    def _closed_by_server(self, sock: ssl.SSLSocket) -> bool:
+        """A syslog server sends no application data; what can be read is TLS 1.3 session
+        tickets (the connection is fine) or its close (EOF, close_notify, reset)."""
+        if not select.select([sock], [], [], 0)[0]:
+            return False
+        sock.setblocking(False)
+        try:
+            while True:
+                if not sock.recv(4096):
+                    return True
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return False
+        except OSError:  # ssl.SSLError included
+            return True
+        finally:
+            sock.settimeout(self.timeout)
 
     def send(self, messages: list[bytes]) -> None:
         """Send the messages in order and return once the server's TCP stack holds them all."""
