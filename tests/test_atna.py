@@ -331,6 +331,8 @@ def test_an_outage_loses_nothing_and_catches_up(vault: Vault, rsyslog: Rsyslog, 
         return export["backlog"] >= 21 and bool(export["error"])
 
     wait_until(stuck, timeout=20, interval=0.5, what="the export to report the outage")
+    assert re.search(r"  audit export to tls://127\.0\.0\.1:\d+: \d+ event\(s\) to send \(last error: ",
+                     vault.cli("status", check=False).stdout)
     rsyslog.start()
     ids = audit_ids(vault)
     wait_until(lambda: sorted({m.sequence for m in rsyslog.messages()}) == ids, timeout=30,

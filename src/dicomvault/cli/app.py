@@ -318,6 +318,10 @@ def status(
         access = report["access"]
         out.print(f"  access: unknown AEs may {', '.join(['echo', *access['anonymous']])}; "
                   f"{len(access['peers'])} peer(s); {access['denied_last_24h']} request(s) refused in 24 h")
+        export = report["audit"]["export"]
+        if export["target"]:
+            out.print(f"  audit export to {export['target']}: {export['backlog']} event(s) to send"
+                      + (f" (last error: {export['error']})" if export["error"] else ""))
         for alert in report["alerts"]:
             out.print(f"  alert: {alert}")
     if not report["ok"]:
