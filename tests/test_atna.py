@@ -497,3 +497,26 @@ def test_bad_syslog_urls_are_named(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=r"\[audit\] syslog"):
             load_settings(tmp_path / "dicomvault.toml")
     shutil.rmtree(tmp_path)
+
+
+def test_a_row_that_cannot_be_described_still_leaves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """One odd row must not hold back every row after it: it goes without its detail."""
+    from dicomvault.audit import atna, forward
+    from dicomvault.config import load_settings
+
+    (tmp_path / "dicomvault.toml").write_text('[audit]\nsyslog = "udp://127.0.0.1:9"\nhostname = "h"\n')
+    exporter = forward.AuditForwarder(catalog=None, settings=load_settings(tmp_path / "dicomvault.toml"))
+    real = atna.build
+
+    def fussy(row, source):
+        if row.detail != "{}":
+            raise ValueError("cannot describe")
+        return real(row, source)
+
+    monkeypatch.setattr(atna, "build", fussy)
+    row = SimpleNamespace(id=7, ts=0.0, actor="dicom:X", action="store", subject="1.2.3", outcome="success",
+                          detail='{"study": "1.2"}')
+    raw = exporter.message(row).decode()
+    match = HEADER.match(raw)
+    assert match and match.group(7) == "7"
+    assert ET.fromstring(match.group(8)[1:]).find("EventIdentification/EventID").get("csd-code") == "110104"

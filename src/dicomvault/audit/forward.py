@@ -17,6 +17,7 @@ import socket
 import ssl
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from dicomvault.audit import atna, syslog
@@ -69,7 +70,8 @@ class AuditForwarder:
         self.catalog = catalog
         self.settings = settings.audit
         self.enabled = bool(self.settings.syslog)
-        self.source = audit_source(settings)
+        # getfqdn() may wait for DNS: only when exporting
+        self.source = audit_source(settings) if self.enabled else atna.Source("", "", "", "")
         self.sender = sender_for(self.settings) if self.enabled else None
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -148,7 +150,14 @@ class AuditForwarder:
 
     def message(self, row: Any) -> bytes:
         _, indicator = atna.event_of(row)
-        return syslog.message(atna.build(row, self.source), ts=float(row.ts), hostname=self.source.hostname,
+        try:
+            body = atna.build(row, self.source)
+        except Exception:  # noqa: BLE001 - one odd row must not hold back every row after it
+            log.exception("audit export: row %s cannot be described in full; sent without its detail", row.id)
+            body = atna.build(SimpleNamespace(id=row.id, ts=row.ts, actor=str(row.actor), action=str(row.action),
+                                              subject=str(row.subject), outcome=str(row.outcome), detail="{}"),
+                              self.source)
+        return syslog.message(body, ts=float(row.ts), hostname=self.source.hostname,
                               app_name=self.settings.app_name, procid=str(os.getpid()), sequence=int(row.id),
                               severity=syslog.NOTICE if indicator == 0 else syslog.WARNING)
 
