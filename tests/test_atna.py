@@ -253,6 +253,8 @@ def test_every_event_kind_arrives_over_tls_as_a_dicom_audit_message(vault: Vault
 
     with pytest.raises(urllib.error.HTTPError):
         vault.api("/api/status", token="not-a-token")  # a failed login
+    subprocess.run([dcmtk("findscu"), "-S", "-aet", "NOSY", "-aec", vault.ae_title, "-k", "QueryRetrieveLevel=STUDY",
+                    "-k", "StudyInstanceUID=", "127.0.0.1", str(vault.dicom_port)], capture_output=True, timeout=30)
     vault.stop()
     ids = audit_ids(vault)
     wait_until(lambda: sorted({m.sequence for m in rsyslog.messages()}) == ids, timeout=20,
@@ -301,6 +303,11 @@ def test_every_event_kind_arrives_over_tls_as_a_dicom_audit_message(vault: Vault
     assert event.get("EventOutcomeIndicator") == "8" and logins[0].pri % 8 == 4
     assert [e.get("csd-code") for e in event.iter("EventTypeCode")][0] == "110122"
     assert participants(logins[0])["110153"].get("NetworkAccessPointID") == "127.0.0.1"
+
+    (denied,) = [m for m in by_event(messages, "110113") if local_action(m) == "access-denied"]
+    event = denied.xml.find("EventIdentification")
+    assert event.get("EventOutcomeIndicator") == "8" and "110132" in [e.get("csd-code") for e in event.iter("EventTypeCode")]
+    assert participants(denied)["110153"].get("UserID") == "NOSY", "a C-FIND from an unknown AE is a Security Alert"
 
     config = [m for m in by_event(messages, "110113") if local_action(m) == "config"]
     assert config and "110131" in [e.get("csd-code") for e in config[0].xml.iter("EventTypeCode")], \

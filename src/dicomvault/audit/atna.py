@@ -94,6 +94,7 @@ RULES: dict[str, Rule] = {
     "login": Rule(USER_AUTHENTICATION, "E", REQUEST, LOGIN),
     "replica-auth": Rule(USER_AUTHENTICATION, "E", REQUEST, LOGIN),
     "api": Rule(SECURITY_ALERT, "E", REQUEST, RESTRICTED_FUNCTION),
+    "access-denied": Rule(SECURITY_ALERT, "E", REQUEST, RESTRICTED_FUNCTION),  # a DIMSE right refused
     "association": Rule(SECURITY_ALERT, "E", REQUEST, NODE_AUTHENTICATION),
     "config": Rule(SECURITY_ALERT, "E", LOCAL, SECURITY_CONFIGURATION),
     "damage": Rule(SECURITY_ALERT, "E"),  # a stored copy failed its check: tampering or decay
