@@ -244,6 +244,32 @@ class SnapshotSettings:
     keep: int = 14
 
 
+@dataclass(frozen=True)
+class AuditSettings:
+    """ATNA export of the audit log (audit/forward.py, run by ``dicomvault serve``): every audit
+    row also leaves as a DICOM Audit Message (PS3.15 A.5) in an RFC 5424 syslog message to
+    ``syslog`` ("tls://host:6514", RFC 5425; "udp://host:514", RFC 5426; "" = off). TLS verifies
+    the server against ``syslog_ca_file`` (empty: the system's trust store) and may present a
+    client certificate. ``hostname``/``app_name``/``source_id`` name this archive in the
+    syslog header and the AuditSourceIdentification (empty: this host's FQDN)."""
+
+    syslog: str = ""
+    syslog_ca_file: str = ""
+    syslog_cert_file: str = ""
+    syslog_key_file: str = ""
+    app_name: str = "dicomvault"
+    hostname: str = ""
+    source_id: str = ""
+
+    @property
+    def transport(self) -> tuple[str, str, int]:
+        """("tls" | "udp", host, port) of ``syslog`` (validated when the settings were read)."""
+        from urllib.parse import urlsplit
+
+        url = urlsplit(self.syslog)
+        return url.scheme, url.hostname or "", url.port or (6514 if url.scheme == "tls" else 514)
+
+
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -322,6 +348,7 @@ class Settings:
     scrub: ScrubSettings = field(default_factory=ScrubSettings)
     drill: DrillSettings = field(default_factory=DrillSettings)
     snapshots: SnapshotSettings = field(default_factory=SnapshotSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -433,6 +460,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         scrub=_scrub(data),
         drill=_drill(data),
         snapshots=_snapshots(data),
+        audit=_audit(data, base),
     )
 
 
@@ -689,6 +717,39 @@ def _reconcile(data: dict) -> ReconcileSettings:
                              backfill=values["backfill"])
 
 
+def _audit(data: dict, base: Path) -> AuditSettings:
+    """``[audit]``: the syslog URL checked here (a typo must not silently mean "no export");
+    certificate paths resolve against the config file's directory, like the keys."""
+    values = _section(data, "audit", AuditSettings())
+    url = str(values["syslog"] or "").strip()
+    values["syslog"] = url
+    if url:
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"[audit] syslog {url!r}: {exc}") from exc
+        if parts.scheme not in ("tls", "udp") or not parts.hostname or parts.path not in ("", "/") or port == 0:
+            raise ConfigError(f"[audit] syslog must be \"tls://host:6514\" or \"udp://host:514\" (or \"\" for "
+                              f"off), got {url!r}")
+    for key in ("syslog_ca_file", "syslog_cert_file", "syslog_key_file"):
+        path = str(values[key] or "").strip()
+        values[key] = str(_resolve(base, path)) if path else ""
+    if bool(values["syslog_cert_file"]) != bool(values["syslog_key_file"]):
+        raise ConfigError("[audit] needs both syslog_cert_file and syslog_key_file for a client certificate, "
+                          "or neither")
+    app_name = str(values["app_name"])
+    if not 1 <= len(app_name) <= 48 or not all(33 <= ord(c) <= 126 for c in app_name):
+        raise ConfigError(f"[audit] app_name must be 1-48 printable ASCII characters without spaces, got {app_name!r}")
+    hostname = str(values["hostname"])
+    if len(hostname) > 255 or not all(33 <= ord(c) <= 126 for c in hostname):
+        raise ConfigError(f"[audit] hostname must be at most 255 printable ASCII characters without spaces, "
+                          f"got {hostname!r}")
+    return AuditSettings(**values)
+
+
 def _commitment(data: dict) -> CommitmentSettings:
     values = _section(data, "commitment", CommitmentSettings())
     try:
@@ -865,6 +926,24 @@ random = 3
 enabled = true
 every = "6h"
 keep = 14
+
+[audit]
+# Every audit event also goes to the hospital's audit record repository (ATNA) as a DICOM
+# Audit Message (PS3.15 A.5) in RFC 5424 syslog: "tls://host:6514" (RFC 5425, TLS 1.2+, the
+# server's certificate checked against syslog_ca_file, or the system's CAs when empty) or
+# "udp://host:514" (RFC 5426: lossy, for a collector on the same network). "" = off.
+# `dicomvault serve` sends them in order and keeps its place in the catalog: while the
+# repository is down nothing is lost, and it catches up (backlog in `dicomvault status`).
+syslog = ""
+syslog_ca_file = ""
+# A client certificate and key (PEM) when the repository asks for one (mutual TLS).
+syslog_cert_file = ""
+syslog_key_file = ""
+# How this archive names itself: syslog APP-NAME and HOSTNAME, and the AuditSourceID
+# (empty hostname/source_id: this host's fully qualified name).
+app_name = "dicomvault"
+hostname = ""
+source_id = ""
 
 [http]
 # Health (/healthz), Prometheus metrics (/metrics) and the API.

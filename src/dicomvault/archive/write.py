@@ -329,7 +329,9 @@ class Ingestor:
                 actor=actor, action=action, subject=attrs.sop_instance_uid,
                 outcome="duplicate" if duplicate else "success",
                 detail={"study": attrs.study_uid, "version": version, "object": object_id,
-                        "bytes": record.size_original, "source": record.source},
+                        "bytes": record.size_original, "source": record.source,
+                        # for the ATNA message (audit/atna.py): its study and patient objects
+                        "sop_class": attrs.sop_class_uid, "patient": attrs.patient_id},
             ),
         )
         return IngestResult(attrs.sop_instance_uid, version, duplicate, object_id)

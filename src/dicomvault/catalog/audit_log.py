@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert, select, update
 
 from . import schema as t
 
@@ -50,3 +50,45 @@ def count_since(conn: Connection, action: str, since: float) -> int:
 
     return conn.execute(select(func.count()).select_from(t.audit_log)
                         .where(t.audit_log.c.action == action, t.audit_log.c.ts >= since)).scalar() or 0
+
+
+# --- the ATNA export's place in the log (audit/forward.py) ---------------------------------------
+
+_EXPORT = t.audit_export
+
+
+def rows_after(conn: Connection, last_id: int, limit: int) -> list[Any]:
+    """Up to ``limit`` rows with an id above ``last_id``, oldest first: the next to export.
+    Ids follow commit order because every write transaction is serialised (``Catalog.write``)."""
+    return list(conn.execute(select(t.audit_log).where(t.audit_log.c.id > last_id)
+                             .order_by(t.audit_log.c.id).limit(limit)))
+
+
+def export_state(conn: Connection, name: str) -> Any:
+    """The export's row (last_id, sent_at, error, error_at), or None before its first delivery."""
+    return conn.execute(select(_EXPORT.c.last_id, _EXPORT.c.sent_at, _EXPORT.c.error, _EXPORT.c.error_at)
+                        .where(_EXPORT.c.name == name)).first()
+
+
+def _upsert_export(conn: Connection, name: str, values: dict[str, Any]) -> None:
+    if conn.execute(update(_EXPORT).where(_EXPORT.c.name == name).values(**values)).rowcount == 0:
+        conn.execute(insert(_EXPORT).values(name=name, **values))
+
+
+def export_delivered(conn: Connection, name: str, last_id: int, now: float) -> None:
+    """Rows up to ``last_id`` are delivered; the cursor never moves back (two ``serve``
+    processes on one PostgreSQL catalog may both export)."""
+    state = export_state(conn, name)
+    _upsert_export(conn, name, {"last_id": max(last_id, state.last_id if state else 0), "sent_at": now,
+                                "error": None, "error_at": None})
+
+
+def export_failed(conn: Connection, name: str, error: str, now: float) -> None:
+    """Remember why the export is stuck (shown by ``status``); the cursor stays."""
+    _upsert_export(conn, name, {"error": error[:1000], "error_at": now})
+
+
+def oldest_ts_after(conn: Connection, last_id: int) -> float | None:
+    """When the oldest row not yet exported was written (how far behind the export is)."""
+    return conn.execute(select(t.audit_log.c.ts).where(t.audit_log.c.id > last_id)
+                        .order_by(t.audit_log.c.id).limit(1)).scalar()

@@ -30,7 +30,7 @@ from . import schema as t
 from dicomvault.dicom.records import InstanceAttributes, VersionRecord
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0008"  # bump together with every new file in migrations/versions/
+HEAD_REVISION = "0009"  # bump together with every new file in migrations/versions/
 
 
 class CatalogError(Exception):

@@ -134,6 +134,19 @@ audit_log = Table(
 Index("ix_audit_ts", audit_log.c.ts)
 Index("ix_audit_action", audit_log.c.action)
 
+# Where each audit export stands (audit/forward.py, migration 0009): one row per destination
+# ("syslog"). ``last_id`` is the newest audit_log row delivered, advanced only after a
+# delivery; ``error`` (with ``error_at``) the last failure, cleared by the next delivery.
+audit_export = Table(
+    "audit_export",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("last_id", Integer, nullable=False, server_default="0"),
+    Column("sent_at", Float, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("error_at", Float, nullable=True),
+)
+
 # Where every object lives (promise 6: commitment means copies) and the replication outbox:
 # a row per (object, site). The primary's row is written "verified" in the ingest
 # transaction; every other configured site gets an "owed" row in that same transaction, so

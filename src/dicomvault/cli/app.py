@@ -6,6 +6,7 @@ import atexit
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -124,6 +125,11 @@ def serve(config: ConfigOption = None) -> None:
     from dicomvault.jobs.restore.service import RestoreService
 
     restores = RestoreService(archive)  # jobs started with POST /api/restores
+    from dicomvault.audit.forward import AuditForwarder
+
+    # ATNA export: every audit row to [audit] syslog, in order (before listening: bad TLS files stop here)
+    audit_export = AuditForwarder(archive.catalog, settings)
+    archive.ingestor.on_stored.append(audit_export.notify)
     http = (HttpServer(archive, settings.http.bind, settings.http.port, restores=restores)
             if settings.http.enabled else None)
     stop = threading.Event()
@@ -167,6 +173,8 @@ def serve(config: ConfigOption = None) -> None:
     snapshots.start()  # an encrypted catalog snapshot to every site per [snapshots] every
     refill = PrimaryRefill(archive.catalog, archive.repository, archive.site)
     refill.start()  # after a rebuild on a new host: copies the primary lacks, from the replicas
+    _audit_serve(archive, "start")
+    audit_export.start()  # off unless [audit] syslog is set
     print(
         f"dicomvault {__version__} serving: DICOM {settings.dicom.ae_title}@{settings.dicom.bind}:{settings.dicom.port}"
         + (f" (TLS :{settings.dicom.tls_port})" if settings.dicom.tls_port else "")
@@ -188,7 +196,18 @@ def serve(config: ConfigOption = None) -> None:
     commitment.stop()  # storage commitment threads
     replication.stop()
     archive.ingestor.close()
+    _audit_serve(archive, "stop")
+    audit_export.stop()  # delivers the stop event (and any backlog) for a few seconds, then stops
     archive.close()
+
+
+def _audit_serve(archive: Any, event: str) -> None:
+    """Application Activity (start / stop) for the audit trail: when was the archive serving."""
+    from dicomvault.audit import AuditEvent, append
+
+    with archive.catalog.write() as conn:
+        append(conn, AuditEvent(actor=_actor(), action="serve", subject=archive.settings.dicom.ae_title,
+                                detail={"event": event, "version": __version__, "pid": os.getpid()}))
 
 
 @app.command("import")
@@ -303,6 +322,10 @@ def status(
         access = report["access"]
         out.print(f"  access: unknown AEs may {', '.join(['echo', *access['anonymous']])}; "
                   f"{len(access['peers'])} peer(s); {access['denied_last_24h']} request(s) refused in 24 h")
+        export = report["audit"]["export"]
+        if export["target"]:
+            out.print(f"  audit export to {export['target']}: {export['backlog']} event(s) to send"
+                      + (f" (last error: {export['error']})" if export["error"] else ""))
         for alert in report["alerts"]:
             out.print(f"  alert: {alert}")
     if not report["ok"]:

@@ -28,6 +28,12 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
             audit.update(chain_ok=report.ok, first_bad_id=report.first_bad_id, reason=report.reason)
             if not report.ok:
                 alerts.append(f"audit chain broken at row {report.first_bad_id}: {report.reason}")
+    # --- ATNA audit export (audit/forward.py) ---
+    from dicomvault.audit.forward import export_status
+
+    audit["export"] = export_status(archive.catalog, archive.settings)
+    alerts += audit["export"].pop("alerts")
+    # --- end ATNA audit export ---
     sites: dict[str, Any] = {"primary": site}
     live = archive.replication.state() if archive.replication is not None else {}
     from dicomvault.replicate.outbox import Outbox
