@@ -10,11 +10,13 @@ Slow clients are raw sockets, so what is sent (and not sent) is exact.
 from __future__ import annotations
 
 import io
+import itertools
 import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +160,29 @@ def _connect(door: Door) -> socket.socket:
     return socket.create_connection(("127.0.0.1", door.vault.http_port), timeout=10)
 
 
+@contextmanager
+def _trickle(sock: socket.socket, chunks: Iterable[bytes], every: float = 0.2) -> Iterator[None]:
+    """Send ``chunks`` one every ``every`` seconds from a thread, for as long as the block runs."""
+    stop = threading.Event()
+
+    def run() -> None:
+        for chunk in chunks:
+            if stop.wait(every):
+                return
+            try:
+                sock.send(chunk)
+            except OSError:  # the server closed: what the tests wait for
+                return
+
+    sender = threading.Thread(target=run, daemon=True)
+    sender.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        sender.join(5)
+
+
 def _until_closed(sock: socket.socket, bound: float) -> tuple[bytes, float]:
     """Everything the server sends until it closes the connection, and how long that took."""
     start = time.monotonic()
@@ -189,25 +214,11 @@ def test_stalled_headers_are_answered_408_and_closed_in_time(door: Door) -> None
 
 def test_a_trickle_of_header_bytes_does_not_extend_the_deadline(door: Door) -> None:
     """Slowloris: one byte every 0.2 s keeps the connection busy, never complete."""
-    closed = threading.Event()
-    with _connect(door) as sock:
+    request = b"GET /healthz HTTP/1.1\r\nHost: vault\r\nX-Slow: " + b"a" * 500
+    with _connect(door) as sock, _trickle(sock, (bytes([byte]) for byte in request)):
         start = time.monotonic()
-
-        def trickle() -> None:
-            for byte in b"GET /healthz HTTP/1.1\r\nHost: vault\r\n" + b"X-Slow: " + b"a" * 500:
-                if closed.wait(0.2):
-                    return
-                try:
-                    sock.send(bytes([byte]))
-                except OSError:
-                    return
-
-        sender = threading.Thread(target=trickle, daemon=True)
-        sender.start()
         answer, _ = _until_closed(sock, REQUEST_TIMEOUT + SLACK + 1)
         took = time.monotonic() - start
-        closed.set()
-        sender.join(5)
     assert answer.startswith(b"HTTP/1.1 408") and took <= REQUEST_TIMEOUT + SLACK
 
 
@@ -249,21 +260,9 @@ def test_a_refused_request_cannot_keep_its_body_flowing(door: Door) -> None:
         sock.sendall(_post_head("/dicomweb/studies", None, 2_000_000_000,
                                 f'multipart/related; type="application/dicom"; boundary={BOUNDARY}') + b"x" * 100)
         start = time.monotonic()
-        stop = threading.Event()
-
-        def trickle() -> None:
-            while not stop.wait(0.2):
-                try:
-                    sock.send(b"x" * 10)
-                except OSError:
-                    return
-
-        sender = threading.Thread(target=trickle, daemon=True)
-        sender.start()
-        answer, _ = _until_closed(sock, REQUEST_TIMEOUT + SLACK + 1)
+        with _trickle(sock, itertools.repeat(b"x" * 10)):
+            answer, _ = _until_closed(sock, REQUEST_TIMEOUT + SLACK + 1)
         took = time.monotonic() - start
-        stop.set()
-        sender.join(5)
     assert answer.startswith(b"HTTP/1.1 401") and took <= REQUEST_TIMEOUT + SLACK
 
 
