@@ -252,6 +252,7 @@ def test_a_stalled_body_is_answered_408_in_time_and_nothing_is_stored(door: Door
     assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer, answer[:300]
     assert REQUEST_TIMEOUT - 0.5 <= took <= REQUEST_TIMEOUT + SLACK
     assert instance_count(door.vault) == before
+    assert "Traceback" not in door.vault.log()  # the application unwound quietly
 
 
 def test_a_refused_request_cannot_keep_its_body_flowing(door: Door) -> None:

@@ -111,7 +111,8 @@ class RequestLimits:
     ``limit_for(path)`` gives the largest body a route takes, or None when the route checks
     its own (STOW-RS counts against ``[dicomweb] max_request_bytes`` after authenticating, so
     its refusal is audited). Once this middleware has answered, the application's receive
-    says the client is gone and whatever it sends is dropped, so it unwinds quietly.
+    says the client is gone and whatever it sends is dropped; an exception it raises while
+    unwinding (Starlette's ``ClientDisconnect`` from ``request.json()``) is not logged as an error.
     """
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], request_timeout: float,
@@ -166,7 +167,13 @@ class RequestLimits:
                 state["started"] = True
             await send(message)
 
-        await self.app(scope, guarded_receive, guarded_send)
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        except Exception as exc:  # noqa: BLE001 - after our answer, the application's unwinding is not an error
+            if not state["answered"]:
+                raise
+            log.debug("HTTP %s %s: the application stopped after the client was answered: %r",
+                      scope["method"], scope["path"], exc)
 
 
 async def _refuse(send: Send, status: int, reason: str) -> None:

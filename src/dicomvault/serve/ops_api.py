@@ -52,7 +52,7 @@ def api_routes(archive: Archive, restores: RestoreService | None = None) -> list
         if decision.status == 503:
             return JSONResponse({"error": f"the operations API refuses every request: {decision.reason}"},
                                 status_code=503)
-        if decision.identity is None:  # 401: no token, or an unknown one
+        if decision.status == 401 or decision.identity is None:  # no token, or an unknown one
             if decision.audit:
                 await audit(request, f"api:{address}", "login", "failure", {"error": "missing or unknown bearer token"})
             return JSONResponse({"error": decision.reason}, status_code=401, headers=decision.headers)
