@@ -315,3 +315,34 @@ def test_a_running_catalog_keeps_its_side_files_private(door: Door) -> None:
     for path in [catalog, *side]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE(door.vault.root.stat().st_mode) == 0o700
+
+
+def test_anonymous_roles_grant_only_what_they_name(vault: Vault) -> None:
+    vault.set_config("dicomweb", "enabled", "true")
+    vault.set_config("dicomweb", "anonymous_roles", '["admin"]')
+    refused = vault.cli("status", check=False)
+    assert refused.returncode != 0 and "[dicomweb] anonymous_roles" in refused.stderr
+    vault.set_config("dicomweb", "anonymous_roles", '["read"]')
+    with (vault.root / "keys" / "api-tokens").open("a") as handle:
+        handle.write(f"modality:{STORER}:store\n")
+    vault.start()
+    door = Door(vault, "", "", "")
+    assert requests.get(f"{door.base}/dicomweb/studies", timeout=10).status_code == 200  # read: no token needed
+    assert _stow(door, None, _part10(_instance())).status_code == 401  # store still needs a token
+    assert _stow(door, STORER, _part10(_instance())).status_code == 200
+    assert instance_count(vault) == 1
+    assert "DICOMweb grants read to requests without a token" in vault.log()
+
+
+def test_token_lines_old_and_new_forms() -> None:
+    from dicomvault.serve.tokens import expand_roles, split_line
+
+    assert split_line("admin:abc:admin", True) == ("admin", "abc", ("admin",))
+    assert split_line("ops : abc : operator, store ", True) == ("ops", "abc", ("operator", "store"))
+    assert split_line("old:tok:EN-with-colon", True) == ("old", "tok:EN-with-colon", None)  # an old token with ':'
+    assert split_line("sender:abc:read", False) == ("sender", "abc:read", None)  # replica store: no roles
+    for bad in ("no-colon", "x:abc:reed", "x:abc:"):
+        with pytest.raises(ValueError):
+            split_line(bad, True)
+    assert expand_roles(["admin"]) == {"read", "store", "operator", "admin"}
+    assert expand_roles(["operator"]) == {"operator", "read"} and expand_roles(["store"]) == {"store"}

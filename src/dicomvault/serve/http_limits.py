@@ -127,9 +127,9 @@ class RequestLimits:
             return
         limit = self.limit_for(scope["path"])
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if limit is not None and declared.isdigit() and int(declared) > limit:
-            await _refuse(send, 413, f"the request body ({int(declared)} bytes) exceeds the limit of {limit} bytes "
-                                     "([http] max_body_bytes)")
+        if limit is not None and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+            await _refuse(send, 413, f"the request body ({declared[:40].decode()} bytes) exceeds the limit of {limit} "
+                                     "bytes ([http] max_body_bytes)")
             return
         state = {"answered": False, "started": False, "body_done": False, "received": 0}
 

@@ -60,8 +60,13 @@ def dicomweb_routes(archive: Archive) -> list[BaseRoute]:
     if settings.tokens_file:  # the old, DICOMweb-only file: a line without roles reads and stores
         tokens = TokenFile(Path(settings.tokens_file), label="DICOMweb", default_roles=lambda _name: (READ, STORE))
         where = "[dicomweb] tokens_file"
+        log.info("DICOMweb takes its tokens from %s ([dicomweb] tokens_file) instead of [http] api_tokens_file; "
+                 "lines without roles there read and store", settings.tokens_file)
     else:
         tokens, where = api_tokens(archive.settings, label="DICOMweb"), "[http] api_tokens_file"
+    if settings.anonymous_roles:
+        log.warning("DICOMweb grants %s to requests without a token ([dicomweb] anonymous_roles): anyone who "
+                    "reaches the port can do that", " and ".join(settings.anonymous_roles))
     gate = Gate(tokens, "dicomweb", where, frozenset(settings.anonymous_roles))
 
     async def authorise(request: Request, needed: str, action: str) -> Response | None:
