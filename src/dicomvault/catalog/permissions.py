@@ -27,7 +27,12 @@ def restrict(path: Path, mode: int, what: str) -> None:
     except FileNotFoundError:
         return
     if current & ~mode:
-        os.chmod(path, current & mode)
+        try:
+            os.chmod(path, current & mode)
+        except OSError as exc:  # not ours (another user runs this command): say so, do not fail the command
+            log.warning("%s %s is mode %o (readable by other users) and cannot be changed here: %s; run "
+                        "chmod %o on it as its owner", what, path, current, exc.strerror, current & mode)
+            return
         log.warning("%s %s was mode %o (readable by other users); now %o", what, path, current, current & mode)
 
 
