@@ -1,6 +1,7 @@
 """The HTTP side: liveness and Prometheus metrics (no patient data, no token), the operations
-API and the replica store (each behind its own bearer tokens) and DICOMweb (off by default,
-tokens optional)."""
+API and DICOMweb (off by default) behind one tokens file with roles (serve/access.py), the
+replica store behind its own tokens, and the limits on what one client may hold
+(serve/http_limits.py: request timeouts, body sizes)."""
 
 from __future__ import annotations
 
