@@ -93,7 +93,10 @@ class GuardedH11Protocol(H11Protocol):
         client = "%s:%d" % self.client if self.client else "a client"
         if self.conn.their_state is h11.IDLE:
             reason = f"request headers not received within {self.request_timeout:g} s ([http] request_timeout)"
-            self.transport.write(_raw_response(408, "Request Timeout", reason))
+            if self.conn.trailing_data[0]:  # part of a request came: say why it gets no answer
+                self.transport.write(_raw_response(408, "Request Timeout", reason))
+            else:  # idle: no 408 a client could take for the answer to a request it is sending now
+                reason = f"no request within {self.request_timeout:g} s ([http] request_timeout)"
         else:
             reason = f"request body still arriving {self.request_timeout:g} s after the response"
         log.info("HTTP %s: %s; connection closed", client, reason)
