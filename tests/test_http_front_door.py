@@ -27,6 +27,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from conftest import Vault, make_vault
+from orthanc import orthanc_factory  # noqa: F401
 from test_dicomweb import audit_rows, instance_count
 
 REQUEST_TIMEOUT = 2.0
@@ -129,6 +130,27 @@ def test_orthanc_73_character_boundary_is_accepted_and_absurd_ones_refused(door:
     refused = _stow(door, STORER, _part10(_instance()), boundary="b" * 201)
     assert refused.status_code == 400 and "1-200 characters" in refused.text
     assert instance_count(door.vault) == before + 1
+
+
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian orthanc-dicomweb (scripts/test)
+
+
+def test_orthanc_dicomweb_plugin_stows_into_the_vault(door: Door, orthanc_factory) -> None:  # noqa: F811
+    """Orthanc's own STOW-RS client, with a token with the store role, is accepted. Its multipart
+    boundary is 73 characters (two UUIDs and a dash): with RFC 2046's 70 the vault refused it."""
+    assert DICOMWEB_PLUGIN.exists(), "install the Debian package orthanc-dicomweb (./scripts/test does)"
+    pacs = orthanc_factory(config={"Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {
+        "Enable": True, "Root": "/dicom-web/",
+        "Servers": {"vault": {"Url": f"{door.base}/dicomweb/", "HttpHeaders": {"Authorization": f"Bearer {STORER}"}}}}})
+    ds = _instance()
+    data = _part10(ds)
+    uploaded = pacs.upload(data)
+    answer = pacs.rest("POST", "/dicom-web/servers/vault/stow", {"Resources": [uploaded["ID"]]})
+    assert answer is None or "error" not in str(answer).lower(), answer
+    instance = (f"{door.base}/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+                f"/instances/{ds.SOPInstanceUID}")
+    back = requests.get(instance, headers=door.headers(READER), timeout=30)
+    assert back.status_code == 200 and pacs.instance_file(uploaded["ID"]) in back.content  # the very bytes
 
 
 # --- numbers ----------------------------------------------------------------------------------
