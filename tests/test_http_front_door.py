@@ -267,6 +267,19 @@ def test_a_declared_body_over_the_limit_is_refused_at_once(door: Door) -> None:
     assert first.startswith(b"HTTP/1.1 413") and b"max_request_bytes" in first + rest and took < 1.0
 
 
+
+def test_a_chunked_body_over_the_limit_is_cut_off_while_it_streams(door: Door) -> None:
+    """No Content-Length to refuse early: the body is counted as it arrives, 413 past 1 MiB."""
+    head = (f"POST /api/restores HTTP/1.1\r\nHost: vault\r\nAuthorization: Bearer {door.vault.api_token()}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    chunk = b"%x\r\n%s\r\n" % (64 * 1024, b" " * 64 * 1024)
+    with _connect(door) as sock:
+        sock.sendall(head)
+        sock.sendall(chunk * 17)  # just over 1 MiB, then wait: nothing left unread to reset the answer
+        answer, _took = _until_closed(sock, REQUEST_TIMEOUT + SLACK)
+    assert answer.startswith(b"HTTP/1.1 413") and b"max_body_bytes" in answer, answer[:200]
+
+
 @pytest.mark.parametrize("where", ["stow", "api"])
 def test_a_stalled_body_is_answered_408_in_time_and_nothing_is_stored(door: Door, where: str) -> None:
     """A 2 GB STOW-RS body (under the 2 GiB cap) or a JSON body that stops arriving."""
