@@ -42,5 +42,7 @@ def protect_sqlite_catalog(database: Path) -> None:
         os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
         pass
+    except OSError:  # a read-only or missing directory: SQLite's own open says what is wrong
+        return
     for suffix in SQLITE_SIDE_FILES:
         restrict(database.with_name(database.name + suffix), 0o600, "catalog file")
