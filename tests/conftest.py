@@ -161,10 +161,10 @@ class Vault:
         wait_until(ready, timeout=timeout, interval=0.1, what="dicomvault C-ECHO")
 
     def api_token(self) -> str:
-        """The ``admin`` token ``init`` wrote for the operations API."""
+        """The ``admin`` token ``init`` wrote for the operations API (``admin:token:admin``)."""
         for line in (self.root / "keys" / "api-tokens").read_text().splitlines():
             if line.startswith("admin:"):
-                return line.partition(":")[2]
+                return line.split(":")[1]
         raise AssertionError("init wrote no admin token")
 
     def api(self, path: str, token: str | None = None) -> Any:

@@ -115,6 +115,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
     root = tmp_path_factory.mktemp("dicomweb")
     vault = make_vault(root / "vault")
     vault.set_config("dicomweb", "enabled", "true")
+    # These tests are about the services, not access (test_http_front_door.py): no token asked.
+    vault.set_config("dicomweb", "anonymous_roles", '["read", "store"]')
     vault.set_config("dicomweb", "query_limit", str(QUERY_LIMIT))
     vault.set_config("dicomweb", "max_request_bytes", str(MAX_REQUEST))
     src, items = root / "incoming", {}
@@ -543,6 +545,7 @@ def _damage(vault: Vault, sop_uid: str) -> None:
 
 def test_damaged_object_is_never_served(vault: Vault, tmp_path: Path) -> None:
     vault.set_config("dicomweb", "enabled", "true")
+    vault.set_config("dicomweb", "anonymous_roles", '["read"]')
     study, series = generate_uid(), generate_uid()
     items = [_derive(_testdata("CT_small.dcm"), tmp_path / "in" / f"{i}.dcm", study, series, InstanceNumber=str(i + 1))
              for i in range(2)]
@@ -575,6 +578,7 @@ def test_disabled_by_default(running_vault: Vault) -> None:
 
 
 def test_bearer_tokens(vault: Vault) -> None:
+    """An old [dicomweb] tokens_file (name:token lines, no roles) still works: its tokens read."""
     token = "k" * 40
     tokens = vault.root / "keys" / "dicomweb-tokens"
     tokens.write_text(f"viewer:{token}\n")

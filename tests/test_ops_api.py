@@ -88,32 +88,86 @@ def test_an_empty_api_tokens_setting_is_a_config_error(vault: Vault) -> None:
     assert proc.returncode != 0 and "[http] api_tokens_file" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_only_operator_tokens_may_act(running_vault: Vault) -> None:
-    """A dashboard's token reads; starting or stopping a restore needs a name in [http] api_operators."""
-    tokens = running_vault.root / "keys" / "api-tokens"
-    reader = "r" * 32
-    with tokens.open("a") as handle:
-        handle.write(f"dashboard:{reader}\n")
+def _post(vault: Vault, path: str, token: str, body: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{vault.http_port}{path}", method="POST",
+                                     data=json.dumps(body or {"to": "nowhere"}).encode(),
+                                     headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
 
-    def post(path: str, token: str) -> tuple[int, dict]:
-        request = urllib.request.Request(f"http://127.0.0.1:{running_vault.http_port}{path}", method="POST",
-                                         data=json.dumps({"to": "nowhere"}).encode(),
-                                         headers={"Authorization": f"Bearer {token}"})
-        try:
-            with urllib.request.urlopen(request, timeout=10) as answer:
-                return answer.status, json.loads(answer.read())
-        except urllib.error.HTTPError as refused:
-            return refused.code, json.loads(refused.read())
+
+def test_only_operator_tokens_may_act(running_vault: Vault) -> None:
+    """A dashboard's token reads; starting or stopping a restore needs the operator role (or admin)."""
+    tokens = running_vault.root / "keys" / "api-tokens"
+    assert tokens.read_text().splitlines()[-1].endswith(":admin")  # init's token has the admin role
+    reader, viewer, modality, ops = "r" * 32, "v" * 32, "m" * 32, "o" * 32
+    with tokens.open("a") as handle:
+        handle.write(f"dashboard:{reader}\nviewer:{viewer}:read\nmodality:{modality}:store\nops:{ops}:operator\n")
 
     for path in ("/api/restores", "/api/restores/1/stop"):
-        code, body = post(path, reader)
-        assert code == 403 and "may read but not act" in body["error"], body
+        for name, token in (("dashboard", reader), ("viewer", viewer), ("modality", modality)):
+            code, body = _post(running_vault, path, token)
+            assert code == 403 and body["needed"] == "operator" and f"token {name!r}" in body["error"], body
     assert running_vault.api("/api/restores", token=reader) == {"jobs": []}  # reading is fine
-    code, body = post("/api/restores", running_vault.api_token())  # admin gets past the gate to the request check
-    assert code == 400 and "not a configured DICOM peer" in body["error"]
+    assert running_vault.api("/api/restores", token=ops) == {"jobs": []}  # operator implies read
+    with pytest.raises(urllib.error.HTTPError) as no_read:  # store is STOW-RS only
+        running_vault.api("/api/status", token=modality)
+    assert no_read.value.code == 403 and "needs 'read'" in json.loads(no_read.value.read())["error"]
+    for token in (ops, running_vault.api_token()):  # operator and admin get past the gate to the request check
+        code, body = _post(running_vault, "/api/restores", token)
+        assert code == 400 and "not a configured DICOM peer" in body["error"]
     forbidden = audit_rows(running_vault, "api", "api:dashboard@")
-    assert [(row["subject"], row["outcome"]) for row in forbidden] == [("/api/restores", "forbidden"),
-                                                                       ("/api/restores/1/stop", "forbidden")]
+    assert [(row["subject"], row["outcome"], row["detail"]["needed"]) for row in forbidden] == [
+        ("/api/restores", "forbidden", "operator"), ("/api/restores/1/stop", "forbidden", "operator")]
+    _post(running_vault, "/api/restores", reader)  # the same refusal again within the minute: no new row
+    assert len(audit_rows(running_vault, "api", "api:dashboard@")) == 2
+
+
+def test_old_token_lines_keep_their_meaning(vault: Vault) -> None:
+    """A tokens file written before roles: name:token lines read, and act when named in api_operators."""
+    tokens = vault.root / "keys" / "api-tokens"
+    old_admin, dashboard = "a" * 40, "d" * 40
+    tokens.write_text(f"# name:token lines\nchief:{old_admin}\ndashboard:{dashboard}\n")
+    vault.set_config("http", "api_operators", '["chief"]')
+    vault.start()
+    assert vault.api("/api/restores", token=dashboard) == {"jobs": []}
+    assert _post(vault, "/api/restores", dashboard)[0] == 403
+    code, body = _post(vault, "/api/restores", old_admin)
+    assert code == 400 and "not a configured DICOM peer" in body["error"]
+    from dicomvault.serve.api_client import operator_token  # `restore --in-server` finds the operator's token
+
+    assert operator_token(str(tokens), ("chief",)) == old_admin
+
+
+def test_a_line_with_an_unknown_role_is_ignored_and_logged(running_vault: Vault) -> None:
+    tokens = running_vault.root / "keys" / "api-tokens"
+    typo = "t" * 32
+    with tokens.open("a") as handle:
+        handle.write(f"typo:{typo}:reed\n")
+    code, _headers, body = _get(running_vault, "/api/status", {"Authorization": f"Bearer {typo}"})
+    assert code == 401, body
+    assert "unknown role(s) reed" in running_vault.log()
+    assert running_vault.api("/api/status")["counts"]["instances"] == 0  # the other lines still load
+
+
+def test_bad_job_ids_and_waits_are_404_and_400_never_500(running_vault: Vault) -> None:
+    token = {"Authorization": f"Bearer {running_vault.api_token()}"}
+    for job in ("99999999999999999999999", str(2**63), "0", "-1", "1e40", "%C2%B2", "%D9%A3", "abc", "1.5"):
+        code, _headers, body = _get(running_vault, f"/api/restores/{job}", token)
+        assert code == 404 and "no restore job" in body["error"], (job, code, body)
+        code, body = _post(running_vault, f"/api/restores/{job}/stop", running_vault.api_token())
+        assert code == 404, (job, code, body)
+    for wait in ("1e40", "nan", "inf", "-1", "%C2%B2", "soon", "9" * 400):
+        code, _headers, body = _get(running_vault, f"/api/restores/1?wait={wait}", token)
+        assert code == 400 and "wait=" in body["error"], (wait, code, body)
+    assert _get(running_vault, "/api/restores/1?wait=0.1", token)[0] == 404  # a good wait on a missing job
+    for resume in (10**23, 2**63, 0, -5):
+        code, body = _post(running_vault, "/api/restores", running_vault.api_token(), {"resume": resume})
+        assert code == 400 and "no restore job" in body["error"], (resume, code, body)
+    assert "Traceback" not in running_vault.log()
 
 
 def test_api_operators_must_be_a_list(vault: Vault) -> None:

@@ -93,7 +93,7 @@ class VaultServer:
                           .replace("port = 8080", f"port = {self.http_port}", 1)
                           + f'\n[peers.pacs]\nae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = {pacs_port}\n')
         token_file = config.parent / "keys" / "api-tokens"
-        self.token = next(line.partition(":")[2] for line in token_file.read_text().splitlines()
+        self.token = next(line.split(":")[1] for line in token_file.read_text().splitlines()
                           if line.startswith("admin:"))
         self.log = open(config.parent / "serve.log", "ab")
         self.process = subprocess.Popen([sys.executable, "-m", "dicomvault.cli", "serve", "--config", str(config)],

@@ -53,11 +53,18 @@ class HttpSettings:
     # when [replica_store] is enabled beyond loopback: bearer tokens must not travel in clear.
     tls_cert_file: str = ""
     tls_key_file: str = ""
-    # Bearer tokens (``name:token`` lines, mode 0600) for the operations API under /api: job
-    # reports name patients' instances, so nobody reads them without one. ``init`` writes one.
+    # Bearer tokens (``name:token:role,role`` lines, mode 0600) for the operations API under /api
+    # and for DICOMweb: job reports name patients' instances, so nobody reads them without one.
+    # Roles: read, store, operator, admin (serve/tokens.py). ``init`` writes one with admin.
     api_tokens_file: str = "keys/api-tokens"
-    # Token names that may also act (start and stop restores); every other token only reads.
+    # Lines without roles (files written before roles): these names also act (operator).
     api_operators: tuple[str, ...] = ("admin",)
+    # A client that has not sent its request headers within this many seconds, or whose body
+    # stalls this long while the server waits for it, is answered 408 and dropped.
+    request_timeout: float = 30.0
+    # Largest request body for /api (JSON); a larger declared Content-Length is refused at once
+    # (413). STOW-RS has [dicomweb] max_request_bytes; the replica store takes sealed objects.
+    max_body_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -178,12 +185,15 @@ class CommitmentSettings:
 class DicomwebSettings:
     """DICOMweb (QIDO-RS, WADO-RS, STOW-RS) under ``/dicomweb`` on the HTTP port.
 
-    Off by default: it serves PHI to whoever can reach the port. ``tokens_file`` (``name:token``
-    lines, mode 0600; empty = no token asked) makes every request carry ``Authorization: Bearer``.
+    Off by default: it serves PHI. Every request carries ``Authorization: Bearer`` with a token
+    of ``[http] api_tokens_file`` (role read for QIDO/WADO, store for STOW); an old
+    ``tokens_file`` (lines without roles read and store) replaces it when set.
+    ``anonymous_roles`` ("read", "store") lets requests without a token in (trusted network).
     """
 
     enabled: bool = False
     tokens_file: str = ""
+    anonymous_roles: tuple[str, ...] = ()
     max_request_bytes: int = 2 * 1024**3  # STOW-RS request body cap
     query_limit: int = 1000  # QIDO-RS results per response when the client asks for more (or none)
     base_url: str = ""  # public URL of /dicomweb for Retrieve URLs and BulkDataURIs (behind a proxy)
@@ -479,6 +489,12 @@ def _http(data: dict, base: Path) -> HttpSettings:
     values["api_tokens_file"] = str(_resolve(base, tokens))
     if not isinstance(values["api_operators"], tuple):
         raise ConfigError(f"[http] api_operators must be a list of token names, got {values['api_operators']!r}")
+    timeout = values["request_timeout"]
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.1 <= timeout <= 3600:
+        raise ConfigError(f"[http] request_timeout must be seconds between 0.1 and 3600, got {timeout!r}")
+    values["request_timeout"] = float(timeout)
+    if values["max_body_bytes"] < 1024:
+        raise ConfigError(f"[http] max_body_bytes must be at least 1024, got {values['max_body_bytes']}")
     return HttpSettings(**values)
 
 
@@ -512,6 +528,9 @@ def _dicomweb(data: dict, base: Path) -> DicomwebSettings:
     values["base_url"] = base_url
     tokens = str(values["tokens_file"] or "").strip()
     values["tokens_file"] = str(_resolve(base, tokens)) if tokens else ""
+    anonymous = values["anonymous_roles"]
+    if not isinstance(anonymous, tuple) or not set(anonymous) <= {"read", "store"}:
+        raise ConfigError(f'[dicomweb] anonymous_roles must be a list of "read" and/or "store", got {anonymous!r}')
     return DicomwebSettings(**values)
 
 
@@ -954,21 +973,34 @@ enabled = true
 # enabling [replica_store] on anything but loopback: replica tokens are bearer secrets.
 tls_cert_file = ""
 tls_key_file = ""
-# Who may call the operations API (/api/status, /api/restores, /api/drills): name:token lines,
-# mode 0600, sent as "Authorization: Bearer <token>". init writes one token for "admin".
-# /healthz and /metrics carry no patient data and need no token.
+# Who may call the operations API (/api/status, /api/restores, /api/drills) and DICOMweb:
+# "name:token:role,role" lines, mode 0600, sent as "Authorization: Bearer <token>". Roles:
+#   read      status, job reports, drills, QIDO-RS search, WADO-RS retrieve
+#   store     STOW-RS (a modality or PACS sending images; it cannot read)
+#   operator  start/stop restores, drills, holds (implies read)
+#   admin     keys, sites, deletion (implies every role)
+# init writes one token, "admin", with role admin. /healthz and /metrics need no token.
 api_tokens_file = "keys/api-tokens"
-# Token names allowed to act (POST /api/restores, .../stop); the others may only read.
+# Lines without roles (written before roles existed) read; these names also act (operator).
 api_operators = ["admin"]
+# Seconds a client may take to send its request headers, or stall inside its body, before
+# it is answered 408 and dropped (a slow client cannot hold the server).
+request_timeout = 30
+# Largest /api request body; a larger declared Content-Length is refused at once (413).
+max_body_bytes = 1048576
 
 [dicomweb]
 # DICOMweb for viewers (QIDO-RS search, WADO-RS retrieve, STOW-RS store) under /dicomweb on the
-# [http] port. It serves patient data: enable it only on a trusted network, behind HTTPS
-# ([http] tls_cert_file) and preferably with tokens. Every read and query is audited.
+# [http] port. It serves patient data: enable it behind HTTPS ([http] tls_cert_file). Every
+# request needs a bearer token from [http] api_tokens_file (role read for QIDO/WADO, store
+# for STOW); the token's name is recorded in the audit log with every read and query.
 enabled = false
-# "name:token" lines (mode 0600); when set, every request needs "Authorization: Bearer <token>"
-# and the name is recorded in the audit log. Empty = no token asked (trusted network only).
+# An older DICOMweb-only tokens file: when set it is used instead of [http] api_tokens_file,
+# and its "name:token" lines without roles read and store. Empty = the API tokens file.
 tokens_file = ""
+# Roles granted to requests without a token, e.g. ["read"] for a viewer on a trusted
+# network that cannot send one. Empty = every request needs a token.
+anonymous_roles = []
 # STOW-RS: largest request body accepted (bytes); parts are stored one at a time.
 max_request_bytes = 2147483648
 # QIDO-RS: most results per response; more are announced in a Warning header (use offset).

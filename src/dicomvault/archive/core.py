@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dicomvault.catalog import Catalog
+from dicomvault.catalog.permissions import restrict
 from dicomvault.config import Settings
 from dicomvault.crypto import Keyring
 from dicomvault.archive.repository import Repository
@@ -33,6 +34,8 @@ class Archive:
 
     @classmethod
     def open(cls, settings: Settings) -> "Archive":
+        # The data directory holds the catalog, keys and journal: nobody else lists or enters it.
+        restrict(settings.base_dir, 0o700, "data directory")
         keyring = Keyring.load(settings.site_key_file, settings.recovery_public_key_file)
         site = open_site(settings.primary_site_url)
         catalog = Catalog(settings.catalog_url)

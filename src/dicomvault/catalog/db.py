@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import schema as t
+from .permissions import protect_sqlite_catalog
 from dicomvault.dicom.records import InstanceAttributes, VersionRecord
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -108,6 +109,7 @@ class Catalog:
                 path = url.split("///", 1)[-1]
                 if path and path != ":memory:":
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
+                    protect_sqlite_catalog(Path(path))  # patient names in clear: 0600, side files too
                 args = {"check_same_thread": False, "timeout": 30}
                 self.engine: Engine = create_engine(url, connect_args=args)
                 event.listen(self.engine, "connect", _sqlite_pragmas)

@@ -74,8 +74,9 @@ def init(
     api_token = write_new_tokens_file(Path(settings.http.api_tokens_file), "admin")
     out.print(f"Created {config_path} (AE title DICOMVAULT, DIMSE port 11112, HTTP port 8080).")
     if api_token is not None:
-        out.print(f"Token for the operations API (/api, 'Authorization: Bearer <token>'): written to "
-                  f"{settings.http.api_tokens_file} (mode 0600) as 'admin'; add a line per dashboard or script.")
+        out.print(f"Token for the operations API and DICOMweb ('Authorization: Bearer <token>'): written to "
+                  f"{settings.http.api_tokens_file} (mode 0600) as 'admin' with role admin; add a "
+                  "name:token:roles line per dashboard, viewer or script (roles: read, store, operator, admin).")
     if recovery_private.exists():
         out.print(
             f"[bold red]RECOVERY KEY written to {recovery_private}.[/bold red] It opens every copy of this archive "

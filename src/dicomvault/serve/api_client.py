@@ -80,13 +80,18 @@ class ServerClient:
 
 
 def operator_token(path: str, operators: tuple[str, ...]) -> str:
-    """The token of the first ``[http] api_operators`` name in the tokens file."""
+    """The token of the first line granting the operator role (admin does; so does a line
+    without roles whose name is in ``[http] api_operators``)."""
+    from pathlib import Path
+
+    from dicomvault.serve.access import legacy_api_roles
+    from dicomvault.serve.tokens import OPERATOR, token_with_role
+
     try:
-        lines = open(path, encoding="utf-8").read().splitlines()
-    except OSError as exc:
-        raise ServerError(f"cannot read the API tokens file {path}: {exc.strerror}") from exc
-    for line in lines:
-        name, sep, token = line.strip().partition(":")
-        if sep and not name.startswith("#") and name.strip() in operators:
-            return token.strip()
-    raise ServerError(f"no token in {path} belongs to an operator ([http] api_operators: {', '.join(operators)})")
+        token = token_with_role(Path(path), OPERATOR, lambda name: legacy_api_roles(name, frozenset(operators)))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ServerError(f"cannot read the API tokens file {path}: {exc}") from exc
+    if token is None:
+        raise ServerError(f"no token in {path} has the operator or admin role (or, without roles, a name in "
+                          f"[http] api_operators: {', '.join(operators)})")
+    return token

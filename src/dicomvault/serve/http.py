@@ -1,6 +1,7 @@
 """The HTTP side: liveness and Prometheus metrics (no patient data, no token), the operations
-API and the replica store (each behind its own bearer tokens) and DICOMweb (off by default,
-tokens optional)."""
+API and DICOMweb (off by default) behind one tokens file with roles (serve/access.py), the
+replica store behind its own tokens, and the limits on what one client may hold
+(serve/http_limits.py: request timeouts, body sizes)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -18,6 +20,7 @@ from starlette.routing import Route
 from dicomvault.archive.core import Archive
 from dicomvault.jobs.restore.service import RestoreService
 
+from dicomvault.serve.http_limits import RequestLimits, guarded_protocol  # request timeouts, body sizes
 from dicomvault.serve.ops_api import api_routes  # /api/status, /api/restores, /api/drills: bearer tokens
 
 log = logging.getLogger(__name__)
@@ -54,9 +57,19 @@ def build_app(archive: Archive, restores: RestoreService | None = None) -> Starl
     from dicomvault.serve.dicomweb.app import dicomweb_routes  # QIDO-RS, WADO-RS, STOW-RS under /dicomweb
     from dicomvault.serve.replica_api import replica_routes  # this vault as another vault's vault:// site
 
+    from dicomvault.serve.dicomweb.common import PREFIX as DICOMWEB
+    from dicomvault.serve.replica_api import PREFIX as REPLICA
+
+    http = archive.settings.http
+
+    def body_limit(path: str) -> int | None:
+        """STOW-RS and the replica store check their own bodies (after authenticating); the rest: JSON."""
+        return None if path.startswith((DICOMWEB, REPLICA)) else http.max_body_bytes
+
     return Starlette(
         routes=[Route("/healthz", healthz), Route("/metrics", metrics), *api_routes(archive, restores),
-                *replica_routes(archive.settings.replica_store, archive.catalog), *dicomweb_routes(archive)]
+                *replica_routes(archive.settings.replica_store, archive.catalog), *dicomweb_routes(archive)],
+        middleware=[Middleware(RequestLimits, request_timeout=http.request_timeout, limit_for=body_limit)],
     )
 
 
@@ -92,8 +105,10 @@ class HttpServer:
     def __init__(self, archive: Archive, host: str, port: int, restores: RestoreService | None = None) -> None:
         # lifespan="off": the app has no startup/shutdown handlers, and a forced stop (see stop())
         # would otherwise log the cancelled lifespan task as an error.
+        # http=: uvicorn's h11 protocol with a deadline on request headers (serve/http_limits.py).
         config = uvicorn.Config(build_app(archive, restores), host=host, port=port, log_level="warning", access_log=False,
-                                lifespan="off", **_tls_options(archive, host))  # type: ignore[arg-type]
+                                lifespan="off", http=guarded_protocol(archive.settings.http.request_timeout),
+                                **_tls_options(archive, host))  # type: ignore[arg-type]
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
 

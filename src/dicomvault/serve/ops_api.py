@@ -8,14 +8,15 @@ a script need not poll, whether serve or a ``dicomvault restore`` in a terminal 
 Restore reports list patients' instances (UIDs, the PACS's refusals) and a job's selection
 may hold a Patient ID, so every request must carry a bearer token from ``[http]
 api_tokens_file``; a missing or unreadable file refuses everything rather than opening up.
+Each route needs a role (serve/tokens.py): ``read`` for every GET, ``operator`` for a POST
+that acts (a route may ask for ``admin``); a token without it gets 403 naming the role.
 Reads are audited under the token's name, at most once a minute per name, address and path
-(a dashboard polls), and refused tokens at most once a minute per address. Only the token
-names in ``[http] api_operators`` (default: init's ``admin``) may act (POST); the others read.
+(a dashboard polls); refusals at most once a minute per address (unknown token) or per name,
+address and path (missing role). A line without roles reads, and also acts when its name is
+in ``[http] api_operators`` (what such a line meant before roles).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -27,51 +28,50 @@ from dicomvault.audit import AuditEvent
 from dicomvault.jobs.restore.plan import RestoreError, job_report, recent_jobs, status_lock_dir
 from dicomvault.jobs.restore.service import Conflict, RequestError, RestoreService
 
+from dicomvault.serve.access import Gate, api_tokens
 from dicomvault.serve.dicomweb.common import append_audit, client_address
+from dicomvault.serve.numbers import job_id_param, seconds_param
 from dicomvault.serve.status import archive_status
-from dicomvault.serve.tokens import AuditThrottle, TokenFile
+from dicomvault.serve.tokens import OPERATOR, READ, AuditThrottle
 
 REALM = "dicomvault-api"
 MAX_WAIT_SECONDS = 60.0
 
 
 def api_routes(archive: Archive, restores: RestoreService | None = None) -> list[Route]:
-    tokens = TokenFile(Path(archive.settings.http.api_tokens_file), label="operations API",
-                       missing_hint="`dicomvault init --dir DIR --force` writes one (config rewritten, keys kept), "
-                                    "or write name:token lines (tokens of 16+ characters) and chmod 600 it")
-    denials, reads = AuditThrottle(), AuditThrottle()
-    operators = frozenset(archive.settings.http.api_operators)
+    gate = Gate(api_tokens(archive.settings), REALM, "[http] api_tokens_file")
+    reads = AuditThrottle()
 
     async def audit(request: Request, actor: str, action: str, outcome: str, detail: dict) -> None:
         event = AuditEvent(actor=actor, action=action, subject=request.url.path, outcome=outcome, detail=detail)
         await run_in_threadpool(append_audit, archive.catalog, event)
 
-    async def authorise(request: Request) -> Response | None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        name = tokens.identify(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+    async def authorise(request: Request, needed: str) -> Response | None:
         address = client_address(request)
-        if tokens.problem:
-            return JSONResponse({"error": f"the operations API refuses every request: {tokens.problem}"},
+        decision = gate.decide(request.headers.get("authorization", ""), needed, address, request.url.path)
+        if decision.status == 503:
+            return JSONResponse({"error": f"the operations API refuses every request: {decision.reason}"},
                                 status_code=503)
-        if name is None:
-            if denials.due(address):
+        if decision.status == 401 or decision.identity is None:  # no token, or an unknown one
+            if decision.audit:
                 await audit(request, f"api:{address}", "login", "failure", {"error": "missing or unknown bearer token"})
-            return JSONResponse({"error": "a valid bearer token is required (Authorization: Bearer <token>); "
-                                          "tokens are in the file [http] api_tokens_file names"},
-                                status_code=401, headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'})
+            return JSONResponse({"error": decision.reason}, status_code=401, headers=decision.headers)
+        name = decision.identity.name
         actor = f"api:{name}@{address}"
         request.scope["dicomvault.api_actor"] = actor
-        if request.method != "GET" and name not in operators:
-            await audit(request, actor, "api", "forbidden", {"method": request.method})
-            return JSONResponse({"error": f"token {name!r} may read but not act; [http] api_operators names the "
-                                          "tokens that may start or stop restores"}, status_code=403)
+        if not decision.allowed:
+            if decision.audit:
+                await audit(request, actor, "api", "forbidden", {"method": request.method, "needed": decision.needed})
+            return JSONResponse({"error": decision.reason, "needed": decision.needed}, status_code=403)
         if request.method == "GET" and reads.due((name, address, request.url.path)):
             await audit(request, actor, "read", "success", {"resource": request.url.path})
         return None
 
-    def guarded(handler):  # type: ignore[no-untyped-def]
+    def guarded(handler, needed: str | None = None):  # type: ignore[no-untyped-def]
+        """``handler`` behind the gate: ``needed`` role, else read for GET and operator for what acts."""
         async def run(request: Request) -> Response:
-            denied = await authorise(request)
+            role = needed or (READ if request.method in ("GET", "HEAD") else OPERATOR)
+            denied = await authorise(request, role)
             return denied if denied is not None else await handler(request)
 
         return run
@@ -100,25 +100,19 @@ def api_routes(archive: Archive, restores: RestoreService | None = None) -> list
             return JSONResponse({"error": str(exc)}, status_code=409 if isinstance(exc, Conflict) else 400)
         return JSONResponse(job, status_code=202)
 
-    def _job_id(request: Request) -> int | None:
-        try:
-            return int(request.path_params["job_id"])
-        except ValueError:
-            return None
-
     async def restore_job(request: Request) -> Response:
         """One job's progress, per-instance failures (with the PACS's status) and transcodings."""
-        job_id = _job_id(request)
+        job_id = job_id_param(request.path_params["job_id"])
         if job_id is None:
-            return JSONResponse({"error": "a job id is a number"}, status_code=404)
+            return JSONResponse({"error": f"there is no restore job {request.path_params['job_id'][:40]!r}"},
+                                status_code=404)
         wait = request.query_params.get("wait")
         if wait is not None and restores is not None:
-            try:
-                seconds = float(wait)
-            except ValueError:
-                return JSONResponse({"error": f"wait={wait!r}: give seconds, at most {MAX_WAIT_SECONDS:.0f}"},
-                                    status_code=400)
-            await run_in_threadpool(restores.wait, job_id, max(0.0, min(seconds, MAX_WAIT_SECONDS)))
+            seconds = seconds_param(wait)
+            if seconds is None:
+                return JSONResponse({"error": f"wait={wait[:40]!r}: give seconds (0-{MAX_WAIT_SECONDS:.0f}), "
+                                              "e.g. wait=2.5"}, status_code=400)
+            await run_in_threadpool(restores.wait, job_id, min(seconds, MAX_WAIT_SECONDS))
         try:
             body = await run_in_threadpool(job_report, archive, job_id)
         except RestoreError as exc:
@@ -126,9 +120,9 @@ def api_routes(archive: Archive, restores: RestoreService | None = None) -> list
         return JSONResponse(body)
 
     async def stop_restore(request: Request) -> Response:
-        job_id = _job_id(request)
+        job_id = job_id_param(request.path_params["job_id"])
         if job_id is None or restores is None or not restores.stop(job_id):
-            return JSONResponse({"error": f"no restore job {request.path_params['job_id']} is running in this server"},
+            return JSONResponse({"error": f"no restore job {request.path_params['job_id'][:40]!r} is running in this server"},
                                 status_code=404)
         await audit(request, request.scope["dicomvault.api_actor"], "restore", "stop requested", {"job": job_id})
         return JSONResponse({"stopping": job_id}, status_code=202)

@@ -177,6 +177,8 @@ class RestoreService:
                 resume = body["resume"]
                 if isinstance(resume, bool) or not isinstance(resume, int):
                     raise RequestError("'resume' must be a job id")
+                if not 1 <= resume < 2**63:  # beyond a catalog id column: the database would raise
+                    raise RequestError(f"there is no restore job {resume}")
                 job = load_job(self.archive.catalog, resume)
                 peer, job_id, done = resolve_peer(self.archive.settings, job.peer), job.id, False
             else:

@@ -5,13 +5,15 @@ The services themselves live in one module each: ``dicomweb_qido`` (search),
 ``dicomweb_content`` and ``dicomweb_catalog`` hold what they share.
 
 Access control. DICOMweb hands out patient data, so it is off unless ``[dicomweb] enabled =
-true`` (a disabled service answers 404 saying how to enable it). With ``tokens_file`` set,
-every request must carry ``Authorization: Bearer <token>`` for one of its ``name:token``
-lines (file mode 0600, re-read when it changes; compared by SHA-256 digest in constant
-time); the name goes into the audit actor (``dicomweb:<name>@<address>``). Without tokens the
-port must only be reachable from a trusted network; either way use HTTPS (``[http]
-tls_cert_file``) beyond one host. There are no per-user permissions: a valid token reads and
-stores everything.
+true`` (a disabled service answers 404 saying how to enable it). Every request must carry
+``Authorization: Bearer <token>`` from the one tokens file of the HTTP side, ``[http]
+api_tokens_file`` (serve/tokens.py: roles per line; QIDO-RS and WADO-RS need ``read``,
+STOW-RS needs ``store``; 403 naming the role otherwise). An old ``[dicomweb] tokens_file``,
+when set, is used instead, and its lines without roles read and store, as every token did
+before roles. ``[dicomweb] anonymous_roles`` (default none) grants roles to requests without
+a token, for a viewer on a trusted network that cannot send one. The token's name goes into
+the audit actor (``dicomweb:<name>@<address>``). Use HTTPS (``[http] tls_cert_file``) beyond
+one host.
 
 Errors: every refusal is a status with a plain-text reason, and is audited (action ``read``,
 ``query`` or ``store``, outcome ``failure``); an unexpected exception is logged with its
@@ -33,11 +35,11 @@ from dicomvault.archive.core import Archive
 from dicomvault.serve.dicomweb import qido as dicomweb_qido
 from dicomvault.serve.dicomweb import stow as dicomweb_stow
 from dicomvault.serve.dicomweb import wado as dicomweb_wado
+from dicomvault.serve.access import Gate, api_tokens
 from dicomvault.serve.dicomweb.common import PREFIX, DicomwebError, audit, client_address, error_response, log
-from dicomvault.serve.tokens import AuditThrottle, TokenFile
+from dicomvault.serve.tokens import READ, STORE, TokenFile
 
 Handler = Callable[..., Awaitable[Response]]
-_DENIAL_AUDIT_INTERVAL = 60.0  # at most one audit row per client address per minute for bad tokens
 
 
 def _subject(request: Request) -> str:
@@ -55,30 +57,42 @@ def dicomweb_routes(archive: Archive) -> list[BaseRoute]:
         return [Route(PREFIX, disabled, methods=["GET", "POST"]),
                 Mount(PREFIX, routes=[Route("/{rest:path}", disabled, methods=["GET", "POST"])])]
 
-    tokens = TokenFile(Path(settings.tokens_file), label="DICOMweb") if settings.tokens_file else None
-    denials = AuditThrottle(_DENIAL_AUDIT_INTERVAL)
+    if settings.tokens_file:  # the old, DICOMweb-only file: a line without roles reads and stores
+        tokens = TokenFile(Path(settings.tokens_file), label="DICOMweb", default_roles=lambda _name: (READ, STORE))
+        where = "[dicomweb] tokens_file"
+        log.info("DICOMweb takes its tokens from %s ([dicomweb] tokens_file) instead of [http] api_tokens_file; "
+                 "lines without roles there read and store", settings.tokens_file)
+    else:
+        tokens, where = api_tokens(archive.settings, label="DICOMweb"), "[http] api_tokens_file"
+    if settings.anonymous_roles:
+        log.warning("DICOMweb grants %s to requests without a token ([dicomweb] anonymous_roles): anyone who "
+                    "reaches the port can do that", " and ".join(settings.anonymous_roles))
+    gate = Gate(tokens, "dicomweb", where, frozenset(settings.anonymous_roles))
 
-    async def authorise(request: Request) -> Response | None:
-        if tokens is None:
-            return None
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        name = tokens.identify(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
-        if tokens.problem:
-            log.error("DICOMweb refuses every request: %s", tokens.problem)
+    async def authorise(request: Request, needed: str, action: str) -> Response | None:
+        decision = gate.decide(request.headers.get("authorization", ""), needed, client_address(request),
+                               request.url.path)
+        if decision.status == 503:
+            log.error("DICOMweb refuses every request: %s", decision.reason)
             return error_response(503, "DICOMweb access tokens are misconfigured on the server (see its log)")
-        if name is None:
-            if denials.due(client_address(request)):
-                await audit(archive.catalog, request, "login", "", "failure",
-                            {"error": "missing or unknown bearer token"})
-            return Response("a valid bearer token is required (Authorization: Bearer <token>)\n", status_code=401,
-                            media_type="text/plain", headers={"WWW-Authenticate": 'Bearer realm="dicomweb"'})
-        request.scope["dicomvault.token_name"] = name
-        return None
+        if decision.identity is not None:
+            request.scope["dicomvault.token_name"] = decision.identity.name
+        if decision.allowed:
+            return None
+        if decision.audit:
+            if decision.status == 401:
+                await audit(archive.catalog, request, "login", "", "failure", {"error": "missing or unknown bearer token"})
+            else:
+                await audit(archive.catalog, request, action, _subject(request), "forbidden",
+                            {"status": 403, "needed": decision.needed})
+        return error_response(decision.status, decision.reason, decision.headers)
 
     def endpoint(handler: Handler, action: str, *args: Any) -> Callable[[Request], Awaitable[Response]]:
+        needed = STORE if action == "store" else READ
+
         async def run(request: Request) -> Response:
             request.scope["dicomvault.base_url"] = settings.base_url
-            denied = await authorise(request)
+            denied = await authorise(request, needed, action)
             if denied is not None:
                 return denied
             try:
@@ -130,7 +144,7 @@ def plain_http_warning(archive: Archive, host: str) -> str | None:
     settings = archive.settings
     if not settings.dicomweb.enabled or settings.http.tls_cert_file or host in ("127.0.0.1", "::1", "localhost"):
         return None
-    guard = "bearer tokens travel" if settings.dicomweb.tokens_file else "anyone who reaches the port reads them"
+    guard = "anyone who reaches the port reads them" if settings.dicomweb.anonymous_roles else "bearer tokens travel"
     return (f"[dicomweb] is enabled over plain HTTP on {host}: patient data travels in clear and {guard}; "
             "set [http] tls_cert_file and tls_key_file, or bind to a trusted network only")
 

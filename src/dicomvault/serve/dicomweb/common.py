@@ -34,8 +34,8 @@ class DicomwebError(Exception):
         self.reason = reason
 
 
-def error_response(status: int, reason: str) -> Response:
-    return PlainTextResponse(reason + "\n", status_code=status)
+def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> Response:
+    return PlainTextResponse(reason + "\n", status_code=status, headers=headers)
 
 
 def valid_uid(value: str) -> bool:

@@ -15,11 +15,13 @@ image/jpeg). Nothing is decompressed.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from dicomvault.serve.dicomweb.common import DicomwebError
+from dicomvault.serve.numbers import whole_number
 
 if TYPE_CHECKING:
     from pydicom.dataelem import DataElement
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 BULK_THRESHOLD = 1024  # base64 characters; pydicom inlines values up to 3/4 of this (768 bytes)
 _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"}
 PIXEL_DATA = 0x7FE00010
+_HEX_TAG = re.compile(r"[0-9A-Fa-f]{8}")
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 DEFLATED_LE = "1.2.840.10008.1.2.1.99"
@@ -103,19 +106,17 @@ def find_element(ds: "Dataset", path: str) -> "DataElement":
     current: Any = ds
     elem = None
     for i in range(0, len(steps), 2):
-        try:
-            tag = int(steps[i], 16)
-            if len(steps[i]) != 8:
-                raise ValueError
-        except ValueError as exc:
-            raise DicomwebError(400, f"bulk data path {path!r}: {steps[i]!r} is not an 8-digit hex tag") from exc
+        if not _HEX_TAG.fullmatch(steps[i]):
+            raise DicomwebError(400, f"bulk data path {path!r}: {steps[i]!r} is not an 8-digit hex tag")
+        tag = int(steps[i], 16)
         if tag not in current:
             raise DicomwebError(404, f"the instance has no element {steps[i].upper()} at bulk data path {path!r}")
         elem = current[tag]
         if i + 1 < len(steps):
-            if elem.VR != "SQ" or not steps[i + 1].isdigit() or int(steps[i + 1]) >= len(elem.value or []):
-                raise DicomwebError(404, f"bulk data path {path!r}: no item {steps[i + 1]} in {steps[i].upper()}")
-            current = elem.value[int(steps[i + 1])]
+            item = whole_number(steps[i + 1])
+            if elem.VR != "SQ" or item is None or item >= len(elem.value or []):
+                raise DicomwebError(404, f"bulk data path {path!r}: no item {steps[i + 1][:20]!r} in {steps[i].upper()}")
+            current = elem.value[item]
     assert elem is not None
     if not _binary(elem):
         raise DicomwebError(404, f"element {steps[-1].upper()} is not bulk data (VR {elem.VR})")

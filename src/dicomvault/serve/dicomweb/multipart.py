@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 MAX_HEADER_BYTES = 16 * 1024  # one part's header block
 MAX_PREAMBLE_BYTES = 64 * 1024  # bytes tolerated before the first boundary
+# RFC 2046 allows 70 characters, but Orthanc's DICOMweb plugin sends 73: be liberal up to a
+# length no sender needs, refusing absurd ones (a boundary is searched for in every chunk).
+MAX_BOUNDARY = 200
 _BOUNDARY_CHARS = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? ")
 
 
@@ -55,7 +58,7 @@ def content_type(media_type: str, boundary: str, transfer_syntax: str | None = N
 
 def valid_boundary(boundary: str) -> bool:
     raw = boundary.encode("latin-1", "replace")
-    return 0 < len(raw) <= 70 and set(raw) <= _BOUNDARY_CHARS and not raw.endswith(b" ")
+    return 0 < len(raw) <= MAX_BOUNDARY and set(raw) <= _BOUNDARY_CHARS and not raw.endswith(b" ")
 
 
 @dataclass

@@ -36,6 +36,7 @@ from starlette.responses import Response
 from dicomvault.archive.core import Archive
 from dicomvault.catalog.query import MATCHABLE_KEYS, Query, QueryError, run_query, supported_keys
 
+from dicomvault.serve.numbers import whole_number
 from dicomvault.serve.dicomweb.common import (
     DICOM_JSON,
     DicomwebError,
@@ -60,6 +61,7 @@ SERIES_DEFAULTS = ("Modality", "TimezoneOffsetFromUTC", "SeriesDescription", "Se
 INSTANCE_DEFAULTS = ("SOPClassUID", "SOPInstanceUID", "InstanceAvailability", "TimezoneOffsetFromUTC",
                      "InstanceNumber", "Rows", "Columns", "BitsAllocated", "NumberOfFrames")
 RETRIEVE_URL = "00081190"
+MAX_QUERY_NUMBER = 10**12  # limit and offset: beyond any archive's matches, well inside a 64-bit column
 _CONTROL = {"includefield", "limit", "offset", "fuzzymatching", "accept", "charset"}
 _INT_VRS = {"IS", "SL", "SS", "UL", "US", "SV", "UV"}
 _FLOAT_VRS = {"DS", "FL", "FD"}
@@ -90,10 +92,12 @@ def _tag(keyword: str) -> str:
 
 
 def _int_param(name: str, raw: str, minimum: int) -> int:
-    if not raw.strip().isdigit() or int(raw) < minimum:
+    value = whole_number(raw, minimum, MAX_QUERY_NUMBER)
+    if value is None:
         kind = "a positive integer" if minimum > 0 else "a non-negative integer"
-        raise DicomwebError(400, f"{name} must be {kind}, got {raw[:40]!r}")
-    return int(raw)
+        raise DicomwebError(400, f"{name} must be {kind} of at most {MAX_QUERY_NUMBER} (ASCII digits), "
+                                 f"got {raw[:40]!r}")
+    return value
 
 
 def _encode(vr: str, value: str) -> dict[str, Any]:

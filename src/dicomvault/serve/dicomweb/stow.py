@@ -140,7 +140,8 @@ def _request_boundary(request: Request) -> str:
     if not boundary:
         raise DicomwebError(400, "the Content-Type multipart/related has no boundary parameter")
     if not mp.valid_boundary(boundary):
-        raise DicomwebError(400, f"the multipart boundary {boundary[:80]!r} is not valid (RFC 2046: 1-70 characters)")
+        raise DicomwebError(400, f"the multipart boundary {boundary[:80]!r} is not valid (1-{mp.MAX_BOUNDARY} characters "
+                                 "of those RFC 2046 allows, not ending in a space)")
     return boundary
 
 

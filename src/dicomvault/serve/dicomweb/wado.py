@@ -39,6 +39,7 @@ from dicomvault.archive.repository import IntegrityError
 from dicomvault.serve.dicomweb import content
 from dicomvault.serve.dicomweb import multipart as mp
 from dicomvault.serve.dicomweb.catalog import latest_versions, missing_reason
+from dicomvault.serve.numbers import whole_number
 from dicomvault.serve.dicomweb.common import (
     DICOM_JSON,
     DicomwebError,
@@ -266,10 +267,11 @@ async def metadata(archive: Archive, request: Request) -> Response:
 def _frame_numbers(raw: str) -> list[int]:
     numbers = []
     for item in raw.split(","):
-        item = item.strip()
-        if not item.isdigit() or int(item) < 1:
-            raise DicomwebError(400, f"frame list {raw[:80]!r}: frame numbers are positive integers separated by commas")
-        numbers.append(int(item))
+        number = whole_number(item, 1, 2**31 - 1)  # Number of Frames is an IS: at most 2^31 - 1
+        if number is None:
+            raise DicomwebError(400, f"frame list {raw[:80]!r}: frame numbers are positive integers (ASCII digits) "
+                                     "separated by commas")
+        numbers.append(number)
     if len(numbers) > MAX_FRAMES_PER_REQUEST:
         raise DicomwebError(400, f"at most {MAX_FRAMES_PER_REQUEST} frames per request")
     return numbers
