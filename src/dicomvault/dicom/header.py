@@ -78,13 +78,13 @@ class _Walker:
 
     def _bad_vr(self, tag: int, vr: bytes) -> str:
         if vr[:1].isupper() and vr[1:].isupper():
-            return f"element {_tag(tag)} has an invalid VR {vr.decode('ascii')}"
-        return f"element {_tag(tag)} has no valid VR (implicit VR, or garbage)"
+            return f"invalid VR {vr.decode('ascii')} at {_tag(tag)}"
+        return f"no valid VR (implicit VR?) at {_tag(tag)}"
 
     def check_fits(self, tag: int, value: int, length: int) -> None:
         if value + length > self.size:
             if self.implicit and self.data[value - 4 : value - 2] in _VRS:
-                raise MalformedDataset(f"element {_tag(tag)} is in explicit VR")
+                raise MalformedDataset(f"explicit VR at {_tag(tag)}")
             raise TruncatedDataset(
                 f"truncated: element {_tag(tag)} needs {length} bytes, only {self.size - value} remain"
             )
@@ -103,7 +103,7 @@ class _Walker:
             finally:
                 self.implicit = implicit
         else:
-            raise MalformedDataset(f"element {_tag(tag)} ({vr.decode('ascii')}) has an undefined length")
+            raise MalformedDataset(f"undefined length on VR {vr.decode('ascii')} at {_tag(tag)}")
 
     def skip_undefined(self, depth: int) -> None:
         """Skip a sequence (or encapsulated pixel data) of undefined length, from its first item."""
@@ -115,7 +115,7 @@ class _Walker:
             if tag == SEQ_END:
                 return
             if tag != ITEM:
-                raise MalformedDataset(f"element {_tag(tag)} where a sequence item was expected")
+                raise MalformedDataset(f"not a sequence item at {_tag(tag)}")
             if length != UNDEFINED:
                 self.check_fits(tag, value, length)
                 self.pos += length
@@ -127,7 +127,7 @@ class _Walker:
                 if tag == ITEM_END:
                     break
                 if tag <= previous or tag >> 16 == 0xFFFE:
-                    raise MalformedDataset(f"element {_tag(tag)} in a sequence item: out of order (garbage?)")
+                    raise MalformedDataset(f"out of order (garbage?) in an item at {_tag(tag)}")
                 previous = tag
                 self.skip_element(tag, vr, length, value, depth)
 
@@ -180,8 +180,8 @@ def walk_header(
 
 def _check_order(tag: int, previous: int) -> None:
     if tag <= previous or tag >> 16 == 0xFFFE:
-        what = "an item or delimiter outside a sequence" if tag >> 16 == 0xFFFE else "out of order (garbage?)"
-        raise MalformedDataset(f"element {_tag(tag)} after {_tag(previous)}: {what}")
+        what = "item or delimiter outside a sequence" if tag >> 16 == 0xFFFE else "out of order (garbage?)"
+        raise MalformedDataset(f"{what} at {_tag(tag)} after {_tag(previous)}")
 
 
 def _walk_rest(walker: _Walker, previous: int) -> None:

@@ -214,7 +214,7 @@ def _not_in_syntax(exc: MalformedDataset, transfer_syntax: str) -> str:
         return text
     encoding = {"1.2.840.10008.1.2": "implicit VR LE", "1.2.840.10008.1.2.2": "explicit VR BE"}.get(
         transfer_syntax, "explicit VR LE")
-    return f"not a valid {encoding} data set: {text} (transfer syntax {transfer_syntax})"
+    return f"invalid {encoding} data set: {text} (transfer syntax {transfer_syntax})"
 
 
 # PS3.5 9.1: components of ASCII digits, no leading zero unless the component is "0".
@@ -228,14 +228,14 @@ def uid_problem(value: str) -> str:
     digits: such a UID, once stored, broke every C-FIND for its patient.
     """
     if len(value) > 64:
-        return f"longer than 64 characters ({len(value)})"
+        return f"over 64 characters ({len(value)})"
     if _UID.fullmatch(value):
         return ""
     if any(c not in "0123456789." for c in value):
-        return "characters other than digits 0-9 and '.'"
+        return "not only digits 0-9 and '.'"
     if "" in value.split("."):
         return "an empty component"
-    return "a component with a leading zero"
+    return "leading zero in a component"
 
 
 def _check_uid(values: dict[str, str], field: str, label: str) -> str:
