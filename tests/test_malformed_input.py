@@ -24,7 +24,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import generate_uid
 
-from conftest import Vault, make_vault
+from conftest import Vault, audit_rows, make_vault
 from test_bad_input import assert_grew_by, settled_snapshot
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -333,8 +333,11 @@ def test_request_without_affected_sop_instance_uid_is_refused(lean: Vault, ct_sm
 @pytest.mark.parametrize("raw", [b"1.2.826.0.1.\xb9\xb2\xff\x00", uid_bytes("1.2." + "9" * 70)], ids=["non-ascii", "too-long"])
 def test_malformed_affected_sop_instance_uid_is_answered_not_aborted(served: Vault, ct_small: Path, raw: bytes) -> None:
     ds = ct_dataset(ct_small)
+    audited = len(audit_rows(served, "store"))
     status, comment = refused_then_good(served, ct_small, encode(ds), raw)
     assert status == 0xC000 and comment.startswith("invalid Affected SOP Instance UID"), (hex(status), comment)
+    refusals = [row for row in audit_rows(served, "store")[audited:] if row[1] == "rejected"]
+    assert [detail["reason"][:33] for _subject, _outcome, detail in refusals] == ["invalid Affected SOP Instance UID"]
 
 
 # --- data sets not in their transfer syntax -----------------------------------------------

@@ -27,9 +27,6 @@ log = logging.getLogger(__name__)
 _config.UNRESTRICTED_STORAGE_SERVICE = True
 # Keep the raw dataset bytes exactly as received (we never decode what we archive).
 _config.STORE_RECV_CHUNKED_DATASET = False
-# pynetdicom ends the association over a request UID it finds invalid (over 64 characters);
-# ingest/store.py judges the request's UIDs itself and answers with a failure status instead.
-_config.VALIDATORS["UI"] = lambda _value: (True, "")
 
 
 @dataclass
@@ -66,6 +63,10 @@ class DimseServer:
         return status
 
     def start(self) -> None:
+        # pynetdicom ends the association over a request UID it finds invalid (over 64
+        # characters); ingest/store.py judges the request's UIDs itself and answers with a
+        # failure status instead. Process-wide, so only once this engine is really serving.
+        _config.VALIDATORS["UI"] = lambda _value: (True, "")
         ae = AE(ae_title=self.settings.ae_title)
         ae.maximum_associations = self.settings.max_associations
         ae.network_timeout = self.settings.network_timeout
