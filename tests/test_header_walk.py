@@ -5,6 +5,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import pytest
+
 from dicomvault.dicom import part10
 from dicomvault.dicom.header import HeaderWalkError
 
@@ -71,8 +73,8 @@ def test_every_accepted_corpus_file_cut_short_is_refused_as_truncated(corpus: li
 
     (A cut exactly on an element boundary is indistinguishable from a complete file and is
     caught only if it removes a required UID; dropping the last byte never falls on one: it
-    always belongs to the last element. Files whose encoding the walker cannot follow, such
-    as an implicit-VR element inside an explicit-VR dataset, are not checked: a known gap.)
+    always belongs to the last element. Files the walker leaves to pydicom (deflated, absurdly
+    nested) are not checked here; files not in their declared encoding are refused outright.)
     """
     checked = 0
     with warnings.catch_warnings():
@@ -110,3 +112,66 @@ def test_hand_packed_file_meta_equals_pydicom_writer() -> None:
         fast = part10.build_part10(sop_class, sop_uid, syntax, dataset)
         assert fast == part10.build_part10_with_pydicom(sop_class, sop_uid, syntax, dataset)
         assert part10._read_meta(fast)[1] == syntax
+
+
+def test_uid_rules_of_ps3_5_9_1() -> None:
+    """str.isdigit() would pass superscripts and Arabic-Indic digits: the rule is ASCII 0-9."""
+    good = ["0", "1.2.840.10008.1.2.1", "2.25.0", "1.0.10", "1." + "2" * 62]
+    bad = {"1." + "2" * 63: "over 64", "1.2.\u00b9\u00b2": "digits 0-9", "1.2.\u0663\u0664": "digits 0-9",
+           "1..2": "empty component", "1.2.": "empty component", ".1.2": "empty component",
+           "1.02": "leading zero", "01.2": "leading zero", "1.2 ": "digits 0-9", "1.2\x00": "digits 0-9"}
+    assert [part10.uid_problem(uid) for uid in good] == [""] * len(good)
+    wrong = {uid: part10.uid_problem(uid) for uid, words in bad.items() if words not in part10.uid_problem(uid)}
+    assert not wrong, wrong
+
+
+def test_strict_walk_accepts_an_undefined_length_un_sequence_in_implicit_vr() -> None:
+    """A sequence of VR UN with undefined length holds implicit VR LE items (PS3.5 6.2.2),
+    whatever the data set's syntax: the strict walk must follow it, not call it garbage."""
+    import struct
+
+    def explicit(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+        return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+    def implicit(group: int, elem: int, value: bytes) -> bytes:
+        return struct.pack("<HHI", group, elem, len(value)) + value
+
+    item = implicit(0x0008, 0x1150, b"1.2.840.10008.5.1.4.1.1.2\x00") + implicit(0x0008, 0x1155, b"1.2.3.4\x00")
+    un_sequence = (struct.pack("<HH2sHI", 0x0009, 0x1010, b"UN", 0, 0xFFFFFFFF)
+                   + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + item + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+                   + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    dataset = (explicit(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2\x00")
+               + explicit(0x0008, 0x0018, b"UI", b"1.2.3.5\x00") + un_sequence
+               + explicit(0x0020, 0x000D, b"UI", b"1.2.3.6\x00") + explicit(0x0020, 0x000E, b"UI", b"1.2.3.7\x00"))
+    data = part10.build_part10("1.2.840.10008.5.1.4.1.1.2", "1.2.3.5", "1.2.840.10008.1.2.1", dataset)
+    assert part10.parse_part10(data).attributes.series_uid == "1.2.3.7"
+    garbled = dataset.replace(b"\x20\x00\x0d\x00", b"\x20\x00\x0d\x00JUNK")
+    with pytest.raises(part10.DicomFormatError, match="invalid explicit VR LE data set"):
+        part10.parse_part10(part10.build_part10("1.2.840.10008.5.1.4.1.1.2", "1.2.3.5", "1.2.840.10008.1.2.1",
+                                                garbled))
+
+
+def test_deflated_data_set_is_walked_strictly_once_inflated(ct_small: Path) -> None:
+    """Deflate wraps an explicit VR LE data set: inflated, it must be one (the pydicom path
+    reads mis-encoded data sets leniently, so the strict walk runs after it)."""
+    import zlib
+
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = pydicom.dcmread(ct_small)
+
+    def deflated(implicit: bool) -> bytes:
+        buffer = DicomBytesIO()
+        buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
+        write_dataset(buffer, ds)
+        packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        body = packer.compress(buffer.getvalue()) + packer.flush()
+        return part10.build_part10(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1.99", body)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert part10.parse_part10(deflated(implicit=False)).attributes.sop_instance_uid == ds.SOPInstanceUID
+        with pytest.raises(part10.DicomFormatError, match="invalid explicit VR LE data set: no valid VR"):
+            part10.parse_part10(deflated(implicit=True))

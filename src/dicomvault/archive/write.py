@@ -26,7 +26,7 @@ from dicomvault.audit import AuditEvent, append
 from dicomvault.catalog import Catalog, InstanceAttributes, VersionRecord
 from dicomvault.crypto import Keyring, StudyKey
 from dicomvault.crypto.envelope import read_header
-from dicomvault.dicom import DicomFormatError, parse_part10
+from dicomvault.dicom import DatasetMismatch, DicomFormatError, parse_part10
 from dicomvault.archive.repository import IntegrityError, Repository
 from dicomvault.sites import SiteError
 
@@ -68,7 +68,9 @@ class IngestRejected(Exception):
     def __init__(self, reason: str, kind: str = "invalid") -> None:
         super().__init__(reason)
         self.reason = reason
-        self.kind = kind  # "invalid" (sender's data) or "storage" (our side: retry later)
+        # "invalid" (sender's data), "mismatch" (the data set is not the instance its C-STORE
+        # request announced) or "storage" (our side: retry later)
+        self.kind = kind
 
 
 def storage_failure_reason(exc: BaseException) -> str:
@@ -205,21 +207,28 @@ class Ingestor:
             self._study_keys[study_uid] = key
             return key
 
+    def refuse(self, reason: str, source: str, actor: str, kind: str = "invalid") -> IngestRejected:
+        """Count and audit a refused instance; the caller raises what this returns."""
+        INSTANCES.labels("rejected").inc()
+        self._audit_rejection(actor, source, reason)
+        return IngestRejected(reason, kind)
+
     def ingest(self, data: bytes, source: str, actor: str, transfer_syntax: str | None = None,
-               wait_for_index: bool = True) -> IngestResult:
+               wait_for_index: bool = True, affected: tuple[str, str] | None = None) -> IngestResult:
         """Store Part-10 bytes durably, or raise IngestRejected with a reason. Never partial.
 
         Returns once the object is durable. With ``wait_for_index`` it also waits for its
         catalog row (group-committed with others), so the result says stored or duplicate;
         without, the row follows within milliseconds and the result's version is 0.
+        ``affected``: a C-STORE request's (SOP Class, SOP Instance) UIDs, which the data set
+        must carry too.
         """
         started = time.perf_counter()
         try:
-            parsed = parse_part10(data, transfer_syntax)
+            parsed = parse_part10(data, transfer_syntax, affected)
         except DicomFormatError as exc:
-            INSTANCES.labels("rejected").inc()
-            self._audit_rejection(actor, source, str(exc))
-            raise IngestRejected(str(exc)) from exc
+            kind = "mismatch" if isinstance(exc, DatasetMismatch) else "invalid"
+            raise self.refuse(str(exc), source, actor, kind) from exc
         attrs = parsed.attributes
         encoded: tuple[str, bytes] | None = None
         if len(data) >= OVERLAP_MIN_BYTES:

@@ -8,6 +8,7 @@ never parsed on ingest.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from dicomvault.dicom.records import InstanceAttributes
 
-from .header import HeaderWalkError, TruncatedDataset, walk_header
+from .header import HeaderWalkError, MalformedDataset, walk_header
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -32,6 +33,10 @@ _LIMITS = {"patient_name": 324, "referring_physician": 324, "study_description":
 
 class DicomFormatError(Exception):
     """The bytes are not a DICOM instance we can archive; the message says why."""
+
+
+class DatasetMismatch(DicomFormatError):
+    """The data set is not the instance its C-STORE request announced (PS3.4 B.2.3: 0xA900)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,11 @@ def split_part10(data: bytes) -> tuple[int, str]:
 
 
 def _clean(value: str, field: str) -> str:
+    if field in _UID_FIELDS:
+        # Never cut a UID: two instances would collide under the cut one. Only the one pad
+        # byte a UI value may carry (NUL; a space, as many senders write) is dropped here;
+        # ``uid_problem`` judges the rest.
+        return value[:-1] if value[-1:] in ("\x00", " ") else value
     return value.replace("\x00", "").strip()[: _LIMITS.get(field, 64)]
 
 
@@ -127,7 +137,9 @@ def _fast_values(data: bytes, offset: int, transfer_syntax: str) -> dict[str, st
     values: dict[str, str] = {}
     for field, _keyword, tag in _FIELDS:
         value = raw.get(tag, b"")
-        if field in _TEXT_FIELDS and not plain:
+        if field in _UID_FIELDS:
+            text = value.decode("latin-1")  # byte for byte: a non-ASCII byte stays visible to the check
+        elif field in _TEXT_FIELDS and not plain:
             from pydicom.charset import decode_bytes
 
             text = decode_bytes(value, encodings, {0x5E, 0x3D} if field in _PERSON_NAMES else set())
@@ -189,23 +201,76 @@ def _check_complete(data: bytes, offset: int, transfer_syntax: str) -> None:
         return
     try:
         walk_header(data, offset, transfer_syntax, {_CHARSET_TAG}, to_end=True)
-    except TruncatedDataset as exc:
-        raise DicomFormatError(str(exc)) from exc
+    except MalformedDataset as exc:
+        raise DicomFormatError(_not_in_syntax(exc, transfer_syntax)) from exc
     except (HeaderWalkError, LookupError, ValueError):
         return
+
+
+def _not_in_syntax(exc: MalformedDataset, transfer_syntax: str) -> str:
+    """The sender-facing reason: what is wrong first (DICOM's Error Comment holds 64 characters)."""
+    text = str(exc)
+    if text.startswith("truncated"):
+        return text
+    encoding = {"1.2.840.10008.1.2": "implicit VR LE", "1.2.840.10008.1.2.2": "explicit VR BE"}.get(
+        transfer_syntax, "explicit VR LE")
+    return f"invalid {encoding} data set: {text} (transfer syntax {transfer_syntax})"
+
+
+# PS3.5 9.1: components of ASCII digits, no leading zero unless the component is "0".
+_UID = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
+
+
+def uid_problem(value: str) -> str:
+    """Why ``value`` is not a valid UID (PS3.5 9.1), or "" if it is one.
+
+    Written out rather than ``str.isdigit``, which accepts superscripts and Arabic-Indic
+    digits: such a UID, once stored, broke every C-FIND for its patient.
+    """
+    if len(value) > 64:
+        return f"over 64 characters ({len(value)})"
+    if _UID.fullmatch(value):
+        return ""
+    if any(c not in "0123456789." for c in value):
+        return "not only digits 0-9 and '.'"
+    if "" in value.split("."):
+        return "an empty component"
+    return "leading zero in a component"
 
 
 def _check_uid(values: dict[str, str], field: str, label: str) -> str:
     value = values[field]
     if not value:
         raise DicomFormatError(f"the dataset has no {label}; it cannot be archived")
-    if len(value) > 64 or not all(c.isdigit() or c == "." for c in value):
-        raise DicomFormatError(f"invalid UID in {label}: {value[:70]!r}")
+    problem = uid_problem(value)
+    if problem:
+        keyword = label.split(" ")[0]
+        raise DicomFormatError(f"invalid UID in {keyword}: {problem} ({value[:70]!r})")
     return value
 
 
-def parse_part10(data: bytes, transfer_syntax: str | None = None) -> ParsedInstance:
-    """Read header attributes from Part-10 bytes (or a bare dataset) without touching pixels."""
+def _check_affected(values: dict[str, str], affected: tuple[str, str]) -> None:
+    """The data set must be the instance the C-STORE request announced: the archived file's
+    meta is written from the request, and must not disagree with the data set it wraps."""
+    sop_class, sop_instance = affected
+    if values["sop_class_uid"] != sop_class:
+        raise DatasetMismatch(
+            f"data set SOPClassUID {values['sop_class_uid']!r} is not the request's Affected SOP Class {sop_class!r}"
+        )
+    if values["sop_instance_uid"] != sop_instance:
+        raise DatasetMismatch(
+            f"data set SOPInstanceUID {values['sop_instance_uid']!r} is not the request's Affected SOP Instance"
+            f" {sop_instance!r}"
+        )
+
+
+def parse_part10(data: bytes, transfer_syntax: str | None = None,
+                 affected: tuple[str, str] | None = None) -> ParsedInstance:
+    """Read header attributes from Part-10 bytes (or a bare dataset) without touching pixels.
+
+    ``affected``: the (SOP Class, SOP Instance) UIDs a C-STORE request announced; the data
+    set must carry the same ones (``DatasetMismatch`` otherwise).
+    """
     if len(data) < 8:
         raise DicomFormatError(f"only {len(data)} bytes: not a DICOM file")
     offset, meta_ts, media_class = _read_meta(data)
@@ -214,8 +279,8 @@ def parse_part10(data: bytes, transfer_syntax: str | None = None) -> ParsedInsta
     if offset and ts:
         try:
             values = _fast_values(data, offset, ts)
-        except TruncatedDataset as exc:
-            raise DicomFormatError(str(exc)) from exc
+        except MalformedDataset as exc:
+            raise DicomFormatError(_not_in_syntax(exc, ts)) from exc
         except (HeaderWalkError, LookupError, ValueError):
             values = None
     if values is None:
@@ -235,6 +300,8 @@ def parse_part10(data: bytes, transfer_syntax: str | None = None) -> ParsedInsta
         ("study_uid", "StudyInstanceUID (0020,000D)"), ("series_uid", "SeriesInstanceUID (0020,000E)"),
     ):
         _check_uid(values, field, label)
+    if affected is not None:
+        _check_affected(values, affected)
     return ParsedInstance(InstanceAttributes(transfer_syntax_uid=ts, **values), offset)
 
 

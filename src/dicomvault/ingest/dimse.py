@@ -17,9 +17,9 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomvault.config import DicomSettings
-from dicomvault.dicom import build_part10
 
-from dicomvault.archive.write import IngestRejected, Ingestor
+from dicomvault.archive.write import Ingestor
+from dicomvault.ingest.store import c_store
 from dicomvault.ingest.gate import NOT_AUTHORIZED, AccessGate
 
 log = logging.getLogger(__name__)
@@ -28,10 +28,6 @@ log = logging.getLogger(__name__)
 _config.UNRESTRICTED_STORAGE_SERVICE = True
 # Keep the raw dataset bytes exactly as received (we never decode what we archive).
 _config.STORE_RECV_CHUNKED_DATASET = False
-
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_CANNOT_UNDERSTAND = 0xC000
-STATUS_PROCESSING_FAILURE = 0x0110
 
 
 @dataclass
@@ -75,34 +71,25 @@ class DimseServer:
     def _on_store(self, event: evt.Event) -> Any:
         requestor = event.assoc.requestor
         calling = requestor.ae_title.strip() if isinstance(requestor.ae_title, str) else str(requestor.ae_title)
-        source = f"dimse:{calling}@{requestor.address}"
         refused = self._refusal("store", event)
         if refused is not None:
             return refused
         request = event.request
-        dataset_bytes = request.DataSet.getvalue()
-        transfer_syntax = str(event.context.transfer_syntax)
-        sop_class = str(request.AffectedSOPClassUID)
-        sop_instance = str(request.AffectedSOPInstanceUID)
         status = Dataset()
-        try:
-            part10 = build_part10(sop_class, sop_instance, transfer_syntax, dataset_bytes)
-            self.ingestor.ingest(part10, source=source, actor=f"dicom:{calling}", transfer_syntax=transfer_syntax,
-                                 wait_for_index=False)  # durable now; the catalog row follows (group commit)
-        except IngestRejected as exc:
-            log.warning("C-STORE %s from %s refused: %s", sop_instance, source, exc.reason)
-            status.Status = STATUS_OUT_OF_RESOURCES if exc.kind == "storage" else STATUS_CANNOT_UNDERSTAND
-            status.ErrorComment = exc.reason[:64]
-            return status
-        except Exception as exc:  # noqa: BLE001 - never let one bad instance kill the association
-            log.exception("C-STORE %s from %s failed", sop_instance, source)
-            status.Status = STATUS_PROCESSING_FAILURE
-            status.ErrorComment = f"internal error: {type(exc).__name__}"[:64]
-            return status
-        status.Status = 0x0000
+        status.Status, comment = c_store(
+            self.ingestor, str(request.AffectedSOPClassUID or ""), str(request.AffectedSOPInstanceUID or ""),
+            str(event.context.transfer_syntax), request.DataSet.getvalue(),
+            source=f"dimse:{calling}@{requestor.address}", actor=f"dicom:{calling}",
+        )
+        if comment:
+            status.ErrorComment = comment[:64]
         return status
 
     def start(self) -> None:
+        # pynetdicom ends the association over a request UID it finds invalid (over 64
+        # characters); ingest/store.py judges the request's UIDs itself and answers with a
+        # failure status instead. Process-wide, so only once this engine is really serving.
+        _config.VALIDATORS["UI"] = lambda _value: (True, "")
         ae = AE(ae_title=self.settings.ae_title)
         ae.maximum_associations = self.settings.max_associations
         ae.network_timeout = self.settings.network_timeout

@@ -15,19 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from dicomvault.config import DicomSettings
-from dicomvault.dicom import build_part10
 from dicomvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomvault.net import pdu
 from dicomvault.net.acceptor import Association, DicomListener, Operation
 
-from dicomvault.archive.write import Ingestor, IngestRejected
+from dicomvault.archive.write import Ingestor
+from dicomvault.ingest.store import c_store
 from dicomvault.ingest.gate import NOT_AUTHORIZED, AccessGate
 
 log = logging.getLogger(__name__)
-
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_CANNOT_UNDERSTAND = 0xC000
-STATUS_PROCESSING_FAILURE = 0x0110
 
 
 @dataclass
@@ -48,21 +44,11 @@ class FastDimseServer:
 
     def store(self, assoc: Association, sop_class: str, sop_instance: str, transfer_syntax: str,
               dataset: bytes) -> tuple[int, str]:
-        source = f"dimse:{assoc.calling_ae}@{assoc.address}"
         refusal = self._refused("store", assoc)
         if refusal:
             return NOT_AUTHORIZED, refusal
-        try:
-            part10 = build_part10(sop_class, sop_instance, transfer_syntax, dataset)
-            self.ingestor.ingest(part10, source=source, actor=f"dicom:{assoc.calling_ae}",
-                                 transfer_syntax=transfer_syntax, wait_for_index=False)
-        except IngestRejected as exc:
-            log.warning("C-STORE %s from %s refused: %s", sop_instance, source, exc.reason)
-            return (STATUS_OUT_OF_RESOURCES if exc.kind == "storage" else STATUS_CANNOT_UNDERSTAND), exc.reason
-        except Exception as exc:  # noqa: BLE001 - never let one bad instance kill the association
-            log.exception("C-STORE %s from %s failed", sop_instance, source)
-            return STATUS_PROCESSING_FAILURE, f"internal error: {type(exc).__name__}"
-        return 0x0000, ""
+        return c_store(self.ingestor, sop_class, sop_instance, transfer_syntax, dataset,
+                       source=f"dimse:{assoc.calling_ae}@{assoc.address}", actor=f"dicom:{assoc.calling_ae}")
 
     def action(self, assoc: Association, command: dict[int, bytes], dataset: bytes | None,
                syntax: str) -> tuple[int, str]:

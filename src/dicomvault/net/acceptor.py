@@ -737,9 +737,13 @@ class DicomListener:
             status, comment = await loop.run_in_executor(
                 self._workers, self.on_store, assoc, sop_class, sop_instance, transfer_syntax, dataset
             )
-            reply = {pdu.TAG_AFFECTED_SOP_CLASS: pdu.uid_value(sop_class), pdu.TAG_COMMAND_FIELD: pdu.us(pdu.C_STORE_RSP),
+            # The response echoes the request's UIDs as they came (a malformed one, refused by
+            # on_store, cannot be re-encoded as text: the answer must still go out).
+            reply = {pdu.TAG_AFFECTED_SOP_CLASS: command.get(pdu.TAG_AFFECTED_SOP_CLASS) or pdu.uid_value(abstract),
+                     pdu.TAG_COMMAND_FIELD: pdu.us(pdu.C_STORE_RSP),
                      pdu.TAG_MESSAGE_ID_RESPONDED: message_id, pdu.TAG_DATASET_TYPE: pdu.us(pdu.NO_DATASET),
-                     pdu.TAG_STATUS: pdu.us(status), pdu.TAG_AFFECTED_SOP_INSTANCE: pdu.uid_value(sop_instance)}
+                     pdu.TAG_STATUS: pdu.us(status),
+                     pdu.TAG_AFFECTED_SOP_INSTANCE: command.get(pdu.TAG_AFFECTED_SOP_INSTANCE, b"")}
             if comment:
                 reply[pdu.TAG_ERROR_COMMENT] = pdu.text_value(comment[:64])
             return pdu.p_data(context_id, 0x03, pdu.encode_command(reply))
