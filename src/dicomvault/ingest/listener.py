@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dicomvault.config import DicomSettings
@@ -36,6 +37,7 @@ class FastDimseServer:
     commitment: Any = None  # StorageCommitmentService, when serving N-ACTION
     query_retrieve: Any = None  # serve.qr.QueryRetrieveService, when serving C-FIND/C-GET/C-MOVE
     listener: DicomListener | None = None
+    spool_dir: Path | None = None  # large incoming data sets wait here (inside the data directory)
 
     def store(self, assoc: Association, sop_class: str, sop_instance: str, transfer_syntax: str,
               dataset: bytes) -> tuple[int, str]:
@@ -78,7 +80,7 @@ class FastDimseServer:
         self.listener = DicomListener(
             self.settings, self.store, self.action if self.commitment is not None else None,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID, implementation_version=IMPLEMENTATION_VERSION_NAME,
-            on_query=self.query_retrieve,
+            on_query=self.query_retrieve, spool_dir=self.spool_dir,
         )
         self.listener.start()
 

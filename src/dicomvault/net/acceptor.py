@@ -35,11 +35,12 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dicomvault.config import DicomSettings
 
-from . import pdu
+from . import pdu, spool
 from .associate import encode_associate_ac, parse_associate_rq
 from .fsm import SENDS_ABORT, Action, Event, Machine, State
 
@@ -275,8 +276,12 @@ class DicomListener:
 
     def __init__(self, settings: DicomSettings, on_store: StoreHandler, on_action: ActionHandler | None = None,
                  implementation_class_uid: str = "", implementation_version: str = "",
-                 on_query: QueryHandler | None = None) -> None:
+                 on_query: QueryHandler | None = None, spool_dir: Path | None = None) -> None:
         self.settings = settings
+        # Data sets beyond [dicom] spool_threshold_bytes wait here, not in memory (None: never
+        # spooled; memory is then bounded per association by max_instance_bytes only).
+        self.spool_dir = spool_dir
+        self.budget = spool.MemoryBudget(settings.max_buffered_bytes)
         self.on_store = on_store
         self.on_action = on_action
         self.on_query = on_query
@@ -286,7 +291,10 @@ class DicomListener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
-        self._active = 0
+        self._active = 0  # negotiated associations: what max_associations limits
+        # Connections that have not yet sent their A-ASSOCIATE-RQ, oldest first: they hold no
+        # association slot, and past max_pending_connections the oldest is dropped.
+        self._pending: dict[asyncio.StreamWriter, None] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -372,18 +380,21 @@ class DicomListener:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no delayed-ACK stalls per response
         machine = Machine(requestor=False)
         machine.fire(Event.EVT5)  # AE-5: Sta2, the first read's timeout is the ARTIM timer
-        self._active += 1
+        self._add_pending(writer, peer)
+        negotiated = False
         try:
             assoc = await self._negotiate(reader, writer, peer, machine)
             if assoc is not None:
+                negotiated = True
+                self._active += 1
                 await self._serve(assoc, reader, writer, machine)
         except (asyncio.IncompleteReadError, ConnectionError):
             if machine.allows(Event.EVT17):  # the peer went away; nothing half-stored (all-or-nothing)
                 machine.fire(Event.EVT17)
         except asyncio.TimeoutError:
             if machine.state is State.STA2:  # Evt18, AA-2: no A-ASSOCIATE-RQ in time, just close
-                log.warning("connection from %s:%s sent no association request in %.0f s; closing", *peer[:2],
-                            self.settings.network_timeout)
+                log.warning("connection from %s:%s sent no association request in %.1f s; closing", *peer[:2],
+                            self._artim())
                 machine.fire(Event.EVT18)
             else:
                 log.warning("association from %s:%s timed out after %.0f s of silence; aborting", *peer[:2],
@@ -402,12 +413,32 @@ class DicomListener:
             log.exception("association from %s:%s failed", *peer[:2])
             self._abort(writer, machine, Event.EVT15)
         finally:
-            self._active -= 1
+            self._pending.pop(writer, None)
+            if negotiated:
+                self._active -= 1
             try:
                 await writer.drain()
             except Exception:  # noqa: BLE001
                 pass
             writer.close()
+
+    def _artim(self) -> float:
+        """How long a new connection may take to send its A-ASSOCIATE-RQ (the ARTIM timer in
+        Sta2): short, so idle or stalled connections cannot pile up."""
+        return min(self.settings.artim_timeout, self.settings.network_timeout)
+
+    def _add_pending(self, writer: asyncio.StreamWriter, peer: tuple[Any, ...]) -> None:
+        """Track a connection until its association request arrives; past the cap the oldest
+        waiting one is dropped (it had the longest to speak), so a flood of idle connections
+        delays a real sender by at most one ARTIM period and never locks it out."""
+        while len(self._pending) >= self.settings.max_pending_connections:
+            oldest = next(iter(self._pending))
+            del self._pending[oldest]
+            oldest_peer = oldest.get_extra_info("peername") or ("?", 0)
+            log.warning("dropping connection from %s:%s: %d connections waiting to associate; a new one from %s",
+                        *oldest_peer[:2], self.settings.max_pending_connections, peer[0])
+            oldest.transport.abort()
+        self._pending[writer] = None
 
     @staticmethod
     def _abort(writer: asyncio.StreamWriter, machine: Machine, event: Event, reason: int = 0) -> None:
@@ -442,7 +473,9 @@ class DicomListener:
 
     async def _negotiate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          peer: tuple[Any, ...], machine: Machine) -> Association | None:
-        kind, _header, body = await self._read_pdu(reader)
+        async with asyncio.timeout(self._artim()):  # the whole request, not each read
+            kind, _header, body = await self._read_pdu(reader)
+        self._pending.pop(writer, None)
         action = machine.pdu(kind)
         if action is Action.AA_2:  # an A-ABORT before any request: close
             return None
@@ -459,8 +492,8 @@ class DicomListener:
             log.warning("rejecting association from %s@%s: calling AE title not in the allow-list", calling, peer[0])
             await self._reject(reader, writer, machine, pdu.reject_pdu(1, 1, 3))
             return None
-        if self._active > self.settings.max_associations:
-            log.warning("rejecting %s@%s: %d associations already", calling, peer[0], self._active - 1)
+        if self._active >= self.settings.max_associations:
+            log.warning("rejecting %s@%s: %d associations already", calling, peer[0], self._active)
             await self._reject(reader, writer, machine, pdu.reject_pdu(2, 3, 2))
             return None
 
@@ -502,7 +535,7 @@ class DicomListener:
         loop = asyncio.get_running_loop()
         fire = machine.fire
         command_buffer = bytearray()
-        data_buffer = bytearray()
+        incoming: spool.InstanceBuffer | None = None  # the data set being received
         command: dict[int, bytes] | None = None
         command_context = 0
         running: list[Operation] = []  # the query/retrieve operation in progress, if any
@@ -543,25 +576,87 @@ class DicomListener:
                     else:  # data set fragment
                         if command is None or context_id != command_context:
                             raise pdu.ProtocolError("data set fragment without its command")
-                        data_buffer += fragment
+                        field_ = pdu.command_us(command, pdu.TAG_COMMAND_FIELD)
+                        if incoming is None:
+                            incoming = spool.InstanceBuffer(self.spool_dir, self.settings.spool_threshold_bytes,
+                                                            self.settings.max_instance_bytes)
+                        await self._keep(incoming, fragment, refusable=field_ == pdu.C_STORE_RQ)
                         if not control & 0x02:
                             continue
-                        dataset = bytes(data_buffer)
-                        data_buffer.clear()
-                        field_ = pdu.command_us(command, pdu.TAG_COMMAND_FIELD)
-                        if field_ in (pdu.C_FIND_RQ, pdu.C_GET_RQ, pdu.C_MOVE_RQ) and self.on_query is not None:
-                            self._start_operation(loop, reader, writer, assoc, command_context, command, dataset,
-                                                  running)
-                        else:
-                            if any(not op.finished for op in running):
-                                raise pdu.ProtocolError("a request arrived while a query/retrieve was in progress")
-                            response = await self._dispatch(loop, assoc, command_context, command, dataset)
+                        received, incoming = incoming, None
+                        if received.refused:  # every fragment read and dropped: answer, keep the association
+                            log.warning("C-STORE from %s@%s refused: %d-byte data set over max_instance_bytes",
+                                        assoc.calling_ae, assoc.address, received.size)
                             fire(Event.EVT9)  # DT-1
-                            writer.write(response)
+                            writer.write(self._too_large(command_context, command))
+                            command = None
+                            continue
+                        # Ingest holds the instance whole in memory: a spooled one reserves it now
+                        # (waiting here is the backpressure: this association stops reading).
+                        reserved = received.held
+                        if received.spooled:
+                            await self.budget.reserve(received.size)
+                            reserved = received.size
+                        dataset = received.finish()
+                        try:
+                            if field_ in (pdu.C_FIND_RQ, pdu.C_GET_RQ, pdu.C_MOVE_RQ) and self.on_query is not None:
+                                self._start_operation(loop, reader, writer, assoc, command_context, command,
+                                                      bytes(dataset), running)
+                            else:
+                                if any(not op.finished for op in running):
+                                    raise pdu.ProtocolError("a request arrived while a query/retrieve was in progress")
+                                response = await self._dispatch(loop, assoc, command_context, command, dataset)
+                                fire(Event.EVT9)  # DT-1
+                                writer.write(response)
+                        finally:
+                            spool.release(dataset)
+                            self.budget.release(reserved)
                         command = None
         finally:
             for operation in running:
                 operation.abandon()
+            if incoming is not None:  # aborted mid data set: nothing of it is kept
+                self.budget.release(incoming.held)
+                incoming.close()
+
+    async def _keep(self, incoming: spool.InstanceBuffer, fragment: bytes, refusable: bool) -> None:
+        """Add a data set fragment within the bounds: past max_instance_bytes a C-STORE's data
+        set is refused (the rest is read and dropped; anything else is a protocol error);
+        past the spool threshold, or when memory is short, it moves to a spool file; else it
+        stays in memory, reserved in the shared budget (waiting for it is the backpressure)."""
+        size = len(fragment)
+        if incoming.refused:
+            incoming.discard(fragment)
+            return
+        if incoming.over_limit(size):
+            if not refusable:
+                raise pdu.ProtocolError(f"a data set over max_instance_bytes ({self.settings.max_instance_bytes})")
+            self.budget.release(incoming.refuse())
+            incoming.discard(fragment)
+            return
+        if not incoming.spooled and incoming.can_spool and (
+            incoming.held + size > incoming.spool_threshold or (incoming.held and not self.budget.available(size))
+        ):
+            self.budget.release(await asyncio.to_thread(incoming.spill))
+        if not incoming.spooled:
+            if incoming.held and not incoming.can_spool:
+                self.budget.take(size)  # it can neither spool nor wait holding memory: bounded per association
+            else:
+                await self.budget.reserve(size)
+            incoming.append(fragment)
+        else:  # a file write may block on a busy disk: not on the event loop
+            await asyncio.to_thread(incoming.append, fragment)
+
+    def _too_large(self, context_id: int, command: dict[int, bytes]) -> bytes:
+        """The C-STORE-RSP refusing a data set over max_instance_bytes (0xA700, out of resources)."""
+        reply = {pdu.TAG_AFFECTED_SOP_CLASS: command.get(pdu.TAG_AFFECTED_SOP_CLASS, b""),
+                 pdu.TAG_COMMAND_FIELD: pdu.us(pdu.C_STORE_RSP),
+                 pdu.TAG_MESSAGE_ID_RESPONDED: command.get(pdu.TAG_MESSAGE_ID, b"\x00\x00")[:2],
+                 pdu.TAG_DATASET_TYPE: pdu.us(pdu.NO_DATASET), pdu.TAG_STATUS: pdu.us(0xA700),
+                 pdu.TAG_AFFECTED_SOP_INSTANCE: command.get(pdu.TAG_AFFECTED_SOP_INSTANCE, b""),
+                 pdu.TAG_ERROR_COMMENT: pdu.text_value(
+                     f"instance larger than max_instance_bytes ({self.settings.max_instance_bytes})"[:64])}
+        return pdu.p_data(context_id, 0x03, pdu.encode_command(reply))
 
     def _start_operation(self, loop: asyncio.AbstractEventLoop, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter, assoc: Association, context_id: int,
