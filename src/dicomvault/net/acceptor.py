@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import struct
 import threading
@@ -71,6 +72,15 @@ QR_MOVE = {"1.2.840.10008.5.1.4.1.2.1.2": "PATIENT", "1.2.840.10008.5.1.4.1.2.2.
 QR_GET = {"1.2.840.10008.5.1.4.1.2.1.3": "PATIENT", "1.2.840.10008.5.1.4.1.2.2.3": "STUDY"}
 QR_MODELS = {**QR_FIND, **QR_MOVE, **QR_GET}
 EXPLICIT_VR_LE, IMPLICIT_VR_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
+
+_UID_CHARACTERS = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
+def _is_uid(text: str) -> bool:
+    """Digits and dots, at most 64 characters: a UID we can negotiate on and echo back (the
+    stricter PS3.5 9.1 checks of stored UIDs are the DIMSE layer's)."""
+    return len(text) <= 64 and text.isascii() and _UID_CHARACTERS.fullmatch(text) is not None
+
 
 StoreHandler = Callable[["Association", str, str, str, bytes], tuple[int, str]]
 ActionHandler = Callable[["Association", dict[int, bytes], bytes | None, str], tuple[int, str]]
@@ -504,6 +514,8 @@ class DicomListener:
             # Accept the roles as proposed: a C-GET requestor offering to be the storage SCP
             # is how its retrieved instances reach it.
             for sop_class, (scu, scp) in request.roles.items():
+                if not _is_uid(sop_class):
+                    continue  # not echoed back (found by the fuzz test: it could not be encoded)
                 roles.append((sop_class, scu, scp))
                 if scp:
                     assoc.requestor_scp.add(sop_class)
@@ -520,6 +532,8 @@ class DicomListener:
             supported = abstract == VERIFICATION or (abstract == STORAGE_COMMITMENT and self.on_action is not None) or (
                 abstract != STORAGE_COMMITMENT and not abstract.startswith(_NOT_STORAGE_PREFIXES)
             )
+            supported = supported and _is_uid(abstract)
+            syntaxes = [ts for ts in syntaxes if _is_uid(ts)]  # a garbled one is never "the sender's choice"
             if supported and syntaxes:
                 assoc.contexts[proposed.context_id] = (abstract, syntaxes[0])  # the sender's first choice
                 results.append((proposed.context_id, 0x00, syntaxes[0]))
