@@ -14,7 +14,6 @@ malformed stream and still accepts a good association.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import socket
 import struct
@@ -45,6 +44,7 @@ from dicomvault.config import DicomSettings
 from dicomvault.net import pdu
 from dicomvault.net.acceptor import Association, DicomListener
 from dicomvault.net.associate import encode_associate_rq
+from dicomvault.net.spool import SpooledDataset
 
 
 class Recorder:
@@ -122,7 +122,7 @@ def test_a_data_set_beyond_the_spool_threshold_is_handed_on_from_an_unnamed_file
             send_store(sock, 2, "1.2.3.2", small)
             assert store_status(sock)[0] == 0
         assert rec.stored == [("1.2.3.1", big), ("1.2.3.2", small)]
-        assert rec.kinds == [mmap.mmap, bytes], "the large one came from the spool file, the small from memory"
+        assert rec.kinds == [SpooledDataset, bytes], "the large one came from the spool file, the small from memory"
         assert spool.is_dir() and oct(spool.stat().st_mode & 0o777) == "0o700"
         assert list(spool.iterdir()) == [], "spool files are never visible (unnamed), so a crash leaves none"
         wait_until(lambda: listener.listener.budget.used == 0, timeout=10, what="the budget to be released")

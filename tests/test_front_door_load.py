@@ -163,9 +163,10 @@ def test_a_large_instance_is_stored_byte_exact_with_bounded_memory(vault: Vault,
     vault.wait_settled(timeout=60)
     print(f"\n{size // MIB} MiB instance: RSS {baseline} MiB before, peak {peak} MiB "
           f"(+{peak - baseline} MiB) in {time.monotonic() - started:.1f}s")
-    # Ingest still holds the instance whole a few times over (Part-10 wrapping, compression,
-    # AES-GCM sealing); receiving it adds no anonymous copy of its own (spooled to disk).
-    assert peak - baseline < 6 * size // MIB, f"peak memory grew by {peak - baseline} MiB for a {size // MIB} MiB instance"
+    # Receiving adds no copy (spooled, wrapped in Part-10 on disk); ingest still holds it whole
+    # about three times: the mapped file's pages, the compressed payload, the sealed object
+    # (its segments, then their join). Before the bounds: +4.8x at the peak.
+    assert peak - baseline < 4 * size // MIB, f"peak memory grew by {peak - baseline} MiB for a {size // MIB} MiB instance"
     data = path.read_bytes()
     assert retrieved(vault, uid, tmp_path / "out") == {uid: dataset_of(data)}
 

@@ -18,7 +18,7 @@ from typing import Any
 from dicomvault.config import DicomSettings
 from dicomvault.dicom import build_part10
 from dicomvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from dicomvault.net import pdu
+from dicomvault.net import pdu, spool
 from dicomvault.net.acceptor import Association, DicomListener
 
 from dicomvault.archive.write import Ingestor, IngestRejected
@@ -42,8 +42,12 @@ class FastDimseServer:
     def store(self, assoc: Association, sop_class: str, sop_instance: str, transfer_syntax: str,
               dataset: bytes) -> tuple[int, str]:
         source = f"dimse:{assoc.calling_ae}@{assoc.address}"
+        part10: Any = None
         try:
-            part10 = build_part10(sop_class, sop_instance, transfer_syntax, dataset)
+            if isinstance(dataset, spool.SpooledDataset):  # large: wrapped on disk, not in memory
+                part10 = dataset.with_prefix(build_part10(sop_class, sop_instance, transfer_syntax, b""))
+            else:
+                part10 = build_part10(sop_class, sop_instance, transfer_syntax, dataset)
             self.ingestor.ingest(part10, source=source, actor=f"dicom:{assoc.calling_ae}",
                                  transfer_syntax=transfer_syntax, wait_for_index=False)
         except IngestRejected as exc:
@@ -52,6 +56,8 @@ class FastDimseServer:
         except Exception as exc:  # noqa: BLE001 - never let one bad instance kill the association
             log.exception("C-STORE %s from %s failed", sop_instance, source)
             return STATUS_PROCESSING_FAILURE, f"internal error: {type(exc).__name__}"
+        finally:
+            spool.release(part10)
         return 0x0000, ""
 
     def action(self, assoc: Association, command: dict[int, bytes], dataset: bytes | None,

@@ -20,11 +20,55 @@ from __future__ import annotations
 
 import asyncio
 import mmap
+import os
 import tempfile
 from pathlib import Path
 from typing import IO, Union
 
+
+
+class SpooledDataset(mmap.mmap):
+    """A spooled data set, mapped read-only (bytes-like), with the file it maps."""
+
+    _file: IO[bytes]
+    _directory: Path | None
+
+    def with_prefix(self, prefix: bytes) -> mmap.mmap:
+        """The same bytes preceded by ``prefix`` (the Part-10 header), mapped from a second
+        unnamed spool file filled by the kernel (copy_file_range), not through this process:
+        wrapping a 400 MiB data set no longer makes a 400 MiB anonymous copy. Release the
+        result with ``release``."""
+        assert self._directory is not None
+        target = _unnamed_file(self._directory)
+        try:
+            target.write(prefix)
+            target.flush()
+            source, sink, offset = self._file.fileno(), target.fileno(), 0
+            while offset < len(self):
+                try:
+                    copied = os.copy_file_range(source, sink, len(self) - offset, offset, len(prefix) + offset)
+                except OSError:  # a filesystem without it: through a bounded buffer instead
+                    copied = os.pwrite(sink, self[offset:offset + (16 << 20)], len(prefix) + offset)
+                if copied <= 0:
+                    raise OSError(f"spool copy stopped at {offset} of {len(self)} bytes")
+                offset += copied
+            return mmap.mmap(sink, 0, access=mmap.ACCESS_READ)
+        finally:
+            target.close()
+
+    def close(self) -> None:
+        self._file.close()  # the map keeps its own reference to the file until it is closed
+        super().close()
+
+
 Dataset = Union[bytes, mmap.mmap]
+
+
+def _unnamed_file(directory: Path) -> IO[bytes]:
+    """A 0600 file in ``directory`` that is never visible there (Linux O_TMPFILE; elsewhere
+    created and unlinked at once), so a crash leaves no plaintext behind."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return tempfile.TemporaryFile(dir=directory, prefix="dimse-")
 
 
 class MemoryBudget:
@@ -127,9 +171,7 @@ class InstanceBuffer:
     def spill(self) -> int:
         """Move what is in memory to a new spool file; returns the memory freed."""
         assert self.spool_dir is not None and self._file is None
-        self.spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # Linux: O_TMPFILE, never visible in the directory; elsewhere mkstemp + unlink. 0600.
-        self._file = tempfile.TemporaryFile(dir=self.spool_dir, prefix="dimse-")
+        self._file = _unnamed_file(self.spool_dir)
         freed = self.held
         self._file.write(self._memory)
         self._memory = bytearray()
@@ -144,19 +186,17 @@ class InstanceBuffer:
             self._memory += fragment
 
     def finish(self) -> Dataset:
-        """The whole data set: bytes, or a read-only map of the spool file (the file itself is
-        closed here; its space is freed once the map is closed with ``release``)."""
-        if self._file is None:
+        """The whole data set: bytes, or a ``SpooledDataset`` mapping the spool file (which it
+        now owns: its space is freed once it is closed with ``release``)."""
+        if self._file is None or self.size == 0:
             data = bytes(self._memory)
-            self._memory = bytearray()
+            self.close()
             return data
         self._file.flush()
-        try:
-            if self.size == 0:
-                return b""
-            return mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-        finally:
-            self._close_file()
+        spooled = SpooledDataset(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        spooled._file, spooled._directory = self._file, self.spool_dir
+        self._file = None
+        return spooled
 
     def close(self) -> None:
         self._memory = bytearray()
