@@ -33,6 +33,7 @@ import re
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -305,6 +306,7 @@ class DicomListener:
         # Connections that have not yet sent their A-ASSOCIATE-RQ, oldest first: they hold no
         # association slot, and past max_pending_connections the oldest is dropped.
         self._pending: dict[asyncio.StreamWriter, None] = {}
+        self._dropped, self._dropped_logged = 0, 0.0  # dropped pending connections not yet logged
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -440,14 +442,17 @@ class DicomListener:
     def _add_pending(self, writer: asyncio.StreamWriter, peer: tuple[Any, ...]) -> None:
         """Track a connection until its association request arrives; past the cap the oldest
         waiting one is dropped (it had the longest to speak), so a flood of idle connections
-        delays a real sender by at most one ARTIM period and never locks it out."""
+        cannot lock a real sender out. Logged at most every 10 s, so a flood cannot fill the log."""
         while len(self._pending) >= self.settings.max_pending_connections:
             oldest = next(iter(self._pending))
             del self._pending[oldest]
-            oldest_peer = oldest.get_extra_info("peername") or ("?", 0)
-            log.warning("dropping connection from %s:%s: %d connections waiting to associate; a new one from %s",
-                        *oldest_peer[:2], self.settings.max_pending_connections, peer[0])
             oldest.transport.abort()
+            self._dropped += 1
+        now = time.monotonic()
+        if self._dropped and now - self._dropped_logged >= 10.0:
+            log.warning("dropped %d connection(s) that had sent no association request: more than %d waiting "
+                        "(newest from %s)", self._dropped, self.settings.max_pending_connections, peer[0])
+            self._dropped, self._dropped_logged = 0, now
         self._pending[writer] = None
 
     @staticmethod
@@ -609,7 +614,11 @@ class DicomListener:
                         # (waiting here is the backpressure: this association stops reading).
                         reserved = received.held
                         if received.spooled:
-                            await self.budget.reserve(received.size)
+                            try:
+                                await self.budget.reserve(received.size)
+                            except BaseException:
+                                received.close()
+                                raise
                             reserved = received.size
                         dataset = received.finish()
                         try:
