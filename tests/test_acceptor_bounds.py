@@ -13,6 +13,7 @@ malformed stream and still accepts a good association.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -44,7 +45,7 @@ from dicomvault.config import DicomSettings
 from dicomvault.net import pdu
 from dicomvault.net.acceptor import Association, DicomListener
 from dicomvault.net.associate import encode_associate_rq
-from dicomvault.net.spool import SpooledDataset
+from dicomvault.net.spool import MemoryBudget, SpooledDataset
 
 
 class Recorder:
@@ -157,6 +158,32 @@ def test_a_full_memory_budget_makes_the_next_sender_wait_not_fail(tmp_path: Path
             second.close()
         assert sorted(uid for uid, _ in rec.stored) == ["1.2.3.1", "1.2.3.2"]
         wait_until(lambda: budget.used == 0, timeout=10, what="the budget to be released")
+
+
+def test_the_memory_budget_serves_waiters_in_order_and_lets_one_oversized_through_alone() -> None:
+    async def scenario() -> list[str]:
+        budget, granted = MemoryBudget(10), []
+
+        async def take(name: str, size: int) -> None:
+            await budget.reserve(size)
+            granted.append(name)
+
+        await take("first", 6)
+        big = asyncio.create_task(take("big", 20))  # larger than the whole budget: waits for 0
+        await asyncio.sleep(0)
+        small = asyncio.create_task(take("small", 1))  # would fit, but is behind "big"
+        await asyncio.sleep(0)
+        assert granted == ["first"] and budget.waits == 2
+        budget.release(6)
+        await asyncio.gather(big)
+        await asyncio.sleep(0)
+        assert granted == ["first", "big"], "nothing else while the oversized one holds the budget"
+        budget.release(20)
+        await small
+        assert budget.used == 1
+        return granted
+
+    assert asyncio.run(scenario()) == ["first", "big", "small"]
 
 
 def test_without_a_spool_directory_memory_is_still_bounded_per_instance() -> None:
@@ -343,7 +370,7 @@ def fuzz_target() -> Iterator[tuple[Listener, Recorder, Errors]]:
         logger.removeHandler(errors)
 
 
-FUZZ = settings(max_examples=120, deadline=None)
+FUZZ = settings(max_examples=300, deadline=None)
 
 
 @FUZZ
