@@ -490,7 +490,6 @@ class DicomListener:
                          peer: tuple[Any, ...], machine: Machine) -> Association | None:
         async with asyncio.timeout(self._artim()):  # the whole request, not each read
             kind, _header, body = await self._read_pdu(reader)
-        self._pending.pop(writer, None)
         action = machine.pdu(kind)
         if action is Action.AA_2:  # an A-ABORT before any request: close
             return None
@@ -545,6 +544,8 @@ class DicomListener:
             else:  # abstract syntax / transfer syntaxes not supported
                 results.append((proposed.context_id, 0x03 if not supported else 0x04, IMPLICIT_VR_LE))
         machine.fire(Event.EVT7)  # AE-7: Sta6
+        # Only now does it stop being pending: a rejected one waiting in Sta13 still counts.
+        self._pending.pop(writer, None)
         writer.write(encode_associate_ac(request, results, MAX_PDU_RECEIVED, self.implementation_class_uid,
                                          self.implementation_version, roles))
         return assoc
