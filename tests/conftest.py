@@ -108,6 +108,16 @@ class Vault:
     def config(self) -> Path:
         return self.root / "dicomvault.toml"
 
+    def add_peer(self, name: str, ae_title: str, port: int, permissions: list[str] | None = None,
+                 host: str = "127.0.0.1", **extra: object) -> None:
+        """Append a ``[peers.NAME]`` table; ``permissions`` None keeps the default (store, commit)."""
+        lines = [f"\n[peers.{name}]", f'ae_title = "{ae_title}"', f'host = "{host}"', f"port = {port}"]
+        if permissions is not None:
+            lines.append("permissions = " + json.dumps(permissions))
+        lines += [f"{key} = {json.dumps(value)}" for key, value in extra.items()]
+        with self.config.open("a", encoding="utf-8") as config:
+            config.write("\n".join(lines) + "\n")
+
     def set_config(self, section: str, key: str, value: str) -> None:
         """Replace ``key = ...`` inside ``[section]`` of the TOML with a literal TOML value."""
         lines = self.config.read_text().splitlines()

@@ -15,7 +15,7 @@ import pytest
 from conftest import Vault, free_port, make_vault, wait_until
 from orthanc import orthanc_factory  # noqa: F401 - fixture
 from test_replication_file import drained
-from test_restore import Made, add_peer, dataset_bytes, empty_pacs, make_study, template  # noqa: F401 - fixture
+from test_restore import Made, dataset_bytes, empty_pacs, make_study, template  # noqa: F401 - fixture
 from test_verify import flip_byte, object_files
 
 STUDY_DATES = ("20190304", "20230517", "20240229")  # imported in this order: the last is the newest
@@ -164,7 +164,7 @@ def test_drill_into_a_test_pacs_arrives_byte_exact(
     assert all(not pacs.lookup(made.sop_uid) for made in studies[1])  # not picked, not sent
     assert not (vault.root / "drill").exists()
 
-    add_peer(vault, "down", "NOBODY", free_port())
+    vault.add_peer("down", "NOBODY", free_port())
     proc = vault.cli("drill", "--to", "down", check=False)
     assert proc.returncode == 1 and "cannot associate with down" in proc.stderr and "nothing was drilled" in proc.stderr
     proc = vault.cli("drill", "--to", "pacs", "--keep", str(tmp_path / "k"), check=False)

@@ -185,11 +185,6 @@ def test_the_sender_reports_each_class_of_status_from_a_real_receiver(
 # --- restore records what the rule says ---------------------------------------------------
 
 
-def add_peer(vault: Vault, name: str, ae_title: str, port: int) -> None:
-    with vault.config.open("a") as config:
-        config.write(f'\n[peers.{name}]\nae_title = "{ae_title}"\nhost = "127.0.0.1"\nport = {port}\n')
-
-
 def test_restore_records_warnings_as_sent_and_failures_with_their_status(
         pacs: StatusPacs, template: pydicom.Dataset, tmp_path: Path) -> None:
     import json
@@ -198,7 +193,7 @@ def test_restore_records_warnings_as_sent_and_failures_with_their_status(
     chosen = assign(pacs, [uid for uid, _ in made])
     vault = make_vault(tmp_path / "vault")
     vault.cli("import", str(tmp_path / "files"))
-    add_peer(vault, "pacs", pacs.ae_title, pacs.port)
+    vault.add_peer("pacs", pacs.ae_title, pacs.port)
 
     proc = vault.cli("restore", "--to", "pacs", "--json", "--associations", "1", check=False)
     report = json.loads(proc.stdout)
@@ -301,7 +296,8 @@ def test_a_move_counts_warnings_apart_and_answers_b000(
 
     chosen, study = study_with_every_case(pacs, template, tmp_path)
     vault = make_vault(tmp_path / "vault")
-    add_peer(vault, "pacs", pacs.ae_title, pacs.port)
+    vault.add_peer("pacs", pacs.ae_title, pacs.port)
+    vault.add_peer("mover", "MOVESCU", 104, permissions=["move"])
     vault.start()
     try:
         vault.cli("import", str(tmp_path / "files"))
@@ -329,6 +325,7 @@ def test_a_get_counts_warnings_apart_and_answers_b000(
 
     chosen, study = study_with_every_case(pacs, template, tmp_path)
     vault = make_vault(tmp_path / "vault")
+    vault.add_peer("getter", "GETSCU", 104, permissions=["get"])
     vault.start()
     try:
         vault.cli("import", str(tmp_path / "files"))

@@ -91,11 +91,6 @@ def make_hospital_files(ct_small: Path, dest: Path) -> list[Instance]:
     return out
 
 
-def add_peer(vault: Vault, name: str, ae_title: str, port: int) -> None:
-    with vault.config.open("a") as config:
-        config.write(f'\n[peers.{name}]\nae_title = "{ae_title}"\nhost = "127.0.0.1"\nport = {port}\n')
-
-
 @pytest.fixture(scope="module")
 def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
     from pydicom.data import get_testdata_file
@@ -104,7 +99,10 @@ def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hospital]:
     instances = make_hospital_files(Path(get_testdata_file("CT_small.dcm")), tmp / "files")
     vault = make_vault(tmp / "vault")
     scp_port = free_port()
-    add_peer(vault, "viewer", "STORESCP", scp_port)
+    vault.add_peer("viewer", "STORESCP", scp_port)
+    # DCMTK's tools call as FINDSCU, MOVESCU and GETSCU: each may do its one thing (access.py).
+    for tool in ("find", "move", "get"):
+        vault.add_peer(f"{tool}scu", f"{tool.upper()}SCU", free_port(), permissions=[tool])
     vault.start()
     vault.cli("import", str(tmp / "files"))
     scp_dir = tmp / "storescp"
@@ -318,7 +316,7 @@ def test_cancelled_move_stops_with_cancel_status(hospital: Hospital, tmp_path: P
     h = hospital
     port = free_port()
     h.vault.stop()
-    add_peer(h.vault, "canceller", "CANCELSCU", port)
+    h.vault.add_peer("canceller", "CANCELSCU", port, permissions=["move"])
     h.vault.start()
     patient = "QR-PID-002"
     studies = sorted(h.studies(patient_id=patient))
@@ -342,7 +340,7 @@ def test_orthanc_pulls_from_its_backup_and_receives_a_move(hospital: Hospital, o
     pacs: Orthanc = orthanc_factory(aet="PACS")
     pacs.add_modality("vault", h.vault.ae_title, "127.0.0.1", h.vault.dicom_port)
     h.vault.stop()
-    add_peer(h.vault, "pacs", "PACS", pacs.dicom_port)
+    h.vault.add_peer("pacs", "PACS", pacs.dicom_port, permissions=["store", "find", "move"])
     h.vault.start()
 
     query = pacs.rest("POST", "/modalities/vault/query",
@@ -432,7 +430,7 @@ def test_cancelled_get_stops_after_the_current_sub_operation(hospital: Hospital)
             holder["assoc"].send_c_cancel(1, query_model=StudyRootQueryRetrieveInformationModelGet)  # type: ignore[attr-defined]
         return 0x0000
 
-    ae = AE(ae_title="GETCANCEL")
+    ae = AE(ae_title="GETSCU")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     ae.add_requested_context(CTImageStorage)
     assoc = ae.associate("127.0.0.1", h.vault.dicom_port, ae_title=h.vault.ae_title,

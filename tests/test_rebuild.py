@@ -83,6 +83,7 @@ def test_catalog_rebuilt_from_the_s3_site_alone_answers_every_query_as_before(
     add_s3_site(vault, s3_server, bucket, "--option", "object_lock_days=1")
     first = make_corpus(template, tmp_path / "first", ["PAT0", "PAT1", "PAT2"], 0)
     later = make_corpus(template, tmp_path / "later", ["PAT3"], 40)
+    vault.add_peer("findscu", "FINDSCU", 104, permissions=["find"])  # DCMTK findscu's AE title may query
     vault.start()
     # `serve` writes a first snapshot to every site at start (none existed).
     wait_until(lambda: all(snapshot_names(vault).values()) and set(snapshot_names(vault)) == {"primary", "offsite"},

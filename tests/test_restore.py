@@ -75,16 +75,11 @@ def template() -> pydicom.Dataset:
     return ds
 
 
-def add_peer(vault: Vault, name: str, ae_title: str, port: int) -> None:
-    with vault.config.open("a") as config:
-        config.write(f'\n[peers.{name}]\nae_title = "{ae_title}"\nhost = "127.0.0.1"\nport = {port}\n')
-
-
 def empty_pacs(factory: Callable[..., Orthanc], vault: Vault, **config: object) -> Orthanc:
     pacs = factory(aet="PACS", config=config or None)
     pacs.add_modality("vault", vault.ae_title, "127.0.0.1", vault.dicom_port)
     assert pacs.rest("GET", "/instances") == []
-    add_peer(vault, "pacs", "PACS", pacs.dicom_port)
+    vault.add_peer("pacs", "PACS", pacs.dicom_port)
     return pacs
 
 
@@ -241,7 +236,7 @@ def test_a_receiver_refusing_instances_with_a_status_gets_them_reported_with_tha
         scp.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     port = free_port()
     server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    add_peer(vault, "pacs", "FULLPACS", port)
+    vault.add_peer("pacs", "FULLPACS", port)
     try:
         code, report = restore(vault)
     finally:
@@ -266,7 +261,7 @@ def test_transcodes_only_when_the_receiver_refuses_the_stored_syntax_and_never_w
     received = tmp_path / "received"
     received.mkdir()
     port = free_port()
-    add_peer(vault, "pacs", "IMPLICITONLY", port)
+    vault.add_peer("pacs", "IMPLICITONLY", port)
     scp = subprocess.Popen([dcmtk("storescp"), "-aet", "IMPLICITONLY", "+xi", "-od", str(received), str(port)])
     try:
         wait_until(lambda: subprocess.run([dcmtk("echoscu"), "-aec", "IMPLICITONLY", "127.0.0.1", str(port)],
@@ -293,7 +288,7 @@ def test_bad_requests_get_clear_errors_and_change_nothing(tmp_path: Path, templa
     vault = make_vault(tmp_path / "vault")
     vault.cli("import", str(tmp_path / "files"))
     dead_port = free_port()  # nothing listens there
-    add_peer(vault, "pacs", "GONE", dead_port)
+    vault.add_peer("pacs", "GONE", dead_port)
     cases = [
         (("--to", "nowhere"), "not a configured DICOM peer"),
         (("--to", "pacs", "--since", "2024-01-01"), "YYYYMMDD"),

@@ -23,7 +23,7 @@ from conftest import Vault
 from orthanc import orthanc_factory  # noqa: F401 - fixture
 from pgserver import PostgresServer, postgres_server  # noqa: F401 - fixture
 from test_catalog_postgres import use_catalog
-from test_restore import Made, add_peer, empty_pacs, make_study, study_arrival_order, template  # noqa: F401
+from test_restore import Made, empty_pacs, make_study, study_arrival_order, template  # noqa: F401
 
 from dicomvault.archive.core import Archive
 from dicomvault.catalog import Catalog
@@ -139,7 +139,7 @@ plan_or_resume(archive, "restore", "urgency", PeerSettings("pacs", "PACS", "127.
 
 def test_a_planner_killed_midway_leaves_a_job_nobody_sends_and_the_next_request_plans_anew(
         vault: Vault, archive: Archive, studies: list[list[Made]]) -> None:
-    add_peer(vault, "pacs", "PACS", 104)
+    vault.add_peer("pacs", "PACS", 104)
     total = sum(len(study) for study in studies)
     died = subprocess.run([sys.executable, "-c", DYING_PLANNER, str(vault.config)], capture_output=True, text=True,
                           timeout=120)

@@ -56,11 +56,6 @@ def storescu(vault: Vault, folder: Path) -> None:
     assert run.returncode == 0, f"storescu failed: {run.stderr}\n--- vault log ---\n{vault.log()}"
 
 
-def add_peer(vault: Vault, name: str, ae_title: str, port: int) -> None:
-    with open(vault.config, "a", encoding="utf-8") as f:
-        f.write(f'\n[peers.{name}]\nae_title = "{ae_title}"\nhost = "127.0.0.1"\nport = {port}\n')
-
-
 def catalog(vault: Vault) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{vault.root / 'catalog.sqlite3'}?mode=ro", uri=True, timeout=30)
 
@@ -195,7 +190,7 @@ def test_success_only_after_offsite_copy_verified(vault: Vault, requester: Reque
                                                   tmp_path: Path, tmpfs: Path) -> None:
     vault.cli("sites", "add", "off", f"file://{tmpfs}/replica")  # off-site by default
     fast_commitment(vault)
-    add_peer(vault, "modality", REQUESTER_AE, requester.port)
+    vault.add_peer("modality", REQUESTER_AE, requester.port)
     refs = make_instances(ct_small, tmp_path / "in", 3)
     uids = [uid for _cls, uid in refs]
     # At the moment a report arrives, look at the vault's copies of the stored instances.
@@ -255,7 +250,7 @@ def test_replication_wakes_the_commitment_evaluator(vault: Vault, requester: Req
     within the wait below can only come from replication waking it."""
     vault.cli("sites", "add", "off", f"file://{tmpfs}/replica")
     vault.set_config("commitment", "poll_seconds", "3600")
-    add_peer(vault, "modality", REQUESTER_AE, requester.port)
+    vault.add_peer("modality", REQUESTER_AE, requester.port)
     refs = make_instances(ct_small, tmp_path / "in", 2)
     uids = [uid for _cls, uid in refs]
     remount(tmpfs, "ro")  # the off-site copy cannot be made yet
@@ -286,7 +281,7 @@ def test_replication_wakes_the_commitment_evaluator(vault: Vault, requester: Req
 def test_policy_never_met_fails_at_timeout_with_reason(vault: Vault, requester: Requester, ct_small: Path,
                                                        tmp_path: Path) -> None:
     fast_commitment(vault, timeout_seconds="1.5")
-    add_peer(vault, "modality", REQUESTER_AE, requester.port)
+    vault.add_peer("modality", REQUESTER_AE, requester.port)
     vault.start()
     refs = make_instances(ct_small, tmp_path / "in", 2)
     storescu(vault, tmp_path / "in")
@@ -307,35 +302,63 @@ def test_policy_never_met_fails_at_timeout_with_reason(vault: Vault, requester: 
     assert decided - received >= 1.5, "instances short of the policy must wait for the timeout before failing"
 
 
-# --- undeliverable, then delivered after a restart (state survives) ---------------------------
+# --- who may ask; undeliverable, then delivered after a restart (state survives) -------------
 
 
-def test_unknown_requester_is_undeliverable_until_configured(vault: Vault, requester: Requester, ct_small: Path,
-                                                             tmp_path: Path) -> None:
+def test_unknown_requester_is_refused_and_audited(vault: Vault, requester: Requester, ct_small: Path,
+                                                  tmp_path: Path) -> None:
+    """Storage commitment is a peer's permission (access.py): an AE title that is no [peers]
+    entry is answered 0124H (not authorized) with the reason, audited, and nothing is kept."""
+    fast_commitment(vault)
+    vault.start()
+    refs = make_instances(ct_small, tmp_path / "in", 1)
+    storescu(vault, tmp_path / "in")  # storing stays open to every AE
+    status = requester.request(vault, action_information(generate_uid(), refs))
+    assert status.Status == 0x0124, status
+    assert "commit refused" in str(status.get("ErrorComment", "")), status
+    assert commitment_status(vault)["pending"] == 0
+    with catalog(vault) as db:
+        assert db.execute("SELECT COUNT(*) FROM commitment_requests").fetchone()[0] == 0
+        (row,) = db.execute("SELECT actor, subject, outcome FROM audit_log WHERE action = 'access-denied'").fetchall()
+    assert row == (f"dicom:{REQUESTER_AE}", "commit", "denied")
+
+
+def test_requester_removed_from_peers_is_undeliverable_until_configured(
+        vault: Vault, ct_small: Path, tmp_path: Path) -> None:
+    late = Requester()  # a configured peer, not listening yet: its report waits
     fast_commitment(vault)
     vault.set_config("policy", "copies", "1")  # the primary alone satisfies this policy
     vault.set_config("policy", "offsite_copies", "0")
+    configured = vault.config.read_text()
+    vault.add_peer("modality", REQUESTER_AE, late.port)
     vault.start()
     refs = make_instances(ct_small, tmp_path / "in", 2)
     storescu(vault, tmp_path / "in")
-    tx = requester.commit(vault, refs)  # accepted although no [peers] entry knows MODALITY
+    tx = late.commit(vault, refs)
+    wait_until(lambda: commitment_status(vault)["failing_deliveries"] == 1, timeout=30, what="a failed delivery")
+    vault.stop()
 
+    vault.config.write_text(configured)  # the administrator removed the peer: nowhere to send the report
+    vault.start()
     wait_until(lambda: commitment_status(vault)["undeliverable"] == 1, timeout=30, what="undeliverable in status")
     status = vault.status()
     assert status["commitment"]["undeliverable_ae_titles"] == [REQUESTER_AE]
     assert any("undeliverable" in alert for alert in status["alerts"]), status["alerts"]
     assert vault.echo(), "the server must keep serving"
-    assert requester.reports == []
     vault.stop()
 
-    add_peer(vault, "modality", REQUESTER_AE, requester.port)
-    vault.start()  # the request was persisted: the restarted server delivers it
-    wait_until(lambda: requester.reports_for(tx), timeout=60, what="the report after restart")
-    (report,) = requester.reports_for(tx)
-    assert report.event_type == 1 and sorted(report.committed) == sorted(refs) and report.failed == []
-    assert "FailedSOPSequence" not in report.info
-    wait_until(lambda: commitment_status(vault)["delivered"] == 1, timeout=30, what="delivered recorded")
-    assert commitment_status(vault)["undeliverable"] == 0
+    vault.add_peer("modality", REQUESTER_AE, late.port)
+    late.start()
+    try:
+        vault.start()  # the request was persisted: the restarted server delivers it
+        wait_until(lambda: late.reports_for(tx), timeout=60, what="the report after restart")
+        (report,) = late.reports_for(tx)
+        assert report.event_type == 1 and sorted(report.committed) == sorted(refs) and report.failed == []
+        assert "FailedSOPSequence" not in report.info
+        wait_until(lambda: commitment_status(vault)["delivered"] == 1, timeout=30, what="delivered recorded")
+        assert commitment_status(vault)["undeliverable"] == 0
+    finally:
+        late.stop()
 
 
 def test_report_retried_until_the_requester_listens(vault: Vault, ct_small: Path, tmp_path: Path) -> None:
@@ -343,7 +366,7 @@ def test_report_retried_until_the_requester_listens(vault: Vault, ct_small: Path
     fast_commitment(vault)
     vault.set_config("policy", "copies", "1")
     vault.set_config("policy", "offsite_copies", "0")
-    add_peer(vault, "modality", REQUESTER_AE, late.port)
+    vault.add_peer("modality", REQUESTER_AE, late.port)
     vault.start()
     refs = make_instances(ct_small, tmp_path / "in", 1)
     storescu(vault, tmp_path / "in")
@@ -368,7 +391,7 @@ def test_orthanc_receives_success_report(vault: Vault, orthanc_factory: Any, ct_
     pacs: Orthanc = orthanc_factory(aet="PACS")
     vault.cli("sites", "add", "off", f"file://{tmp_path / 'offsite'}")
     fast_commitment(vault)
-    add_peer(vault, "pacs", pacs.aet, pacs.dicom_port)
+    vault.add_peer("pacs", pacs.aet, pacs.dicom_port)
     vault.start()
     pacs.add_modality("dicomvault", vault.ae_title, "127.0.0.1", vault.dicom_port)
 
@@ -410,8 +433,9 @@ def test_orthanc_receives_success_report(vault: Vault, orthanc_factory: Any, ct_
 # --- 4. bad N-ACTIONs are refused with a status, and the server keeps serving -----------------
 
 
-def test_bad_requests_are_refused_and_server_keeps_serving(running_vault: Vault, requester: Requester) -> None:
-    vault = running_vault
+def test_bad_requests_are_refused_and_server_keeps_serving(vault: Vault, requester: Requester) -> None:
+    vault.add_peer("modality", REQUESTER_AE, requester.port)  # a peer may ask: its bad requests get their status
+    vault.start()
     refs = [(CTImageStorage, generate_uid())]
     no_uid = requester.request(vault, action_information(None, refs))
     assert no_uid.Status == 0x0115 and "Transaction UID" in no_uid.ErrorComment, no_uid

@@ -26,6 +26,9 @@ class DicomSettings:
     port: int = 11112
     bind: str = "0.0.0.0"
     allowed_calling_aets: tuple[str, ...] = ()
+    # What a caller that is not a [peers.NAME] may do (access.py): C-ECHO always; "store" by
+    # default so a PACS can send on day one; never reading unless an administrator adds it.
+    anonymous: tuple[str, ...] = ("store",)
     max_associations: int = 16
     network_timeout: float = 60.0
     engine: str = "lean"  # "lean" (net/acceptor.py) or "pynetdicom" (ingest/dimse.py)
@@ -105,14 +108,26 @@ class PolicySettings:
     offsite_copies: int = 1
 
 
+# Before permissions existed a peer could send and ask for commitment: that stays the default.
+DEFAULT_PEER_PERMISSIONS = ("store", "commit")
+PERMISSION_NAMES = ("store", "find", "get", "move", "commit")
+
+
 @dataclass(frozen=True)
 class PeerSettings:
-    """A remote DICOM node dicomvault opens associations to (e.g. a PACS awaiting commitment reports)."""
+    """A known DICOM node: one we call (commitment reports, C-MOVE destinations, restores) and
+    one we trust with what ``permissions`` lists when it calls us (``access.py``)."""
 
     name: str
     ae_title: str
     host: str
     port: int
+    permissions: frozenset[str] = frozenset(DEFAULT_PEER_PERMISSIONS)
+    # Accept this AE title only from ``host``'s addresses or an ``accept_from`` network.
+    check_host: bool = True
+    accept_from: tuple[str, ...] = ()
+    # When set, accept this AE title only over TLS with a client certificate of this subject.
+    tls_subject: str = ""
 
 
 def find_peer(peers: Iterable[PeerSettings], name: str, ignore_case: bool = False) -> PeerSettings | None:
@@ -401,6 +416,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     recovery_pub = _resolve(base, str(keys.get("recovery_public_key_file", "keys/recovery.pub")))
 
     dicom = DicomSettings(**_section(data, "dicom", DicomSettings()))
+    _permission_list("[dicom] anonymous", list(dicom.anonymous))
     if dicom.engine not in ("lean", "pynetdicom"):
         raise ConfigError(f"[dicom] engine must be \"lean\" or \"pynetdicom\", got {dicom.engine!r}")
     if not dicom.ae_title or len(dicom.ae_title) > 16:
@@ -489,7 +505,7 @@ def _policy(data: dict) -> PolicySettings:
     return policy
 
 
-_PEER_KEYS = {"ae_title", "host", "port"}
+_PEER_KEYS = {"ae_title", "host", "port", "permissions", "check_host", "accept_from", "tls_subject"}
 
 
 def _peers(data: dict) -> tuple[PeerSettings, ...]:
@@ -517,8 +533,47 @@ def _peers(data: dict) -> tuple[PeerSettings, ...]:
         if ae_title in seen:
             raise ConfigError(f"[peers.{name}] and [peers.{seen[ae_title]}] both use AE title {ae_title!r}")
         seen[ae_title] = name
-        result.append(PeerSettings(name=name, ae_title=ae_title, host=host.strip(), port=port))
+        result.append(PeerSettings(name=name, ae_title=ae_title, host=host.strip(), port=port,
+                                   **_peer_access(name, raw)))
     return tuple(result)
+
+
+def _permission_list(where: str, value: object) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list such as [\"store\", \"find\"], got {value!r}")
+    unknown = sorted(set(value) - set(PERMISSION_NAMES))
+    if unknown:
+        raise ConfigError(f"{where}: unknown permission(s) {', '.join(unknown)}; known: {', '.join(PERMISSION_NAMES)}")
+    return frozenset(value)
+
+
+def _peer_access(name: str, raw: dict) -> dict[str, object]:
+    """The access keys of ``[peers.NAME]``: permissions, check_host, accept_from, tls_subject."""
+    import ipaddress
+
+    values: dict[str, object] = {}
+    if "permissions" in raw:
+        values["permissions"] = _permission_list(f"[peers.{name}] permissions", raw["permissions"])
+    if "check_host" in raw:
+        if not isinstance(raw["check_host"], bool):
+            raise ConfigError(f"[peers.{name}] check_host must be true or false, got {raw['check_host']!r}")
+        values["check_host"] = raw["check_host"]
+    networks = raw.get("accept_from", [])
+    if not isinstance(networks, list) or not all(isinstance(n, str) for n in networks):
+        raise ConfigError(f"[peers.{name}] accept_from must be a list of addresses or networks, got {networks!r}")
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"[peers.{name}] accept_from: {network!r} is not an address or network "
+                              "such as \"10.0.0.5\" or \"10.0.0.0/24\"") from None
+    values["accept_from"] = tuple(networks)
+    subject = raw.get("tls_subject", "")
+    if not isinstance(subject, str) or (subject and "=" not in subject):
+        raise ConfigError(f"[peers.{name}] tls_subject must be a certificate subject such as "
+                          f"\"CN=pacs.example.org,O=Hospital\", got {subject!r}")
+    values["tls_subject"] = subject.strip()
+    return values
 
 
 def _scrub(data: dict) -> ScrubSettings:
@@ -653,6 +708,10 @@ port = 11112
 bind = "0.0.0.0"
 # Calling AE titles allowed to associate; empty means any sender is accepted.
 allowed_calling_aets = []
+# What callers that are not a [peers.NAME] below may do. C-ECHO is always answered. The
+# default lets any modality or PACS send (C-STORE) on day one; C-FIND, C-GET, C-MOVE and
+# storage commitment need a [peers.NAME] with that permission. [] refuses storing too.
+anonymous = ["store"]
 max_associations = 16
 network_timeout = 60.0
 # Resource bounds. An instance whose data set exceeds max_instance_bytes is refused (status
@@ -709,13 +768,20 @@ timeout_seconds = 3600
 check_interval = 1.0
 poll_seconds = 10.0
 
-# Nodes dicomvault calls back: the storage commitment report (N-EVENT-REPORT) goes on a new
-# association to the requester, found here by its AE title. For example:
+# Known DICOM nodes. dicomvault calls them (storage commitment reports, C-MOVE destinations,
+# restores) and trusts them, when they call, with what `permissions` lists: "store", "find",
+# "get", "move" (as requester), "commit" (default ["store", "commit"]). A peer's AE title is
+# accepted only from the addresses `host` resolves to or an `accept_from` network
+# (check_host = false turns that off), and, when tls_subject is set, only over TLS with a
+# client certificate of that subject. Anything else is treated as an unknown caller. For example:
 #
 # [peers.pacs]
 # ae_title = "PACS"
 # host = "10.0.0.12"
 # port = 104
+# permissions = ["store", "commit", "find", "move"]
+# accept_from = ["10.0.0.0/28"]        # the PACS's other addresses, if it calls from them
+# tls_subject = "CN=pacs.hospital.example,O=Hospital"
 
 [reconcile]
 # Scheduled reconciliation inside `dicomvault serve`: every `every` ("24h", "6h", "30m") the

@@ -42,3 +42,11 @@ def last_event(conn: Connection, action: str) -> Any:
     return conn.execute(select(t.audit_log.c.ts, t.audit_log.c.actor, t.audit_log.c.outcome, t.audit_log.c.detail)
                         .where(t.audit_log.c.action == action)
                         .order_by(t.audit_log.c.id.desc()).limit(1)).first()
+
+
+def count_since(conn: Connection, action: str, since: float) -> int:
+    """How many ``action`` rows were written at or after ``since`` (``status``: recent refusals)."""
+    from sqlalchemy import func
+
+    return conn.execute(select(func.count()).select_from(t.audit_log)
+                        .where(t.audit_log.c.action == action, t.audit_log.c.ts >= since)).scalar() or 0

@@ -110,14 +110,17 @@ def serve(config: ConfigOption = None) -> None:
     replication.on_verified.append(commitment.notify)
     archive.ingestor.on_stored.append(commitment.notify)
     # --- end storage commitment ---
+    from dicomvault.ingest.gate import AccessGate
+
+    gate = AccessGate.from_settings(settings, archive.catalog)  # who may do what over DICOM
     if settings.dicom.engine == "pynetdicom":
-        dimse: Any = DimseServer(settings.dicom, archive.ingestor, commitment=commitment)
+        dimse: Any = DimseServer(settings.dicom, archive.ingestor, commitment=commitment, gate=gate)
     else:
         from dicomvault.ingest.listener import FastDimseServer
         from dicomvault.serve.qr.find import QueryRetrieveService
 
         dimse = FastDimseServer(settings.dicom, archive.ingestor, commitment=commitment,
-                                query_retrieve=QueryRetrieveService(archive),
+                                query_retrieve=QueryRetrieveService(archive), gate=gate,
                                 spool_dir=Path(settings.base_dir) / "tmp" / "dimse")
     from dicomvault.jobs.restore.service import RestoreService
 
@@ -294,6 +297,9 @@ def status(
         counts = report["counts"]
         out.print(f"{'OK' if report['ok'] else 'ATTENTION'}: {counts['studies']} studies, {counts['instances']} instances, "
                   f"{report['bytes_received']} bytes received, {report['bytes_stored']} stored")
+        access = report["access"]
+        out.print(f"  access: unknown AEs may {', '.join(['echo', *access['anonymous']])}; "
+                  f"{len(access['peers'])} peer(s); {access['denied_last_24h']} request(s) refused in 24 h")
         for alert in report["alerts"]:
             out.print(f"  alert: {alert}")
     if not report["ok"]:

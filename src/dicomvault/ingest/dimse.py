@@ -20,6 +20,7 @@ from dicomvault.config import DicomSettings
 from dicomvault.dicom import build_part10
 
 from dicomvault.archive.write import IngestRejected, Ingestor
+from dicomvault.ingest.gate import NOT_AUTHORIZED, AccessGate
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,25 @@ class DimseServer:
     ingestor: Ingestor
     server: Any = None
     commitment: Any = None  # a StorageCommitmentService (ingest/commitment.py) to answer N-ACTION
+    gate: AccessGate | None = None  # who may do what (access.py)
+
+    def _refusal(self, permission: str, event: evt.Event) -> Dataset | None:
+        """A 0124H status naming why, or None when the caller may do ``permission``."""
+        if self.gate is None:
+            return None
+        requestor = event.assoc.requestor
+        calling = requestor.ae_title.strip() if isinstance(requestor.ae_title, str) else str(requestor.ae_title)
+        decision = self.gate.decide(permission, calling, str(requestor.address))
+        if decision.allowed:
+            return None
+        status = Dataset()
+        status.Status = NOT_AUTHORIZED
+        status.ErrorComment = decision.reason[:64]
+        return status
+
+    def _on_n_action(self, event: evt.Event) -> Any:
+        refused = self._refusal("commit", event)
+        return (refused, None) if refused is not None else self.commitment.on_n_action(event)
 
     def _on_conn_open(self, event: evt.Event) -> None:
         """Disable Nagle: small C-STORE exchanges otherwise stall ~40 ms on delayed ACKs."""
@@ -56,6 +76,9 @@ class DimseServer:
         requestor = event.assoc.requestor
         calling = requestor.ae_title.strip() if isinstance(requestor.ae_title, str) else str(requestor.ae_title)
         source = f"dimse:{calling}@{requestor.address}"
+        refused = self._refusal("store", event)
+        if refused is not None:
+            return refused
         request = event.request
         dataset_bytes = request.DataSet.getvalue()
         transfer_syntax = str(event.context.transfer_syntax)
@@ -99,7 +122,7 @@ class DimseServer:
 
             # Default roles (the requester is the SCU); reports go out on associations we open.
             ae.add_supported_context(STORAGE_COMMITMENT)
-            handlers.append((evt.EVT_N_ACTION, self.commitment.on_n_action))
+            handlers.append((evt.EVT_N_ACTION, self._on_n_action))
         # --- end Storage Commitment ---
         self.server = ae.start_server((self.settings.bind, self.settings.port), block=False, evt_handlers=handlers)
         log.info("DIMSE listening as %s on %s:%d", self.settings.ae_title, self.settings.bind, self.settings.port)

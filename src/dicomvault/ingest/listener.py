@@ -19,9 +19,10 @@ from dicomvault.config import DicomSettings
 from dicomvault.dicom import build_part10
 from dicomvault.dicom.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from dicomvault.net import pdu, spool
-from dicomvault.net.acceptor import Association, DicomListener
+from dicomvault.net.acceptor import Association, DicomListener, Operation
 
 from dicomvault.archive.write import Ingestor, IngestRejected
+from dicomvault.ingest.gate import NOT_AUTHORIZED, AccessGate
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,23 @@ class FastDimseServer:
     ingestor: Ingestor
     commitment: Any = None  # StorageCommitmentService, when serving N-ACTION
     query_retrieve: Any = None  # serve.qr.QueryRetrieveService, when serving C-FIND/C-GET/C-MOVE
+    gate: AccessGate | None = None  # who may do what (access.py); None only in unit tests of the wire
     listener: DicomListener | None = None
     spool_dir: Path | None = None  # large incoming data sets wait here (inside the data directory)
+
+    def _refused(self, permission: str, assoc: Association) -> str:
+        """The refusal's reason, or "" when ``assoc``'s caller may do ``permission``."""
+        if self.gate is None:
+            return ""
+        decision = self.gate.decide(permission, assoc.calling_ae, assoc.address, assoc.tls_subject)
+        return "" if decision.allowed else decision.reason
 
     def store(self, assoc: Association, sop_class: str, sop_instance: str, transfer_syntax: str,
               dataset: bytes) -> tuple[int, str]:
         source = f"dimse:{assoc.calling_ae}@{assoc.address}"
+        refusal = self._refused("store", assoc)
+        if refusal:
+            return NOT_AUTHORIZED, refusal
         part10: Any = None
         try:
             if isinstance(dataset, spool.SpooledDataset):  # large: wrapped on disk, not in memory
@@ -68,6 +80,9 @@ class FastDimseServer:
         requested_class = pdu.command_uid(command, pdu.TAG_REQUESTED_SOP_CLASS)
         requested_instance = pdu.command_uid(command, pdu.TAG_REQUESTED_SOP_INSTANCE)
         address = f"{assoc.address}:{assoc.port}"
+        refusal = self._refused("commit", assoc)
+        if refusal:
+            return NOT_AUTHORIZED, refusal
         try:
             request = parse_request(action_type, requested_class, requested_instance,
                                     lambda: _decode(dataset, syntax) if dataset else None)
@@ -82,11 +97,20 @@ class FastDimseServer:
             return FAILURE, f"internal error: {type(exc).__name__}"
         return 0x0000, ""
 
+    def query(self, op: Operation) -> None:
+        """C-FIND, C-GET or C-MOVE: refused with 0124H unless the caller has the permission."""
+        permission = {pdu.C_FIND_RQ: "find", pdu.C_GET_RQ: "get", pdu.C_MOVE_RQ: "move"}.get(op.kind, "find")
+        refusal = self._refused(permission, op.assoc)
+        if refusal:
+            op.respond(NOT_AUTHORIZED, comment=refusal)
+            return
+        self.query_retrieve(op)
+
     def start(self) -> None:
         self.listener = DicomListener(
             self.settings, self.store, self.action if self.commitment is not None else None,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID, implementation_version=IMPLEMENTATION_VERSION_NAME,
-            on_query=self.query_retrieve, spool_dir=self.spool_dir,
+            on_query=self.query if self.query_retrieve is not None else None, spool_dir=self.spool_dir,
         )
         self.listener.start()
 

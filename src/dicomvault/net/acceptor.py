@@ -100,6 +100,8 @@ class Association:
     # send it C-STOREs on those contexts, which is how C-GET delivers.
     requestor_scp: set[str] = field(default_factory=set)
     _storage_cache: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The verified TLS client certificate's subject (RFC 4514), "" over plain TCP.
+    tls_subject: str = ""
 
     def storage_contexts(self, sop_class: str) -> dict[str, int]:
         """Transfer syntax -> context id on which we may send a C-STORE of ``sop_class``."""

@@ -93,6 +93,12 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         alerts.append(f"the primary lacks {refill_owed} object(s) (after a rebuild on a new host?): reads use the "
                       "replicas; `dicomvault serve` copies them back")
     # --- end catalog snapshots ---
+    # --- who may do what over DICOM (access.py) ---
+    from dicomvault.ingest.gate import access_status
+
+    access = access_status(archive.settings, archive.catalog, time.time())
+    alerts += access["alerts"]
+    # --- end access ---
     policy = CopyPolicy.from_settings(archive.settings)  # what storage commitment holds copies to
     newest = stats["newest_ingest"]
     return {
@@ -113,6 +119,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "drills": drills,
         "snapshots": snapshots,
         "audit": audit,
+        "access": access,
         "alerts": alerts,
         "catalog": archive.catalog.url.split("://", 1)[0],
         "key_fingerprint": archive.keyring.fingerprint,
