@@ -395,7 +395,8 @@ def stow(vault: Vault, parts: list[bytes]) -> requests.Response:
     body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n" for p in parts)
     body += f"--{boundary}--\r\n".encode()
     return requests.post(f"http://127.0.0.1:{vault.http_port}/dicomweb/studies", data=body, timeout=60,
-                         headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+                         headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                                  "Authorization": f"Bearer {vault.api_token()}"})  # init's admin token may STOW
 
 
 @pytest.mark.parametrize("kind", ["uids", "syntax"])

@@ -42,6 +42,19 @@ class DicomSettings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_ca_file: str = ""
+    # Resource bounds of the lean listener (net/spool.py, net/acceptor.py): an instance whose
+    # data set is larger than max_instance_bytes is refused (0xA700); what all associations
+    # hold in memory together stays near max_buffered_bytes (past it they stop reading, the
+    # senders wait); a data set beyond spool_threshold_bytes waits in a 0600 unnamed file under
+    # the data directory's tmp/ instead of memory. A connection must send its association
+    # request within artim_timeout seconds; at most max_pending_connections may be waiting
+    # to (the oldest is dropped for a new one), and only negotiated associations count
+    # against max_associations.
+    max_instance_bytes: int = 2 * 1024**3
+    max_buffered_bytes: int = 512 * 1024**2
+    spool_threshold_bytes: int = 64 * 1024**2
+    artim_timeout: float = 10.0
+    max_pending_connections: int = 32
 
 
 @dataclass(frozen=True)
@@ -410,6 +423,19 @@ def _section(data: dict, name: str, defaults: object) -> dict:
     return values
 
 
+def _check_dicom_bounds(dicom: DicomSettings) -> None:
+    if dicom.max_instance_bytes < 1024:
+        raise ConfigError(f"[dicom] max_instance_bytes must be at least 1024, got {dicom.max_instance_bytes}")
+    if dicom.max_buffered_bytes < 1024**2:
+        raise ConfigError(f"[dicom] max_buffered_bytes must be at least 1048576, got {dicom.max_buffered_bytes}")
+    if dicom.spool_threshold_bytes < 0:
+        raise ConfigError(f"[dicom] spool_threshold_bytes must be 0 or more, got {dicom.spool_threshold_bytes}")
+    if not 0 < float(dicom.artim_timeout) <= 600:
+        raise ConfigError(f"[dicom] artim_timeout must be 0-600 seconds, got {dicom.artim_timeout}")
+    if dicom.max_pending_connections < 1:
+        raise ConfigError(f"[dicom] max_pending_connections must be at least 1, got {dicom.max_pending_connections}")
+
+
 def _resolve(base: Path, value: str) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else (base / path)
@@ -448,6 +474,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         raise ConfigError(f"[dicom] engine must be \"lean\" or \"pynetdicom\", got {dicom.engine!r}")
     if not dicom.ae_title or len(dicom.ae_title) > 16:
         raise ConfigError(f"[dicom] ae_title must be 1-16 characters, got {dicom.ae_title!r}")
+    _check_dicom_bounds(dicom)
     storage_values = {k: v for k, v in storage.items() if k != "data_dir"}
     storage_settings = StorageSettings(**_section({"storage": storage_values}, "storage", StorageSettings()))
     return Settings(
@@ -832,6 +859,19 @@ allowed_calling_aets = []
 anonymous = ["store"]
 max_associations = 16
 network_timeout = 60.0
+# Resource bounds. An instance whose data set exceeds max_instance_bytes is refused (status
+# 0xA700, the association goes on). All associations together hold about max_buffered_bytes
+# of received data in memory; past it they stop reading and the senders wait (TCP
+# backpressure), nothing fails. A data set beyond spool_threshold_bytes is received into an
+# unnamed 0600 file under the data directory's tmp/ (plaintext, like the journal).
+max_instance_bytes = 2147483648
+max_buffered_bytes = 536870912
+spool_threshold_bytes = 67108864
+# A connection has artim_timeout seconds to send its association request; at most
+# max_pending_connections may be waiting to (the oldest is dropped for a new one). Only
+# negotiated associations count against max_associations, so idle connections lock no one out.
+artim_timeout = 10.0
+max_pending_connections = 32
 # "lean": dicomvault's own asyncio listener (C-ECHO, C-STORE, Storage Commitment, C-FIND,
 # C-GET, C-MOVE; about twice as fast as pynetdicom's server on one association);
 # "pynetdicom": the library's (storage and commitment only).

@@ -122,7 +122,8 @@ def serve(config: ConfigOption = None) -> None:
         from dicomvault.serve.qr.find import QueryRetrieveService
 
         dimse = FastDimseServer(settings.dicom, archive.ingestor, commitment=commitment,
-                                query_retrieve=QueryRetrieveService(archive), gate=gate)
+                                query_retrieve=QueryRetrieveService(archive), gate=gate,
+                                spool_dir=Path(settings.base_dir) / "tmp" / "dimse")
     from dicomvault.jobs.restore.service import RestoreService
 
     restores = RestoreService(archive)  # jobs started with POST /api/restores

@@ -75,14 +75,18 @@ def seal_object(study_key: StudyKey, metadata: dict[str, Any], payload: bytes) -
     prefix = MAGIC + struct.pack(">I", len(header)) + header
     digest = hashlib.sha256(prefix).digest()
     meta = json.dumps(metadata, separators=(",", ":"), sort_keys=True).encode()
-    plaintext = memoryview(struct.pack(">I", len(meta)) + meta + payload)
+    # The plaintext is head + payload; each segment is cut from the two without building it
+    # whole (a copy of the payload as large as the instance: 256 MiB more at the peak).
+    head, body = struct.pack(">I", len(meta)) + meta, memoryview(payload)
+    total = len(head) + len(body)
     aead = AESGCM(study_key.data_key)
     parts = [prefix]
-    count = max(1, -(-len(plaintext) // SEGMENT_SIZE))
+    count = max(1, -(-total // SEGMENT_SIZE))
     for index in range(count):
-        chunk = plaintext[index * SEGMENT_SIZE : (index + 1) * SEGMENT_SIZE]
+        start, end = index * SEGMENT_SIZE, min((index + 1) * SEGMENT_SIZE, total)
+        chunk = head[start:end] + bytes(body[max(0, start - len(head)) : max(0, end - len(head))])
         nonce = nonce_prefix + struct.pack(">I", index)
-        parts.append(aead.encrypt(nonce, bytes(chunk), _segment_aad(digest, index, index == count - 1)))
+        parts.append(aead.encrypt(nonce, chunk, _segment_aad(digest, index, index == count - 1)))
     return b"".join(parts)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dicomvault.config import DicomSettings
@@ -34,6 +35,7 @@ class FastDimseServer:
     query_retrieve: Any = None  # serve.qr.QueryRetrieveService, when serving C-FIND/C-GET/C-MOVE
     gate: AccessGate | None = None  # who may do what (access.py); None only in unit tests of the wire
     listener: DicomListener | None = None
+    spool_dir: Path | None = None  # large incoming data sets wait here (inside the data directory)
 
     def _refused(self, permission: str, assoc: Association) -> str:
         """The refusal's reason, or "" when ``assoc``'s caller may do ``permission``."""
@@ -88,7 +90,7 @@ class FastDimseServer:
         self.listener = DicomListener(
             self.settings, self.store, self.action if self.commitment is not None else None,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID, implementation_version=IMPLEMENTATION_VERSION_NAME,
-            on_query=self.query if self.query_retrieve is not None else None,
+            on_query=self.query if self.query_retrieve is not None else None, spool_dir=self.spool_dir,
         )
         self.listener.start()
 

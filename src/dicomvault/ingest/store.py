@@ -13,6 +13,7 @@ import logging
 
 from dicomvault.dicom import build_part10
 from dicomvault.dicom.part10 import uid_problem
+from dicomvault.net import spool
 
 from dicomvault.archive.write import IngestRejected, Ingestor
 
@@ -40,11 +41,15 @@ def request_problem(sop_class: str, sop_instance: str) -> str:
 def c_store(ingestor: Ingestor, sop_class: str, sop_instance: str, transfer_syntax: str, dataset: bytes,
             source: str, actor: str) -> tuple[int, str]:
     """(DIMSE status, Error Comment) for one C-STORE; success only once the object is durable."""
+    part10: bytes | spool.SpooledDataset = b""
     try:
         problem = request_problem(sop_class, sop_instance)
         if problem:
             raise ingestor.refuse(problem, source, actor)
-        part10 = build_part10(sop_class, sop_instance, transfer_syntax, dataset)
+        if isinstance(dataset, spool.SpooledDataset):  # large: wrapped on disk, not in memory
+            part10 = dataset.with_prefix(build_part10(sop_class, sop_instance, transfer_syntax, b""))
+        else:
+            part10 = build_part10(sop_class, sop_instance, transfer_syntax, dataset)
         ingestor.ingest(part10, source=source, actor=actor, transfer_syntax=transfer_syntax,
                         wait_for_index=False,  # durable now; the catalog row follows (group commit)
                         affected=(sop_class, sop_instance))
@@ -54,4 +59,6 @@ def c_store(ingestor: Ingestor, sop_class: str, sop_instance: str, transfer_synt
     except Exception as exc:  # noqa: BLE001 - never let one bad instance kill the association
         log.exception("C-STORE %r from %s failed", sop_instance[:80], source)
         return STATUS_PROCESSING_FAILURE, f"internal error: {type(exc).__name__}"
+    finally:
+        spool.release(part10)
     return STATUS_SUCCESS, ""

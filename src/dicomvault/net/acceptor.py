@@ -29,18 +29,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dicomvault.config import DicomSettings
 
-from . import pdu, tls
+from . import pdu, spool, tls
 from .associate import encode_associate_ac, parse_associate_rq
 from .fsm import SENDS_ABORT, Action, Event, Machine, State
 
@@ -71,6 +74,15 @@ QR_MOVE = {"1.2.840.10008.5.1.4.1.2.1.2": "PATIENT", "1.2.840.10008.5.1.4.1.2.2.
 QR_GET = {"1.2.840.10008.5.1.4.1.2.1.3": "PATIENT", "1.2.840.10008.5.1.4.1.2.2.3": "STUDY"}
 QR_MODELS = {**QR_FIND, **QR_MOVE, **QR_GET}
 EXPLICIT_VR_LE, IMPLICIT_VR_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
+
+_UID_CHARACTERS = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
+def _is_uid(text: str) -> bool:
+    """Digits and dots, at most 64 characters: a UID we can negotiate on and echo back (the
+    stricter PS3.5 9.1 checks of stored UIDs are the DIMSE layer's)."""
+    return len(text) <= 64 and text.isascii() and _UID_CHARACTERS.fullmatch(text) is not None
+
 
 StoreHandler = Callable[["Association", str, str, str, bytes], tuple[int, str]]
 ActionHandler = Callable[["Association", dict[int, bytes], bytes | None, str], tuple[int, str]]
@@ -315,8 +327,12 @@ class DicomListener:
 
     def __init__(self, settings: DicomSettings, on_store: StoreHandler, on_action: ActionHandler | None = None,
                  implementation_class_uid: str = "", implementation_version: str = "",
-                 on_query: QueryHandler | None = None) -> None:
+                 on_query: QueryHandler | None = None, spool_dir: Path | None = None) -> None:
         self.settings = settings
+        # Data sets beyond [dicom] spool_threshold_bytes wait here, not in memory (None: never
+        # spooled; memory is then bounded per association by max_instance_bytes only).
+        self.spool_dir = spool_dir
+        self.budget = spool.MemoryBudget(settings.max_buffered_bytes)
         self.on_store = on_store
         self.on_action = on_action
         self.on_query = on_query
@@ -327,7 +343,11 @@ class DicomListener:
         self._servers: list[asyncio.AbstractServer] = []  # plain and TLS
         self._tls_context: ssl.SSLContext | None = None
         self._thread: threading.Thread | None = None
-        self._active = 0
+        self._active = 0  # negotiated associations: what max_associations limits
+        # Connections that have not yet sent their A-ASSOCIATE-RQ, oldest first: they hold no
+        # association slot, and past max_pending_connections the oldest is dropped.
+        self._pending: dict[asyncio.StreamWriter, None] = {}
+        self._dropped, self._dropped_logged = 0, 0.0  # dropped pending connections not yet logged
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -429,10 +449,11 @@ class DicomListener:
         certificate, TLS < 1.2) is logged with the address and why; then as on the plain port."""
         peer = writer.get_extra_info("peername") or ("?", 0)
         assert self._tls_context is not None
+        self._add_pending(writer, peer)  # a stalled handshake holds no slot and counts as pending
         try:
-            await writer.start_tls(self._tls_context,
-                                   ssl_handshake_timeout=min(ARTIM_SECONDS, self.settings.network_timeout))
+            await writer.start_tls(self._tls_context, ssl_handshake_timeout=self._artim())
         except (OSError, asyncio.TimeoutError, EOFError) as exc:  # ssl.SSLError is an OSError
+            self._pending.pop(writer, None)
             log.warning("TLS connection from %s:%s refused: %s", *peer[:2],
                         getattr(exc, "reason", None) or str(exc) or type(exc).__name__)
             writer.close()  # after the TLS alert, if any, has been sent
@@ -446,18 +467,22 @@ class DicomListener:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no delayed-ACK stalls per response
         machine = Machine(requestor=False)
         machine.fire(Event.EVT5)  # AE-5: Sta2, the first read's timeout is the ARTIM timer
-        self._active += 1
+        if writer not in self._pending:  # (the TLS port added it before its handshake)
+            self._add_pending(writer, peer)
+        negotiated = False
         try:
             assoc = await self._negotiate(reader, writer, peer, machine)
             if assoc is not None:
+                negotiated = True
+                self._active += 1
                 await self._serve(assoc, reader, writer, machine)
         except (asyncio.IncompleteReadError, ConnectionError):
             if machine.allows(Event.EVT17):  # the peer went away; nothing half-stored (all-or-nothing)
                 machine.fire(Event.EVT17)
         except asyncio.TimeoutError:
             if machine.state is State.STA2:  # Evt18, AA-2: no A-ASSOCIATE-RQ in time, just close
-                log.warning("connection from %s:%s sent no association request in %.0f s; closing", *peer[:2],
-                            self.settings.network_timeout)
+                log.warning("connection from %s:%s sent no association request in %.1f s; closing", *peer[:2],
+                            self._artim())
                 machine.fire(Event.EVT18)
             else:
                 log.warning("association from %s:%s timed out after %.0f s of silence; aborting", *peer[:2],
@@ -476,12 +501,35 @@ class DicomListener:
             log.exception("association from %s:%s failed", *peer[:2])
             self._abort(writer, machine, Event.EVT15)
         finally:
-            self._active -= 1
+            self._pending.pop(writer, None)
+            if negotiated:
+                self._active -= 1
             try:
                 await writer.drain()
             except Exception:  # noqa: BLE001
                 pass
             writer.close()
+
+    def _artim(self) -> float:
+        """How long a new connection may take to send its A-ASSOCIATE-RQ (the ARTIM timer in
+        Sta2): short, so idle or stalled connections cannot pile up."""
+        return min(self.settings.artim_timeout, self.settings.network_timeout)
+
+    def _add_pending(self, writer: asyncio.StreamWriter, peer: tuple[Any, ...]) -> None:
+        """Track a connection until its association request arrives; past the cap the oldest
+        waiting one is dropped (it had the longest to speak), so a flood of idle connections
+        cannot lock a real sender out. Logged at most every 10 s, so a flood cannot fill the log."""
+        while len(self._pending) >= self.settings.max_pending_connections:
+            oldest = next(iter(self._pending))
+            del self._pending[oldest]
+            oldest.transport.abort()
+            self._dropped += 1
+        now = time.monotonic()
+        if self._dropped and now - self._dropped_logged >= 10.0:
+            log.warning("dropped %d connection(s) that had sent no association request: more than %d waiting "
+                        "(newest from %s)", self._dropped, self.settings.max_pending_connections, peer[0])
+            self._dropped, self._dropped_logged = 0, now
+        self._pending[writer] = None
 
     @staticmethod
     def _abort(writer: asyncio.StreamWriter, machine: Machine, event: Event, reason: int = 0) -> None:
@@ -516,7 +564,8 @@ class DicomListener:
 
     async def _negotiate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          peer: tuple[Any, ...], machine: Machine) -> Association | None:
-        kind, _header, body = await self._read_pdu(reader)
+        async with asyncio.timeout(self._artim()):  # the whole request, not each read
+            kind, _header, body = await self._read_pdu(reader)
         action = machine.pdu(kind)
         if action is Action.AA_2:  # an A-ABORT before any request: close
             return None
@@ -533,8 +582,8 @@ class DicomListener:
             log.warning("rejecting association from %s@%s: calling AE title not in the allow-list", calling, peer[0])
             await self._reject(reader, writer, machine, pdu.reject_pdu(1, 1, 3))
             return None
-        if self._active > self.settings.max_associations:
-            log.warning("rejecting %s@%s: %d associations already", calling, peer[0], self._active - 1)
+        if self._active >= self.settings.max_associations:
+            log.warning("rejecting %s@%s: %d associations already", calling, peer[0], self._active)
             await self._reject(reader, writer, machine, pdu.reject_pdu(2, 3, 2))
             return None
 
@@ -550,6 +599,8 @@ class DicomListener:
             # Accept the roles as proposed: a C-GET requestor offering to be the storage SCP
             # is how its retrieved instances reach it.
             for sop_class, (scu, scp) in request.roles.items():
+                if not _is_uid(sop_class):
+                    continue  # not echoed back (found by the fuzz test: it could not be encoded)
                 roles.append((sop_class, scu, scp))
                 if scp:
                     assoc.requestor_scp.add(sop_class)
@@ -566,12 +617,16 @@ class DicomListener:
             supported = abstract == VERIFICATION or (abstract == STORAGE_COMMITMENT and self.on_action is not None) or (
                 abstract != STORAGE_COMMITMENT and not abstract.startswith(_NOT_STORAGE_PREFIXES)
             )
+            supported = supported and _is_uid(abstract)
+            syntaxes = [ts for ts in syntaxes if _is_uid(ts)]  # a garbled one is never "the sender's choice"
             if supported and syntaxes:
                 assoc.contexts[proposed.context_id] = (abstract, syntaxes[0])  # the sender's first choice
                 results.append((proposed.context_id, 0x00, syntaxes[0]))
             else:  # abstract syntax / transfer syntaxes not supported
                 results.append((proposed.context_id, 0x03 if not supported else 0x04, IMPLICIT_VR_LE))
         machine.fire(Event.EVT7)  # AE-7: Sta6
+        # Only now does it stop being pending: a rejected one waiting in Sta13 still counts.
+        self._pending.pop(writer, None)
         writer.write(encode_associate_ac(request, results, MAX_PDU_RECEIVED, self.implementation_class_uid,
                                          self.implementation_version, roles))
         return assoc
@@ -581,7 +636,7 @@ class DicomListener:
         loop = asyncio.get_running_loop()
         fire = machine.fire
         command_buffer = bytearray()
-        data_buffer = bytearray()
+        incoming: spool.InstanceBuffer | None = None  # the data set being received
         command: dict[int, bytes] | None = None
         command_context = 0
         running: list[Operation] = []  # the query/retrieve operation in progress, if any
@@ -622,27 +677,93 @@ class DicomListener:
                     else:  # data set fragment
                         if command is None or context_id != command_context:
                             raise pdu.ProtocolError("data set fragment without its command")
-                        data_buffer += fragment
+                        field_ = pdu.command_us(command, pdu.TAG_COMMAND_FIELD)
+                        if incoming is None:
+                            incoming = spool.InstanceBuffer(self.spool_dir, self.settings.spool_threshold_bytes,
+                                                            self.settings.max_instance_bytes)
+                        await self._keep(incoming, fragment, refusable=field_ == pdu.C_STORE_RQ)
                         if not control & 0x02:
                             continue
-                        dataset = bytes(data_buffer)
-                        data_buffer.clear()
-                        field_ = pdu.command_us(command, pdu.TAG_COMMAND_FIELD)
-                        if field_ in (pdu.C_FIND_RQ, pdu.C_GET_RQ, pdu.C_MOVE_RQ) and self.on_query is not None:
-                            operation = self._start_operation(loop, reader, writer, assoc, command_context, command,
-                                                              dataset, running)
-                            if operation.reads_directly and assoc.tls and operation.task is not None:
-                                await operation.task  # it reads the stream itself (through the loop) meanwhile
-                        else:
-                            if any(not op.finished for op in running):
-                                raise pdu.ProtocolError("a request arrived while a query/retrieve was in progress")
-                            response = await self._dispatch(loop, assoc, command_context, command, dataset)
+                        received, incoming = incoming, None
+                        if received.refused:  # every fragment read and dropped: answer, keep the association
+                            log.warning("C-STORE from %s@%s refused: %d-byte data set over max_instance_bytes",
+                                        assoc.calling_ae, assoc.address, received.size)
                             fire(Event.EVT9)  # DT-1
-                            writer.write(response)
+                            writer.write(self._too_large(command_context, command))
+                            command = None
+                            continue
+                        # Ingest holds the instance whole in memory: a spooled one reserves it now
+                        # (waiting here is the backpressure: this association stops reading).
+                        reserved = received.held
+                        if received.spooled:
+                            try:
+                                await self.budget.reserve(received.size)
+                            except BaseException:
+                                received.close()
+                                raise
+                            reserved = received.size
+                        dataset = received.finish()
+                        try:
+                            if field_ in (pdu.C_FIND_RQ, pdu.C_GET_RQ, pdu.C_MOVE_RQ) and self.on_query is not None:
+                                operation = self._start_operation(loop, reader, writer, assoc, command_context,
+                                                                  command, bytes(dataset), running)
+                                if operation.reads_directly and assoc.tls and operation.task is not None:
+                                    await operation.task  # it reads the stream itself (through the loop) meanwhile
+                            else:
+                                if any(not op.finished for op in running):
+                                    raise pdu.ProtocolError("a request arrived while a query/retrieve was in progress")
+                                response = await self._dispatch(loop, assoc, command_context, command, dataset)
+                                fire(Event.EVT9)  # DT-1
+                                writer.write(response)
+                        finally:
+                            spool.release(dataset)
+                            self.budget.release(reserved)
                         command = None
         finally:
             for operation in running:
                 operation.abandon()
+            if incoming is not None:  # aborted mid data set: nothing of it is kept
+                self.budget.release(incoming.held)
+                incoming.close()
+
+    async def _keep(self, incoming: spool.InstanceBuffer, fragment: bytes, refusable: bool) -> None:
+        """Add a data set fragment within the bounds: past max_instance_bytes a C-STORE's data
+        set is refused (the rest is read and dropped; anything else is a protocol error);
+        past the spool threshold, or when memory is short, it moves to a spool file; else it
+        stays in memory, reserved in the shared budget (waiting for it is the backpressure)."""
+        size = len(fragment)
+        if incoming.refused:
+            incoming.discard(fragment)
+            return
+        if incoming.over_limit(size):
+            if not refusable:
+                raise pdu.ProtocolError(f"a data set over max_instance_bytes ({self.settings.max_instance_bytes})")
+            self.budget.release(incoming.refuse())
+            incoming.discard(fragment)
+            return
+        if not incoming.spooled and incoming.can_spool and (
+            incoming.held + size > incoming.spool_threshold or (incoming.held and not self.budget.available(size))
+        ):
+            self.budget.release(await asyncio.to_thread(incoming.spill))
+        if not incoming.spooled:
+            if incoming.held and not incoming.can_spool:
+                self.budget.take(size)  # it can neither spool nor wait holding memory: bounded per association
+            else:
+                await self.budget.reserve(size)
+            incoming.append(fragment)
+        else:  # a file write may block on a busy disk: not on the event loop
+            await asyncio.to_thread(incoming.append, fragment)
+
+    def _too_large(self, context_id: int, command: dict[int, bytes]) -> bytes:
+        """The C-STORE-RSP refusing a data set over max_instance_bytes (0xA700, out of resources)."""
+        reply = {pdu.TAG_AFFECTED_SOP_CLASS: command.get(pdu.TAG_AFFECTED_SOP_CLASS, b""),
+                 pdu.TAG_COMMAND_FIELD: pdu.us(pdu.C_STORE_RSP),
+                 pdu.TAG_MESSAGE_ID_RESPONDED: command.get(pdu.TAG_MESSAGE_ID, b"\x00\x00")[:2],
+                 pdu.TAG_DATASET_TYPE: pdu.us(pdu.NO_DATASET), pdu.TAG_STATUS: pdu.us(0xA700),
+                 pdu.TAG_AFFECTED_SOP_INSTANCE: command.get(pdu.TAG_AFFECTED_SOP_INSTANCE, b""),
+                 pdu.TAG_ERROR_COMMENT: pdu.text_value(
+                     f"instance larger than max_instance_bytes ({self.settings.max_instance_bytes})"[:64])}
+        return pdu.p_data(context_id, 0x03, pdu.encode_command(reply))
 
     def _start_operation(self, loop: asyncio.AbstractEventLoop, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter, assoc: Association, context_id: int,
