@@ -212,6 +212,22 @@ def test_anonymous_store_can_be_closed_too(tmp_path: Path, ct_small_module: Path
             vault.stop()
 
 
+def test_an_ae_outside_the_allow_list_is_rejected_and_audited(tmp_path: Path) -> None:
+    vault = make_vault(tmp_path / "vault")
+    vault.set_config("dicom", "allowed_calling_aets", '["MODALITY", "ECHOSCU"]')  # ECHOSCU: the readiness probe
+    vault.start()
+    try:
+        ae = AE(ae_title="STRANGER")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", vault.dicom_port, ae_title=vault.ae_title)
+        assert assoc.is_rejected
+        wait_until(lambda: denied_rows(vault), timeout=10, what="the rejection's audit row")
+        (actor, subject, detail), = denied_rows(vault)
+        assert (actor, subject) == ("dicom:STRANGER", "associate") and "allowed_calling_aets" in detail
+    finally:
+        vault.stop()
+
+
 @pytest.mark.parametrize("table, message", [
     ('permissions = ["read"]', "unknown permission(s) read"),
     ('permissions = "find"', "must be a list"),

@@ -4,7 +4,9 @@ every refusal is logged and audited (who, from where, what, why) before it is an
 Both listener engines call ``decide`` before acting, so a refusal never depends on which
 engine runs. Refusals are answered with the operation's own status (``NOT_AUTHORIZED``,
 PS3.7 0124H) and an Error Comment rather than by refusing the association: one viewer may
-legitimately store and be refused a query on the same association.
+legitimately store and be refused a query on the same association. A refusal is logged every
+time and audited at most once a minute per caller, address and permission (``AuditThrottle``,
+as on the HTTP side), so a scanner probing the port cannot flood the audit log.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from dicomvault.access import NOT_AUTHORIZED, AccessPolicy, Decision, exposure
 from dicomvault.audit import AuditEvent, append
+from dicomvault.audit.throttle import AuditThrottle
 from dicomvault.catalog import audit_log
 from dicomvault.config import Settings
 
@@ -27,6 +30,7 @@ class AccessGate:
         self.policy = policy
         self.catalog = catalog
         self.called_ae = called_ae
+        self._throttle = AuditThrottle()
 
     @classmethod
     def from_settings(cls, settings: Settings, catalog: Any) -> "AccessGate":
@@ -37,15 +41,25 @@ class AccessGate:
         decision = self.policy.check(permission, calling_ae, address, tls_subject)
         if not decision.allowed:
             log.warning("DICOM %s by %s@%s refused: %s", permission, calling_ae, address, decision.reason)
-            try:
-                with self.catalog.write() as conn:
-                    append(conn, AuditEvent(actor=f"dicom:{calling_ae}", action="access-denied", subject=permission,
-                                            outcome="denied",
-                                            detail={"address": address, "called_ae": self.called_ae,
-                                                    "tls_subject": tls_subject, "reason": decision.reason}))
-            except Exception:  # noqa: BLE001 - the refusal stands even if the audit row cannot be written
-                log.exception("ALERT: could not audit a refused DICOM %s by %s@%s", permission, calling_ae, address)
+            self._audit(permission, calling_ae, address, decision.reason, tls_subject=tls_subject)
         return decision
+
+    def connection_refused(self, kind: str, address: str, calling_ae: str, reason: str) -> None:
+        """The listener's ``on_refusal``: a failed TLS handshake or an AE outside the
+        allow-list, refused before any operation (already logged by the listener)."""
+        self._audit(kind, calling_ae, address, reason)
+
+    def _audit(self, subject: str, calling_ae: str, address: str, reason: str, **detail: str) -> None:
+        if not self._throttle.due((subject, calling_ae, address)):
+            return
+        try:
+            with self.catalog.write() as conn:
+                append(conn, AuditEvent(actor=f"dicom:{calling_ae}" if calling_ae else f"tls:{address}",
+                                        action="access-denied", subject=subject, outcome="denied",
+                                        detail={"address": address, "called_ae": self.called_ae, "reason": reason,
+                                                **detail}))
+        except Exception:  # noqa: BLE001 - the refusal stands even if the audit row cannot be written
+            log.exception("ALERT: could not audit a refused DICOM %s by %s@%s", subject, calling_ae, address)
 
 
 def access_status(settings: Settings, catalog: Any, now: float) -> dict[str, Any]:

@@ -91,6 +91,7 @@ class FastDimseServer:
             self.settings, self.store, self.action if self.commitment is not None else None,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID, implementation_version=IMPLEMENTATION_VERSION_NAME,
             on_query=self.query if self.query_retrieve is not None else None, spool_dir=self.spool_dir,
+            on_refusal=self.gate.connection_refused if self.gate is not None else None,
         )
         self.listener.start()
 

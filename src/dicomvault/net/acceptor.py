@@ -87,6 +87,9 @@ def _is_uid(text: str) -> bool:
 StoreHandler = Callable[["Association", str, str, str, bytes], tuple[int, str]]
 ActionHandler = Callable[["Association", dict[int, bytes], bytes | None, str], tuple[int, str]]
 QueryHandler = Callable[["Operation"], None]
+# (kind, address, calling AE or "", reason) of a caller refused before any operation: a TLS
+# handshake that failed ("tls") or a calling AE outside the allow-list ("associate").
+RefusalHandler = Callable[[str, str, str, str], None]
 
 
 @dataclass
@@ -327,8 +330,10 @@ class DicomListener:
 
     def __init__(self, settings: DicomSettings, on_store: StoreHandler, on_action: ActionHandler | None = None,
                  implementation_class_uid: str = "", implementation_version: str = "",
-                 on_query: QueryHandler | None = None, spool_dir: Path | None = None) -> None:
+                 on_query: QueryHandler | None = None, spool_dir: Path | None = None,
+                 on_refusal: RefusalHandler | None = None) -> None:
         self.settings = settings
+        self.on_refusal = on_refusal
         # Data sets beyond [dicom] spool_threshold_bytes wait here, not in memory (None: never
         # spooled; memory is then bounded per association by max_instance_bytes only).
         self.spool_dir = spool_dir
@@ -454,8 +459,9 @@ class DicomListener:
             await writer.start_tls(self._tls_context, ssl_handshake_timeout=self._artim())
         except (OSError, asyncio.TimeoutError, EOFError) as exc:  # ssl.SSLError is an OSError
             self._pending.pop(writer, None)
-            log.warning("TLS connection from %s:%s refused: %s", *peer[:2],
-                        getattr(exc, "reason", None) or str(exc) or type(exc).__name__)
+            reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+            log.warning("TLS connection from %s:%s refused: %s", *peer[:2], reason)
+            self._report_refusal("tls", str(peer[0]), "", f"TLS handshake failed: {reason}")
             writer.close()  # after the TLS alert, if any, has been sent
             return
         await self._handle(reader, writer)
@@ -509,6 +515,12 @@ class DicomListener:
             except Exception:  # noqa: BLE001
                 pass
             writer.close()
+
+    def _report_refusal(self, kind: str, address: str, calling: str, reason: str) -> None:
+        """Hand a refused connection to ``on_refusal`` (it audits) in a worker thread: the
+        audit row is a catalog write, which must not stall the event loop."""
+        if self.on_refusal is not None and self._loop is not None:
+            self._loop.run_in_executor(self._workers, self.on_refusal, kind, address, calling, reason)
 
     def _artim(self) -> float:
         """How long a new connection may take to send its A-ASSOCIATE-RQ (the ARTIM timer in
@@ -580,6 +592,8 @@ class DicomListener:
         allowed = self.settings.allowed_calling_aets
         if allowed and calling not in allowed:
             log.warning("rejecting association from %s@%s: calling AE title not in the allow-list", calling, peer[0])
+            self._report_refusal("associate", str(peer[0]), calling,
+                                 "calling AE title not in [dicom] allowed_calling_aets")
             await self._reject(reader, writer, machine, pdu.reject_pdu(1, 1, 3))
             return None
         if self._active >= self.settings.max_associations:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicomvault.config import Settings
-from dicomvault.serve.tokens import OPERATOR, READ, AuditThrottle, Identity, TokenFile
+from dicomvault.audit.throttle import AuditThrottle
+from dicomvault.serve.tokens import OPERATOR, READ, Identity, TokenFile
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ from dicomvault.serve.access import Gate, api_tokens
 from dicomvault.serve.dicomweb.common import append_audit, client_address
 from dicomvault.serve.numbers import job_id_param, seconds_param
 from dicomvault.serve.status import archive_status
-from dicomvault.serve.tokens import OPERATOR, READ, AuditThrottle
+from dicomvault.audit.throttle import AuditThrottle
+from dicomvault.serve.tokens import OPERATOR, READ
 
 REALM = "dicomvault-api"
 MAX_WAIT_SECONDS = 60.0

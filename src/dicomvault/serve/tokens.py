@@ -28,7 +28,6 @@ import os
 import re
 import secrets
 import threading
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,30 +184,6 @@ class TokenFile:
         """Who an ``Authorization: Bearer <token>`` header value names, or None."""
         scheme, _, token = authorization.partition(" ")
         return self.lookup(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
-
-
-class AuditThrottle:
-    """At most one audit row per key per interval.
-
-    A client retrying with a bad token, or a dashboard polling the API every few seconds,
-    must not turn the hash-chained audit log into a flood; who did what from where still
-    shows, at one-minute resolution."""
-
-    def __init__(self, interval: float = 60.0, capacity: int = 10_000) -> None:
-        self.interval = interval
-        self.capacity = capacity
-        self._last: dict[object, float] = {}
-        self._lock = threading.Lock()
-
-    def due(self, key: object) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last.get(key, now - self.interval) < self.interval:
-                return False
-            if len(self._last) >= self.capacity:
-                self._last.clear()
-            self._last[key] = now
-            return True
 
 
 def write_new_tokens_file(path: Path, name: str, roles: tuple[str, ...] = (ADMIN,)) -> str | None:
