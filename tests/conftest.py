@@ -118,6 +118,15 @@ class Vault:
         with self.config.open("a", encoding="utf-8") as config:
             config.write("\n".join(lines) + "\n")
 
+    def refusals(self) -> list[tuple[str, str, str]]:
+        """(actor, subject, detail) of the audit log's ``access-denied`` rows, oldest first."""
+        db = sqlite3.connect(self.root / "catalog.sqlite3")
+        try:
+            return db.execute("SELECT actor, subject, detail FROM audit_log WHERE action = 'access-denied'"
+                              " ORDER BY id").fetchall()
+        finally:
+            db.close()
+
     def set_config(self, section: str, key: str, value: str) -> None:
         """Replace ``key = ...`` inside ``[section]`` of the TOML with a literal TOML value."""
         lines = self.config.read_text().splitlines()

@@ -28,12 +28,7 @@ NOT_AUTHORIZED = 0x0124
 
 
 def denied_rows(vault: Vault) -> list[tuple[str, str, str]]:
-    db = sqlite3.connect(vault.root / "catalog.sqlite3")
-    try:
-        return db.execute("SELECT actor, subject, detail FROM audit_log WHERE action = 'access-denied'"
-                          " ORDER BY id").fetchall()
-    finally:
-        db.close()
+    return vault.refusals()
 
 
 def study_query() -> Dataset:

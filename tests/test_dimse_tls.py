@@ -303,18 +303,12 @@ def test_a_failed_handshake_is_audited(tls_vault: Vault) -> None:
     """A Security Alert for the security officer: who tried the TLS port without a valid
     certificate (audited at most once a minute per address: AuditThrottle)."""
     import socket
-    import sqlite3
 
     with socket.create_connection(("127.0.0.1", tls_vault.tls_port), timeout=5) as plain:  # type: ignore[attr-defined]
         plain.sendall(b"\x01\x00\x00\x00\x00\x10" + bytes(16))  # an A-ASSOCIATE-RQ header, in clear
 
     def rows() -> list[tuple[str, str]]:
-        db = sqlite3.connect(tls_vault.root / "catalog.sqlite3")
-        try:
-            return db.execute("SELECT actor, detail FROM audit_log WHERE action = 'access-denied'"
-                              " AND subject = 'tls'").fetchall()
-        finally:
-            db.close()
+        return [(actor, detail) for actor, subject, detail in tls_vault.refusals() if subject == "tls"]
 
     wait_until(lambda: rows(), timeout=10, what="the refused handshake's audit row")
     actor, detail = rows()[0]
