@@ -195,7 +195,7 @@ def test_dcmtk_store_find_get_over_tls(tls_vault: Vault, pki: Pki, ct_clean: Pat
     (got,) = list((tmp_path / "out").rglob("*.dcm"))
     assert dataset_bytes(got.read_bytes()) == dataset_bytes(ct_clean.read_bytes())
     # The association carried the verified client certificate's subject.
-    wait_until(lambda: f"TLS association from MODALITY@127.0.0.1" in tls_vault.log(), timeout=10, what="TLS log line")
+    wait_until(lambda: "TLS association from MODALITY@127.0.0.1" in tls_vault.log(), timeout=10, what="TLS log line")
     line = next(ln for ln in tls_vault.log().splitlines() if "TLS association from MODALITY" in ln)
     assert MODALITY_SUBJECT in line and "TLSv1." in line
 
