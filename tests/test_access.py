@@ -14,7 +14,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -191,13 +191,18 @@ def test_anonymous_store_can_be_closed_too(tmp_path: Path, ct_small_module: Path
         vault.add_peer("modality", "MODALITY", free_port(), permissions=["store"])
         vault.start()
         try:
-            def store(calling: str) -> subprocess.CompletedProcess[str]:
-                return subprocess.run([dcmtk("storescu"), "-d", "-aet", calling, "-aec", vault.ae_title, "127.0.0.1",
-                                       str(vault.dicom_port), str(ct_small_module)],
+            def store(calling: str, *files: Path) -> subprocess.CompletedProcess[str]:
+                return subprocess.run([dcmtk("storescu"), "-d", "-nh", "-aet", calling, "-aec", vault.ae_title,
+                                       "127.0.0.1", str(vault.dicom_port),
+                                       *[str(f) for f in files or (ct_small_module,)]],
                                       capture_output=True, text=True, timeout=60)
 
-            refused = store("STRANGER")
-            assert "0x0124" in refused.stdout + refused.stderr, (refused.stdout + refused.stderr)[-2000:]
+            other = pydicom.dcmread(ct_small_module)
+            other.SOPInstanceUID = other.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            other.save_as(tmp_path / "other.dcm")
+            refused = store("STRANGER", ct_small_module, tmp_path / "other.dcm")  # each answered, association goes on
+            log = refused.stdout + refused.stderr
+            assert log.count("0x0124") == 2 and "store refused: AE STRANGER" in log, log[-2000:]
             assert store("MODALITY").returncode == 0
             wait_until(lambda: instance_count(vault) == 1, timeout=10, what=f"only MODALITY's instance ({engine})")
             assert instance_count(vault) == 1, "the refused one was not stored"

@@ -37,7 +37,7 @@ class FastDimseServer:
     listener: DicomListener | None = None
     spool_dir: Path | None = None  # large incoming data sets wait here (inside the data directory)
 
-    def _refused(self, permission: str, assoc: Association) -> str:
+    def _refused(self, assoc: Association, permission: str) -> str:
         """The refusal's reason, or "" when ``assoc``'s caller may do ``permission``."""
         if self.gate is None:
             return ""
@@ -46,9 +46,8 @@ class FastDimseServer:
 
     def store(self, assoc: Association, sop_class: str, sop_instance: str, transfer_syntax: str,
               dataset: bytes) -> tuple[int, str]:
-        refusal = self._refused("store", assoc)
-        if refusal:
-            return NOT_AUTHORIZED, refusal
+        # The listener asked ``authorize`` before the data set arrived; without it (a bare
+        # listener in tests of the wire) every caller may store.
         return c_store(self.ingestor, sop_class, sop_instance, transfer_syntax, dataset,
                        source=f"dimse:{assoc.calling_ae}@{assoc.address}", actor=f"dicom:{assoc.calling_ae}")
 
@@ -60,7 +59,7 @@ class FastDimseServer:
         requested_class = pdu.command_uid(command, pdu.TAG_REQUESTED_SOP_CLASS)
         requested_instance = pdu.command_uid(command, pdu.TAG_REQUESTED_SOP_INSTANCE)
         address = f"{assoc.address}:{assoc.port}"
-        refusal = self._refused("commit", assoc)
+        refusal = self._refused(assoc, "commit")
         if refusal:
             return NOT_AUTHORIZED, refusal
         try:
@@ -80,7 +79,7 @@ class FastDimseServer:
     def query(self, op: Operation) -> None:
         """C-FIND, C-GET or C-MOVE: refused with 0124H unless the caller has the permission."""
         permission = {pdu.C_FIND_RQ: "find", pdu.C_GET_RQ: "get", pdu.C_MOVE_RQ: "move"}.get(op.kind, "find")
-        refusal = self._refused(permission, op.assoc)
+        refusal = self._refused(op.assoc, permission)
         if refusal:
             op.respond(NOT_AUTHORIZED, comment=refusal)
             return
@@ -92,6 +91,7 @@ class FastDimseServer:
             implementation_class_uid=IMPLEMENTATION_CLASS_UID, implementation_version=IMPLEMENTATION_VERSION_NAME,
             on_query=self.query if self.query_retrieve is not None else None, spool_dir=self.spool_dir,
             on_refusal=self.gate.connection_refused if self.gate is not None else None,
+            authorize=self._refused if self.gate is not None else None,
         )
         self.listener.start()
 

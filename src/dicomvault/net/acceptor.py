@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+NOT_AUTHORIZED = 0x0124  # PS3.7 C.5: Refused: Not Authorized (the access decision is the caller's hook)
 MAX_PDU_RECEIVED = 4 * 1024 * 1024  # what we tell peers; larger PDUs are a protocol error
 ARTIM_SECONDS = 10.0  # after a rejection or a release, how long the requestor may take to close
 # Services we do not provide: proposals of these are rejected (abstract syntax not
@@ -90,6 +91,8 @@ QueryHandler = Callable[["Operation"], None]
 # (kind, address, calling AE or "", reason) of a caller refused before any operation: a TLS
 # handshake that failed ("tls") or a calling AE outside the allow-list ("associate").
 RefusalHandler = Callable[[str, str, str, str], None]
+# (association, permission) -> "" when allowed, else the refusal's reason (audited by the hook).
+AuthorizeHandler = Callable[["Association", str], str]
 
 
 @dataclass
@@ -109,6 +112,9 @@ class Association:
     tls: bool = False
     tls_subject: str = ""
     _storage_cache: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Why this association's caller may not store ("" may; None: not asked yet). Fixed for the
+    # association's life: its AE title, address and certificate do not change.
+    store_refusal: str | None = None
     # The verified TLS client certificate's subject (RFC 4514), "" over plain TCP.
     tls_subject: str = ""
 
@@ -331,9 +337,12 @@ class DicomListener:
     def __init__(self, settings: DicomSettings, on_store: StoreHandler, on_action: ActionHandler | None = None,
                  implementation_class_uid: str = "", implementation_version: str = "",
                  on_query: QueryHandler | None = None, spool_dir: Path | None = None,
-                 on_refusal: RefusalHandler | None = None) -> None:
+                 on_refusal: RefusalHandler | None = None, authorize: AuthorizeHandler | None = None) -> None:
         self.settings = settings
         self.on_refusal = on_refusal
+        # Asked once per association, when its first C-STORE command arrives, so the data set of
+        # a caller that may not store is read and dropped rather than buffered or spooled.
+        self.authorize = authorize
         # Data sets beyond [dicom] spool_threshold_bytes wait here, not in memory (None: never
         # spooled; memory is then bounded per association by max_instance_bytes only).
         self.spool_dir = spool_dir
@@ -682,6 +691,11 @@ class DicomListener:
                         command = pdu.decode_command(bytes(command_buffer))
                         command_buffer.clear()
                         command_context = context_id
+                        if (self.authorize is not None and assoc.store_refusal is None
+                                and pdu.command_us(command, pdu.TAG_COMMAND_FIELD) == pdu.C_STORE_RQ):
+                            # In a worker: the decision may resolve a host name and write an audit row.
+                            assoc.store_refusal = await loop.run_in_executor(self._workers, self.authorize, assoc,
+                                                                             "store")
                         if pdu.command_us(command, pdu.TAG_DATASET_TYPE) == pdu.NO_DATASET:
                             response = await self._no_dataset(loop, assoc, command_context, command, running)
                             if response:
@@ -695,15 +709,23 @@ class DicomListener:
                         if incoming is None:
                             incoming = spool.InstanceBuffer(self.spool_dir, self.settings.spool_threshold_bytes,
                                                             self.settings.max_instance_bytes)
+                            if field_ == pdu.C_STORE_RQ and assoc.store_refusal:
+                                incoming.refuse()  # not allowed to store: read to its end, keep nothing
                         await self._keep(incoming, fragment, refusable=field_ == pdu.C_STORE_RQ)
                         if not control & 0x02:
                             continue
                         received, incoming = incoming, None
                         if received.refused:  # every fragment read and dropped: answer, keep the association
-                            log.warning("C-STORE from %s@%s refused: %d-byte data set over max_instance_bytes",
-                                        assoc.calling_ae, assoc.address, received.size)
+                            if field_ == pdu.C_STORE_RQ and assoc.store_refusal:
+                                status, comment = NOT_AUTHORIZED, assoc.store_refusal
+                            else:
+                                log.warning("C-STORE from %s@%s refused: %d-byte data set over max_instance_bytes",
+                                            assoc.calling_ae, assoc.address, received.size)
+                                status = 0xA700  # out of resources
+                                limit = self.settings.max_instance_bytes
+                                comment = f"instance larger than max_instance_bytes ({limit})"
                             fire(Event.EVT9)  # DT-1
-                            writer.write(self._too_large(command_context, command))
+                            writer.write(self._store_refusal(command_context, command, status, comment))
                             command = None
                             continue
                         # Ingest holds the instance whole in memory: a spooled one reserves it now
@@ -768,15 +790,16 @@ class DicomListener:
         else:  # a file write may block on a busy disk: not on the event loop
             await asyncio.to_thread(incoming.append, fragment)
 
-    def _too_large(self, context_id: int, command: dict[int, bytes]) -> bytes:
-        """The C-STORE-RSP refusing a data set over max_instance_bytes (0xA700, out of resources)."""
+    @staticmethod
+    def _store_refusal(context_id: int, command: dict[int, bytes], status: int, comment: str) -> bytes:
+        """The C-STORE-RSP refusing a data set that was read and dropped: too large (0xA700)
+        or from a caller that may not store (0124H)."""
         reply = {pdu.TAG_AFFECTED_SOP_CLASS: command.get(pdu.TAG_AFFECTED_SOP_CLASS, b""),
                  pdu.TAG_COMMAND_FIELD: pdu.us(pdu.C_STORE_RSP),
                  pdu.TAG_MESSAGE_ID_RESPONDED: command.get(pdu.TAG_MESSAGE_ID, b"\x00\x00")[:2],
-                 pdu.TAG_DATASET_TYPE: pdu.us(pdu.NO_DATASET), pdu.TAG_STATUS: pdu.us(0xA700),
+                 pdu.TAG_DATASET_TYPE: pdu.us(pdu.NO_DATASET), pdu.TAG_STATUS: pdu.us(status),
                  pdu.TAG_AFFECTED_SOP_INSTANCE: command.get(pdu.TAG_AFFECTED_SOP_INSTANCE, b""),
-                 pdu.TAG_ERROR_COMMENT: pdu.text_value(
-                     f"instance larger than max_instance_bytes ({self.settings.max_instance_bytes})"[:64])}
+                 pdu.TAG_ERROR_COMMENT: pdu.text_value(comment[:64])}
         return pdu.p_data(context_id, 0x03, pdu.encode_command(reply))
 
     def _start_operation(self, loop: asyncio.AbstractEventLoop, reader: asyncio.StreamReader,
