@@ -115,8 +115,6 @@ class Association:
     # Why this association's caller may not store ("" may; None: not asked yet). Fixed for the
     # association's life: its AE title, address and certificate do not change.
     store_refusal: str | None = None
-    # The verified TLS client certificate's subject (RFC 4514), "" over plain TCP.
-    tls_subject: str = ""
 
     def storage_contexts(self, sop_class: str) -> dict[str, int]:
         """Transfer syntax -> context id on which we may send a C-STORE of ``sop_class``."""
