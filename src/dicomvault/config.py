@@ -1143,6 +1143,30 @@ enabled = true
 every = "6h"
 keep = 14
 
+[retention]
+# How long studies are kept. Each study gets a keep-until date (`dicomvault retention plan`
+# shows what expires when; it deletes nothing): the first [[retention.rules]] entry whose
+# every match key fits decides, else `default`. Periods: "10y", "18mo", "30d", or "forever".
+# `keep` counts from the Study Date (from arrival when there is none); keep_after_age keeps
+# until that birthday plus `plus`; with both, the later date wins. No (valid) birth date: an
+# age_below rule does not match, and keep_after_age keeps forever. Legal holds (`dicomvault
+# hold add`) override every rule. Deleting what is due comes with the deletion engine, and
+# only with enabled = true (checked every `schedule`): nothing is deleted unless configured.
+enabled = false
+schedule = "24h"
+default = "forever"
+#
+# [[retention.rules]]              # a minor's study: until the 18th birthday + 7 years
+# name = "minors"                  # (or 10 years from the study, if later)
+# age_below = 18                   # age at the Study Date, in whole years
+# keep = "10y"
+# keep_after_age = { age = 18, plus = "7y" }
+#
+# [[retention.rules]]
+# name = "mammography"             # match keys: modality, sop_class ("*" ends a prefix),
+# sop_class = ["1.2.840.10008.5.1.4.1.1.1.2*"]   # calling_ae (the AE title that sent it), age_below
+# keep = "10y"
+
 [audit]
 # Every audit event also goes to the hospital's audit record repository (ATNA) as a DICOM
 # Audit Message (PS3.15 A.5) in RFC 5424 syslog: "tls://host:6514" (RFC 5425, TLS 1.2+, the
@@ -1170,7 +1194,7 @@ enabled = true
 # enabling [replica_store] on anything but loopback: replica tokens are bearer secrets.
 tls_cert_file = ""
 tls_key_file = ""
-# Who may call the operations API (/api/status, /api/restores, /api/drills) and DICOMweb:
+# Who may call the operations API (/api/status, /api/restores, /api/drills, /api/holds) and DICOMweb:
 # "name:token:role,role" lines, mode 0600, sent as "Authorization: Bearer <token>". Roles:
 #   read      status, job reports, drills, QIDO-RS search, WADO-RS retrieve
 #   store     STOW-RS (a modality or PACS sending images; it cannot read)

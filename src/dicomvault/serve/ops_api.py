@@ -153,7 +153,7 @@ def api_routes(archive: Archive, restores: RestoreService | None = None) -> list
         active = request.query_params.get("active", "") in ("1", "true", "yes")
         return JSONResponse({"holds": await run_in_threadpool(holds_of, archive.catalog, active)})
 
-    async def hold_action(request: Request, act) -> Response:  # type: ignore[no-untyped-def]
+    async def hold_action(request: Request, action: str, act) -> Response:  # type: ignore[no-untyped-def]
         """Run a hold change; a refused one is audited and answered 400 (404: no such hold)."""
         from dicomvault.jobs.retention.holds import HoldError
 
@@ -162,7 +162,6 @@ def api_routes(archive: Archive, restores: RestoreService | None = None) -> list
         try:
             hold = await run_in_threadpool(act, body, actor)
         except HoldError as exc:
-            action = "hold-release" if request.url.path.endswith("/release") else "hold"
             await audit(request, actor, action, "refused", {"error": str(exc)})
             return JSONResponse({"error": str(exc)}, status_code=404 if "no legal hold" in str(exc) else 400)
         return JSONResponse(hold, status_code=201 if request.url.path == "/api/holds" else 200)
@@ -171,7 +170,7 @@ def api_routes(archive: Archive, restores: RestoreService | None = None) -> list
         """Place a hold: {"study": UID} or {"patient": ID}, with "reason"."""
         from dicomvault.jobs.retention.holds import place_hold
 
-        return await hold_action(request, lambda body, actor: place_hold(
+        return await hold_action(request, "hold", lambda body, actor: place_hold(
             archive.catalog, study=body.get("study"), patient=body.get("patient"), reason=body.get("reason"),
             actor=actor))
 
@@ -179,7 +178,7 @@ def api_routes(archive: Archive, restores: RestoreService | None = None) -> list
         """Release a hold: {"reason": TEXT}."""
         from dicomvault.jobs.retention.holds import release
 
-        return await hold_action(request, lambda body, actor: release(
+        return await hold_action(request, "hold-release", lambda body, actor: release(
             archive.catalog, request.path_params["hold_id"], reason=body.get("reason"), actor=actor))
 
     return [Route("/api/status", guarded(status)),
