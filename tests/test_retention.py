@@ -156,8 +156,9 @@ def stocked(tmp_path: Path) -> tuple[Vault, dict[str, str]]:
     from dicomvault.archive.core import Archive
 
     vault = make_vault(tmp_path / "vault")
+    vault.set_config("retention", "default", '"10y"')  # init's template has [retention]: add the rules
     with vault.config.open("a") as config:
-        config.write(RULES)
+        config.write(RULES.split('default = "10y"', 1)[1])
     archive = Archive.open(load_settings(vault.config))
     uids = {name: generate_uid() for name in ("minor", "mammo", "research", "mr", "old")}
     sends = [
