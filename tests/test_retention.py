@@ -21,6 +21,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from conftest import Vault, audit_rows, make_vault, wait_until
+from pgserver import PostgresServer, postgres_server  # noqa: F401 - fixture
+from test_catalog_postgres import use_catalog
 from dicomvault.catalog.retention import StudyFacts, add_period, decide
 from dicomvault.config import ConfigError, load_settings
 
@@ -151,11 +153,17 @@ def keep_rows(vault: Vault) -> dict[str, tuple[str | None, str]]:
 
 @pytest.fixture
 def stocked(tmp_path: Path) -> tuple[Vault, dict[str, str]]:
+    return stock(tmp_path)
+
+
+def stock(tmp_path: Path, catalog_url: str = "") -> tuple[Vault, dict[str, str]]:
     """A vault with the RULES and five studies ingested in-process: a minor's CT, a
     mammogram, a study from the research AE, an MR (default) and an old MR already expired."""
     from dicomvault.archive.core import Archive
 
     vault = make_vault(tmp_path / "vault")
+    if catalog_url:
+        use_catalog(vault, catalog_url)
     vault.set_config("retention", "default", '"10y"')  # init's template has [retention]: add the rules
     with vault.config.open("a") as config:
         config.write(RULES.split('default = "10y"', 1)[1])
@@ -321,3 +329,24 @@ def test_holds_over_the_api_need_the_operator_role(stocked) -> None:  # type: ig
         ("success", hold["id"]), ("refused", None)]
     forbidden = [d for _s, o, d in audit_rows(vault, "api") if o == "forbidden"]
     assert {d["needed"] for d in forbidden} == {"operator"} and len(forbidden) == 2
+
+
+def test_plan_and_holds_on_postgresql(tmp_path: Path, postgres_server: PostgresServer) -> None:  # noqa: F811
+    """The same SQL on the scale-out catalog: keep-until at ingest, a patient hold, the plan."""
+    from dicomvault.catalog import Catalog, holds, retention
+
+    vault, uids = stock(tmp_path, postgres_server.create_database())
+    vault.cli("hold", "add", "--patient", "RT-3", "--reason", "subpoena 77")
+    report = json.loads(vault.cli("retention", "plan", "--json").stdout)
+    assert report["recomputed"] == 0 and report["by_rule"] == {"default": 2, "mammography": 1, "minors": 1,
+                                                               "research": 1}
+    assert [(d["study_uid"], d["keep_until"]) for d in report["due"]] == [(uids["old"], "2011-01-02")]
+    assert [(h["study_uid"], h["rule"]) for h in report["held"]] == [(uids["research"], "research")]
+    catalog = Catalog(load_settings(vault.config).catalog_url)
+    try:
+        with catalog.read() as conn:
+            assert [row.study_uid for row in retention.due_for_deletion(conn, datetime.now(timezone.utc).timestamp())] \
+                == [uids["old"]]
+            assert not holds.deletable(conn, uids["research"])[0]
+    finally:
+        catalog.close()

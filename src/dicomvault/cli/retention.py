@@ -48,7 +48,9 @@ def plan(json_out: Annotated[bool, typer.Option("--json", help="Print the report
     if json_out:
         print(json.dumps(report, indent=2))
         return
-    say = lambda text: out.print(text, markup=False, highlight=False)  # noqa: E731
+    def say(text: str) -> None:
+        out.print(text, markup=False, highlight=False)
+
     rules = ", ".join(f"{r['name']} ({_keep_text(r)})" for r in report["rules"]) or "none"
     say(f"retention as of {report['as_of']}: rules {rules}; default {report['default']}; "
         f"{'enabled' if report['enabled'] else 'disabled (nothing is deleted)'}")
