@@ -220,6 +220,9 @@ def test_a_rule_change_recomputes_every_study_and_the_plan_reports_it(stocked) -
     assert "deletion engine" in report["deletion"]
     again = json.loads(vault.cli("retention", "plan", "--json").stdout)
     assert again["recomputed"] == 0  # same rules: nothing to recompute
+    plans = audit_rows(vault, "retention")  # a plan lists patients' studies: each run is audited
+    assert [(s, d["recomputed"], d["due"], d["rules_hash"]) for s, _o, d in plans] == [
+        ("plan", 5, 1, report["rules_hash"]), ("plan", 0, 1, report["rules_hash"])]
 
 
 def test_holds_from_the_cli_keep_a_study_out_of_the_due_list(stocked) -> None:  # type: ignore[no-untyped-def]
@@ -300,6 +303,8 @@ def test_holds_over_the_api_need_the_operator_role(stocked) -> None:  # type: ig
         # serve recomputes the keep-until dates made under the old rules, in the background
         wait_until(lambda: keep_rows(vault)[uids["research"]] == ("2023-03-10", "research"), timeout=30,
                    what="keep-until recomputed at serve start")
+        wait_until(lambda: audit_rows(vault, "retention"), timeout=10, what="the recompute audited")
+        assert [(s, d["studies"]) for s, _o, d in audit_rows(vault, "retention")] == [("recompute", 5)]
         code, body = _call(vault, "/api/holds", reader, {"study": uids["old"], "reason": "dashboard tries"})
         assert code == 403 and body["needed"] == "operator"
         assert _call(vault, "/api/holds", reader) == (200, {"holds": []})  # reading is fine

@@ -42,7 +42,7 @@ def plan(json_out: Annotated[bool, typer.Option("--json", help="Print the report
 
     current, catalog = _catalog(config)
     try:
-        report = make_plan(catalog, current.retention)
+        report = make_plan(catalog, current.retention, actor=actor())
     finally:
         catalog.close()
     if json_out:

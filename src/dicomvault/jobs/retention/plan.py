@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+from dicomvault.audit import AuditEvent, append
 from dicomvault.catalog import holds, retention
 
 if TYPE_CHECKING:
@@ -26,7 +27,16 @@ log = logging.getLogger(__name__)
 DUE_LISTED = 1000  # the report lists at most this many due studies (the counts are complete)
 
 
-def plan(catalog: "Catalog", settings: "RetentionSettings", now: float | None = None) -> dict[str, Any]:
+def _audit(catalog: "Catalog", actor: str, event: str, settings: "RetentionSettings", **detail: Any) -> None:
+    """One ``retention`` audit row: a plan read (it lists patients' studies) or a recompute."""
+    with catalog.write() as conn:
+        append(conn, AuditEvent(actor=actor, action="retention", subject=event, detail={
+            "event": event, "rules_hash": settings.fingerprint(), "rules": [r.name for r in settings.rules],
+            "default": settings.default, **detail}))
+
+
+def plan(catalog: "Catalog", settings: "RetentionSettings", now: float | None = None,
+         actor: str = "dicomvault:retention") -> dict[str, Any]:
     now = time.time() if now is None else now
     recomputed = retention.refresh(catalog, settings)
     today = retention.today(now)
@@ -66,6 +76,8 @@ def plan(catalog: "Catalog", settings: "RetentionSettings", now: float | None = 
             if row.keep_until[:7] < horizon:
                 by_month[row.keep_until[:7]][0] += 1
                 by_month[row.keep_until[:7]][1] += size
+    _audit(catalog, actor, "plan", settings, studies=len(rows), due=due_count, held=len(held_expired),
+           recomputed=recomputed)
     return {
         "as_of": today,
         "enabled": settings.enabled,
@@ -109,6 +121,7 @@ def refresh_in_background(catalog: "Catalog", settings: "RetentionSettings") -> 
             return
         if count:
             log.info("[retention] keep-until dates computed for %d stud(ies) under the rules in force", count)
+            _audit(catalog, "dicomvault:serve", "recompute", settings, studies=count)
 
     thread = threading.Thread(target=run, name="retention-refresh", daemon=True)
     thread.start()
