@@ -11,6 +11,7 @@ import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 CONFIG_ENV = "DICOMVAULT_CONFIG"
 DEFAULT_CONFIG_NAME = "dicomvault.toml"
@@ -293,6 +294,160 @@ class AuditSettings:
         return url.scheme, url.hostname or "", url.port or (6514 if url.scheme == "tls" else 514)
 
 
+@dataclass(frozen=True)
+class RetentionRule:
+    """One ``[[retention.rules]]`` entry: match keys (all given ones must match; a key's list
+    matches when any study value matches any item) and how long a matching study is kept."""
+
+    name: str
+    modality: tuple[str, ...] = ()  # upper case
+    sop_class: tuple[str, ...] = ()  # exact UIDs, or prefixes ending in "*"
+    calling_ae: tuple[str, ...] = ()  # the AE title that sent any instance (DIMSE)
+    age_below: int | None = None  # the patient's age at the Study Date is under this many years
+    keep: str = ""  # "10y", "18mo", "30d", "forever", or "" when keep_after_age alone decides
+    keep_after_age: tuple[int, str] | None = None  # (age, plus): until that birthday, plus a period
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "modality": list(self.modality), "sop_class": list(self.sop_class),
+                "calling_ae": list(self.calling_ae), "age_below": self.age_below, "keep": self.keep,
+                "keep_after_age": ({"age": self.keep_after_age[0], "plus": self.keep_after_age[1]}
+                                   if self.keep_after_age else None)}
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """``[retention]``: how long studies are kept (catalog/retention.py computes each study's
+    keep-until date). ``enabled`` and ``schedule`` are for the deletion engine: nothing is
+    ever deleted unless ``enabled = true``."""
+
+    enabled: bool = False
+    schedule: str = "24h"
+    default: str = "forever"
+    rules: tuple[RetentionRule, ...] = ()
+
+    def fingerprint(self) -> str:
+        """A hash of what decides keep-until dates: a change means every study is recomputed."""
+        import hashlib
+        import json
+
+        canonical = json.dumps({"default": self.default, "rules": [r.describe() for r in self.rules]},
+                               sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+_PERIOD_UNITS = {"y": "years", "mo": "months", "d": "days"}
+
+
+def parse_period(value: object) -> tuple[int, str]:
+    """ "10y", "18mo", "30d" -> (10, "years") ...; ValueError saying what is expected."""
+    raw = str(value).strip().lower()
+    for suffix, unit in _PERIOD_UNITS.items():
+        number = raw[: -len(suffix)]
+        if raw.endswith(suffix) and number.isdigit():
+            if int(number) < 1 or int(number) > 1000:
+                break
+            return int(number), unit
+    raise ValueError(f"{value!r} is not a retention period: use a whole number 1-1000 and y (years), mo (months) "
+                     "or d (days), e.g. \"10y\", \"18mo\", \"30d\"")
+
+
+_RULE_KEYS = {"name", "modality", "sop_class", "calling_ae", "age_below", "keep", "keep_after_age"}
+_UID_PREFIX_OK = set("0123456789.")
+
+
+def _retention_list(where: str, key: str, value: object, check: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) and i.strip() for i in items):
+        raise ConfigError(f"{where} {key} must be a non-empty string or list of strings, got {value!r}")
+    result = tuple(i.strip() for i in items)
+    for item in result:
+        problem = check(item)
+        if problem:
+            raise ConfigError(f"{where} {key} {item!r}: {problem}")
+    return result
+
+
+def _check_sop_class(item: str) -> str:
+    stem = item[:-1] if item.endswith("*") else item
+    if not stem or not set(stem) <= _UID_PREFIX_OK or "*" in stem:
+        return "use a SOP Class UID (digits and dots), or a prefix ending in \"*\""
+    return ""
+
+
+def _keep_value(where: str, key: str, value: object, allow_forever: bool) -> str:
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text == "forever" and allow_forever:
+        return text
+    try:
+        parse_period(text if text is not None else value)
+    except ValueError as exc:
+        raise ConfigError(f"{where} {key}: {exc}" + (" or \"forever\"" if allow_forever else "")) from None
+    return text or ""
+
+
+def _retention_rule(index: int, raw: object) -> RetentionRule:
+    where = f"[[retention.rules]] #{index + 1}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table")
+    name = str(raw.get("name", f"rule-{index + 1}")).strip()
+    where = f"[[retention.rules]] #{index + 1} ({name})"
+    unknown = set(raw) - _RULE_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(sorted(unknown))}; known: "
+                          f"{', '.join(sorted(_RULE_KEYS))}")
+    if not name or len(name) > 64:
+        raise ConfigError(f"{where} name must be 1-64 characters")
+    modality = _retention_list(where, "modality", raw["modality"], lambda m: "" if 0 < len(m) <= 16 else
+                               "a modality is 1-16 characters, e.g. \"MG\"") if "modality" in raw else ()
+    sop_class = _retention_list(where, "sop_class", raw["sop_class"], _check_sop_class) if "sop_class" in raw else ()
+    calling_ae = (_retention_list(where, "calling_ae", raw["calling_ae"], lambda a: "" if len(a) <= 16 else
+                                  "an AE title is 1-16 characters") if "calling_ae" in raw else ())
+    age_below = raw.get("age_below")
+    if age_below is not None and (isinstance(age_below, bool) or not isinstance(age_below, int)
+                                  or not 1 <= age_below <= 150):
+        raise ConfigError(f"{where} age_below must be a whole number of years 1-150, got {age_below!r}")
+    if "keep" not in raw and "keep_after_age" not in raw:
+        raise ConfigError(f"{where} needs keep = \"10y\" (or \"forever\") and/or keep_after_age = "
+                          "{ age = 18, plus = \"7y\" }")
+    keep = _keep_value(where, "keep", raw["keep"], True) if "keep" in raw else ""
+    after = raw.get("keep_after_age")
+    keep_after_age = None
+    if after is not None:
+        if not isinstance(after, dict) or set(after) != {"age", "plus"}:
+            raise ConfigError(f"{where} keep_after_age must be {{ age = 18, plus = \"7y\" }}, got {after!r}")
+        age = after["age"]
+        if isinstance(age, bool) or not isinstance(age, int) or not 0 <= age <= 150:
+            raise ConfigError(f"{where} keep_after_age.age must be a whole number of years 0-150, got {age!r}")
+        keep_after_age = (age, _keep_value(where, "keep_after_age.plus", after["plus"], False))
+    return RetentionRule(name=name, modality=tuple(m.upper() for m in modality), sop_class=sop_class,
+                         calling_ae=calling_ae, age_below=age_below, keep=keep, keep_after_age=keep_after_age)
+
+
+def _retention(data: dict) -> RetentionSettings:
+    """``[retention]`` and its ``[[retention.rules]]`` (first match wins, else ``default``)."""
+    section = data.get("retention", {})
+    if not isinstance(section, dict):
+        raise ConfigError("[retention] must be a table")
+    raw_rules = section.get("rules", [])
+    if not isinstance(raw_rules, list):
+        raise ConfigError("[retention] rules must be written as [[retention.rules]] tables")
+    values = _section({"retention": {k: v for k, v in section.items() if k != "rules"}}, "retention",
+                      RetentionSettings())
+    if not isinstance(values["enabled"], bool):
+        raise ConfigError(f"[retention] enabled must be true or false, got {values['enabled']!r}")
+    try:
+        parse_duration(values["schedule"])
+    except ValueError as exc:
+        raise ConfigError(f"[retention] schedule: {exc}") from None
+    default = _keep_value("[retention]", "default", values["default"], True)
+    rules = tuple(_retention_rule(i, raw) for i, raw in enumerate(raw_rules))
+    names = [r.name for r in rules]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"[[retention.rules]] names must be unique; repeated: {', '.join(duplicated)}")
+    return RetentionSettings(values["enabled"], str(values["schedule"]), default, rules)
+
+
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -372,6 +527,7 @@ class Settings:
     drill: DrillSettings = field(default_factory=DrillSettings)
     snapshots: SnapshotSettings = field(default_factory=SnapshotSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -498,6 +654,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         drill=_drill(data),
         snapshots=_snapshots(data),
         audit=_audit(data, base),
+        retention=_retention(data),
     )
 
 
@@ -986,6 +1143,30 @@ enabled = true
 every = "6h"
 keep = 14
 
+[retention]
+# How long studies are kept. Each study gets a keep-until date (`dicomvault retention plan`
+# shows what expires when; it deletes nothing): the first [[retention.rules]] entry whose
+# every match key fits decides, else `default`. Periods: "10y", "18mo", "30d", or "forever".
+# `keep` counts from the Study Date (from arrival when there is none); keep_after_age keeps
+# until that birthday plus `plus`; with both, the later date wins. No (valid) birth date: an
+# age_below rule does not match, and keep_after_age keeps forever. Legal holds (`dicomvault
+# hold add`) override every rule. Deleting what is due comes with the deletion engine, and
+# only with enabled = true (checked every `schedule`): nothing is deleted unless configured.
+enabled = false
+schedule = "24h"
+default = "forever"
+#
+# [[retention.rules]]              # a minor's study: until the 18th birthday + 7 years
+# name = "minors"                  # (or 10 years from the study, if later)
+# age_below = 18                   # age at the Study Date, in whole years
+# keep = "10y"
+# keep_after_age = { age = 18, plus = "7y" }
+#
+# [[retention.rules]]
+# name = "mammography"             # match keys: modality, sop_class ("*" ends a prefix),
+# sop_class = ["1.2.840.10008.5.1.4.1.1.1.2*"]   # calling_ae (the AE title that sent it), age_below
+# keep = "10y"
+
 [audit]
 # Every audit event also goes to the hospital's audit record repository (ATNA) as a DICOM
 # Audit Message (PS3.15 A.5) in RFC 5424 syslog: "tls://host:6514" (RFC 5425, TLS 1.2+, the
@@ -1013,7 +1194,7 @@ enabled = true
 # enabling [replica_store] on anything but loopback: replica tokens are bearer secrets.
 tls_cert_file = ""
 tls_key_file = ""
-# Who may call the operations API (/api/status, /api/restores, /api/drills) and DICOMweb:
+# Who may call the operations API (/api/status, /api/restores, /api/drills, /api/holds) and DICOMweb:
 # "name:token:role,role" lines, mode 0600, sent as "Authorization: Bearer <token>". Roles:
 #   read      status, job reports, drills, QIDO-RS search, WADO-RS retrieve
 #   store     STOW-RS (a modality or PACS sending images; it cannot read)

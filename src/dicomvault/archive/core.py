@@ -58,6 +58,7 @@ class Archive:
 
                 self._ingestor = Ingestor(self.catalog, self.repository, self.keyring, owed_sites(self.settings),
                                           journal=self.settings.storage.journal)
+                self._ingestor.retention = self.settings.retention
             return self._ingestor
 
     def close(self) -> None:

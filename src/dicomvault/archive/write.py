@@ -23,7 +23,8 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from dicomvault.audit import AuditEvent, append
-from dicomvault.catalog import Catalog, InstanceAttributes, VersionRecord
+from dicomvault.catalog import Catalog, InstanceAttributes, VersionRecord, retention
+from dicomvault.config import RetentionSettings
 from dicomvault.crypto import Keyring, StudyKey
 from dicomvault.crypto.envelope import read_header
 from dicomvault.dicom import DatasetMismatch, DicomFormatError, parse_part10
@@ -188,6 +189,9 @@ class Ingestor:
             repository.site.enable_journal()
         self._study_keys: dict[str, StudyKey] = {}
         self._key_lock = threading.Lock()
+        # [retention]: keep-until dates follow the studies as they arrive (catalog/retention.py)
+        self.retention: RetentionSettings | None = None
+        self._retention_seen: set[tuple[str, str, str, str]] = set()
 
     def study_key(self, study_uid: str) -> StudyKey:
         """The study's data key, created (and committed) the first time the study is seen."""
@@ -332,6 +336,8 @@ class Ingestor:
             version = self.catalog.add_version(conn, attrs, record)
             object_id = record.object_id
             self.catalog.add_copies(conn, object_id, record.size_stored, record.received_at, self.replicas)
+            if self.retention is not None:
+                self._follow_retention(conn, attrs, record)
         append(
             conn,
             AuditEvent(
@@ -344,6 +350,20 @@ class Ingestor:
             ),
         )
         return IngestResult(attrs.sop_instance_uid, version, duplicate, object_id)
+
+    def _follow_retention(self, conn: Any, attrs: InstanceAttributes, record: VersionRecord) -> None:
+        """Recompute the study's keep-until when it gains what the rules look at (a series, so a
+        modality; a SOP class; a sender): a few queries per such change, not per instance. A
+        rolled-back batch can leave a study without its row: ``retention.refresh`` (serve start,
+        `retention plan`) computes every study that lacks one."""
+        key = (attrs.study_uid, attrs.series_uid, attrs.sop_class_uid, record.source.rpartition("@")[0])
+        if key in self._retention_seen:
+            return
+        assert self.retention is not None
+        retention.recompute_study(conn, self.retention, attrs.study_uid, record.received_at)
+        if len(self._retention_seen) > 100_000:
+            self._retention_seen.clear()
+        self._retention_seen.add(key)
 
     def _record_duplicate(self, existing: VersionRecord, actor: str, source: str) -> IngestResult:
         INSTANCES.labels("duplicate").inc()

@@ -101,7 +101,8 @@ RULES: dict[str, Rule] = {
     "repair": Rule(SECURITY_ALERT, "U"),
     "quarantine": Rule(SECURITY_ALERT, "U"),
     "retention": Rule(SECURITY_ALERT, "E", LOCAL, OBJECT_SECURITY_CHANGED),
-    "hold": Rule(SECURITY_ALERT, "U", LOCAL, OBJECT_SECURITY_CHANGED),
+    "hold": Rule(SECURITY_ALERT, "U", LOCAL, OBJECT_SECURITY_CHANGED),  # a legal hold placed
+    "hold-release": Rule(SECURITY_ALERT, "U", LOCAL, OBJECT_SECURITY_CHANGED),
     "delete": Rule(STUDY_DELETED, "D"),
     "delete-study": Rule(STUDY_DELETED, "D"),
     "delete-patient": Rule(PATIENT_RECORD, "D"),

@@ -361,3 +361,40 @@ drill_runs = Table(
     Column("failures", Text, nullable=False, server_default="[]"),
 )
 Index("ix_drill_runs_site_started", drill_runs.c.site, drill_runs.c.started_at)
+
+# Retention (catalog/retention.py, migration 0011): each study's keep-until date under the
+# [retention] rules, computed at ingest (when a study gains a series, SOP class or sender) and
+# for every study whose ``rules_hash`` differs from the rules in force (a rule change).
+# ``keep_until`` is "YYYY-MM-DD", the last day the study must be kept; NULL = kept forever.
+# ``rule`` names the [[retention.rules]] entry that decided (or "default"). Keyed by UID, not
+# by a foreign key: the deletion engine removes the study rows and this row together.
+study_retention = Table(
+    "study_retention",
+    metadata,
+    Column("study_uid", String(64), primary_key=True),
+    Column("keep_until", String(10), nullable=True),
+    Column("rule", String(64), nullable=False),
+    Column("rules_hash", String(32), nullable=False),
+    Column("computed_at", Float, nullable=False),
+)
+Index("ix_study_retention_keep_until", study_retention.c.keep_until)
+Index("ix_study_retention_hash", study_retention.c.rules_hash)
+
+# Legal holds (catalog/holds.py, migration 0011): a hold on one study (scope "study", target
+# the Study Instance UID) or on every study of a patient (scope "patient", target the Patient
+# ID, any issuer, studies arriving later included). In force while released_at is NULL; a
+# held study is never due for deletion and ``deletable()`` refuses it.
+legal_holds = Table(
+    "legal_holds",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("scope", String(16), nullable=False),
+    Column("target", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("released_at", Float, nullable=True),
+    Column("released_by", String(256), nullable=True),
+    Column("release_reason", Text, nullable=True),
+)
+Index("ix_legal_holds_target", legal_holds.c.scope, legal_holds.c.target, legal_holds.c.released_at)

@@ -41,6 +41,9 @@ for _commands in (cli_restore, cli_reconcile, cli_export, cli_verify, cli_rebuil
 from dicomvault.cli import drill as cli_drill
 
 cli_drill.register(app)  # dicomvault drill
+from dicomvault.cli import retention as cli_retention
+
+cli_retention.register(app)  # dicomvault retention plan, dicomvault hold add|list|release
 
 
 @app.command()
@@ -176,6 +179,9 @@ def serve(config: ConfigOption = None) -> None:
     refill = PrimaryRefill(archive.catalog, archive.repository, archive.site)
     refill.start()  # after a rebuild on a new host: copies the primary lacks, from the replicas
     _audit_serve(archive, "start")
+    from dicomvault.jobs.retention.plan import refresh_in_background
+
+    refresh_in_background(archive.catalog, settings.retention)  # keep-until dates after a [retention] change
     audit_export.start()  # off unless [audit] syslog is set
     print(
         f"dicomvault {__version__} serving: DICOM {settings.dicom.ae_title}@{settings.dicom.bind}:{settings.dicom.port}"
@@ -324,6 +330,12 @@ def status(
         access = report["access"]
         out.print(f"  access: unknown AEs may {', '.join(['echo', *access['anonymous']])}; "
                   f"{len(access['peers'])} peer(s); {access['denied_last_24h']} request(s) refused in 24 h")
+        kept = report["retention"]
+        out.print(f"  retention: {', '.join(kept['rules']) or 'no rules'} (default {kept['default']}); "
+                  f"{kept['due']} study(ies) due, {kept['expired_held']} expired but held; "
+                  f"{kept['holds_active']} legal hold(s) in force"
+                  + (f"; {kept['stale']} keep-until date(s) to recompute (`dicomvault retention plan`)"
+                     if kept["stale"] else ""), markup=False, highlight=False)
         export = report["audit"]["export"]
         if export["target"]:
             out.print(f"  audit export to {export['target']}: {export['backlog']} event(s) to send"

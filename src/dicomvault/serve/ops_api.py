@@ -3,7 +3,9 @@
 ``POST /api/restores`` starts (or resumes) a restore inside ``serve`` (jobs/restore/service.py);
 ``GET /api/restores/{id}?wait=S`` answers when the job ends or after S seconds (at most 60), so
 a script need not poll, whether serve or a ``dicomvault restore`` in a terminal runs the job;
-``POST /api/restores/{id}/stop`` stops one, resumable.
+``POST /api/restores/{id}/stop`` stops one, resumable. ``GET /api/holds`` lists legal holds;
+``POST /api/holds`` ({"study"|"patient", "reason"}) places one and ``POST
+/api/holds/{id}/release`` ({"reason"}) releases it (operator role; jobs/retention/holds.py).
 
 Restore reports list patients' instances (UIDs, the PACS's refusals) and a job's selection
 may hold a Patient ID, so every request must carry a bearer token from ``[http]
@@ -137,7 +139,52 @@ def api_routes(archive: Archive, restores: RestoreService | None = None) -> list
 
         return JSONResponse(await run_in_threadpool(gather))
 
-    return [Route("/api/status", guarded(status)), Route("/api/restores", guarded(list_restores)),
+    async def json_body(request: Request) -> dict:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        return body if isinstance(body, dict) else {}
+
+    async def list_holds(request: Request) -> Response:
+        """Legal holds, in force and released (``?active=1``: in force only)."""
+        from dicomvault.jobs.retention.holds import list_holds as holds_of
+
+        active = request.query_params.get("active", "") in ("1", "true", "yes")
+        return JSONResponse({"holds": await run_in_threadpool(holds_of, archive.catalog, active)})
+
+    async def hold_action(request: Request, action: str, act) -> Response:  # type: ignore[no-untyped-def]
+        """Run a hold change; a refused one is audited and answered 400 (404: no such hold)."""
+        from dicomvault.jobs.retention.holds import HoldError
+
+        actor = request.scope["dicomvault.api_actor"]
+        body = await json_body(request)
+        try:
+            hold = await run_in_threadpool(act, body, actor)
+        except HoldError as exc:
+            await audit(request, actor, action, "refused", {"error": str(exc)})
+            return JSONResponse({"error": str(exc)}, status_code=404 if "no legal hold" in str(exc) else 400)
+        return JSONResponse(hold, status_code=201 if request.url.path == "/api/holds" else 200)
+
+    async def add_hold(request: Request) -> Response:
+        """Place a hold: {"study": UID} or {"patient": ID}, with "reason"."""
+        from dicomvault.jobs.retention.holds import place_hold
+
+        return await hold_action(request, "hold", lambda body, actor: place_hold(
+            archive.catalog, study=body.get("study"), patient=body.get("patient"), reason=body.get("reason"),
+            actor=actor))
+
+    async def release_hold(request: Request) -> Response:
+        """Release a hold: {"reason": TEXT}."""
+        from dicomvault.jobs.retention.holds import release
+
+        return await hold_action(request, "hold-release", lambda body, actor: release(
+            archive.catalog, request.path_params["hold_id"], reason=body.get("reason"), actor=actor))
+
+    return [Route("/api/status", guarded(status)),
+            Route("/api/holds", guarded(list_holds)),
+            Route("/api/holds", guarded(add_hold), methods=["POST"]),
+            Route("/api/holds/{hold_id}/release", guarded(release_hold), methods=["POST"]), Route("/api/restores", guarded(list_restores)),
             Route("/api/restores", guarded(start_restore), methods=["POST"]),
             Route("/api/restores/{job_id}", guarded(restore_job)),
             Route("/api/restores/{job_id}/stop", guarded(stop_restore), methods=["POST"]),

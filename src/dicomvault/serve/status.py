@@ -105,6 +105,9 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
     access = access_status(archive.settings, archive.catalog, time.time())
     alerts += access["alerts"]
     # --- end access ---
+    from dicomvault.jobs.retention.plan import retention_status
+
+    retention = retention_status(archive.catalog, archive.settings.retention)  # deletes nothing
     policy = CopyPolicy.from_settings(archive.settings)  # what storage commitment holds copies to
     newest = stats["newest_ingest"]
     return {
@@ -126,6 +129,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "snapshots": snapshots,
         "audit": audit,
         "access": access,
+        "retention": retention,
         "alerts": alerts,
         "catalog": archive.catalog.url.split("://", 1)[0],
         "key_fingerprint": archive.keyring.fingerprint,
