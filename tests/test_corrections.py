@@ -236,9 +236,9 @@ def test_a_version_received_earlier_but_indexed_later_never_overwrites(tmp_path:
     with catalog.write() as conn:
         catalog.add_study_key(conn, "1.2.3", "k1", b"s", b"r")
 
-    def index(conn: object, sop: str, received_at: float, **values: str) -> None:
+    def index(conn: object, sop: str, received_at: float, series: str = "1.2.3.1", **values: str) -> None:
         a = InstanceAttributes(sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.2", study_uid="1.2.3",
-                               series_uid="1.2.3.1", transfer_syntax_uid="1.2.840.10008.1.2.1",
+                               series_uid=series, transfer_syntax_uid="1.2.840.10008.1.2.1",
                                patient_id="P1", **values)
         record = VersionRecord(sop_instance_uid=sop, version=0, object_id=f"{sop}-{received_at}", sha256="0" * 64,
                                dataset_sha256=f"{received_at}", size_original=1, size_stored=1,
@@ -249,7 +249,7 @@ def test_a_version_received_earlier_but_indexed_later_never_overwrites(tmp_path:
     def shown() -> tuple[str, str, str]:
         (row,) = catalog.find_studies()
         with catalog.read() as conn:
-            series = conn.exec_driver_sql("SELECT series_description FROM series").scalar()
+            series = conn.exec_driver_sql("SELECT series_description FROM series WHERE series_uid = '1.2.3.1'").scalar()
         return row["patient_name"], row["study_description"], series
 
     with catalog.write() as conn:  # one group commit, the later received one indexed first
@@ -265,4 +265,51 @@ def test_a_version_received_earlier_but_indexed_later_never_overwrites(tmp_path:
     assert shown() == ("FIXED", "FIXED", "FIXED")
     with catalog.read() as conn:
         assert conn.exec_driver_sql("SELECT patient_name, attributes_at FROM patients").all() == [("FIXED", 400.0)]
+    with catalog.write() as conn:  # a correction that names another series moves the instance there
+        index(conn, "1.2.3.1.2", 500.0, series="1.2.3.2", patient_name="FIXED", study_description="FIXED",
+              series_description="MOVED")
+    with catalog.read() as conn:
+        assert conn.exec_driver_sql(
+            "SELECT s.series_uid, s.series_description FROM instances i JOIN series s ON s.id = i.series_pk"
+            " WHERE i.sop_instance_uid = '1.2.3.1.2'").all() == [("1.2.3.2", "MOVED")]
+    assert shown() == ("FIXED", "FIXED", "FIXED")  # the series it left keeps its own values
+    assert catalog.versions_for_uid("1.2.3.2")[0].version == 3  # its versions went with it
     catalog.close()
+
+
+def test_restore_order_and_reconcile_follow_a_corrected_study_date(vault: Vault, tmp_path: Path) -> None:
+    """A study first sent with a wrong, old StudyDate is corrected to today: a restore now sends
+    it first (last-24-hours tier), and reconcile's view of that day lists it."""
+    from datetime import datetime, timedelta
+
+    from dicomvault.archive.core import Archive
+    from dicomvault.catalog.selection import Selection
+    from dicomvault.config import PeerSettings, load_settings
+    from dicomvault.jobs.reconcile.compare import vault_studies
+    from dicomvault.jobs.restore import plan as restore_plan
+
+    template, now = _template(), datetime.now()
+    made = {}
+    for name, moment in (("recent", now - timedelta(days=3)), ("corrected", now - timedelta(days=900))):
+        made[name] = (generate_uid(), generate_uid(), generate_uid())
+        write_instance(template, tmp_path / "first" / f"{name}.dcm", *made[name], 1,
+                       StudyDate=moment.strftime("%Y%m%d"), StudyTime=moment.strftime("%H%M%S"))
+    vault.cli("import", str(tmp_path / "first"))
+    study, series, sop = made["corrected"]
+    today = now.strftime("%Y%m%d")
+    write_instance(template, tmp_path / "second" / "corrected.dcm", study, series, sop, 1,
+                   StudyDate=today, StudyTime=(now - timedelta(hours=1)).strftime("%H%M%S"))
+    vault.cli("import", str(tmp_path / "second"))
+
+    archive = Archive.open(load_settings(vault.config))
+    try:
+        job = restore_plan.plan_job(archive.catalog, kind="restore", selection=Selection.build(None, None, (), (), ()),
+                                    peer=PeerSettings(name="pacs", ae_title="PACS", host="127.0.0.1", port=104),
+                                    ordering="urgency", options={}, actor="test")
+        with archive.catalog.read() as conn:
+            order = conn.exec_driver_sql("SELECT study_uid, tier FROM restore_items WHERE job_id = ? ORDER BY position",
+                                         (job,)).all()
+        assert order == [(study, 0), (made["recent"][0], 1)]
+        assert list(vault_studies(archive.catalog, StudyDate=today)) == [study]
+    finally:
+        archive.close()
