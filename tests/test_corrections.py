@@ -23,6 +23,7 @@ import requests
 from pydicom.uid import generate_uid
 
 from conftest import Vault, audit_rows, dcmtk, make_vault
+from pgserver import PostgresServer, postgres_server  # noqa: F401 - fixture
 
 OLD = {"PatientName": "WRONG^PATIENT", "StudyDescription": "CT HEAD WRONG SIDE", "SeriesDescription": "AX WRONG"}
 NEW = {"PatientName": "RIGHT^PATIENT", "StudyDescription": "CT HEAD", "SeriesDescription": "AX 5MM"}
@@ -226,13 +227,21 @@ def test_rebuild_index_follows_the_newest_version_whatever_order_the_site_lists(
     assert json.loads(vault.cli("find", "--json", "--patient-name", "WRONG*").stdout) == []
 
 
-def test_a_version_received_earlier_but_indexed_later_never_overwrites(tmp_path: Path) -> None:
-    """The catalog rule itself: rows take the values of the latest *received* version, also
-    within one group-committed transaction and when an earlier one is indexed late (crash
-    recovery adopting an object whose row was lost, a rebuild)."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.sqlite3'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database()
+
+
+def test_a_version_received_earlier_but_indexed_later_never_overwrites(catalog_url: str) -> None:
+    """The catalog rule itself, on both databases: rows take the values of the latest *received*
+    version, also within one group-committed transaction and when an earlier one is indexed
+    late (crash recovery adopting an object whose row was lost, a rebuild)."""
     from dicomvault.catalog import Catalog, InstanceAttributes, VersionRecord
 
-    catalog = Catalog(f"sqlite:///{tmp_path / 'catalog.sqlite3'}")
+    catalog = Catalog(catalog_url)
     with catalog.write() as conn:
         catalog.add_study_key(conn, "1.2.3", "k1", b"s", b"r")
 
