@@ -393,15 +393,20 @@ class Ingestor:
                 self.catalog.add_study_key(conn, study_uid, header.key_id, header.wrapped_by_site,
                                            header.wrapped_for_recovery)
 
-    def adopt(self, object_id: str, blob: bytes, metadata: dict[str, Any], actor: str, action: str) -> IngestResult:
+    def adopt(self, object_id: str, blob: bytes, metadata: dict[str, Any], actor: str, action: str,
+              size_stored: int | None = None) -> IngestResult:
         """Index an object already stored and verified, from its own sealed metadata (crash
-        recovery, or a catalog rebuild meeting objects newer than its snapshot)."""
+        recovery, or a catalog rebuild meeting objects newer than its snapshot). ``blob`` may be
+        the object's first bytes only (its header) when ``size_stored`` gives its size.
+
+        Callers adopt in order of receipt (``metadata["received_at"]``): version numbers are
+        given in indexing order, and an instance's newest version is the one its rows follow."""
         self._ensure_study_key(metadata["attributes"]["study_uid"], blob)
         attrs = InstanceAttributes.from_dict(metadata["attributes"])
         record = VersionRecord(
             sop_instance_uid=attrs.sop_instance_uid, version=0, object_id=object_id,
             sha256=metadata["sha256"], dataset_sha256=metadata["dataset_sha256"],
-            size_original=int(metadata["size_original"]), size_stored=len(blob),
+            size_original=int(metadata["size_original"]), size_stored=len(blob) if size_stored is None else size_stored,
             transfer_syntax_uid=attrs.transfer_syntax_uid, codec=metadata["codec"],
             key_id=metadata["key_id"], received_at=float(metadata["received_at"]), source=metadata["source"],
         )

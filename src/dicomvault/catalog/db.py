@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, create_engine, event, func, insert, inspect, select, text
+from sqlalchemy import Connection, bindparam, create_engine, event, func, insert, inspect, or_, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -75,6 +75,39 @@ _INSERT = {
 }
 PRIMARY_SITE = "primary"
 
+# Corrections follow the newest version (issue 19). A patient, study or series row carries the
+# attributes of the most recently received version indexed under it; ``attributes_at`` is that
+# version's receipt time. A version received later replaces them, an earlier one (indexed late:
+# crash recovery, rebuild-index) never does. The UPDATE runs once per touched row per write
+# transaction (the group commit), for the latest received version among its rows, and writes
+# only when a value differs: first-time instances of a known study cost no row write.
+_FOLLOWED = {
+    "patient": (t.patients, ("patient_name", "birth_date", "sex")),
+    "study": (t.studies, ("patient_pk", "patient_name", "study_date", "study_time", "accession_number",
+                          "study_id", "study_description", "referring_physician")),
+    "series": (t.series, ("modality", "series_number", "series_description", "body_part")),
+}
+
+
+def _follow_statement(table: Any, columns: tuple[str, ...]) -> Any:
+    values: dict[str, Any] = {c: bindparam(f"v_{c}") for c in columns}
+    values["attributes_at"] = bindparam("at")
+    if "updated_at" in table.c:
+        values["updated_at"] = bindparam("now")
+    return (update(table)
+            .where(table.c.id == bindparam("pk"), table.c.attributes_at <= bindparam("at"),
+                   or_(*(table.c[c] != bindparam(f"v_{c}") for c in columns)))
+            .values(values))
+
+
+_FOLLOW = {kind: _follow_statement(table, columns) for kind, (table, columns) in _FOLLOWED.items()}
+# An instance follows its newest version, which is always the one being added (version numbers
+# are given in indexing order, and recovery and rebuild index in receipt order).
+_INSTANCE_FOLLOW = (update(t.instances)
+                    .where(t.instances.c.id == bindparam("pk"))
+                    .values(series_pk=bindparam("v_series_pk"), sop_class_uid=bindparam("v_sop_class_uid"),
+                            instance_number=bindparam("v_instance_number")))
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (see _sqlite_begin)
@@ -124,6 +157,9 @@ class Catalog:
             # uid -> primary key of rows that never change once written (never deleted in place)
             self._pk_cache: dict[tuple[str, str], int] = {}
             self._txn_keys: dict[tuple[str, str], int] = {}
+            # (kind, pk) -> (receipt time, values) of the newest version this transaction
+            # indexed under an existing row; applied by _follow_newest before it commits
+            self._txn_follow: dict[tuple[str, int], tuple[float, dict[str, Any]]] = {}
             self._migrate()
         except SQLAlchemyError as exc:
             raise CatalogError(f"cannot open catalog {url}: {exc}") from exc
@@ -156,10 +192,13 @@ class Catalog:
         with self.write_lock:
             new_keys: dict[tuple[str, str], int] = {}
             self._txn_keys = new_keys
+            self._txn_follow = {}
             with self.write_engine.begin() as connection:
                 if not self.is_sqlite:
                     connection.execute(_PG_WRITE_LOCK)
                 yield connection
+                if self._txn_follow:
+                    self._follow_newest(connection)
             self._pk_cache.update(new_keys)  # only keys of committed rows are remembered
             if len(self._pk_cache) > 200_000:
                 self._pk_cache.clear()
@@ -183,14 +222,30 @@ class Catalog:
 
     def _cached_pk(self, conn: Connection, kind: str, key: str, lookup: Any, params: dict[str, Any],
                    create: Any, values: dict[str, Any]) -> int:
+        """The row's primary key; a row that already existed will follow ``values`` if they are
+        newer (``_follow_newest``, at the end of the transaction)."""
         cached = self._pk_cache.get((kind, key))
-        if cached is not None:
-            return cached
-        pk = conn.execute(lookup, params).scalar()
-        if pk is None:
-            pk = conn.execute(create, values).inserted_primary_key[0]
-        self._txn_keys[(kind, key)] = int(pk)
-        return int(pk)
+        if cached is None:
+            pk = conn.execute(lookup, params).scalar()
+            if pk is None:
+                pk = conn.execute(create, values).inserted_primary_key[0]
+                self._txn_keys[(kind, key)] = int(pk)
+                return int(pk)
+            cached = self._txn_keys[(kind, key)] = int(pk)
+        at = values["attributes_at"]
+        pending = self._txn_follow.get((kind, cached))
+        if pending is None or at >= pending[0]:  # within a transaction, the latest received wins
+            self._txn_follow[(kind, cached)] = (at, values)
+        return cached
+
+    def _follow_newest(self, conn: Connection) -> None:
+        """At the end of a write transaction: one guarded UPDATE per row a version touched
+        (not per version), so a batch of first-time instances of one study costs 3 statements."""
+        now = time.time()
+        for (kind, pk), (at, values) in self._txn_follow.items():
+            params = {f"v_{c}": values[c] for c in _FOLLOWED[kind][1]}
+            params.update(pk=pk, at=at, now=now)
+            conn.execute(_FOLLOW[kind], params)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -213,12 +268,15 @@ class Catalog:
         })
 
     def _upsert_hierarchy(self, conn: Connection, a: InstanceAttributes, now: float) -> tuple[int, bool]:
-        """Patient, study, series and instance rows for ``a``: (instance pk, instance is new)."""
+        """Patient, study, series and instance rows for ``a``: (instance pk, instance is new).
+
+        ``now`` is the version's receipt time: rows that exist take ``a``'s values when no later
+        received version set theirs (``_FOLLOW``)."""
         patient_pk = self._cached_pk(
             conn, "patient", f"{a.issuer}\\{a.patient_id}",
             _PATIENT_PK, {"patient_id": a.patient_id, "issuer": a.issuer},
             _INSERT["patients"], {"patient_id": a.patient_id, "issuer": a.issuer, "patient_name": a.patient_name,
-                                  "birth_date": a.birth_date, "sex": a.sex},
+                                  "birth_date": a.birth_date, "sex": a.sex, "attributes_at": now},
         )
         study_pk = self._cached_pk(
             conn, "study", a.study_uid, _STUDY_PK, {"study_uid": a.study_uid},
@@ -227,6 +285,7 @@ class Catalog:
                 "study_date": a.study_date, "study_time": a.study_time, "accession_number": a.accession_number,
                 "study_id": a.study_id, "study_description": a.study_description,
                 "referring_physician": a.referring_physician, "created_at": now, "updated_at": now,
+                "attributes_at": now,
             },
         )
         series_pk = self._cached_pk(
@@ -234,11 +293,14 @@ class Catalog:
             _INSERT["series"], {
                 "series_uid": a.series_uid, "study_pk": study_pk, "modality": a.modality,
                 "series_number": a.series_number, "series_description": a.series_description,
-                "body_part": a.body_part,
+                "body_part": a.body_part, "attributes_at": now,
             },
         )
         instance_pk = conn.execute(_INSTANCE_PK, {"sop_instance_uid": a.sop_instance_uid}).scalar()
         if instance_pk is not None:
+            conn.execute(_INSTANCE_FOLLOW, {"pk": instance_pk, "v_series_pk": series_pk,
+                                            "v_sop_class_uid": a.sop_class_uid,
+                                            "v_instance_number": a.instance_number})
             return int(instance_pk), False
         instance_pk = conn.execute(_INSERT["instances"], {
             "sop_instance_uid": a.sop_instance_uid, "series_pk": series_pk,

@@ -28,6 +28,9 @@ patients = Table(
     Column("patient_name", String(324), nullable=False, default=""),
     Column("birth_date", String(8), nullable=False, default=""),
     Column("sex", String(16), nullable=False, default=""),
+    # Receipt time of the version whose attributes the row holds (migration 0010; see
+    # catalog/db.py ``_FOLLOW``): a version received later replaces them, an earlier one never.
+    Column("attributes_at", Float, nullable=False, server_default="0"),
     UniqueConstraint("patient_id", "issuer", name="uq_patients_id_issuer"),
 )
 Index("ix_patients_name", patients.c.patient_name)
@@ -57,6 +60,7 @@ studies = Table(
     Column("referring_physician", String(324), nullable=False, default=""),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("attributes_at", Float, nullable=False, server_default="0"),  # as patients.attributes_at
 )
 Index("ix_studies_patient", studies.c.patient_pk)
 Index("ix_studies_accession", studies.c.accession_number)
@@ -79,6 +83,7 @@ series = Table(
     Column("series_number", String(12), nullable=False, default=""),
     Column("series_description", String(256), nullable=False, default=""),
     Column("body_part", String(64), nullable=False, default=""),
+    Column("attributes_at", Float, nullable=False, server_default="0"),  # as patients.attributes_at
 )
 # Covers ModalitiesInStudy (matching and the computed value) per study (migration 0004).
 Index("ix_series_study_modality", series.c.study_pk, series.c.modality)

@@ -11,7 +11,8 @@ and the recovery key printed at ``init``. ``rebuild_index``:
 3. loads every catalog table from it into an empty catalog (SQLite or PostgreSQL; the
    snapshot records its schema revision, newer schemas accept older snapshots);
 4. lists the site's objects and opens only those the snapshot does not know (written after
-   it), indexing each from its own sealed metadata;
+   it), indexing each from its own sealed metadata, in order of receipt (so the newest
+   version of an instance is numbered last and its attributes are the ones the catalog shows);
 5. squares the copy rows with reality: a copy the site lacks is owed again, and the primary's
    copies that the (possibly new, empty) primary lacks are owed to it; `serve` (or
    ``--refill``) copies them back from the replicas while reads fall back to them;
@@ -36,6 +37,7 @@ from dicomvault.catalog import schema as t
 from dicomvault.catalog.db import HEAD_REVISION
 from dicomvault.catalog.snapshots import iter_rows
 from dicomvault.config import Settings
+from dicomvault.crypto.envelope import DecryptionError, read_header
 from dicomvault.crypto.keys import KeyError_, Keyring, RecoveryKey, write_host_keys
 from dicomvault.archive.repository import IntegrityError
 from dicomvault.sites import SiteError, open_site
@@ -216,17 +218,34 @@ def _adopt_newer_objects(archive: Any, site: "Site", site_name: str, known: set[
         raise RebuildError(f"the catalog was loaded from snapshot {report.snapshot}, but listing the objects on "
                            f"{site.url} failed: {exc}; run rebuild-index again with --force") from exc
     report.objects_on_site = len(on_site)
-    newer = sorted(on_site - known)
-    for count, object_id in enumerate(newer, 1):
+
+    def unreadable(object_id: str, exc: Exception) -> None:
+        log.error("ALERT: object %s on %s cannot be indexed: %s", object_id, site.url, exc)
+        report.unreadable_objects.append({"object": object_id, "reason": str(exc)})
+        on_site.discard(object_id)
+
+    # Opened first, indexed after in order of receipt, whatever order the site lists them in:
+    # two versions of one instance get their numbers as they came, and the newest one is what
+    # the patient, study and series rows follow (catalog/db.py _FOLLOW). Only each object's
+    # sealed header and metadata are kept between the passes.
+    opened: list[tuple[float, str, bytes, int, dict[str, Any]]] = []
+    for count, object_id in enumerate(sorted(on_site - known), 1):
         try:
             blob = site.get(object_id)
             metadata, _ = archive.repository.open_blob(blob, object_id)
-            archive.ingestor.adopt(object_id, blob, metadata, "dicomvault:rebuild", "rebuild")
+            _header, header_end = read_header(blob)
+            opened.append((float(metadata["received_at"]), object_id, blob[:header_end], len(blob), metadata))
+        except (KeyError, ValueError, SiteError, IntegrityError, DecryptionError) as exc:
+            unreadable(object_id, exc)
+        if progress:
+            progress("opening objects newer than the snapshot", count)
+    opened.sort(key=lambda item: item[:2])
+    for count, (_received, object_id, header, size, metadata) in enumerate(opened, 1):
+        try:
+            archive.ingestor.adopt(object_id, header, metadata, "dicomvault:rebuild", "rebuild", size_stored=size)
             report.objects_after_snapshot += 1
-        except (KeyError, SiteError, IntegrityError) as exc:
-            log.error("ALERT: object %s on %s cannot be indexed: %s", object_id, site.url, exc)
-            report.unreadable_objects.append({"object": object_id, "reason": str(exc)})
-            on_site.discard(object_id)
+        except (KeyError, ValueError) as exc:
+            unreadable(object_id, exc)
         if progress:
             progress("indexing objects newer than the snapshot", count)
     return on_site
