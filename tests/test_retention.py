@@ -200,6 +200,22 @@ def test_keep_until_is_computed_at_ingest_by_the_rule_that_matches(stocked) -> N
     }
 
 
+def test_a_corrected_birth_date_recomputes_the_keep_until(stocked) -> None:  # type: ignore[no-untyped-def]
+    """Corrections follow the newest version (catalog/db.py): when one changes the patient row,
+    the keep-until of the patient's studies follows in the same transaction."""
+    from dicomvault.archive.core import Archive
+
+    vault, uids = stocked
+    assert keep_rows(vault)[uids["mr"]] == ("2030-03-10", "default")
+    archive = Archive.open(load_settings(vault.config))
+    try:  # the modality sends the study again with the birth date corrected: a child after all
+        archive.ingestor.ingest(instance(("RT-4", "Adult^Ann"), "20100101", uids["mr"], "20200310", "MR", CT_CLASS),
+                                source="import:/tmp/z.dcm", actor="test")
+    finally:
+        archive.close()
+    assert keep_rows(vault)[uids["mr"]] == ("2035-01-01", "minors")  # 18th birthday 2028-01-01 + 7 years
+
+
 def test_a_rule_change_recomputes_every_study_and_the_plan_reports_it(stocked) -> None:  # type: ignore[no-untyped-def]
     vault, uids = stocked
     text = vault.config.read_text().replace('default = "10y"', 'default = "30y"')

@@ -59,6 +59,7 @@ class Archive:
                 self._ingestor = Ingestor(self.catalog, self.repository, self.keyring, owed_sites(self.settings),
                                           journal=self.settings.storage.journal)
                 self._ingestor.retention = self.settings.retention
+                self.catalog.on_followed = self._ingestor.follow_corrections
             return self._ingestor
 
     def close(self) -> None:

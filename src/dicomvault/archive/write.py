@@ -351,6 +351,13 @@ class Ingestor:
         )
         return IngestResult(attrs.sop_instance_uid, version, duplicate, object_id)
 
+    def follow_corrections(self, conn: Any, changed: list[tuple[str, int]]) -> None:
+        """``Catalog.on_followed``: a newer version changed patient, study or series rows (a
+        corrected birth date, Study Date or modality), so the keep-until dates that depend on
+        them are recomputed in the same transaction."""
+        if self.retention is not None:
+            retention.recompute_changed(conn, self.retention, changed)
+
     def _follow_retention(self, conn: Any, attrs: InstanceAttributes, record: VersionRecord) -> None:
         """Recompute the study's keep-until when it gains what the rules look at (a series, so a
         modality; a SOP class; a sender): a few queries per such change, not per instance. A

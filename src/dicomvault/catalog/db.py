@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -160,6 +160,9 @@ class Catalog:
             # (kind, pk) -> (receipt time, values) of the newest version this transaction
             # indexed under an existing row; applied by _follow_newest before it commits
             self._txn_follow: dict[tuple[str, int], tuple[float, dict[str, Any]]] = {}
+            # Called inside the transaction with the (kind, pk) rows a newer version changed:
+            # what derives from them (retention's keep-until dates) follows in the same commit.
+            self.on_followed: Callable[[Connection, list[tuple[str, int]]], None] | None = None
             self._migrate()
         except SQLAlchemyError as exc:
             raise CatalogError(f"cannot open catalog {url}: {exc}") from exc
@@ -242,10 +245,14 @@ class Catalog:
         """At the end of a write transaction: one guarded UPDATE per row a version touched
         (not per version), so a batch of first-time instances of one study costs 3 statements."""
         now = time.time()
+        changed = []
         for (kind, pk), (at, values) in self._txn_follow.items():
             params = {f"v_{c}": values[c] for c in _FOLLOWED[kind][1]}
             params.update(pk=pk, at=at, now=now)
-            conn.execute(_FOLLOW[kind], params)
+            if conn.execute(_FOLLOW[kind], params).rowcount:
+                changed.append((kind, pk))
+        if changed and self.on_followed is not None:
+            self.on_followed(conn, changed)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

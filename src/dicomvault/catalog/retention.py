@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, delete, func, insert, not_, select
+from sqlalchemy import Connection, delete, func, insert, not_, or_, select
 
 from . import schema as t
 from .chunks import in_chunks
@@ -175,6 +175,26 @@ def _store(conn: Connection, settings: RetentionSettings, facts: Iterable[StudyF
 def recompute_study(conn: Connection, settings: RetentionSettings, study_uid: str, now: float | None = None) -> None:
     """Recompute one study's keep-until in the caller's transaction (ingest; a demographics change)."""
     _store(conn, settings, study_facts(conn, settings, [study_uid]), time.time() if now is None else now)
+
+
+def recompute_changed(conn: Connection, settings: RetentionSettings, changed: Sequence[tuple[str, int]]) -> None:
+    """A correction changed these (kind, pk) rows (``Catalog.on_followed``): recompute the
+    keep-until of every study they bear on, in the same transaction. A patient's birth date
+    decides an age rule for all of its studies; a series' modality, its study's rules."""
+    s, se = t.studies, t.series
+    pks = {kind: [pk for k, pk in changed if k == kind] for kind in ("patient", "study", "series")}
+    clauses = []
+    if pks["study"]:
+        clauses.append(s.c.id.in_(pks["study"]))
+    if pks["patient"]:
+        clauses.append(s.c.patient_pk.in_(pks["patient"]))
+    if pks["series"]:
+        clauses.append(s.c.id.in_(select(se.c.study_pk).where(se.c.id.in_(pks["series"]))))
+    if not clauses:
+        return
+    uids = list(conn.execute(select(s.c.study_uid).where(or_(*clauses))).scalars())
+    for chunk in in_chunks(uids):
+        _store(conn, settings, study_facts(conn, settings, chunk), time.time())
 
 
 def _stale(fingerprint: str) -> Any:
