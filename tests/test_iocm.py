@@ -295,3 +295,40 @@ def test_delete_after_must_be_a_duration(tmp_path: Path) -> None:
     vault.set_config("iocm", "delete_after", '"soon"')
     with pytest.raises(ConfigError, match=r"\[iocm\] delete_after"):
         load_settings(vault.config)
+
+
+def test_a_rejection_note_by_another_door_is_refused(world: World, tmp_path: Path) -> None:
+    """STOW-RS and `import` have no `reject` right: a rejection note there is refused, so every
+    note in the archive is one that was applied."""
+    ds = pydicom.dcmread(world.kos)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    other = tmp_path / "again.dcm"
+    ds.save_as(other, enforce_file_format=True)
+    proc = world.vault.cli("import", str(other), check=False)
+    assert proc.returncode != 0 and "rejection note (IOCM) refused" in proc.stdout + proc.stderr, proc.stdout
+    boundary = "iocm-boundary"
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + other.read_bytes()
+            + f"\r\n--{boundary}--\r\n".encode())
+    answer = requests.post(f"{world.base}/studies", data=body, timeout=30, headers={
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Authorization": f"Bearer {world.vault.api_token()}"})
+    assert answer.status_code == 409, answer.text
+    failed = answer.json()["00081198"]["Value"]
+    assert [f["00081155"]["Value"][0] for f in failed] == [str(ds.SOPInstanceUID)], answer.text
+    assert world.vault.status()["rejections"]["notes"] == 2
+
+
+def test_reconcile_compares_without_the_rejected(world: World) -> None:
+    """Reconcile reads the vault through the same query engine: the PACS lacking what was
+    rejected is expected, so the vault's counts leave the rejected out."""
+    from dicomvault.catalog.db import Catalog
+    from dicomvault.jobs.reconcile.compare import vault_studies
+
+    catalog = Catalog(f"sqlite:///{world.vault.root / 'catalog.sqlite3'}")
+    try:
+        found = vault_studies(catalog, StudyInstanceUID=f"{world.study1}\\{world.study2}")
+    finally:
+        catalog.close()
+    assert list(found) == [world.study1], "a wholly rejected study is not expected at the PACS"
+    shown = requests.get(f"{world.base}/studies/{world.study1}/instances", timeout=30).json()
+    assert found[world.study1].instances == len(shown) < 5, (found, shown)  # 4 stored + the hidden note

@@ -27,6 +27,7 @@ from dicomvault.catalog import Catalog, InstanceAttributes, VersionRecord
 from dicomvault.crypto import Keyring, StudyKey
 from dicomvault.crypto.envelope import read_header
 from dicomvault.dicom import DatasetMismatch, DicomFormatError, parse_part10
+from dicomvault.dicom import iocm
 from dicomvault.archive.repository import IntegrityError, Repository
 from dicomvault.sites import SiteError
 
@@ -214,14 +215,17 @@ class Ingestor:
         return IngestRejected(reason, kind)
 
     def ingest(self, data: bytes, source: str, actor: str, transfer_syntax: str | None = None,
-               wait_for_index: bool = True, affected: tuple[str, str] | None = None) -> IngestResult:
+               wait_for_index: bool = True, affected: tuple[str, str] | None = None,
+               rejection_note: bool = False) -> IngestResult:
         """Store Part-10 bytes durably, or raise IngestRejected with a reason. Never partial.
 
         Returns once the object is durable. With ``wait_for_index`` it also waits for its
         catalog row (group-committed with others), so the result says stored or duplicate;
         without, the row follows within milliseconds and the result's version is 0.
         ``affected``: a C-STORE request's (SOP Class, SOP Instance) UIDs, which the data set
-        must carry too.
+        must carry too. ``rejection_note``: the caller checked the right to send an IOCM
+        rejection note and applies it once this returns (ingest/iocm.py); without it, one is
+        refused, so every rejection note in the archive is one that was applied.
         """
         started = time.perf_counter()
         try:
@@ -230,6 +234,10 @@ class Ingestor:
             kind = "mismatch" if isinstance(exc, DatasetMismatch) else "invalid"
             raise self.refuse(str(exc), source, actor, kind) from exc
         attrs = parsed.attributes
+        if attrs.sop_class_uid == iocm.KOS_SOP_CLASS and not rejection_note:
+            refusal = iocm.refusal_elsewhere(data[parsed.dataset_offset:], attrs.transfer_syntax_uid)
+            if refusal:
+                raise self.refuse(refusal, source, actor)
         encoded: tuple[str, bytes] | None = None
         if len(data) >= OVERLAP_MIN_BYTES:
             hashing = _HASHERS.submit(content_digests, data, attrs.transfer_syntax_uid, parsed.dataset_offset)

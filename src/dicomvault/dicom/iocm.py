@@ -34,6 +34,19 @@ class RejectionNote:
     references: tuple[tuple[str, str, str], ...]  # (study, series, SOP instance UID) rejected
 
 
+def refusal_elsewhere(dataset: bytes, transfer_syntax: str) -> str:
+    """Why a KOS arriving by a door without a ``reject`` right (STOW-RS, import, a C-STORE
+    from a caller without it) is refused: "" when it is not a rejection note."""
+    try:
+        note = rejection_note(dataset, transfer_syntax)
+    except RejectionNoteError as exc:
+        return str(exc)
+    if note is None:
+        return ""
+    return ("rejection note (IOCM) refused: applied only when a [peers] entry with the 'reject' permission "
+            "sends it over DICOM; not stored")
+
+
 def _read(dataset: bytes, transfer_syntax: str):  # noqa: ANN202 - a pydicom Dataset
     from pydicom.filereader import read_dataset
 

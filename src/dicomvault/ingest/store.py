@@ -70,7 +70,7 @@ def c_store(ingestor: Ingestor, sop_class: str, sop_instance: str, transfer_synt
             part10 = build_part10(sop_class, sop_instance, transfer_syntax, dataset)
         ingestor.ingest(part10, source=source, actor=actor, transfer_syntax=transfer_syntax,
                         wait_for_index=False,  # durable now; the catalog row follows (group commit)
-                        affected=(sop_class, sop_instance))
+                        affected=(sop_class, sop_instance), rejection_note=note is not None)
         if note is not None and notes is not None:
             notes.apply(note, actor, source)  # before the success: acknowledged means applied
     except IngestRejected as exc:
