@@ -332,3 +332,61 @@ def test_reconcile_compares_without_the_rejected(world: World) -> None:
     assert list(found) == [world.study1], "a wholly rejected study is not expected at the PACS"
     shown = requests.get(f"{world.base}/studies/{world.study1}/instances", timeout=30).json()
     assert found[world.study1].instances == len(shown) < 5, (found, shown)  # 4 stored + the hidden note
+
+
+def test_rebuild_index_puts_a_later_rejection_back_in_effect(tmp_path: Path) -> None:
+    """A note applied after the newest catalog snapshot is re-applied by `rebuild-index` from
+    the stored note itself (only applied notes are ever stored)."""
+    from pydicom.data import get_testdata_file
+
+    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    study, series = generate_uid(), generate_uid()
+    kept = _instance(template, tmp_path / "in" / "kept.dcm", study, series, 1, "CT", "IOCMRB")
+    bad = _instance(template, tmp_path / "in" / "bad.dcm", study, series, 2, "CT", "IOCMRB")
+    note = tmp_path / "note.dcm"
+    key_object([bad], codes.DCM.RejectedForPatientSafetyReasons, note)
+    vault = make_vault(tmp_path / "vault")
+    vault.set_config("snapshots", "enabled", "false")
+    vault.add_peer("pacs", "PACS", free_port(), permissions=["store", "reject"])
+    vault.cli("import", str(tmp_path / "in"))
+    vault.cli("snapshot")
+    vault.start()
+    try:
+        assert store(vault, "PACS", note).returncode == 0
+        vault.wait_settled()
+    finally:
+        vault.stop()
+    (vault.root / "catalog.sqlite3").rename(tmp_path / "old-catalog.sqlite3")
+    for stale in vault.root.glob("catalog.sqlite3-*"):
+        stale.unlink()
+    rebuilt = json.loads(vault.cli("rebuild-index", "--from", "primary", "--recovery-key",
+                                   str(vault.root / "recovery-key.pem"), "--json").stdout)
+    assert rebuilt["rejection_notes_reapplied"] == 1 and rebuilt["objects_after_snapshot"] == 1, rebuilt
+    status = vault.status()["rejections"]
+    assert (status["rejected"], status["stored"], status["notes"]) == (1, 1, 1), status
+    found = json.loads(vault.cli("export", "--to", str(tmp_path / "out"), "--study", study, "--json").stdout)
+    assert found["instances"] == 1 and str(kept.SOPInstanceUID) not in {s["sop_instance_uid"] for s in found["skipped"]}
+    assert str(bad.SOPInstanceUID) in {s["sop_instance_uid"] for s in found["skipped"]}
+
+
+def test_the_pynetdicom_engine_applies_and_refuses_the_same(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    target = _instance(template, tmp_path / "target.dcm", generate_uid(), generate_uid(), 1, "CT", "IOCMPN")
+    note = tmp_path / "note.dcm"
+    key_object([target], codes.DCM.IncorrectModalityWorklistEntry, note)
+    vault = make_vault(tmp_path / "vault")
+    vault.set_config("dicom", "engine", '"pynetdicom"')
+    vault.add_peer("pacs", "PACS", free_port(), permissions=["store", "reject"])
+    vault.start()
+    try:
+        refused = store(vault, "STRANGER", note)
+        assert "0x0124" in refused.stdout + refused.stderr and "reject refused" in refused.stdout + refused.stderr
+        assert vault.status()["rejections"]["notes"] == 0
+        assert store(vault, "PACS", note).returncode == 0
+        vault.wait_settled()
+        status = vault.status()["rejections"]
+        assert (status["rejected"], status["stored"], status["notes"]) == (1, 0, 1), status
+    finally:
+        vault.stop()
