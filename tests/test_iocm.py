@@ -27,6 +27,8 @@ from pydicom.uid import generate_uid
 
 from conftest import Vault, audit_rows, dcmtk, free_port, make_vault, wait_until
 
+KOS = "1.2.840.10008.5.1.4.1.1.88.59"  # Key Object Selection Document Storage
+
 
 @dataclass
 class World:
@@ -390,3 +392,28 @@ def test_the_pynetdicom_engine_applies_and_refuses_the_same(tmp_path: Path) -> N
         assert (status["rejected"], status["stored"], status["notes"]) == (1, 0, 1), status
     finally:
         vault.stop()
+
+
+def test_every_query_level_leaves_the_rejected_out(world: World) -> None:
+    """The query engine itself (C-FIND, QIDO and reconcile share it): patient, series and
+    matching on ModalitiesInStudy."""
+    from dicomvault.catalog.db import Catalog
+    from dicomvault.catalog.query import Query, run_query
+
+    catalog = Catalog(f"sqlite:///{world.vault.root / 'catalog.sqlite3'}")
+    try:
+        def rows(level: str, root: str = "STUDY", **filters: str) -> list[dict[str, str]]:
+            return list(run_query(catalog, Query(level=level, root=root, filters=filters)))
+
+        assert rows("PATIENT", "PATIENT", PatientID="IOCM2") == [], "nothing left of the patient"
+        patient = rows("PATIENT", "PATIENT", PatientID="IOCM1")
+        assert len(patient) == 1 and patient[0]["NumberOfPatientRelatedStudies"] == "1"
+        series = {r["SeriesInstanceUID"] for r in rows("SERIES", StudyInstanceUID=world.study1)}
+        assert world.series_b not in series and pydicom.dcmread(world.files["a1"]).SeriesInstanceUID in series
+        assert rows("STUDY", StudyInstanceUID=world.study1, ModalitiesInStudy="MR") == []
+        assert len(rows("STUDY", StudyInstanceUID=world.study1, ModalitiesInStudy="CT")) == 1
+        assert rows("STUDY", StudyInstanceUID=world.study2, ModalitiesInStudy="KO") == []
+        images = rows("IMAGE", StudyInstanceUID=world.study1, SOPClassUID=KOS)
+        assert world.kos_uid not in {r["SOPInstanceUID"] for r in images}, "the rejection note is not shown"
+    finally:
+        catalog.close()

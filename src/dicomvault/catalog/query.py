@@ -68,6 +68,12 @@ indexes series(study_pk, modality) and instances(series_pk, sop_class_uid) that 
 per instance). The cost per row is proportional to its study's instances (an index range
 walk), never to the catalog size.
 
+IOCM rejections (``catalog/rejections.py``): while the ``rejections`` table holds a row (one
+probe per query), every level keeps only rows with a visible instance, ModalitiesInStudy and
+SOPClassesInStudy match only visible instances, and the series holding a rejected instance
+(found per chunk by ``_REJECTED_SERIES``) get their counts and SOP classes recomputed without
+them (``_VISIBLE_CLASSES``); other series keep the covering-index pass.
+
 Denormalised counters (series/study instance counts kept by ``Catalog.add_version``) would
 make the read O(series) instead, but they add UPDATEs to every ingest transaction, must be
 kept right by every future writer (deletion, retention, rebuild-index, bulk tools) and
@@ -498,8 +504,9 @@ class _PatientStats:
     def counts(self) -> tuple[str, str, str]:
         """NumberOfPatientRelatedStudies/Series/Instances."""
         if self._counts is None:
-            self._counts = (str(sum(1 for s in self.studies.values() if s.series)), str(sum(len(s.series) for s in self.studies.values())),
-                            str(sum(s.instances for s in self.studies.values())))
+            studies = [s for s in self.studies.values() if s.series]  # none left: every instance rejected
+            self._counts = (str(len(studies)), str(sum(len(s.series) for s in studies)),
+                            str(sum(s.instances for s in studies)))
         return self._counts
 
 
