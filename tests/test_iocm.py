@@ -366,6 +366,9 @@ def test_rebuild_index_puts_a_later_rejection_back_in_effect(tmp_path: Path) -> 
     assert rebuilt["rejection_notes_reapplied"] == 1 and rebuilt["objects_after_snapshot"] == 1, rebuilt
     status = vault.status()["rejections"]
     assert (status["rejected"], status["stored"], status["notes"]) == (1, 1, 1), status
+    reapplied = [d for _s, _o, d in audit_rows(vault, "reject") if d.get("reapplied")]
+    assert len(reapplied) == 1 and reapplied[0]["newly_rejected"] == 1, reapplied
+    assert vault.cli("audit", "verify").returncode == 0
     found = json.loads(vault.cli("export", "--to", str(tmp_path / "out"), "--study", study, "--json").stdout)
     assert found["instances"] == 1 and str(kept.SOPInstanceUID) not in {s["sop_instance_uid"] for s in found["skipped"]}
     assert str(bad.SOPInstanceUID) in {s["sop_instance_uid"] for s in found["skipped"]}

@@ -31,13 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 from dicomvault.audit import AuditEvent, append
-from dicomvault.catalog import Catalog, rebuild, rejections, snapshots
+from dicomvault.catalog import Catalog, rebuild, snapshots
 from dicomvault.catalog import schema as t
 from dicomvault.catalog.db import HEAD_REVISION
 from dicomvault.catalog.snapshots import iter_rows
 from dicomvault.config import Settings
 from dicomvault.crypto.keys import KeyError_, Keyring, RecoveryKey, write_host_keys
-from dicomvault.dicom import iocm
 from dicomvault.archive.repository import IntegrityError
 from dicomvault.sites import SiteError, open_site
 
@@ -225,7 +224,8 @@ def _adopt_newer_objects(archive: Any, site: "Site", site_name: str, known: set[
             metadata, original = archive.repository.open_blob(blob, object_id)
             archive.ingestor.adopt(object_id, blob, metadata, "dicomvault:rebuild", "rebuild")
             report.objects_after_snapshot += 1
-            report.rejection_notes_reapplied += _reapply_rejection(archive, metadata, original)
+            report.rejection_notes_reapplied += archive.ingestor.reapply_rejection(metadata, original,
+                                                                                   "dicomvault:rebuild")
         except (KeyError, SiteError, IntegrityError) as exc:
             log.error("ALERT: object %s on %s cannot be indexed: %s", object_id, site.url, exc)
             report.unreadable_objects.append({"object": object_id, "reason": str(exc)})
@@ -233,27 +233,6 @@ def _adopt_newer_objects(archive: Any, site: "Site", site_name: str, known: set[
         if progress:
             progress("indexing objects newer than the snapshot", count)
     return on_site
-
-
-def _reapply_rejection(archive: Any, metadata: dict[str, Any], original: bytes) -> int:
-    """An IOCM rejection note stored after the snapshot is in effect again (1), as when it was
-    received: only notes that were applied are ever stored (ingest/iocm.py)."""
-    attrs = metadata.get("attributes", {})
-    if attrs.get("sop_class_uid") != iocm.KOS_SOP_CLASS:
-        return 0
-    try:
-        note = iocm.rejection_note(original[int(metadata.get("dataset_offset", 0)):], attrs["transfer_syntax_uid"])
-    except iocm.RejectionNoteError:
-        return 0
-    if note is None:
-        return 0
-    received = float(metadata["received_at"])
-    with archive.catalog.write() as conn:
-        rejections.record(conn, note.references, code=note.code, meaning=note.meaning, kos_uid=note.kos_uid,
-                          actor=str(metadata.get("source", "")), now=received,
-                          delete_after=received + archive.settings.iocm.delete_after_seconds,
-                          note=(note.study_uid, note.series_uid))
-    return 1
 
 
 def _square_copies(catalog: Catalog, primary: "Site", site_name: str, on_site: set[str],
