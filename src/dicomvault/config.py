@@ -125,7 +125,9 @@ class PolicySettings:
 
 # Before permissions existed a peer could send and ask for commitment: that stays the default.
 DEFAULT_PEER_PERMISSIONS = ("store", "commit")
-PERMISSION_NAMES = ("store", "find", "get", "move", "commit")
+# "reject": IOCM rejection notes (a Key Object Selection with a rejection title) are applied
+# only from a peer granted it; never by default, never for anonymous callers (ingest/iocm.py).
+PERMISSION_NAMES = ("store", "find", "get", "move", "commit", "reject")
 
 
 @dataclass(frozen=True)
@@ -446,6 +448,15 @@ def _retention(data: dict) -> RetentionSettings:
     if duplicated:
         raise ConfigError(f"[[retention.rules]] names must be unique; repeated: {', '.join(duplicated)}")
     return RetentionSettings(values["enabled"], str(values["schedule"]), default, rules)
+class IocmSettings:
+    """IHE IOCM rejection notes (ingest/iocm.py): instances a peer with ``reject`` rejected are
+    hidden at once and become due for deletion ``delete_after`` ("30d") later."""
+
+    delete_after: str = "30d"
+
+    @property
+    def delete_after_seconds(self) -> float:
+        return parse_duration(self.delete_after)
 
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -528,6 +539,7 @@ class Settings:
     snapshots: SnapshotSettings = field(default_factory=SnapshotSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    iocm: IocmSettings = field(default_factory=IocmSettings)
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -655,6 +667,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         snapshots=_snapshots(data),
         audit=_audit(data, base),
         retention=_retention(data),
+        iocm=_iocm(data),
     )
 
 
@@ -920,6 +933,16 @@ def _reconcile(data: dict) -> ReconcileSettings:
                              backfill=values["backfill"])
 
 
+def _iocm(data: dict) -> IocmSettings:
+    """``[iocm]``: how long a rejected instance stays before it is due for deletion."""
+    values = _section(data, "iocm", IocmSettings())
+    try:
+        parse_duration(str(values["delete_after"]))
+    except ValueError as exc:
+        raise ConfigError(f"[iocm] delete_after: {exc}") from None
+    return IocmSettings(str(values["delete_after"]))
+
+
 def _audit(data: dict, base: Path) -> AuditSettings:
     """``[audit]``: the syslog URL checked here (a typo must not silently mean "no export");
     certificate paths resolve against the config file's directory, like the keys."""
@@ -1083,7 +1106,8 @@ poll_seconds = 10.0
 
 # Known DICOM nodes. dicomvault calls them (storage commitment reports, C-MOVE destinations,
 # restores) and trusts them, when they call, with what `permissions` lists: "store", "find",
-# "get", "move" (as requester), "commit" (default ["store", "commit"]). A peer's AE title is
+# "get", "move" (as requester), "commit", "reject" (IOCM rejection notes, see [iocm]) (default
+# ["store", "commit"]). A peer's AE title is
 # accepted only from the addresses `host` resolves to or an `accept_from` network
 # (check_host = false turns that off), and, when tls_subject is set, only over TLS with a
 # client certificate of that subject. Anything else is treated as an unknown caller. For example:
@@ -1184,6 +1208,15 @@ syslog_key_file = ""
 app_name = "dicomvault"
 hostname = ""
 source_id = ""
+
+[iocm]
+# IHE IOCM rejection notes: a Key Object Selection titled "Rejected for Quality Reasons" (DCM
+# 113001), "... Patient Safety Reasons" (113037), "Incorrect Modality Worklist Entry" (113038)
+# or "Data Retention Policy Expired" (113039), sent by a [peers.NAME] with "reject" in its
+# permissions, hides the instances it references at once (queries, retrieval, restore,
+# export, reconcile); they become due for deletion `delete_after` later. The note itself is
+# archived as evidence. From anyone else such a note is refused (0124H).
+delete_after = "30d"
 
 [http]
 # Health (/healthz), Prometheus metrics (/metrics) and the API.

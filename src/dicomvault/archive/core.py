@@ -57,7 +57,8 @@ class Archive:
                 from dicomvault.archive.write import Ingestor
 
                 self._ingestor = Ingestor(self.catalog, self.repository, self.keyring, owed_sites(self.settings),
-                                          journal=self.settings.storage.journal)
+                                          journal=self.settings.storage.journal,
+                                          rejection_delay=self.settings.iocm.delete_after_seconds)
                 self._ingestor.retention = self.settings.retention
                 self.catalog.on_followed = self._ingestor.follow_corrections
             return self._ingestor

@@ -23,11 +23,12 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from dicomvault.audit import AuditEvent, append
-from dicomvault.catalog import Catalog, InstanceAttributes, VersionRecord, retention
+from dicomvault.catalog import Catalog, InstanceAttributes, VersionRecord, rejections, retention
 from dicomvault.config import RetentionSettings
 from dicomvault.crypto import Keyring, StudyKey
 from dicomvault.crypto.envelope import read_header
 from dicomvault.dicom import DatasetMismatch, DicomFormatError, parse_part10
+from dicomvault.dicom import iocm
 from dicomvault.archive.repository import IntegrityError, Repository
 from dicomvault.sites import SiteError
 
@@ -175,8 +176,10 @@ class DurabilityBarrier:
 
 class Ingestor:
     def __init__(self, catalog: Catalog, repository: Repository, keyring: Keyring,
-                 replicas: list[str] | None = None, journal: bool = True) -> None:
+                 replicas: list[str] | None = None, journal: bool = True,
+                 rejection_delay: float = 30 * 86400.0) -> None:
         self.catalog = catalog
+        self.rejection_delay = rejection_delay  # [iocm] delete_after, for reapply_rejection
         self.replicas = list(replicas or [])  # sites owed a copy of every new object
         self.on_stored: list[Callable[[], None]] = []  # e.g. wake the replication workers
         self.committer = CatalogCommitter(self._commit_rows, self._after_commit)
@@ -218,14 +221,17 @@ class Ingestor:
         return IngestRejected(reason, kind)
 
     def ingest(self, data: bytes, source: str, actor: str, transfer_syntax: str | None = None,
-               wait_for_index: bool = True, affected: tuple[str, str] | None = None) -> IngestResult:
+               wait_for_index: bool = True, affected: tuple[str, str] | None = None,
+               rejection_note: bool = False) -> IngestResult:
         """Store Part-10 bytes durably, or raise IngestRejected with a reason. Never partial.
 
         Returns once the object is durable. With ``wait_for_index`` it also waits for its
         catalog row (group-committed with others), so the result says stored or duplicate;
         without, the row follows within milliseconds and the result's version is 0.
         ``affected``: a C-STORE request's (SOP Class, SOP Instance) UIDs, which the data set
-        must carry too.
+        must carry too. ``rejection_note``: the caller checked the right to send an IOCM
+        rejection note and applies it once this returns (ingest/iocm.py); without it, one is
+        refused, so every rejection note in the archive is one that was applied.
         """
         started = time.perf_counter()
         try:
@@ -234,6 +240,10 @@ class Ingestor:
             kind = "mismatch" if isinstance(exc, DatasetMismatch) else "invalid"
             raise self.refuse(str(exc), source, actor, kind) from exc
         attrs = parsed.attributes
+        if attrs.sop_class_uid == iocm.KOS_SOP_CLASS and not rejection_note:
+            refusal = iocm.refusal_elsewhere(data[parsed.dataset_offset:], attrs.transfer_syntax_uid)
+            if refusal:
+                raise self.refuse(refusal, source, actor)
         encoded: tuple[str, bytes] | None = None
         if len(data) >= OVERLAP_MIN_BYTES:
             hashing = _HASHERS.submit(content_digests, data, attrs.transfer_syntax_uid, parsed.dataset_offset)
@@ -419,6 +429,31 @@ class Ingestor:
         )
         return self._commit(attrs, record, actor, action=action)
 
+    def reapply_rejection(self, metadata: dict[str, Any], original: bytes, actor: str) -> int:
+        """Put a stored IOCM rejection note back in effect (1; 0 for anything else), as when it
+        was received: after a crash between its storing and its rejections, or for a note newer
+        than the snapshot a catalog was rebuilt from. Only applied notes are ever stored."""
+        attrs = metadata.get("attributes", {})
+        if attrs.get("sop_class_uid") != iocm.KOS_SOP_CLASS:
+            return 0
+        try:
+            note = iocm.rejection_note(original[int(metadata.get("dataset_offset", 0)):],
+                                       str(attrs.get("transfer_syntax_uid", "")))
+        except iocm.RejectionNoteError:
+            return 0
+        if note is None:
+            return 0
+        received = float(metadata["received_at"])
+        with self.catalog.write() as conn:
+            added = rejections.record(conn, note.references, code=note.code, meaning=note.meaning,
+                                      kos_uid=note.kos_uid, actor=str(metadata.get("source", "")), now=received,
+                                      delete_after=received + self.rejection_delay,
+                                      note=(note.study_uid, note.series_uid))
+            append(conn, AuditEvent(actor=actor, action="reject", subject=note.kos_uid, outcome="success", detail={
+                "title": f"(DCM, {note.code}, {note.meaning})", "reapplied": True, "source": metadata.get("source"),
+                "referenced": len(note.references), "newly_rejected": added}))
+        return 1
+
     def recover(self) -> list[str]:
         """After a crash: re-index complete objects whose commit may have been lost.
 
@@ -427,12 +462,13 @@ class Ingestor:
         left alone for ``verify`` to report).
         """
         unindexed: list[tuple[float, str, dict[str, Any]]] = []
+        notes: dict[str, bytes] = {}  # rejection notes among them: put back in effect once indexed
         site = self.repository.site
         for object_id in site.recover():
             with self.catalog.read() as conn:
                 known = self.catalog.has_object(conn, object_id)
             try:
-                metadata, _ = self.repository.load(object_id)
+                metadata, original = self.repository.load(object_id)
             except (IntegrityError, KeyError) as exc:
                 if known:
                     log.error("crash recovery: indexed object %s is unreadable: %s", object_id, exc)
@@ -444,11 +480,15 @@ class Ingestor:
                 self.durability.committed(object_id)
             else:
                 unindexed.append((float(metadata.get("received_at", 0.0)), object_id, metadata))
+                if metadata.get("attributes", {}).get("sop_class_uid") == iocm.KOS_SOP_CLASS:
+                    notes[object_id] = original
         # In the order they were received (intents and journal records come back in name or
         # segment order): two new versions of one instance get their numbers as they came.
         adopted = []
         for _received, object_id, metadata in sorted(unindexed, key=lambda item: item[:2]):
             self.adopt(object_id, site.get(object_id), metadata, "dicomvault:recovery", "recover")
+            if object_id in notes:
+                self.reapply_rejection(metadata, notes.pop(object_id), "dicomvault:recovery")
             adopted.append(object_id)
             self.durability.committed(object_id)
         self.durability.flush()

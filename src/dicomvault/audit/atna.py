@@ -103,6 +103,10 @@ RULES: dict[str, Rule] = {
     "retention": Rule(SECURITY_ALERT, "E", LOCAL, OBJECT_SECURITY_CHANGED),
     "hold": Rule(SECURITY_ALERT, "U", LOCAL, OBJECT_SECURITY_CHANGED),  # a legal hold placed
     "hold-release": Rule(SECURITY_ALERT, "U", LOCAL, OBJECT_SECURITY_CHANGED),
+    # An IOCM rejection note applied: the referenced instances' status changes (hidden, due for
+    # deletion later) but nothing is deleted yet, so DICOM Instances Accessed with action Update
+    # (PS3.15 A.5.3.2), the sending peer as requestor; the deletion itself is audited later.
+    "reject": Rule(INSTANCES_ACCESSED, "U", REQUEST),
     "delete": Rule(STUDY_DELETED, "D"),
     "delete-study": Rule(STUDY_DELETED, "D"),
     "delete-patient": Rule(PATIENT_RECORD, "D"),

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from . import rejections
 from . import schema as t
 
 _later = t.versions.alias("later")
@@ -33,6 +34,7 @@ def _latest_query(study: str, series: str | None, instance: str | None):  # noqa
             t.versions.c.version
             == select(func.max(_later.c.version)).where(_later.c.instance_pk == t.versions.c.instance_pk).scalar_subquery()
         )
+        .where(rejections.visible())  # IOCM: a rejected instance is never sent
         .order_by(t.series.c.series_uid, t.instances.c.sop_instance_uid)
     )
     if series is not None:
@@ -56,3 +58,15 @@ def study_pk(conn: Connection, study: str) -> int | None:
 def series_row(conn: Connection, series: str) -> Any:
     """(id, study_pk) of a series, or None: which study it belongs to."""
     return conn.execute(select(t.series.c.id, t.series.c.study_pk).where(t.series.c.series_uid == series)).first()
+
+
+def holds_only_rejected(conn: Connection, study: str, series: str | None = None) -> bool:
+    """The study (or its series) holds instances and every one was rejected (IOCM)."""
+    query = (select(func.count()).select_from(
+        t.instances.join(t.series, t.instances.c.series_pk == t.series.c.id)
+        .join(t.studies, t.series.c.study_pk == t.studies.c.id))
+        .where(t.studies.c.study_uid == study))
+    if series is not None:
+        query = query.where(t.series.c.series_uid == series)
+    total = conn.execute(query).scalar_one()
+    return bool(total) and conn.execute(query.where(rejections.visible())).scalar_one() == 0

@@ -68,6 +68,12 @@ indexes series(study_pk, modality) and instances(series_pk, sop_class_uid) that 
 per instance). The cost per row is proportional to its study's instances (an index range
 walk), never to the catalog size.
 
+IOCM rejections (``catalog/rejections.py``): while the ``rejections`` table holds a row (one
+probe per query), every level keeps only rows with a visible instance, ModalitiesInStudy and
+SOPClassesInStudy match only visible instances, and the series holding a rejected instance
+(found per chunk by ``_REJECTED_SERIES``) get their counts and SOP classes recomputed without
+them (``_VISIBLE_CLASSES``); other series keep the covering-index pass.
+
 Denormalised counters (series/study instance counts kept by ``Catalog.add_version``) would
 make the read O(series) instead, but they add UPDATEs to every ingest transaction, must be
 kept right by every future writer (deletion, retention, rebuild-index, bulk tools) and
@@ -86,6 +92,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, bindparam, exists, func, literal, or_, select
 
+from . import rejections
 from . import schema as t
 
 if TYPE_CHECKING:
@@ -284,9 +291,10 @@ def _has_wildcard(value: str) -> bool:
 class _Matcher:
     """Builds SQL conditions for one query, for one database dialect."""
 
-    def __init__(self, dialect: str, fuzzy: bool) -> None:
+    def __init__(self, dialect: str, fuzzy: bool, hide: bool = False) -> None:
         self.sqlite = dialect == "sqlite"
         self.fuzzy = fuzzy
+        self.hide = hide  # IOCM: only instances not rejected count (catalog/rejections.py)
         self.uses_fold = False  # a fuzzy condition needs dv_fold registered (SQLite)
 
     def _fold(self, expression: Any) -> Any:
@@ -332,16 +340,42 @@ class _Matcher:
         cond = self.condition("ModalitiesInStudy", "CS", other.c.modality, value)
         if cond is None:
             return None
-        return exists(select(literal(1)).select_from(other).where(other.c.study_pk == _st.c.id, cond))
+        conditions = [other.c.study_pk == _st.c.id, cond]
+        if self.hide:
+            conditions.append(_has_visible_instance(other))
+        return exists(select(literal(1)).select_from(other).where(*conditions))
 
     def sop_classes_in_study(self, value: str) -> Any:
         ser, ins = _se.alias("cis_series"), _i.alias("cis_instances")
         cond = self.condition("SOPClassesInStudy", "UI", ins.c.sop_class_uid, value)
+        conditions = [ser.c.study_pk == _st.c.id, cond] + ([rejections.visible(ins)] if self.hide else [])
         return exists(
             select(literal(1))
             .select_from(ser.join(ins, ins.c.series_pk == ser.c.id))
-            .where(ser.c.study_pk == _st.c.id, cond)
+            .where(*conditions)
         )
+
+
+def _has_visible_instance(series: Any) -> Any:
+    """SQL: ``series`` (the table or an alias) holds an instance that is not rejected."""
+    ins = _i.alias("vis_instances")
+    return exists(select(literal(1)).select_from(ins).where(ins.c.series_pk == series.c.id, rejections.visible(ins)))
+
+
+def _hidden_condition(level: str) -> Any:
+    """SQL: the row at ``level`` has something left once rejected instances are hidden (a study
+    whose every instance is rejected disappears, and so does a patient with nothing left)."""
+    if level == "IMAGE":
+        return rejections.visible(_i)
+    if level == "SERIES":
+        return _has_visible_instance(_se)
+    ser = _se.alias("vis_series")
+    if level == "STUDY":
+        return exists(select(literal(1)).select_from(ser).where(ser.c.study_pk == _st.c.id,
+                                                                  _has_visible_instance(ser)))
+    sty = _st.alias("vis_studies")
+    return exists(select(literal(1)).select_from(sty.join(ser, ser.c.study_pk == sty.c.id))
+                  .where(sty.c.patient_pk == _p.c.id, _has_visible_instance(ser)))
 
 
 # --- the plan -----------------------------------------------------------------------------
@@ -355,6 +389,7 @@ class _Plan:
     keys: list[str]
     plain: list[str]  # keywords read straight from the row
     patient_counts: bool  # compute NumberOfPatientRelated* (always at PATIENT level, else on request)
+    hide: bool = False  # rejected instances exist: hide them and leave them out of every count
 
 
 def _column_for(attr: _Attr, level: str) -> Any:
@@ -363,7 +398,7 @@ def _column_for(attr: _Attr, level: str) -> Any:
     return attr.column
 
 
-def _plan(query: Query, dialect: str) -> _Plan:
+def _plan(query: Query, dialect: str, hide: bool = False) -> _Plan:
     level = _level_of(query.level)
     root = str(query.root).strip().upper()
     if root not in ROOTS:
@@ -376,7 +411,7 @@ def _plan(query: Query, dialect: str) -> _Plan:
         raise QueryError(f"offset must be a non-negative integer, not {query.offset!r}")
 
     attrs = _attrs(level)
-    matcher = _Matcher(dialect, query.fuzzy_person_names)
+    matcher = _Matcher(dialect, query.fuzzy_person_names, hide)
     by_keyword = {a.keyword: a for a in attrs}
     where: list[Any] = []
     for keyword, raw in query.filters.items():
@@ -427,6 +462,8 @@ def _plan(query: Query, dialect: str) -> _Plan:
         plain.append("AvailableTransferSyntaxUID")
         order += [func.length(_i.c.instance_number), _i.c.instance_number, _i.c.sop_instance_uid]
     columns += pks
+    if hide:
+        where.append(_hidden_condition(level))
 
     statement = select(*columns).select_from(source).where(*where).order_by(*order)
     if query.limit is not None:
@@ -434,7 +471,7 @@ def _plan(query: Query, dialect: str) -> _Plan:
     if query.offset:
         statement = statement.offset(query.offset)
     patient_counts = level == "PATIENT" or any(k in query.filters for k in _PATIENT_COUNTS)
-    return _Plan(level, statement, matcher.uses_fold, [a.keyword for a in attrs], plain, patient_counts)
+    return _Plan(level, statement, matcher.uses_fold, [a.keyword for a in attrs], plain, patient_counts, hide)
 
 
 # --- computed attributes ------------------------------------------------------------------
@@ -467,8 +504,9 @@ class _PatientStats:
     def counts(self) -> tuple[str, str, str]:
         """NumberOfPatientRelatedStudies/Series/Instances."""
         if self._counts is None:
-            self._counts = (str(len(self.studies)), str(sum(len(s.series) for s in self.studies.values())),
-                            str(sum(s.instances for s in self.studies.values())))
+            studies = [s for s in self.studies.values() if s.series]  # none left: every instance rejected
+            self._counts = (str(len(studies)), str(sum(len(s.series) for s in studies)),
+                            str(sum(s.instances for s in studies)))
         return self._counts
 
 
@@ -499,6 +537,18 @@ _SERIES_CLASSES = (
     .where(_i.c.series_pk.in_(bindparam("pks", expanding=True)))
     .group_by(_i.c.series_pk, _i.c.sop_class_uid)
 )
+# With rejections: which of the given series hold a rejected instance, and for those the
+# instances left per SOP class (rare, so the covering-index pass above stays as it is).
+_REJECTED_SERIES = (
+    select(_i.c.series_pk).distinct()
+    .select_from(t.rejections.join(_i, _i.c.sop_instance_uid == t.rejections.c.sop_instance_uid))
+    .where(_i.c.series_pk.in_(bindparam("pks", expanding=True)))
+)
+_VISIBLE_CLASSES = (
+    select(_i.c.series_pk, _i.c.sop_class_uid, func.count())
+    .where(_i.c.series_pk.in_(bindparam("pks", expanding=True)), rejections.visible(_i))
+    .group_by(_i.c.series_pk, _i.c.sop_class_uid)
+)
 _PATIENT_COUNTS = ("NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries", "NumberOfPatientRelatedInstances")
 _STUDY_COMPUTED = ("ModalitiesInStudy", "SOPClassesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
 
@@ -519,10 +569,31 @@ class _Enricher:
         self.n_plain, self.patient_at, self.study_at, self.series_at = n, n, n + 1, n + 2
         self.template = dict.fromkeys(plan.keys, "")
 
+    def _touched(self, rows: list[Any], at: int) -> dict[int, dict[str, int]]:
+        """Series (of ``rows``, series pk at ``at``) holding a rejected instance -> their
+        visible instances per SOP class; empty when nothing is hidden."""
+        if not self.plan.hide:
+            return {}
+        pks = sorted({r[at] for r in rows if r[at] is not None})
+        touched = [pk for (pk,) in self.conn.execute(_REJECTED_SERIES, {"pks": pks})] if pks else []
+        visible: dict[int, dict[str, int]] = {pk: {} for pk in touched}
+        if touched:
+            for series_pk, sop_class, count in self.conn.execute(_VISIBLE_CLASSES, {"pks": touched}):
+                visible[series_pk][sop_class] = int(count)
+        return visible
+
     def _add_series(self, stats: _StudyStats, series_pk: Any, modality: str, count: int, low: Any, high: Any,
-                    mixed: dict[int, _StudyStats]) -> None:
+                    mixed: dict[int, _StudyStats], touched: dict[int, dict[str, int]] | None = None) -> None:
         if series_pk is None:
             return  # a study without series (outer join)
+        if touched and series_pk in touched:
+            classes = touched[series_pk]
+            if classes:  # a series whose every instance is rejected is not there
+                stats.series[series_pk] = sum(classes.values())
+                stats.sop_classes.update(classes)
+                if modality:
+                    stats.modalities.add(modality)
+            return
         stats.series[series_pk] = int(count)
         if modality:
             stats.modalities.add(modality)
@@ -546,12 +617,13 @@ class _Enricher:
             mixed: dict[int, _StudyStats] = {}
             for pk in missing:
                 patients[pk] = _PatientStats({})
-            rows = self.conn.execute(_SERIES_OF_PATIENTS, {"pks": missing})
+            rows = self.conn.execute(_SERIES_OF_PATIENTS, {"pks": missing}).all()
+            touched = self._touched(rows, 2)
             for patient_pk, study_pk, series_pk, modality, count, low, high in rows:
                 stats = patients[patient_pk].studies.get(study_pk)
                 if stats is None:
                     stats = patients[patient_pk].studies[study_pk] = _StudyStats()
-                self._add_series(stats, series_pk, modality, count, low, high, mixed)
+                self._add_series(stats, series_pk, modality, count, low, high, mixed, touched)
             self._classes_between(mixed)
         self.patients = patients
 
@@ -567,9 +639,10 @@ class _Enricher:
             mixed: dict[int, _StudyStats] = {}
             for pk in missing:
                 studies[pk] = _StudyStats()
-            rows = self.conn.execute(_SERIES_OF_STUDIES, {"pks": missing})
+            rows = self.conn.execute(_SERIES_OF_STUDIES, {"pks": missing}).all()
+            touched = self._touched(rows, 1)
             for study_pk, series_pk, modality, count, low, high in rows:
-                self._add_series(studies[study_pk], series_pk, modality, count, low, high, mixed)
+                self._add_series(studies[study_pk], series_pk, modality, count, low, high, mixed, touched)
             self._classes_between(mixed)
         self.studies = studies
 
@@ -616,11 +689,13 @@ def run_query(catalog: "Catalog", query: Query) -> Iterator[dict[str, str]]:
     generator that reads the catalog lazily, CHUNK_ROWS rows at a time.
     """
     plan = _plan(query, catalog.engine.dialect.name)
-    return _stream(catalog, plan)
+    return _stream(catalog, plan, query)
 
 
-def _stream(catalog: "Catalog", plan: _Plan) -> Iterator[dict[str, str]]:
+def _stream(catalog: "Catalog", plan: _Plan, query: Query) -> Iterator[dict[str, str]]:
     with catalog.read() as conn:
+        if rejections.any_rejected(conn):  # IOCM: hide rejected instances (none: no cost)
+            plan = _plan(query, catalog.engine.dialect.name, hide=True)
         if plan.uses_fold:
             _register_fold(conn)
         result = conn.execute(plan.statement.execution_options(stream_results=True, yield_per=CHUNK_ROWS))

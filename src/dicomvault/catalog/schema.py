@@ -403,3 +403,24 @@ legal_holds = Table(
     Column("release_reason", Text, nullable=True),
 )
 Index("ix_legal_holds_target", legal_holds.c.scope, legal_holds.c.target, legal_holds.c.released_at)
+# IOCM rejections (ingest/iocm.py, migration 0012): one row per rejected SOP Instance UID, also
+# for instances not (yet) in the archive, so one arriving later is hidden at once. Hidden from
+# every answer (catalog/rejections.py ``visible``); due for deletion once ``delete_after`` passed.
+# kind "note": the rejection note itself, hidden from answers like what it rejects but kept as
+# evidence (never due: ``delete_after`` NULL); kind "instance": a rejected instance.
+rejections = Table(
+    "rejections",
+    metadata,
+    Column("sop_instance_uid", String(64), primary_key=True),
+    Column("kind", String(8), nullable=False, server_default="instance"),
+    Column("study_uid", String(64), nullable=False, server_default=""),  # as the note names them
+    Column("series_uid", String(64), nullable=False, server_default=""),
+    Column("code", String(16), nullable=False),  # DCM 113001 | 113037 | 113038 | 113039
+    Column("meaning", String(64), nullable=False, server_default=""),
+    Column("kos_uid", String(64), nullable=False),  # the rejection note (archived as evidence)
+    Column("actor", String(256), nullable=False, server_default=""),
+    Column("rejected_at", Float, nullable=False),
+    Column("delete_after", Float, nullable=True),
+)
+Index("ix_rejections_delete_after", rejections.c.delete_after)
+Index("ix_rejections_kos", rejections.c.kos_uid)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, func, or_, select
 
+from . import rejections
 from . import schema as t
 from .chunks import in_chunks
 
@@ -123,9 +124,10 @@ class SelectedStudy:
     size_original: int
 
 
-def latest_versions_select(*columns: object) -> object:
+def latest_versions_select(*columns: object, rejected: bool = False) -> object:
     """SELECT ``columns`` over version ⋈ instance ⋈ series ⋈ study ⋈ patient, latest version
-    of each instance only (no newer version of the same instance exists)."""
+    of each instance only (no newer version of the same instance exists), instances an IOCM
+    rejection note rejected left out (``rejected=True``: only those)."""
     newer = t.versions.alias("newer")  # Core alias: importing sqlalchemy.orm costs every command 75 ms
     return (
         select(*columns)
@@ -137,7 +139,7 @@ def latest_versions_select(*columns: object) -> object:
             .outerjoin(newer, and_(newer.c.instance_pk == t.versions.c.instance_pk,
                                    newer.c.version > t.versions.c.version))
         )
-        .where(newer.c.id.is_(None))
+        .where(newer.c.id.is_(None), ~rejections.visible() if rejected else rejections.visible())
     )
 
 
@@ -202,6 +204,18 @@ def select_instances(catalog: "Catalog", selection: Selection,
         ) for r in conn.execute(query)]  # type: ignore[arg-type]
     return sorted(rows, key=lambda r: (r.patient_id, r.study_date, r.study_uid, number_key(r.series_number),
                                        r.series_uid, number_key(r.instance_number), r.sop_instance_uid))
+
+
+def rejected_in(catalog: "Catalog", selection: Selection) -> list[tuple[str, str, str]]:
+    """(study UID, SOP Instance UID, why) of each instance the selection matches that a restore
+    or export skips, for its report: "rejected", or "rejection note" (hidden evidence)."""
+    kind = select(t.rejections.c.kind).where(
+        t.rejections.c.sop_instance_uid == t.instances.c.sop_instance_uid).scalar_subquery().label("kind")
+    query = _filtered(latest_versions_select(
+        t.studies.c.study_uid, t.instances.c.sop_instance_uid, kind, rejected=True), selection)
+    with catalog.read() as conn:
+        return sorted((r.study_uid, r.sop_instance_uid, "rejection note" if r.kind == "note" else "rejected")
+                      for r in conn.execute(query))  # type: ignore[arg-type]
 
 
 def number_key(text: str) -> tuple[int, float]:

@@ -118,15 +118,18 @@ def serve(config: ConfigOption = None) -> None:
     from dicomvault.ingest.gate import AccessGate
 
     gate = AccessGate.from_settings(settings, archive.catalog)  # who may do what over DICOM
+    from dicomvault.ingest.iocm import RejectionNotes
+
+    notes = RejectionNotes.from_settings(settings, archive.catalog)  # IOCM rejection notes
     if settings.dicom.engine == "pynetdicom":
-        dimse: Any = DimseServer(settings.dicom, archive.ingestor, commitment=commitment, gate=gate)
+        dimse: Any = DimseServer(settings.dicom, archive.ingestor, commitment=commitment, gate=gate, notes=notes)
     else:
         from dicomvault.ingest.listener import FastDimseServer
         from dicomvault.serve.qr.find import QueryRetrieveService
 
         dimse = FastDimseServer(settings.dicom, archive.ingestor, commitment=commitment,
                                 query_retrieve=QueryRetrieveService(archive), gate=gate,
-                                spool_dir=Path(settings.base_dir) / "tmp" / "dimse")
+                                spool_dir=Path(settings.base_dir) / "tmp" / "dimse", notes=notes)
     from dicomvault.jobs.restore.service import RestoreService
 
     restores = RestoreService(archive)  # jobs started with POST /api/restores
@@ -336,6 +339,10 @@ def status(
                   f"{kept['holds_active']} legal hold(s) in force"
                   + (f"; {kept['stale']} keep-until date(s) to recompute (`dicomvault retention plan`)"
                      if kept["stale"] else ""), markup=False, highlight=False)
+        rejected = report["rejections"]
+        if rejected["rejected"]:
+            out.print(f"  rejected (IOCM): {rejected['rejected']} instance(s), {rejected['stored']} of them stored, "
+                      f"{rejected['due']} due for deletion (delete_after {rejected['delete_after']})")
         export = report["audit"]["export"]
         if export["target"]:
             out.print(f"  audit export to {export['target']}: {export['backlog']} event(s) to send"

@@ -21,6 +21,7 @@ from dicomvault.config import DicomSettings
 from dicomvault.archive.write import Ingestor
 from dicomvault.ingest.store import c_store
 from dicomvault.ingest.gate import NOT_AUTHORIZED, AccessGate
+from dicomvault.ingest.iocm import RejectionNotes
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class DimseServer:
     server: Any = None
     commitment: Any = None  # a StorageCommitmentService (ingest/commitment.py) to answer N-ACTION
     gate: AccessGate | None = None  # who may do what (access.py)
+    notes: RejectionNotes | None = None  # IOCM rejection notes (ingest/iocm.py)
 
     def _refusal(self, permission: str, event: evt.Event) -> Dataset | None:
         """A 0124H status naming why, or None when the caller may do ``permission``."""
@@ -51,6 +53,10 @@ class DimseServer:
         status.Status = NOT_AUTHORIZED
         status.ErrorComment = decision.reason[:64]
         return status
+
+    def _reason(self, permission: str, calling: str, address: str) -> str:
+        """Why the caller may not do ``permission`` ("" when it may; the refusal is audited)."""
+        return "" if self.gate is None else self.gate.decide(permission, calling, address).reason
 
     def _on_n_action(self, event: evt.Event) -> Any:
         refused = self._refusal("commit", event)
@@ -79,7 +85,8 @@ class DimseServer:
         status.Status, comment = c_store(
             self.ingestor, str(request.AffectedSOPClassUID or ""), str(request.AffectedSOPInstanceUID or ""),
             str(event.context.transfer_syntax), request.DataSet.getvalue(),
-            source=f"dimse:{calling}@{requestor.address}", actor=f"dicom:{calling}",
+            source=f"dimse:{calling}@{requestor.address}", actor=f"dicom:{calling}", notes=self.notes,
+            may_reject=lambda: self._reason("reject", calling, str(requestor.address)),
         )
         if comment:
             status.ErrorComment = comment[:64]

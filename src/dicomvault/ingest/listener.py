@@ -23,6 +23,7 @@ from dicomvault.net.acceptor import Association, DicomListener, Operation
 from dicomvault.archive.write import Ingestor
 from dicomvault.ingest.store import c_store
 from dicomvault.ingest.gate import NOT_AUTHORIZED, AccessGate
+from dicomvault.ingest.iocm import RejectionNotes
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class FastDimseServer:
     gate: AccessGate | None = None  # who may do what (access.py); None only in unit tests of the wire
     listener: DicomListener | None = None
     spool_dir: Path | None = None  # large incoming data sets wait here (inside the data directory)
+    notes: RejectionNotes | None = None  # IOCM rejection notes (ingest/iocm.py)
 
     def _refused(self, assoc: Association, permission: str) -> str:
         """The refusal's reason, or "" when ``assoc``'s caller may do ``permission``."""
@@ -49,7 +51,8 @@ class FastDimseServer:
         # The listener asked ``authorize`` before the data set arrived; without it (a bare
         # listener in tests of the wire) every caller may store.
         return c_store(self.ingestor, sop_class, sop_instance, transfer_syntax, dataset,
-                       source=f"dimse:{assoc.calling_ae}@{assoc.address}", actor=f"dicom:{assoc.calling_ae}")
+                       source=f"dimse:{assoc.calling_ae}@{assoc.address}", actor=f"dicom:{assoc.calling_ae}",
+                       notes=self.notes, may_reject=lambda: self._refused(assoc, "reject"))
 
     def action(self, assoc: Association, command: dict[int, bytes], dataset: bytes | None,
                syntax: str) -> tuple[int, str]:

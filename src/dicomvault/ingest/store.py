@@ -10,12 +10,14 @@ association goes on.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from dicomvault.dicom import build_part10
 from dicomvault.dicom.part10 import uid_problem
 from dicomvault.net import spool
 
 from dicomvault.archive.write import IngestRejected, Ingestor
+from dicomvault.ingest.iocm import RejectionNoteError, RejectionNotes
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATASET_MISMATCH = 0xA900  # "Data Set does not match SOP Class" (PS3.4 B.2.3)
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
+STATUS_NOT_AUTHORIZED = 0x0124  # PS3.7 C.5 (access.NOT_AUTHORIZED)
 _STATUS_OF_KIND = {"storage": STATUS_OUT_OF_RESOURCES, "mismatch": STATUS_DATASET_MISMATCH}
 
 
@@ -39,20 +42,37 @@ def request_problem(sop_class: str, sop_instance: str) -> str:
 
 
 def c_store(ingestor: Ingestor, sop_class: str, sop_instance: str, transfer_syntax: str, dataset: bytes,
-            source: str, actor: str) -> tuple[int, str]:
-    """(DIMSE status, Error Comment) for one C-STORE; success only once the object is durable."""
+            source: str, actor: str, notes: RejectionNotes | None = None,
+            may_reject: Callable[[], str] | None = None) -> tuple[int, str]:
+    """(DIMSE status, Error Comment) for one C-STORE; success only once the object is durable.
+
+    With ``notes``, an IOCM rejection note (ingest/iocm.py) is applied once it is durable,
+    and refused with 0124H unless ``may_reject()`` (the refusal's reason, "" when allowed, the
+    refusal already audited) allows it."""
     part10: bytes | spool.SpooledDataset = b""
+    note = None
     try:
         problem = request_problem(sop_class, sop_instance)
         if problem:
             raise ingestor.refuse(problem, source, actor)
+        if notes is not None:
+            try:
+                note = notes.read(sop_class, transfer_syntax, dataset)
+            except RejectionNoteError as exc:
+                raise ingestor.refuse(str(exc), source, actor) from None
+            refusal = may_reject() if note is not None and may_reject is not None else ""
+            if refusal:
+                log.warning("rejection note %r from %s refused: %s", sop_instance[:80], source, refusal)
+                return STATUS_NOT_AUTHORIZED, refusal
         if isinstance(dataset, spool.SpooledDataset):  # large: wrapped on disk, not in memory
             part10 = dataset.with_prefix(build_part10(sop_class, sop_instance, transfer_syntax, b""))
         else:
             part10 = build_part10(sop_class, sop_instance, transfer_syntax, dataset)
         ingestor.ingest(part10, source=source, actor=actor, transfer_syntax=transfer_syntax,
                         wait_for_index=False,  # durable now; the catalog row follows (group commit)
-                        affected=(sop_class, sop_instance))
+                        affected=(sop_class, sop_instance), rejection_note=note is not None)
+        if note is not None and notes is not None:
+            notes.apply(note, actor, source)  # before the success: acknowledged means applied
     except IngestRejected as exc:
         log.warning("C-STORE %r from %s refused: %s", sop_instance[:80], source, exc.reason)
         return _STATUS_OF_KIND.get(exc.kind, STATUS_CANNOT_UNDERSTAND), exc.reason

@@ -7,7 +7,7 @@ from typing import Any
 
 from dicomvault.archive.copies import CopyPolicy
 from dicomvault.audit import verify_chain
-from dicomvault.catalog import audit_log
+from dicomvault.catalog import audit_log, rejections
 from dicomvault.archive.core import Archive
 
 
@@ -23,6 +23,9 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
     with archive.catalog.read() as conn:
         audit_rows = audit_log.last_row_id(conn)
         audit: dict[str, Any] = {"rows": audit_rows}
+        # IOCM: rejected instances (hidden from every answer) and those due for deletion
+        rejected: dict[str, Any] = {**rejections.counts(conn, time.time()),
+                                    "delete_after": archive.settings.iocm.delete_after}
         if verify_audit:
             report = verify_chain(conn)
             audit.update(chain_ok=report.ok, first_bad_id=report.first_bad_id, reason=report.reason)
@@ -130,6 +133,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "audit": audit,
         "access": access,
         "retention": retention,
+        "rejections": rejected,
         "alerts": alerts,
         "catalog": archive.catalog.url.split("://", 1)[0],
         "key_fingerprint": archive.keyring.fingerprint,

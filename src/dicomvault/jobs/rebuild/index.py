@@ -39,6 +39,7 @@ from dicomvault.catalog.snapshots import iter_rows
 from dicomvault.config import Settings
 from dicomvault.crypto.envelope import DecryptionError, read_header
 from dicomvault.crypto.keys import KeyError_, Keyring, RecoveryKey, write_host_keys
+from dicomvault.dicom.iocm import KOS_SOP_CLASS
 from dicomvault.archive.repository import IntegrityError
 from dicomvault.sites import SiteError, open_site
 
@@ -67,6 +68,7 @@ class RebuildReport:
     objects_on_site: int = 0
     objects_after_snapshot: int = 0
     unreadable_objects: list[dict[str, str]] = field(default_factory=list)
+    rejection_notes_reapplied: int = 0  # IOCM notes stored after the snapshot (catalog/rejections.py)
     copies_owed_to_site: int = 0
     copies_owed_to_primary: int = 0
     instances: int = 0
@@ -228,22 +230,28 @@ def _adopt_newer_objects(archive: Any, site: "Site", site_name: str, known: set[
     # two versions of one instance get their numbers as they came, and the newest one is what
     # the patient, study and series rows follow (catalog/db.py _FOLLOW). Only each object's
     # sealed header and metadata are kept between the passes.
-    opened: list[tuple[float, str, bytes, int, dict[str, Any]]] = []
+    opened: list[tuple[float, str, bytes, int, dict[str, Any], bytes | None]] = []
     for count, object_id in enumerate(sorted(on_site - known), 1):
         try:
             blob = site.get(object_id)
-            metadata, _ = archive.repository.open_blob(blob, object_id)
+            metadata, original = archive.repository.open_blob(blob, object_id)
             _header, header_end = read_header(blob)
-            opened.append((float(metadata["received_at"]), object_id, blob[:header_end], len(blob), metadata))
+            # Only a rejection note's plaintext is kept for the second pass (it is small): it
+            # is put back in effect once indexed (``reapply_rejection``).
+            note = original if metadata.get("attributes", {}).get("sop_class_uid") == KOS_SOP_CLASS else None
+            opened.append((float(metadata["received_at"]), object_id, blob[:header_end], len(blob), metadata, note))
         except (KeyError, ValueError, SiteError, IntegrityError, DecryptionError) as exc:
             unreadable(object_id, exc)
         if progress:
             progress("opening objects newer than the snapshot", count)
     opened.sort(key=lambda item: item[:2])
-    for count, (_received, object_id, header, size, metadata) in enumerate(opened, 1):
+    for count, (_received, object_id, header, size, metadata, note) in enumerate(opened, 1):
         try:
             archive.ingestor.adopt(object_id, header, metadata, "dicomvault:rebuild", "rebuild", size_stored=size)
             report.objects_after_snapshot += 1
+            if note is not None:
+                report.rejection_notes_reapplied += archive.ingestor.reapply_rejection(metadata, note,
+                                                                                       "dicomvault:rebuild")
         except (KeyError, ValueError) as exc:
             unreadable(object_id, exc)
         if progress:

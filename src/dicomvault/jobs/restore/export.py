@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dicomvault.audit import AuditEvent, append
-from dicomvault.catalog.selection import SelectedInstance, Selection, select_instances
+from dicomvault.catalog.selection import SelectedInstance, Selection, rejected_in, select_instances
 from dicomvault.dicom.dicomdir import ROOT_FOLDER, DicomDir, FileSetError, frame_for_file_set, read_header
 from dicomvault.archive.repository import IntegrityError
 from dicomvault.sites import SiteError
@@ -76,6 +76,7 @@ class ExportReport:
     failed: list[Failed] = field(default_factory=list)
     adjusted: list[Adjusted] = field(default_factory=list)
     invented: dict[str, int] = field(default_factory=dict)  # DICOMDIR keys the instances lacked
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (study, instance, why): IOCM
     dicomdir: str = ""  # path of the DICOMDIR once written
     duration: float = 0.0
 
@@ -99,6 +100,8 @@ class ExportReport:
             "failed": [asdict(f) for f in self.failed],
             "adjusted": [asdict(a) for a in self.adjusted],
             "dicomdir_invented": dict(sorted(self.invented.items())),
+            "skipped": [{"sop_instance_uid": sop, "study_uid": study, "reason": why}
+                        for study, sop, why in self.skipped],
             "duration_s": round(self.duration, 3),
             "instances_per_s": round(self.instances / seconds, 1),
             "mb_per_s": round(self.bytes / seconds / 1e6, 2),
@@ -122,8 +125,10 @@ def export_to_dir(archive: "Archive", selection: Selection, out_dir: Path, actor
         _check_target(out_dir)
         rows = select_instances(archive.catalog, selection)
         report.selected = len(rows)
+        report.skipped = rejected_in(archive.catalog, selection)
         if not rows:
-            raise ExportError(f"nothing matches {selection.describe()}; nothing written")
+            raise ExportError(f"nothing matches {selection.describe()}; nothing written"
+                              + (f" ({len(report.skipped)} instance(s) skipped as rejected, IOCM)" if report.skipped else ""))
         created = _create_target(out_dir)
         try:
             dicomdir = _write_instances(archive.repository, rows, out_dir, report, progress)

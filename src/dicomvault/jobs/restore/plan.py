@@ -33,6 +33,7 @@ from dicomvault.catalog.selection import (
     SelectedStudy,
     Selection,
     number_key,
+    rejected_in,
     select_instances,
     select_studies,
 )
@@ -131,7 +132,9 @@ def create_job(catalog: "Catalog", *, kind: str, peer: "PeerSettings", selection
     now = time.time() if now is None else now
     studies = select_studies(catalog, selection)
     if not studies:
-        raise RestoreError(f"nothing in the vault matches the selection ({selection.describe()})")
+        rejected = len(rejected_in(catalog, selection))
+        raise RestoreError(f"nothing in the vault matches the selection ({selection.describe()})"
+                           + (f"; {rejected} instance(s) skipped as rejected (IOCM)" if rejected else ""))
     plan = order_studies(studies, ordering, now)
     job_id = restores.create_planning_job(
         catalog, kind=kind, peer=peer.name, destination=f"{peer.ae_title}@{peer.host}:{peer.port}",
@@ -359,8 +362,16 @@ def status_lock_dir(settings: Any) -> Path | None:
 def job_report(archive: Any, job_id: int) -> dict[str, Any]:
     """Progress plus every failure and transcoding: the final report, the API's job view."""
     catalog = archive.catalog
-    return {**job_progress(catalog, job_id, lock_dir=status_lock_dir(archive.settings)),
-            "failures": job_failures(catalog, job_id), "transcoded_instances": job_transcoded(catalog, job_id)}
+    progress = job_progress(catalog, job_id, lock_dir=status_lock_dir(archive.settings))
+    return {**progress, "failures": job_failures(catalog, job_id),
+            "transcoded_instances": job_transcoded(catalog, job_id),
+            "skipped": skipped_rejected(catalog, Selection.from_json(json.dumps(progress["selection"])))}
+
+
+def skipped_rejected(catalog: "Catalog", selection: Selection) -> list[dict[str, str]]:
+    """What the selection matches but a restore or export never sends: rejected instances (IOCM)."""
+    return [{"sop_instance_uid": sop, "study_uid": study, "reason": why}
+            for study, sop, why in rejected_in(catalog, selection)]
 
 
 def restore_alerts(jobs: list[dict[str, Any]], now: float | None = None) -> list[str]:

@@ -83,7 +83,8 @@ async def _records(archive: Archive, request: Request) -> tuple[str, list[tuple[
     records = await run_in_threadpool(latest_versions, archive.catalog, study, series, instance)
     if not records:
         reason = await run_in_threadpool(missing_reason, archive.catalog, study, series, instance)
-        raise DicomwebError(404, reason)
+        # 410 Gone: it was here and an IOCM rejection note rejected it; 404 otherwise.
+        raise DicomwebError(410 if "rejected" in reason else 404, reason)
     return instance or series or study, records
 
 
