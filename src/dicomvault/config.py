@@ -448,6 +448,9 @@ def _retention(data: dict) -> RetentionSettings:
     if duplicated:
         raise ConfigError(f"[[retention.rules]] names must be unique; repeated: {', '.join(duplicated)}")
     return RetentionSettings(values["enabled"], str(values["schedule"]), default, rules)
+
+
+@dataclass(frozen=True)
 class IocmSettings:
     """IHE IOCM rejection notes (ingest/iocm.py): instances a peer with ``reject`` rejected are
     hidden at once and become due for deletion ``delete_after`` ("30d") later."""
