@@ -168,6 +168,10 @@ def test_rejected_instances_vanish_from_c_find(world: World, tmp_path: Path) -> 
     assert study_row(world.vault, tmp_path / "gone", world.study2) == {}, "a wholly rejected study disappears"
     images = findscu(world.vault, tmp_path / "images", "IMAGE", StudyInstanceUID=world.study1, SOPInstanceUID="")
     assert sorted(str(ds.SOPInstanceUID) for ds in images) == sorted([world.uids["a1"], world.uids["a3"]])
+    # `dicomvault find` answers as C-FIND does
+    (study,) = json.loads(world.vault.cli("find", "--json", "--study-uid", world.study1).stdout)
+    assert study["instances"] == 2, study
+    assert json.loads(world.vault.cli("find", "--json", "--study-uid", world.study2).stdout) == []
 
 
 def test_rejected_instances_vanish_from_qido_and_wado_says_gone(world: World) -> None:

@@ -392,16 +392,22 @@ class Catalog:
         study_uid: str | None = None,
         limit: int = 1000,
     ) -> list[dict[str, Any]]:
-        """Studies matching every given filter. Names and IDs accept ``*`` wildcards."""
-        modalities = (
+        """Studies matching every given filter. Names and IDs accept ``*`` wildcards. Like
+        C-FIND and QIDO, rejected instances (IOCM) are not counted, and a study left with none
+        is not listed."""
+        from . import rejections
+
+        with self.engine.connect() as conn:
+            hide = rejections.any_rejected(conn)
+        counted = (
             select(
                 t.series.c.study_pk,
                 func.count(t.instances.c.id).label("instances"),
             )
             .select_from(t.series.join(t.instances, t.instances.c.series_pk == t.series.c.id))
             .group_by(t.series.c.study_pk)
-            .subquery()
         )
+        modalities = (counted.where(rejections.visible()) if hide else counted).subquery()
         query = (
             select(
                 t.studies.c.id, t.studies.c.study_uid, t.studies.c.study_date, t.studies.c.study_time,
@@ -417,6 +423,8 @@ class Catalog:
             .order_by(t.studies.c.study_date.desc(), t.studies.c.study_uid)
             .limit(limit)
         )
+        if hide:
+            query = query.where(func.coalesce(modalities.c.instances, 0) > 0)
         for column, value in (
             (t.patients.c.patient_id, patient_id),
             (t.studies.c.patient_name, patient_name),
