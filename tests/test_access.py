@@ -65,6 +65,9 @@ def stocked(tmp_path_factory: pytest.TempPathFactory, ct_small_module: Path) -> 
     vault.add_peer("elsewhere", "ELSEWHERE", free_port(), permissions=["find"], host="127.0.0.2")
     vault.add_peer("subnet", "SUBNET", free_port(), permissions=["find"], host="127.0.0.2",
                    accept_from=["127.0.0.0/8"])
+    with vault.config.open("a") as config:  # a viewer that only calls: no host, no port
+        config.write('\n[peers.caller]\nae_title = "CALLER"\npermissions = ["find", "move"]\n'
+                     'accept_from = ["127.0.0.1"]\n')
     vault.start()
     run = subprocess.run([dcmtk("storescu"), "-aet", "MODALITY", "-aec", vault.ae_title, "127.0.0.1",
                           str(vault.dicom_port), str(ct_small_module)], capture_output=True, text=True, timeout=60)
@@ -183,6 +186,24 @@ def test_a_peer_is_recognised_only_from_its_host(stocked: Vault) -> None:
     assert find(stocked, "SUBNET")[:1] == (0x0000,), "accept_from widens where a peer may call from"
 
 
+def test_a_peer_that_only_calls_needs_no_host_or_port(stocked: Vault) -> None:
+    status, _, matches = find(stocked, "CALLER")
+    assert (status, matches) == (0x0000, 1)
+    ae = AE(ae_title="CALLER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", stocked.dicom_port, ae_title=stocked.ae_title)
+    assert assoc.is_established
+    try:
+        query = study_query()
+        query.StudyInstanceUID = "1.2.3"
+        final = list(assoc.send_c_move(query, "CALLER", StudyRootQueryRetrieveInformationModelMove))[-1][0]
+    finally:
+        assoc.release()
+    assert final.Status == 0xA801 and "has no host and port" in final.ErrorComment, final
+    refused = stocked.cli("restore", "--to", "caller", check=False)
+    assert refused.returncode != 0 and "[peers.caller] has no host" in refused.stderr + refused.stdout, refused
+
+
 def test_anonymous_store_can_be_closed_too(tmp_path: Path, ct_small_module: Path) -> None:
     for engine in ("lean", "pynetdicom"):
         vault = make_vault(tmp_path / engine)
@@ -236,10 +257,24 @@ def test_an_ae_outside_the_allow_list_is_rejected_and_audited(tmp_path: Path) ->
     ('check_host = "yes"', "check_host must be true or false"),
 ])
 def test_bad_peer_access_settings_are_refused(tmp_path: Path, table: str, message: str) -> None:
+    refused_peer(tmp_path, f'[peers.pacs]\nae_title = "PACS"\nhost = "h"\nport = 104\n{table}\n', message)
+
+
+@pytest.mark.parametrize("table, message", [
+    ('[peers.v]\nae_title = "V"\npermissions = ["find"]\n', "has no host to check callers against"),
+    ('[peers.v]\nae_title = "V"\naccept_from = ["10.0.0.5"]\n', "may ask for storage commitment"),
+    ('[peers.v]\nae_title = "V"\nhost = "h"\npermissions = ["commit"]\n', "may ask for storage commitment"),
+    ('[peers.v]\nae_title = "V"\nhost = ""\n', "needs host"),
+])
+def test_a_caller_only_peer_must_say_where_it_calls_from(tmp_path: Path, table: str, message: str) -> None:
+    refused_peer(tmp_path, table, message)
+
+
+def refused_peer(tmp_path: Path, table: str, message: str) -> None:
     from dicomvault.config import DEFAULT_CONFIG_TEMPLATE, ConfigError, load_settings
 
     path = tmp_path / "dicomvault.toml"
-    path.write_text(DEFAULT_CONFIG_TEMPLATE + f'\n[peers.pacs]\nae_title = "PACS"\nhost = "h"\nport = 104\n{table}\n')
+    path.write_text(DEFAULT_CONFIG_TEMPLATE + "\n" + table)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         load_settings(path)
 
@@ -257,6 +292,10 @@ def test_policy_decisions() -> None:
     assert policy.check("find", "PACS", "::ffff:127.0.0.1", "o=hospital,cn=PACS.example").allowed
     assert not policy.check("find", "PACS", "127.0.0.1", "CN=intruder,O=Hospital").allowed
     assert not policy.check("get", "PACS", "127.0.0.1", "CN=pacs.example,O=Hospital").allowed
+    by_certificate = AccessPolicy([PeerSettings("viewer", "VIEWER", "", 0, permissions=frozenset({"find"}),
+                                                tls_subject="CN=viewer")], [])
+    assert by_certificate.check("find", "VIEWER", "10.9.8.7", "CN=viewer").allowed, "no host: the certificate decides"
+    assert not by_certificate.check("find", "VIEWER", "10.9.8.7").allowed
 
 
 def test_risky_access_settings_are_named() -> None:

@@ -81,8 +81,8 @@ class AccessPolicy:
 
     def _address_mismatch(self, peer: PeerSettings, address: str) -> str:
         """Why ``address`` is not where ``peer`` may connect from ("" when it is)."""
-        if not peer.check_host:
-            return ""
+        if not peer.check_host or not (peer.host or peer.accept_from):
+            return ""  # nothing to check against: a peer without either is known by its certificate
         where = _address(address)
         if where is None:
             return f"its address {address!r} cannot be checked"

@@ -153,6 +153,16 @@ class PeerSettings:
     tls_key_file: str = ""
     tls_ca_file: str = ""
 
+    @property
+    def callable(self) -> bool:
+        """Whether we can open associations to it: a peer that only calls us (a viewer that
+        queries and retrieves) may leave out ``host`` and ``port``."""
+        return bool(self.host) and self.port > 0
+
+    def not_callable_reason(self) -> str:
+        return (f"[peers.{self.name}] has no {'host' if not self.host else 'port'}: it may call this archive, but "
+                "nothing can be sent to it; add host and port to send it images or reports")
+
 
 def find_peer(peers: Iterable[PeerSettings], name: str, ignore_case: bool = False) -> PeerSettings | None:
     """The ``[peers.NAME]`` entry called ``name`` or with that AE title."""
@@ -166,7 +176,8 @@ def find_peer(peers: Iterable[PeerSettings], name: str, ignore_case: bool = Fals
 
 def describe_peers(peers: Iterable[PeerSettings]) -> str:
     """``name (AE@host:port), ...`` for error messages that list what is configured."""
-    return ", ".join(f"{p.name} ({p.ae_title}@{p.host}:{p.port})" for p in peers)
+    return ", ".join(f"{p.name} ({p.ae_title}@{p.host}:{p.port})" if p.callable
+                     else f"{p.name} ({p.ae_title}, calls only)" for p in peers)
 
 
 @dataclass(frozen=True)
@@ -759,19 +770,27 @@ def _peers(data: dict) -> tuple[PeerSettings, ...]:
         if unknown:
             raise ConfigError(f"unknown key(s) in [peers.{name}]: {', '.join(sorted(unknown))}; "
                               f"known: {', '.join(sorted(_PEER_KEYS))}")
-        ae_title, host, port = raw.get("ae_title"), raw.get("host"), raw.get("port")
+        # host and port may be left out by a peer that only calls us (a viewer): we never call it
+        ae_title, host, port = raw.get("ae_title"), raw.get("host", ""), raw.get("port", 0)
         if not isinstance(ae_title, str) or not ae_title.strip() or len(ae_title.strip()) > 16:
             raise ConfigError(f"[peers.{name}] ae_title must be 1-16 characters, got {ae_title!r}")
-        if not isinstance(host, str) or not host.strip():
+        if not isinstance(host, str) or ("host" in raw and not host.strip()):
             raise ConfigError(f"[peers.{name}] needs host = \"hostname or address\", got {host!r}")
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        if isinstance(port, bool) or not isinstance(port, int) or not (1 <= port <= 65535 or "port" not in raw):
             raise ConfigError(f"[peers.{name}] port must be an integer 1-65535, got {port!r}")
         ae_title = ae_title.strip()
         if ae_title in seen:
             raise ConfigError(f"[peers.{name}] and [peers.{seen[ae_title]}] both use AE title {ae_title!r}")
         seen[ae_title] = name
-        result.append(PeerSettings(name=name, ae_title=ae_title, host=host.strip(), port=port,
-                                   **_peer_access(name, raw), **_peer_tls(name, raw)))
+        peer = PeerSettings(name=name, ae_title=ae_title, host=host.strip(), port=port,
+                            **_peer_access(name, raw), **_peer_tls(name, raw))
+        if "commit" in peer.permissions and not peer.callable:
+            raise ConfigError(f"[peers.{name}] may ask for storage commitment, whose report goes back on a new "
+                              "association: give it host and port, or leave \"commit\" out of its permissions")
+        if not peer.host and peer.check_host and not peer.accept_from and not peer.tls_subject:
+            raise ConfigError(f"[peers.{name}] has no host to check callers against: set host, accept_from "
+                              "(the addresses it calls from), tls_subject or check_host = false")
+        result.append(peer)
     return tuple(result)
 
 
@@ -1122,6 +1141,14 @@ poll_seconds = 10.0
 # permissions = ["store", "commit", "find", "move"]
 # accept_from = ["10.0.0.0/28"]        # the PACS's other addresses, if it calls from them
 # tls_subject = "CN=pacs.hospital.example,O=Hospital"
+#
+# A viewer that only queries and retrieves (C-FIND, C-GET) may leave out host and port when
+# accept_from or tls_subject says where it calls from; nothing is ever sent to it:
+#
+# [peers.viewer]
+# ae_title = "VIEWER1"
+# permissions = ["find", "get"]
+# accept_from = ["10.0.0.21"]
 # tls = false              # true: every association to it over TLS (restore, export, C-MOVE,
 #                          # reports, reconcile); its certificate must name host and chain to
 # tls_ca_file = ""         # this CA (default [dicom] tls_ca_file, else the system store);

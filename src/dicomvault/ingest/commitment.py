@@ -275,7 +275,7 @@ class StorageCommitmentService:
         self.timeout = settings.commitment.timeout_seconds
         self.interval = settings.commitment.check_interval
         self.poll = settings.commitment.poll_seconds
-        self.peers = {peer.ae_title: peer for peer in settings.peers}
+        self.peers = {peer.ae_title: peer for peer in settings.peers if peer.callable}  # reports go back to them
         self.sender = sender or (lambda ae_title, peer, report: send_report(ae_title, peer, report,
                                                                             dicom=settings.dicom))
         self._rng = random.Random()

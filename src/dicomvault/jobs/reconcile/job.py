@@ -61,6 +61,8 @@ def resolve_peer(settings: Settings, name: str) -> PeerSettings:
     wanted = (name or "").strip()
     peer = find_peer(settings.peers, wanted) or find_peer(settings.peers, wanted, ignore_case=True)
     if peer is not None:
+        if not peer.callable:
+            raise ReconcileError(peer.not_callable_reason())
         return peer
     if not settings.peers:
         raise ReconcileError(f"unknown PACS {wanted!r}: no [peers.NAME] is configured; add one with ae_title, host "

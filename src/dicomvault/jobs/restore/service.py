@@ -62,6 +62,8 @@ def resolve_peer(settings: Any, name: str) -> Any:
     """A ``[peers.NAME]`` entry by name or AE title: the archive sends only to nodes it knows."""
     peer = find_peer(settings.peers, name)
     if peer is not None:
+        if not peer.callable:
+            raise RequestError(peer.not_callable_reason())
         return peer
     known = describe_peers(settings.peers) or "none configured"
     raise RequestError(f"{name!r} is not a configured DICOM peer (known: {known}); add a [peers.NAME] table with "

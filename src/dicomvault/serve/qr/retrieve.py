@@ -89,8 +89,9 @@ class Retriever:
         deliver: Callable[[RetrievalItem, bytes], Outcome]
         if is_move:
             peer = next((p for p in self.settings.peers if p.ae_title == op.move_destination), None)
-            if peer is None:
-                reason = f"move destination {op.move_destination!r} is not a configured [peers] entry"
+            if peer is None or not peer.callable:
+                reason = (f"move destination {op.move_destination!r} is not a configured [peers] entry" if peer is None
+                          else f"move destination {op.move_destination!r} has no host and port to send to")
                 log.warning("C-MOVE from %s refused: %s", op.assoc.calling_ae, reason)
                 op.respond(MOVE_DESTINATION_UNKNOWN, comment=reason)
                 self._audit(op, action, subject, "refused", {"reason": reason})
