@@ -170,7 +170,7 @@ def test_rejected_instances_vanish_from_c_find(world: World, tmp_path: Path) -> 
     assert sorted(str(ds.SOPInstanceUID) for ds in images) == sorted([world.uids["a1"], world.uids["a3"]])
     # `dicomvault find` answers as C-FIND does
     (study,) = json.loads(world.vault.cli("find", "--json", "--study-uid", world.study1).stdout)
-    assert study["instances"] == 2, study
+    assert study["instances"] == 2 and study["modalities"] == ["CT"], study
     assert json.loads(world.vault.cli("find", "--json", "--study-uid", world.study2).stdout) == []
 
 

@@ -397,58 +397,59 @@ class Catalog:
         is not listed."""
         from . import rejections
 
-        with self.engine.connect() as conn:
-            hide = rejections.any_rejected(conn)
-        counted = (
-            select(
-                t.series.c.study_pk,
-                func.count(t.instances.c.id).label("instances"),
-            )
-            .select_from(t.series.join(t.instances, t.instances.c.series_pk == t.series.c.id))
-            .group_by(t.series.c.study_pk)
-        )
-        modalities = (counted.where(rejections.visible()) if hide else counted).subquery()
-        query = (
-            select(
-                t.studies.c.id, t.studies.c.study_uid, t.studies.c.study_date, t.studies.c.study_time,
-                t.studies.c.accession_number, t.studies.c.study_description, t.studies.c.patient_name,
-                t.patients.c.patient_id, t.patients.c.birth_date, t.patients.c.sex,
-                func.coalesce(modalities.c.instances, 0).label("instances"),
-            )
-            .select_from(
-                t.studies.join(t.patients, t.studies.c.patient_pk == t.patients.c.id).outerjoin(
-                    modalities, modalities.c.study_pk == t.studies.c.id
-                )
-            )
-            .order_by(t.studies.c.study_date.desc(), t.studies.c.study_uid)
-            .limit(limit)
-        )
-        if hide:
-            query = query.where(func.coalesce(modalities.c.instances, 0) > 0)
-        for column, value in (
-            (t.patients.c.patient_id, patient_id),
-            (t.studies.c.patient_name, patient_name),
-            (t.studies.c.accession_number, accession),
-            (t.studies.c.study_uid, study_uid),
-        ):
-            if value:
-                query = query.where(_match(column, value))
-        if date_from:
-            query = query.where(t.studies.c.study_date >= date_from)
-        if date_to:
-            query = query.where(t.studies.c.study_date <= date_to)
-        if modality:
-            query = query.where(
-                t.studies.c.id.in_(select(t.series.c.study_pk).where(func.upper(t.series.c.modality) == modality.upper()))
-            )
         with self.read() as conn:
+            hide = rejections.any_rejected(conn)
+            counted = (
+                select(
+                    t.series.c.study_pk,
+                    func.count(t.instances.c.id).label("instances"),
+                )
+                .select_from(t.series.join(t.instances, t.instances.c.series_pk == t.series.c.id))
+                .group_by(t.series.c.study_pk)
+            )
+            modalities = (counted.where(rejections.visible()) if hide else counted).subquery()
+            query = (
+                select(
+                    t.studies.c.id, t.studies.c.study_uid, t.studies.c.study_date, t.studies.c.study_time,
+                    t.studies.c.accession_number, t.studies.c.study_description, t.studies.c.patient_name,
+                    t.patients.c.patient_id, t.patients.c.birth_date, t.patients.c.sex,
+                    func.coalesce(modalities.c.instances, 0).label("instances"),
+                )
+                .select_from(
+                    t.studies.join(t.patients, t.studies.c.patient_pk == t.patients.c.id).outerjoin(
+                        modalities, modalities.c.study_pk == t.studies.c.id
+                    )
+                )
+                .order_by(t.studies.c.study_date.desc(), t.studies.c.study_uid)
+                .limit(limit)
+            )
+            if hide:
+                query = query.where(func.coalesce(modalities.c.instances, 0) > 0)
+            for column, value in (
+                (t.patients.c.patient_id, patient_id),
+                (t.studies.c.patient_name, patient_name),
+                (t.studies.c.accession_number, accession),
+                (t.studies.c.study_uid, study_uid),
+            ):
+                if value:
+                    query = query.where(_match(column, value))
+            if date_from:
+                query = query.where(t.studies.c.study_date >= date_from)
+            if date_to:
+                query = query.where(t.studies.c.study_date <= date_to)
+            if modality:
+                query = query.where(t.studies.c.id.in_(
+                    select(t.series.c.study_pk).where(func.upper(t.series.c.modality) == modality.upper())))
             rows = list(conn.execute(query))
             study_pks = [row.id for row in rows]
             mods: dict[int, set[str]] = {}
             if study_pks:
-                for pk, mod in conn.execute(
-                    select(t.series.c.study_pk, t.series.c.modality).where(t.series.c.study_pk.in_(study_pks))
-                ):
+                series_modalities = select(t.series.c.study_pk, t.series.c.modality).where(
+                    t.series.c.study_pk.in_(study_pks))
+                if hide:  # a series whose every instance was rejected gives no modality (as in C-FIND)
+                    series_modalities = series_modalities.where(t.series.c.id.in_(
+                        select(t.instances.c.series_pk).where(rejections.visible())))
+                for pk, mod in conn.execute(series_modalities):
                     if mod:
                         mods.setdefault(pk, set()).add(mod)
         return [
