@@ -446,12 +446,7 @@ def _retention(data: dict) -> RetentionSettings:
         raise ConfigError("[retention] rules must be written as [[retention.rules]] tables")
     values = _section({"retention": {k: v for k, v in section.items() if k != "rules"}}, "retention",
                       RetentionSettings())
-    if not isinstance(values["enabled"], bool):
-        raise ConfigError(f"[retention] enabled must be true or false, got {values['enabled']!r}")
-    try:
-        parse_duration(values["schedule"])
-    except ValueError as exc:
-        raise ConfigError(f"[retention] schedule: {exc}") from None
+    _duration("retention", "schedule", values["schedule"])  # (enabled: a bool, checked by _section)
     default = _keep_value("[retention]", "default", values["default"], True)
     rules = tuple(_retention_rule(i, raw) for i, raw in enumerate(raw_rules))
     names = [r.name for r in rules]
@@ -488,6 +483,14 @@ def parse_duration(value: str) -> float:
     if not seconds > 0 or seconds != seconds:
         raise ValueError(f"{value!r}: the duration must be positive")
     return seconds
+
+
+def _duration(section: str, key: str, value: object) -> float:
+    """A duration setting's seconds, or a ConfigError naming where it was written."""
+    try:
+        return parse_duration(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"[{section}] {key}: {exc}") from None
 
 
 _SITE_KEYS = {"url", "offsite", "rate", "schedule", "workers", "max_attempts"}
@@ -712,9 +715,6 @@ def _http(data: dict, base: Path) -> HttpSettings:
 def _replica_store(data: dict, base: Path, data_dir: Path) -> ReplicaStoreSettings:
     """``[replica_store]``: tokens_file is relative to the config file, root to data_dir."""
     values = _section(data, "replica_store", ReplicaStoreSettings())
-    for key in ("enabled", "allow_delete"):
-        if not isinstance(values[key], bool):
-            raise ConfigError(f"[replica_store] {key} must be true or false, got {values[key]!r}")
     for key in ("tokens_file", "root"):
         if not str(values[key]).strip():
             raise ConfigError(f"[replica_store] {key} must not be empty")
@@ -727,8 +727,6 @@ def _replica_store(data: dict, base: Path, data_dir: Path) -> ReplicaStoreSettin
 def _dicomweb(data: dict, base: Path) -> DicomwebSettings:
     """``[dicomweb]``; tokens_file resolves against the config file's directory, like the keys."""
     values = _section(data, "dicomweb", DicomwebSettings())
-    if not isinstance(values["enabled"], bool):
-        raise ConfigError(f"[dicomweb] enabled must be true or false, got {values['enabled']!r}")
     if values["max_request_bytes"] < 1024:
         raise ConfigError(f"[dicomweb] max_request_bytes must be at least 1024, got {values['max_request_bytes']}")
     if not 1 <= values["query_limit"] <= 100_000:
@@ -885,13 +883,8 @@ def _scrub(data: dict) -> ScrubSettings:
     from dicomvault.rates import ThrottleConfigError, parse_rate
 
     values = _section(data, "scrub", ScrubSettings())
-    if not isinstance(values["enabled"], bool):
-        raise ConfigError(f"[scrub] enabled must be true or false, got {values['enabled']!r}")
     for key in ("period", "check_every"):
-        try:
-            parse_duration(values[key])
-        except ValueError as exc:
-            raise ConfigError(f"[scrub] {key}: {exc}") from None
+        _duration("scrub", key, values[key])
     try:
         parse_rate(values["rate"])
     except ThrottleConfigError as exc:
@@ -902,12 +895,7 @@ def _scrub(data: dict) -> ScrubSettings:
 def _drill(data: dict) -> DrillSettings:
     """``[drill]``: how often `serve` runs a restore drill from every site (jobs/drill/job.py)."""
     values = _section(data, "drill", DrillSettings())
-    if not isinstance(values["enabled"], bool):
-        raise ConfigError(f"[drill] enabled must be true or false, got {values['enabled']!r}")
-    try:
-        parse_duration(values["every"])
-    except ValueError as exc:
-        raise ConfigError(f"[drill] every: {exc}") from None
+    _duration("drill", "every", values["every"])
     if isinstance(values["random"], bool) or not 0 <= values["random"] <= 1000:
         raise ConfigError(f"[drill] random must be a whole number 0-1000, got {values['random']!r}")
     return DrillSettings(values["enabled"], str(values["every"]), values["random"])
@@ -916,12 +904,7 @@ def _drill(data: dict) -> DrillSettings:
 def _snapshots(data: dict) -> SnapshotSettings:
     """``[snapshots]``: how often the encrypted catalog snapshot goes to every site."""
     values = _section(data, "snapshots", SnapshotSettings())
-    if not isinstance(values["enabled"], bool):
-        raise ConfigError(f"[snapshots] enabled must be true or false, got {values['enabled']!r}")
-    try:
-        parse_duration(values["every"])
-    except ValueError as exc:
-        raise ConfigError(f"[snapshots] every: {exc}") from None
+    _duration("snapshots", "every", values["every"])
     keep = values["keep"]
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise ConfigError(f"[snapshots] keep must be a whole number of at least 1, got {keep!r}")
@@ -936,10 +919,7 @@ def _reconcile(data: dict) -> ReconcileSettings:
                             ("backfill", bool, "true or false")):
         if not isinstance(values[key], kind):
             raise ConfigError(f"[reconcile] {key} must be {what}, got {values[key]!r}")
-    try:
-        period = parse_duration(values["every"])
-    except ValueError as exc:
-        raise ConfigError(f"[reconcile] every: {exc}") from None
+    period = _duration("reconcile", "every", values["every"])
     if not 1 <= period <= 366 * 86400:
         raise ConfigError(f"[reconcile] every must be between 1s and 366d, got {values['every']!r}")
     if not 1 <= values["window_days"] <= 3660:
@@ -958,10 +938,7 @@ def _reconcile(data: dict) -> ReconcileSettings:
 def _iocm(data: dict) -> IocmSettings:
     """``[iocm]``: how long a rejected instance stays before it is due for deletion."""
     values = _section(data, "iocm", IocmSettings())
-    try:
-        parse_duration(str(values["delete_after"]))
-    except ValueError as exc:
-        raise ConfigError(f"[iocm] delete_after: {exc}") from None
+    _duration("iocm", "delete_after", values["delete_after"])
     return IocmSettings(str(values["delete_after"]))
 
 
