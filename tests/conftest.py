@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -69,6 +70,38 @@ def free_port() -> int:
             _HANDED_OUT.clear()
         return port
     raise RuntimeError(f"no free loopback port between {low} and {high}")
+
+
+def findscu(vault: "Vault", parent: Path, model: str, *keys: str, calling: str = "", debug: bool = False,
+            expect_ok: bool = True) -> tuple[list[Any], str]:
+    """DCMTK findscu (``model``: "S" study root, "P" patient root; ``keys`` as its -k values)
+    against the running vault; the identifiers it received, in order, and its log."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    out = parent / f"find-{generate_uid()}"
+    out.mkdir(parents=True)
+    args = [dcmtk("findscu"), *(["-d"] if debug else []), f"-{model}", *(["-aet", calling] if calling else []),
+            "-aec", vault.ae_title, "-X", "-od", str(out)]
+    for key in keys:
+        args += ["-k", key]
+    run = subprocess.run([*args, "127.0.0.1", str(vault.dicom_port)], capture_output=True, text=True, timeout=60)
+    if expect_ok:
+        assert run.returncode == 0, run.stdout + run.stderr
+    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))], run.stdout + run.stderr
+
+
+def api_call(vault: "Vault", path: str, token: str, body: dict | None = None) -> tuple[int, dict]:
+    """(HTTP status, JSON answer) of the operations API: GET, or POST of ``body`` when given."""
+    request = urllib.request.Request(f"http://127.0.0.1:{vault.http_port}{path}",
+                                     method="GET" if body is None else "POST",
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> None:

@@ -22,7 +22,7 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
-from conftest import Vault, audit_rows, dcmtk, make_vault
+from conftest import findscu as run_findscu, Vault, audit_rows, dcmtk, make_vault
 from pgserver import PostgresServer, postgres_server  # noqa: F401 - fixture
 
 OLD = {"PatientName": "WRONG^PATIENT", "StudyDescription": "CT HEAD WRONG SIDE", "SeriesDescription": "AX WRONG"}
@@ -58,14 +58,7 @@ def storescu(vault: Vault, *paths: Path) -> None:
 
 
 def findscu(vault: Vault, tmp: Path, model: str, *keys: str) -> list[pydicom.Dataset]:
-    out = tmp / f"find-{generate_uid()}"
-    out.mkdir()
-    args = [dcmtk("findscu"), f"-{model}", "-aec", vault.ae_title, "-X", "-od", str(out)]
-    for key in keys:
-        args += ["-k", key]
-    run = subprocess.run([*args, "127.0.0.1", str(vault.dicom_port)], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+    return run_findscu(vault, tmp, model, *keys)[0]
 
 
 def qido(vault: Vault, path: str, **params: str) -> list[dict]:

@@ -25,7 +25,7 @@ from highdicom.ko import KeyObjectSelection, KeyObjectSelectionDocument
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from conftest import Vault, audit_rows, dcmtk, free_port, make_vault, wait_until
+from conftest import findscu as run_findscu, Vault, audit_rows, dcmtk, free_port, make_vault, wait_until
 
 KOS = "1.2.840.10008.5.1.4.1.1.88.59"  # Key Object Selection Document Storage
 
@@ -78,12 +78,8 @@ def store(vault: Vault, calling: str, *files: Path) -> subprocess.CompletedProce
 
 def findscu(vault: Vault, out: Path, level: str, **keys: str) -> list[pydicom.Dataset]:
     """DCMTK findscu as VIEWER (Study Root); the identifiers it received."""
-    out.mkdir(parents=True)
-    args = ["-k", f"QueryRetrieveLevel={level}"] + [a for k, v in keys.items() for a in ("-k", f"{k}={v}" if v else k)]
-    run = subprocess.run([dcmtk("findscu"), "-S", "-aet", "VIEWER", "-aec", vault.ae_title, "-X", "-od", str(out),
-                          *args, "127.0.0.1", str(vault.dicom_port)], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stdout + run.stderr
-    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*"))]
+    keys_ = [f"QueryRetrieveLevel={level}"] + [f"{k}={v}" if v else k for k, v in keys.items()]
+    return run_findscu(vault, out, "S", *keys_, calling="VIEWER")[0]
 
 
 def study_row(vault: Vault, out: Path, study: str) -> dict[str, str]:

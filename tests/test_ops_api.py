@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Vault, make_vault
+from conftest import Vault, api_call, make_vault
 from test_dicomweb import audit_rows
 
 
@@ -89,14 +89,7 @@ def test_an_empty_api_tokens_setting_is_a_config_error(vault: Vault) -> None:
 
 
 def _post(vault: Vault, path: str, token: str, body: dict | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{vault.http_port}{path}", method="POST",
-                                     data=json.dumps(body or {"to": "nowhere"}).encode(),
-                                     headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as refused:
-        return refused.code, json.loads(refused.read())
+    return api_call(vault, path, token, body or {"to": "nowhere"})
 
 
 def test_only_operator_tokens_may_act(running_vault: Vault) -> None:

@@ -18,7 +18,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from conftest import Vault, dcmtk, free_port, make_vault, wait_until
+from conftest import findscu as run_findscu, Vault, dcmtk, free_port, make_vault, wait_until
 from orthanc import Orthanc, orthanc_factory  # noqa: F401 - fixtures
 from test_orthanc_forward import dataset_bytes
 
@@ -142,15 +142,7 @@ def final_counts(log: str) -> dict[str, int]:
 
 def findscu(h: Hospital, model: str, *keys: str, expect_ok: bool = True) -> tuple[list[pydicom.Dataset], str]:
     """Run DCMTK findscu (-P patient root / -S study root); return the responses and its log."""
-    out = h.tmp / f"find-{generate_uid()}"
-    out.mkdir()
-    args = [dcmtk("findscu"), "-d", f"-{model}", "-aec", h.vault.ae_title, "-X", "-od", str(out)]
-    for key in keys:
-        args += ["-k", key]
-    run = subprocess.run([*args, "127.0.0.1", str(h.vault.dicom_port)], capture_output=True, text=True, timeout=60)
-    if expect_ok:
-        assert run.returncode == 0, run.stderr
-    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))], run.stdout + run.stderr
+    return run_findscu(h.vault, h.tmp, model, *keys, debug=True, expect_ok=expect_ok)
 
 
 def values(responses: list[pydicom.Dataset], keyword: str) -> set[str]:

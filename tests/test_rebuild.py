@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
 
-from conftest import Vault, dcmtk, wait_until
+from conftest import findscu as run_findscu, Vault, wait_until
 from s3server import S3Server, s3_server, unique_bucket_name  # noqa: F401 - fixture
 from test_replication_file import drained
 from test_replication_s3 import add_s3_site
@@ -38,14 +37,7 @@ def make_corpus(template: pydicom.Dataset, dest: Path, patients: list[str], firs
 
 def findscu(vault: Vault, tmp: Path, model: str, *keys: str) -> list[str]:
     """DCMTK findscu against the running vault; the responses as sorted canonical JSON."""
-    out = tmp / f"find-{generate_uid()}"
-    out.mkdir()
-    args = [dcmtk("findscu"), f"-{model}", "-aec", vault.ae_title, "-X", "-od", str(out)]
-    for key in keys:
-        args += ["-k", key]
-    run = subprocess.run([*args, "127.0.0.1", str(vault.dicom_port)], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr
-    return sorted(json.dumps(pydicom.dcmread(p).to_json_dict(), sort_keys=True) for p in out.glob("rsp*.dcm"))
+    return sorted(json.dumps(ds.to_json_dict(), sort_keys=True) for ds in run_findscu(vault, tmp, model, *keys)[0])
 
 
 def answers(vault: Vault, tmp: Path, study_uid: str) -> dict[str, object]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
-import urllib.error
-import urllib.request
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from conftest import Vault, audit_rows, make_vault, wait_until
+from conftest import Vault, api_call, audit_rows, make_vault, wait_until
 from pgserver import PostgresServer, postgres_server  # noqa: F401 - fixture
 from test_catalog_postgres import use_catalog
 from dicomvault.catalog.retention import StudyFacts, add_period, decide
@@ -296,18 +294,6 @@ def test_holds_from_the_cli_keep_a_study_out_of_the_due_list(stocked) -> None:  
 
 # --- holds over the operations API, and serve's recompute at start ---------------------------
 
-def _call(vault: Vault, path: str, token: str, body: dict | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{vault.http_port}{path}",
-                                     method="GET" if body is None else "POST",
-                                     data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as refused:
-        return refused.code, json.loads(refused.read())
-
-
 def test_holds_over_the_api_need_the_operator_role(stocked) -> None:  # type: ignore[no-untyped-def]
     vault, uids = stocked
     vault.config.write_text(vault.config.read_text().replace('keep = "2y"', 'keep = "3y"'))  # a rule change
@@ -321,21 +307,21 @@ def test_holds_over_the_api_need_the_operator_role(stocked) -> None:  # type: ig
                    what="keep-until recomputed at serve start")
         wait_until(lambda: audit_rows(vault, "retention"), timeout=10, what="the recompute audited")
         assert [(s, d["studies"]) for s, _o, d in audit_rows(vault, "retention")] == [("recompute", 5)]
-        code, body = _call(vault, "/api/holds", reader, {"study": uids["old"], "reason": "dashboard tries"})
+        code, body = api_call(vault, "/api/holds", reader, {"study": uids["old"], "reason": "dashboard tries"})
         assert code == 403 and body["needed"] == "operator"
-        assert _call(vault, "/api/holds", reader) == (200, {"holds": []})  # reading is fine
-        code, hold = _call(vault, "/api/holds", ops, {"study": uids["old"], "reason": "litigation 9"})
+        assert api_call(vault, "/api/holds", reader) == (200, {"holds": []})  # reading is fine
+        code, hold = api_call(vault, "/api/holds", ops, {"study": uids["old"], "reason": "litigation 9"})
         assert code == 201 and hold["scope"] == "study" and hold["active"] and hold["actor"].startswith("api:ops@")
-        code, body = _call(vault, "/api/holds", ops, {"study": uids["mr"]})
+        code, body = api_call(vault, "/api/holds", ops, {"study": uids["mr"]})
         assert code == 400 and "a reason is required" in body["error"]
-        code, body = _call(vault, "/api/holds", ops, {"study": ["x"], "reason": "r"})
+        code, body = api_call(vault, "/api/holds", ops, {"study": ["x"], "reason": "r"})
         assert code == 400 and "study must be text" in body["error"]
-        code, body = _call(vault, f"/api/holds/{hold['id']}/release", reader, {"reason": "no"})
+        code, body = api_call(vault, f"/api/holds/{hold['id']}/release", reader, {"reason": "no"})
         assert code == 403
         assert vault.status()["retention"]["expired_held"] == 1
-        code, body = _call(vault, f"/api/holds/{hold['id']}/release", vault.api_token(), {"reason": "settled"})
+        code, body = api_call(vault, f"/api/holds/{hold['id']}/release", vault.api_token(), {"reason": "settled"})
         assert code == 200 and not body["active"] and body["release_reason"] == "settled"
-        code, body = _call(vault, "/api/holds/424242/release", ops, {"reason": "x"})
+        code, body = api_call(vault, "/api/holds/424242/release", ops, {"reason": "x"})
         assert code == 404 and "no legal hold 424242" in body["error"]
         listed = vault.api("/api/holds")["holds"]
         assert [(h["id"], h["active"], h["released_by"].startswith("api:admin@")) for h in listed] == [
