@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from dicomvault.access import NOT_AUTHORIZED
 from dicomvault.dicom import build_part10
 from dicomvault.dicom.part10 import uid_problem
 from dicomvault.net import spool
@@ -26,7 +27,6 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATASET_MISMATCH = 0xA900  # "Data Set does not match SOP Class" (PS3.4 B.2.3)
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
-STATUS_NOT_AUTHORIZED = 0x0124  # PS3.7 C.5 (access.NOT_AUTHORIZED)
 _STATUS_OF_KIND = {"storage": STATUS_OUT_OF_RESOURCES, "mismatch": STATUS_DATASET_MISMATCH}
 
 
@@ -63,7 +63,7 @@ def c_store(ingestor: Ingestor, sop_class: str, sop_instance: str, transfer_synt
             refusal = may_reject() if note is not None and may_reject is not None else ""
             if refusal:
                 log.warning("rejection note %r from %s refused: %s", sop_instance[:80], source, refusal)
-                return STATUS_NOT_AUTHORIZED, refusal
+                return NOT_AUTHORIZED, refusal
         if isinstance(dataset, spool.SpooledDataset):  # large: wrapped on disk, not in memory
             part10 = dataset.with_prefix(build_part10(sop_class, sop_instance, transfer_syntax, b""))
         else:

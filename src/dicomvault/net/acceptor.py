@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dicomvault.access import NOT_AUTHORIZED  # the status of a refusal; the decision is the caller's hook
 from dicomvault.config import DicomSettings
 
 from . import pdu, spool, tls
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
-NOT_AUTHORIZED = 0x0124  # PS3.7 C.5: Refused: Not Authorized (the access decision is the caller's hook)
 MAX_PDU_RECEIVED = 4 * 1024 * 1024  # what we tell peers; larger PDUs are a protocol error
 ARTIM_SECONDS = 10.0  # after a rejection or a release, how long the requestor may take to close
 # Services we do not provide: proposals of these are rejected (abstract syntax not
