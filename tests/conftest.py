@@ -268,17 +268,17 @@ def audit_rows(vault: Vault, action: str) -> list[tuple[str, str, dict]]:
 
 
 def site_staging(root: Path) -> list[str]:
-    """What a file site holds besides its objects and catalog snapshots: temp files, write
+    """What a file site holds besides its objects, key records and catalog snapshots: temp files, write
     intents and unreleased write-ahead journal records (``journal/<name>``). Empty once every
     acknowledged object is indexed and hardened."""
     from dicomvault.sites.journal import live_records
 
-    objects, snapshots, journal = root / "objects", root / "snapshots", root / "journal"
+    kept = (root / "objects", root / "snapshots", root / "journal", root / "keys")
     found = [
         str(p.relative_to(root)) for p in root.rglob("*")
-        if p.is_file() and objects not in p.parents and snapshots not in p.parents and journal not in p.parents
-        and p.name != ".health-probe"
+        if p.is_file() and not any(folder in p.parents for folder in kept) and p.name != ".health-probe"
     ]
+    journal = root / "journal"
     found += [f"journal/{name}" for name in live_records(journal)] if journal.is_dir() else []
     return sorted(found)
 

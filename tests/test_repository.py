@@ -10,8 +10,8 @@ import pytest
 
 from dicomvault.archive.core import Archive
 from dicomvault.sites.journal import live_records
-from dicomvault.codec import decompress
-from dicomvault.crypto import RecoveryKey, open_object
+from dicomvault.archive.disaster import RecoveryReader
+from dicomvault.crypto import DecryptionError, RecoveryKey, open_object
 from dicomvault.archive.write import IngestRejected
 
 
@@ -24,11 +24,12 @@ def test_every_object_opens_with_only_the_recovery_key(archive: Archive, ct_smal
     assert len(names) == 1
     blob = archive.site.get(names[0])
     assert b"CompressedSamples" not in blob and pydicom.dcmread(ct_small).PatientID.encode() not in blob
-    opened = open_object(blob, recovery=recovery)
-    restored = decompress(opened.metadata["codec"], opened.payload, opened.metadata["size_original"])
+    with pytest.raises(DecryptionError, match="carries no key"):
+        open_object(blob, recovery=recovery)  # the object alone is not enough: its key lives in a record
+    metadata, restored = RecoveryReader(recovery, archive.site).open(blob)  # the site's key record is
     assert restored == original
-    assert opened.metadata["sha256"] == hashlib.sha256(original).hexdigest()
-    assert opened.metadata["attributes"]["sop_instance_uid"] == pydicom.dcmread(ct_small).SOPInstanceUID
+    assert metadata["sha256"] == hashlib.sha256(original).hexdigest()
+    assert metadata["attributes"]["sop_instance_uid"] == pydicom.dcmread(ct_small).SOPInstanceUID
 
 
 def test_crash_between_object_write_and_commit_is_adopted(archive: Archive, ct_small: Path) -> None:

@@ -14,6 +14,7 @@ from dicomvault.catalog import Catalog
 from dicomvault.catalog.permissions import restrict
 from dicomvault.config import Settings
 from dicomvault.crypto import Keyring
+from dicomvault.archive.keystore import KeyStore
 from dicomvault.archive.repository import Repository
 from dicomvault.sites import Site, open_site
 
@@ -41,7 +42,8 @@ class Archive:
         catalog = Catalog(settings.catalog_url)
         fallbacks = [(r.name, (lambda r=r: open_site(r.url, r.option_map))) for r in settings.replicas
                      if not r.is_pacs]  # a PACS cannot hand back sealed objects
-        repository = Repository(site, keyring, settings.storage.compression_level, fallbacks)
+        keys = KeyStore(catalog, keyring, site, settings.base_dir / "keys.epoch")
+        repository = Repository(site, keyring, keys, settings.storage.compression_level, fallbacks)
         from dicomvault.archive.quarantine import active
 
         repository.excluded = set(active(catalog))  # quarantined sites are not read from
@@ -62,6 +64,10 @@ class Archive:
                 self._ingestor.retention = self.settings.retention
                 self.catalog.on_followed = self._ingestor.follow_corrections
             return self._ingestor
+
+    @property
+    def keys(self) -> KeyStore:
+        return self.repository.keys
 
     def close(self) -> None:
         if self._ingestor is not None:

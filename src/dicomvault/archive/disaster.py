@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from dicomvault.codec import CodecError, decompress
-from dicomvault.crypto.envelope import DecryptionError, open_object, read_header
+from dicomvault.crypto.envelope import DecryptionError, ObjectHeader, open_object, read_header
+from dicomvault.crypto.keys import KeyRecord
 from dicomvault.crypto.keys import KeyError_, RecoveryKey
 from dicomvault.sites import Site
 
@@ -39,17 +40,22 @@ def _safe(uid: str) -> str:
 
 
 class RecoveryReader:
-    """Opens objects with the recovery key, caching unwrapped study keys by key id."""
+    """Opens objects with the recovery key, caching unwrapped study keys by key id.
 
-    def __init__(self, recovery: RecoveryKey) -> None:
+    An object sealed before key records carries its wrapped key; any other is opened through
+    its study's key record on ``site`` (the site the objects come from holds them all). A
+    study deleted since has no record anywhere: its objects are reported, never opened."""
+
+    def __init__(self, recovery: RecoveryKey, site: Site | None = None) -> None:
         self.recovery = recovery
+        self.site = site
         self._keys: dict[str, bytes] = {}
 
     def open(self, blob: bytes) -> tuple[dict[str, Any], bytes]:
         header, _ = read_header(blob)
         key = self._keys.get(header.key_id)
         if key is None:
-            key = self.recovery.unwrap(header.wrapped_for_recovery, header.key_id)
+            key = self.recovery.unwrap(self._wrapped_for_recovery(header), header.key_id)
             self._keys[header.key_id] = key
         opened = open_object(blob, data_key=key)
         metadata = opened.metadata
@@ -57,6 +63,18 @@ class RecoveryReader:
         if hashlib.sha256(original).hexdigest() != metadata.get("sha256"):
             raise DecryptionError("decrypted bytes differ from the SHA-256 sealed with them")
         return metadata, original
+
+
+    def _wrapped_for_recovery(self, header: ObjectHeader) -> bytes:
+        if header.embeds_keys:
+            return header.wrapped_for_recovery
+        if self.site is None:
+            raise DecryptionError(f"object names key {header.key_id}; its key record is needed to open it")
+        try:
+            return KeyRecord.from_bytes(self.site.get_key(header.key_id), header.key_id).wrapped_for_recovery
+        except KeyError:
+            raise DecryptionError(f"no key record {header.key_id} on {self.site.url}: the study was deleted and "
+                                  "this copy shredded (or the site never received the record)") from None
 
 
 def restore_from_site(site: Site, recovery: RecoveryKey, out: Path, study_uid: str | None = None,
@@ -67,7 +85,7 @@ def restore_from_site(site: Site, recovery: RecoveryKey, out: Path, study_uid: s
     ``.v2``, ``.v3``... in order of receipt. An object that fails authentication or its
     checksum is reported, never written.
     """
-    reader = RecoveryReader(recovery)
+    reader = RecoveryReader(recovery, site)
     report = RecoveryReport()
     found: list[tuple[float, str, dict[str, Any], bytes]] = []
     for name in site.list():

@@ -10,14 +10,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from dicomvault.codec import CodecError, compress, decompress, worth_compressing
 from dicomvault.crypto import DecryptionError, Keyring, StudyKey, open_object, seal_object
+from dicomvault.archive.keystore import KeyStore
 from dicomvault.crypto.envelope import read_header
+from dicomvault.crypto.keys import KeyError_
 from dicomvault.dicom import split_part10
 from dicomvault.sites import Site, SiteError
 
@@ -37,10 +38,11 @@ class SavedObject:
 
 
 class Repository:
-    def __init__(self, site: Site, keyring: Keyring, compression_level: int = 1,
+    def __init__(self, site: Site, keyring: Keyring, keys: KeyStore, compression_level: int = 1,
                  fallbacks: "list[tuple[str, Callable[[], Site]]] | None" = None) -> None:
         self.site = site
         self.keyring = keyring
+        self.keys = keys
         self.compression_level = compression_level
         # Replica sites to read from when the primary's copy is missing or damaged, opened on
         # first need: (name, opener). A damaged copy is never served; a healthy one elsewhere is.
@@ -48,11 +50,10 @@ class Repository:
         self._opened: dict[str, Site] = {}
         self.excluded: set[str] = set()  # quarantined sites (archive/quarantine.py): never read from
         self.fallback_reads = 0
-        self._data_keys: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
-    def object_id_for(self, sha256_digest: bytes) -> str:
-        return self.keyring.object_id(sha256_digest)
+    def object_id_for(self, sha256_digest: bytes, study_key: StudyKey) -> str:
+        return self.keyring.object_id(sha256_digest, "" if study_key.embedded else study_key.key_id)
 
     def encode(self, original: bytes, transfer_syntax_uid: str) -> tuple[str, bytes]:
         """The payload to seal: zstd for raw pixel data, as is for already-compressed syntaxes.
@@ -67,26 +68,19 @@ class Repository:
              encoded: tuple[str, bytes] | None = None) -> SavedObject:
         """Compress (unless ``encoded`` is given: the result of ``encode(original, ...)``),
         seal and durably store ``original``; returns once it is on stable storage."""
-        object_id = self.object_id_for(sha256_digest)
+        object_id = self.object_id_for(sha256_digest, study_key)
         syntax = str(metadata.get("attributes", {}).get("transfer_syntax_uid", ""))
         codec, payload = encoded if encoded is not None else self.encode(original, syntax)
-        sealed = seal_object(study_key, {**metadata, "codec": codec}, payload)
+        sealed = seal_object(study_key, {**metadata, "codec": codec}, payload, embed_keys=study_key.embedded)
         written = self.site.put_if_absent(object_id, sealed)
         return SavedObject(object_id, len(sealed), codec, written)
 
     def _data_key_for(self, blob: bytes) -> bytes:
         header, _ = read_header(blob)
-        with self._lock:
-            key = self._data_keys.get(header.key_id)
-            if key is not None:
-                self._data_keys.move_to_end(header.key_id)
-                return key
-        key = self.keyring.unwrap(header.key_id, header.wrapped_by_site)
-        with self._lock:
-            self._data_keys[header.key_id] = key
-            if len(self._data_keys) > 4096:
-                self._data_keys.popitem(last=False)
-        return key
+        try:
+            return self.keys.data_key(header)
+        except KeyError_ as exc:
+            raise DecryptionError(str(exc)) from exc
 
     def load(self, object_id: str, expected_sha256: str | None = None) -> tuple[dict[str, Any], bytes]:
         """Return (metadata, original bytes), verified; raise IntegrityError on any doubt.

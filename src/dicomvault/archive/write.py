@@ -190,29 +190,13 @@ class Ingestor:
         # (sites/journal.py): acknowledgements then cost one device flush, not a file creation.
         if journal:
             repository.site.enable_journal()
-        self._study_keys: dict[str, StudyKey] = {}
-        self._key_lock = threading.Lock()
         # [retention]: keep-until dates follow the studies as they arrive (catalog/retention.py)
         self.retention: RetentionSettings | None = None
         self._retention_seen: set[tuple[str, str, str, str]] = set()
 
     def study_key(self, study_uid: str) -> StudyKey:
-        """The study's data key, created (and committed) the first time the study is seen."""
-        with self._key_lock:
-            cached = self._study_keys.get(study_uid)
-            if cached is not None:
-                return cached
-            with self.catalog.write() as conn:
-                row = self.catalog.study_key_row(conn, study_uid)
-                if row is None:
-                    key = self.keyring.new_study_key()
-                    self.catalog.add_study_key(conn, study_uid, key.key_id, key.wrapped_by_site, key.wrapped_for_recovery)
-                else:
-                    key = self.keyring.study_key_from_wrapped(row.key_id, row.wrapped_site, row.wrapped_recovery)
-            if len(self._study_keys) > 10000:
-                self._study_keys.clear()
-            self._study_keys[study_uid] = key
-            return key
+        """The study's data key, created (its key record durable) the first time the study is seen."""
+        return self.repository.keys.study_key(study_uid)
 
     def refuse(self, reason: str, source: str, actor: str, kind: str = "invalid") -> IngestRejected:
         """Count and audit a refused instance; the caller raises what this returns."""
@@ -403,12 +387,11 @@ class Ingestor:
             log.warning("could not audit a refused store (%s): %s", source, reason)
 
     def _ensure_study_key(self, study_uid: str, blob: bytes) -> None:
-        """Re-create a study key row lost with its transaction, from the object's own header."""
+        """Re-create a study key row lost with its transaction: from the object's own header, or
+        from its key record (the primary's, or one of ``KeyStore.sources``)."""
         header, _ = read_header(blob)
         with self.catalog.write() as conn:
-            if self.catalog.study_key_row(conn, study_uid) is None:
-                self.catalog.add_study_key(conn, study_uid, header.key_id, header.wrapped_by_site,
-                                           header.wrapped_for_recovery)
+            self.repository.keys.adopt(conn, study_uid, header)
 
     def adopt(self, object_id: str, blob: bytes, metadata: dict[str, Any], actor: str, action: str,
               size_stored: int | None = None) -> IngestResult:

@@ -80,6 +80,8 @@ RULES: dict[str, Rule] = {
     "replica-put": Rule(INSTANCES_TRANSFERRED, "C", INBOUND),  # another vault's ciphertext
     "replica-snapshot": Rule(INSTANCES_TRANSFERRED, "C", INBOUND),
     "replica-delete": Rule(STUDY_DELETED, "D", REQUEST),  # a sender removes its ciphertext here
+    "replica-key": Rule(INSTANCES_TRANSFERRED, "C", INBOUND),  # a sender's (wrapped) study key record
+    "replica-key-delete": Rule(STUDY_DELETED, "D", REQUEST),  # a sender shreds a study here
     "get": Rule(INSTANCES_TRANSFERRED, "R", OUTBOUND),
     "move": Rule(INSTANCES_TRANSFERRED, "R", OUTBOUND),
     "read": Rule(INSTANCES_TRANSFERRED, "R", OUTBOUND),  # WADO, `get`; API reads: see build()

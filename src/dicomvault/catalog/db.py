@@ -26,12 +26,13 @@ from sqlalchemy import Connection, bindparam, create_engine, event, func, insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import keys
 from . import schema as t
 from .permissions import protect_sqlite_catalog
 from dicomvault.dicom.records import InstanceAttributes, VersionRecord
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0012"  # bump together with every new file in migrations/versions/
+HEAD_REVISION = "0015"  # bump together with every new file in migrations/versions/
 
 
 class CatalogError(Exception):
@@ -268,11 +269,10 @@ class Catalog:
     def study_key_row(self, conn: Connection, study_uid: str) -> Any:
         return conn.execute(_STUDY_KEY_ROW, {"study_uid": study_uid}).first()
 
-    def add_study_key(self, conn: Connection, study_uid: str, key_id: str, wrapped_site: bytes, wrapped_recovery: bytes) -> None:
-        conn.execute(_INSERT["study_keys"], {
-            "key_id": key_id, "study_uid": study_uid, "wrapped_site": wrapped_site,
-            "wrapped_recovery": wrapped_recovery, "created_at": time.time(),
-        })
+    def add_study_key(self, conn: Connection, study_uid: str, key_id: str, wrapped_site: bytes, wrapped_recovery: bytes,
+                      *, kek_id: str = "", recovery_id: str = "", embedded: bool = True) -> None:
+        keys.add(conn, study_uid, key_id, wrapped_site, wrapped_recovery, kek_id=kek_id, recovery_id=recovery_id,
+                 embedded=embedded)
 
     def _upsert_hierarchy(self, conn: Connection, a: InstanceAttributes, now: float) -> tuple[int, bool]:
         """Patient, study, series and instance rows for ``a``: (instance pk, instance is new).
@@ -376,10 +376,10 @@ class Catalog:
         with self.read() as conn:
             return [_version(row) for row in conn.execute(self._version_query())]
 
-    def study_key(self, key_id: str) -> tuple[bytes, bytes] | None:
+    def study_key(self, key_id: str) -> Any:
+        """The study_keys row of ``key_id`` (wrapped keys, their generation), or None."""
         with self.read() as conn:
-            row = conn.execute(select(t.study_keys).where(t.study_keys.c.key_id == key_id)).first()
-        return (row.wrapped_site, row.wrapped_recovery) if row else None
+            return keys.by_key_id(conn, key_id)
 
     def find_studies(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    true,
 )
 
 metadata = MetaData()
@@ -43,6 +45,11 @@ study_keys = Table(
     Column("wrapped_site", LargeBinary, nullable=False),
     Column("wrapped_recovery", LargeBinary, nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("kek_id", String(16), nullable=False, server_default=""),  # site-key generation that wraps it
+    Column("recovery_id", String(16), nullable=False, server_default=""),  # recovery key it is wrapped for
+    # True: the study's objects carry this key in their headers (sealed before key records), so
+    # deleting the key records cannot shred copies a write-once site keeps.
+    Column("embedded", Boolean, nullable=False, server_default=true()),
 )
 
 studies = Table(

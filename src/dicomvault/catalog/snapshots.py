@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import zstandard
 from sqlalchemy import Connection, LargeBinary, func, insert, select, text
 
+from . import keys
 from . import schema as t
 from .db import HEAD_REVISION
 
@@ -54,6 +55,7 @@ def dump_catalog(catalog: "Catalog") -> tuple[bytes, dict[str, Any]]:
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
         for index, table in enumerate(tables):
             binary = _binary_columns(table)
+            names = [column.name for column in table.columns]
             primary = list(table.primary_key.columns)
             count = 0
             buffer: list[bytes] = []
@@ -61,6 +63,8 @@ def dump_catalog(catalog: "Catalog") -> tuple[bytes, dict[str, Any]]:
                 select(table).order_by(*primary))
             for row in result:
                 values = list(row)
+                if table is t.study_keys:
+                    values = keys.snapshot_row(values, names)
                 for i in binary:
                     if values[i] is not None:
                         values[i] = base64.b64encode(values[i]).decode()

@@ -4,7 +4,9 @@ Layout (all integers big-endian)::
 
     b"DVLTOBJ1"            magic and format version
     u32 header_length
-    header                 JSON, no PHI: algorithm, key id, wrapped data keys, nonce prefix
+    header                 JSON, no PHI: algorithm, key id, nonce prefix, and (only in objects
+                           sealed before key records, and in catalog snapshots) the wrapped
+                           data keys
     segments               each = AES-256-GCM(data key, nonce_prefix || u32 index,
                            plaintext[i*SEG:(i+1)*SEG], aad = sha256(magic+header) || index || final)
 
@@ -12,6 +14,14 @@ The plaintext is ``u32 metadata_length || metadata JSON || payload``. Sealing in
 keeps any one GCM call far below its size limit and lets large objects stream later; the
 index and the final flag in the associated data make reordering, dropping or truncating
 segments fail authentication, so an altered object can never decrypt to wrong bytes.
+
+Where the data key lives decides whether an object can be crypto-shredded. An object that
+carries its wrapped keys can be opened by whoever holds the recovery key for as long as the
+object exists, which on a write-once site (Object Lock, WORM, a partner vault that keeps
+replicas) is beyond our control. So objects name their key id only (``embed_keys=False``);
+the study's key record (``keys.KeyRecord``) lives in the catalog and as a small deletable
+object on every site, and deleting those is deleting every readable copy. Catalog snapshots
+still embed theirs: a snapshot is opened with the recovery key alone, before anything else.
 """
 
 from __future__ import annotations
@@ -46,6 +56,11 @@ class ObjectHeader:
     nonce_prefix: bytes
     raw: bytes
 
+    @property
+    def embeds_keys(self) -> bool:
+        """True for objects that carry their wrapped data key (sealed before key records)."""
+        return bool(self.wrapped_by_site)
+
 
 @dataclass(frozen=True)
 class EncryptedObject:
@@ -58,20 +73,21 @@ def _segment_aad(header_digest: bytes, index: int, final: bool) -> bytes:
     return header_digest + struct.pack(">QB", index, 1 if final else 0)
 
 
-def seal_object(study_key: StudyKey, metadata: dict[str, Any], payload: bytes) -> bytes:
+def seal_object(study_key: StudyKey, metadata: dict[str, Any], payload: bytes, *, embed_keys: bool = False) -> bytes:
+    """Seal ``payload`` (and its metadata) under the study key. With ``embed_keys`` the
+    wrapped data keys go into the header (catalog snapshots); without, only the key id does
+    (objects: shreddable by deleting the study's key records)."""
     nonce_prefix = os.urandom(8)
-    header = json.dumps(
-        {
-            "alg": "AES-256-GCM-SEG",
-            "segment": SEGMENT_SIZE,
-            "key_id": study_key.key_id,
-            "wrapped_site": base64.b64encode(study_key.wrapped_by_site).decode(),
-            "wrapped_recovery": base64.b64encode(study_key.wrapped_for_recovery).decode(),
-            "nonce_prefix": base64.b64encode(nonce_prefix).decode(),
-        },
-        separators=(",", ":"),
-        sort_keys=True,
-    ).encode()
+    fields = {
+        "alg": "AES-256-GCM-SEG",
+        "segment": SEGMENT_SIZE,
+        "key_id": study_key.key_id,
+        "nonce_prefix": base64.b64encode(nonce_prefix).decode(),
+    }
+    if embed_keys:
+        fields["wrapped_site"] = base64.b64encode(study_key.wrapped_by_site).decode()
+        fields["wrapped_recovery"] = base64.b64encode(study_key.wrapped_for_recovery).decode()
+    header = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
     prefix = MAGIC + struct.pack(">I", len(header)) + header
     digest = hashlib.sha256(prefix).digest()
     meta = json.dumps(metadata, separators=(",", ":"), sort_keys=True).encode()
@@ -102,8 +118,8 @@ def read_header(blob: bytes) -> tuple[ObjectHeader, int]:
         fields = json.loads(raw)
         header = ObjectHeader(
             key_id=str(fields["key_id"]),
-            wrapped_by_site=base64.b64decode(fields["wrapped_site"]),
-            wrapped_for_recovery=base64.b64decode(fields["wrapped_recovery"]),
+            wrapped_by_site=base64.b64decode(fields.get("wrapped_site", "")),
+            wrapped_for_recovery=base64.b64decode(fields.get("wrapped_recovery", "")),
             nonce_prefix=base64.b64decode(fields["nonce_prefix"]),
             raw=raw,
         )
@@ -115,6 +131,8 @@ def read_header(blob: bytes) -> tuple[ObjectHeader, int]:
 
 
 def _data_key(header: ObjectHeader, keyring: Keyring | None, recovery: RecoveryKey | None) -> bytes:
+    if not header.embeds_keys:
+        raise DecryptionError(f"object names key {header.key_id} but carries no key: open it with its key record")
     try:
         if keyring is not None:
             return keyring.unwrap(header.key_id, header.wrapped_by_site)

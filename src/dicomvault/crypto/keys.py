@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import secrets
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 SITE_KEY_HEADER = "dicomvault-site-key-v1"
+SITE_KEYS_HEADER = "dicomvault-site-keys-v2"  # after `keys rotate`: several generations
 RECOVERY_KEY_PEM_NOTE = (
     "# dicomvault RECOVERY PRIVATE KEY.\n"
     "# Anyone holding this file can decrypt every copy of this archive, on every site.\n"
@@ -50,12 +52,68 @@ def _hkdf(key: bytes, info: bytes, length: int = 32, salt: bytes | None = None) 
 
 @dataclass(frozen=True)
 class StudyKey:
-    """A study's data key with its two wrapped forms, as stored in every object header."""
+    """A study's data key with its two wrapped forms (its key record, ``KeyRecord``)."""
 
     key_id: str
     data_key: bytes
     wrapped_by_site: bytes
     wrapped_for_recovery: bytes
+    kek_id: str = ""  # the site-key generation that wrapped it ("" : unknown, try each)
+    recovery_id: str = ""  # the recovery key it is wrapped for
+    # A study whose first objects carried this key in their headers (sealed before key records)
+    # keeps doing so: it cannot be shredded anyway, and a rebuild finds its key in any object.
+    embedded: bool = False
+
+    def record(self) -> "KeyRecord":
+        return KeyRecord(self.key_id, self.kek_id, self.wrapped_by_site, self.recovery_id, self.wrapped_for_recovery)
+
+
+KEY_RECORD_FORMAT = "dicomvault-key-record-v1"
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What a site holds of a study's key: its data key wrapped by the site key and for the
+    recovery key, and nothing else (no PHI, no plaintext key).
+
+    Objects sealed since key records exist name only their key id, so these small records
+    are the one place a study's key lives outside the catalog. They are deletable on every
+    site, Object Lock buckets included: deleting them everywhere is the crypto-shred.
+    Both wrapped forms are AEAD-bound to the key id, so a record altered or moved to another
+    name fails to open instead of giving a wrong key."""
+
+    key_id: str
+    kek_id: str
+    wrapped_by_site: bytes
+    recovery_id: str
+    wrapped_for_recovery: bytes
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({
+            "format": KEY_RECORD_FORMAT, "key_id": self.key_id, "kek_id": self.kek_id,
+            "wrapped_site": base64.b64encode(self.wrapped_by_site).decode(), "recovery_id": self.recovery_id,
+            "wrapped_recovery": base64.b64encode(self.wrapped_for_recovery).decode(),
+        }, separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, key_id: str | None = None) -> "KeyRecord":
+        try:
+            fields = json.loads(data)
+            if fields.get("format") != KEY_RECORD_FORMAT:
+                raise ValueError(f"unknown format {fields.get('format')!r}")
+            record = cls(str(fields["key_id"]), str(fields["kek_id"]), base64.b64decode(fields["wrapped_site"]),
+                         str(fields["recovery_id"]), base64.b64decode(fields["wrapped_recovery"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise KeyError_(f"key record is not a dicomvault key record: {exc}") from exc
+        if key_id is not None and record.key_id != key_id:
+            raise KeyError_(f"key record stored as {key_id} is for key {record.key_id}")
+        return record
+
+
+def public_key_id(public_key: X25519PublicKey) -> str:
+    """A short id of a recovery key (its public half), shown by ``status`` and kept in records."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 class RecoveryKey:
@@ -99,71 +157,166 @@ def wrap_for_recovery(public_key: X25519PublicKey, data_key: bytes, key_id: str)
     return eph_pub + nonce + AESGCM(wrap_key).encrypt(nonce, data_key, key_id.encode())
 
 
-class Keyring:
-    """The keys an archive host holds: the site key and the recovery PUBLIC key."""
+def _fingerprint_of(site_key: bytes) -> str:
+    return hashlib.sha256(_hkdf(site_key, b"dicomvault fingerprint v1")).hexdigest()[:16]
 
-    def __init__(self, site_key: bytes, recovery_public: X25519PublicKey) -> None:
-        if len(site_key) != 32:
+
+def _parse_site_keys(text: str, where: str) -> tuple[list[bytes], bytes | None, str | None]:
+    """(site-key generations oldest first, naming key, fingerprint) of a site key file; the
+    last two are None for a v1 file (derived from its one key)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+
+    def b64(value: str) -> bytes:
+        try:
+            return base64.b64decode(value, validate=True)
+        except ValueError as exc:
+            raise KeyError_(f"{where}: site key is not valid base64") from exc
+
+    if len(lines) == 2 and lines[0] == SITE_KEY_HEADER:
+        return [b64(lines[1])], None, None
+    if not lines or lines[0] != SITE_KEYS_HEADER:
+        raise KeyError_(f"{where} is not a dicomvault site key file")
+    naming, fingerprint, keks = None, None, []
+    for line in lines[1:]:
+        kind, _, value = line.partition(" ")
+        if kind == "naming":
+            naming = b64(value)
+        elif kind == "fingerprint":
+            fingerprint = value
+        elif kind == "kek":
+            keks.append(b64(value.split()[-1]))
+        else:
+            raise KeyError_(f"{where}: unknown line {kind!r}")
+    if naming is None or fingerprint is None or not keks:
+        raise KeyError_(f"{where}: needs a naming key, a fingerprint and at least one kek line")
+    return keks, naming, fingerprint
+
+
+class Keyring:
+    """The keys an archive host holds: the site key(s) and the recovery PUBLIC key.
+
+    A site key has generations (``keys rotate`` adds one). The newest wraps every new study
+    key; older ones stay only while some key record is still wrapped by them. What never
+    changes is the naming key (object ids are keyed MACs: renaming every object is not an
+    option) and the archive fingerprint; both come from the first site key, and after a
+    rotation the file keeps them, not that key.
+    """
+
+    def __init__(self, site_key: bytes | list[bytes], recovery_public: X25519PublicKey, *,
+                 naming_key: bytes | None = None, fingerprint: str | None = None) -> None:
+        generations = [site_key] if isinstance(site_key, bytes) else list(site_key)
+        if not generations or any(len(key) != 32 for key in generations):
             raise KeyError_("site key must be 32 bytes")
-        self._kek = AESGCM(_hkdf(site_key, b"dicomvault key-encryption key v1"))
-        self._id_key = _hkdf(site_key, b"dicomvault object id key v1")
+        self._generations = generations
+        self._keks = {_fingerprint_of(key): AESGCM(_hkdf(key, b"dicomvault key-encryption key v1"))
+                      for key in generations}
+        self.kek_id = _fingerprint_of(generations[-1])
+        self._id_key = naming_key or _hkdf(generations[0], b"dicomvault object id key v1")
+        self.fingerprint = fingerprint or _fingerprint_of(generations[0])
         self.recovery_public = recovery_public
-        self._site_key = site_key
-        self.fingerprint = hashlib.sha256(_hkdf(site_key, b"dicomvault fingerprint v1")).hexdigest()[:16]
+        self.recovery_id = public_key_id(recovery_public)
+
+    @property
+    def kek_ids(self) -> list[str]:
+        """Site-key generations held, oldest first; the last wraps new keys."""
+        return [_fingerprint_of(key) for key in self._generations]
 
     @classmethod
     def load(cls, site_key_file: Path, recovery_public_file: Path) -> "Keyring":
         try:
-            lines = [ln.strip() for ln in site_key_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+            text = site_key_file.read_text()
         except OSError as exc:
             raise KeyError_(f"cannot read site key {site_key_file}: {exc}; run `dicomvault init`") from exc
-        if len(lines) != 2 or lines[0] != SITE_KEY_HEADER:
-            raise KeyError_(f"{site_key_file} is not a dicomvault site key file")
-        try:
-            site_key = base64.b64decode(lines[1], validate=True)
-        except ValueError as exc:
-            raise KeyError_(f"{site_key_file}: site key is not valid base64") from exc
+        keks, naming, fingerprint = _parse_site_keys(text, str(site_key_file))
         try:
             pub = serialization.load_pem_public_key(recovery_public_file.read_bytes())
         except (OSError, ValueError) as exc:
             raise KeyError_(f"cannot read recovery public key {recovery_public_file}: {exc}") from exc
         if not isinstance(pub, X25519PublicKey):
             raise KeyError_(f"{recovery_public_file} is not an X25519 public key")
-        return cls(site_key, pub)
+        return cls(keks, pub, naming_key=naming, fingerprint=fingerprint)
+
+    @classmethod
+    def from_text(cls, text: str, recovery_public: X25519PublicKey, where: str = "site key file") -> "Keyring":
+        keks, naming, fingerprint = _parse_site_keys(text, where)
+        return cls(keks, recovery_public, naming_key=naming, fingerprint=fingerprint)
+
+    def to_text(self) -> str:
+        """The site key file for these keys (v1 while there is a single original key)."""
+        if len(self._generations) == 1 and self.fingerprint == _fingerprint_of(self._generations[0]):
+            return (f"# dicomvault site key. Keep on this host only, mode 0600.\n{SITE_KEY_HEADER}\n"
+                    f"{base64.b64encode(self._generations[0]).decode()}\n")
+        lines = ["# dicomvault site keys (after `keys rotate`). Keep on this host only, mode 0600.",
+                 "# naming: object names; kek: key-encryption keys, oldest first, the last wraps new keys.",
+                 SITE_KEYS_HEADER, f"naming {base64.b64encode(self._id_key).decode()}",
+                 f"fingerprint {self.fingerprint}"]
+        lines += [f"kek {_fingerprint_of(key)} {base64.b64encode(key).decode()}" for key in self._generations]
+        return "\n".join(lines) + "\n"
+
+    def rotated(self, recovery_public: X25519PublicKey | None = None) -> "Keyring":
+        """The same archive with a new newest site-key generation (and recovery key, if given)."""
+        return Keyring([*self._generations, secrets.token_bytes(32)], recovery_public or self.recovery_public,
+                       naming_key=self._id_key, fingerprint=self.fingerprint)
+
+    def retiring(self, kek_ids: set[str]) -> "Keyring":
+        """These keys without the generations in ``kek_ids`` (never the newest)."""
+        kept = [key for key in self._generations[:-1] if _fingerprint_of(key) not in kek_ids]
+        return Keyring([*kept, self._generations[-1]], self.recovery_public, naming_key=self._id_key,
+                       fingerprint=self.fingerprint)
 
     def site_key_for_snapshot(self) -> bytes:
-        """The raw site key, only to be sealed inside catalog snapshots (jobs/rebuild/snapshot.py).
-
-        A snapshot is encrypted for the recovery key too, so whoever holds the offline
-        recovery key can give a rebuilt archive this very site key: object names (keyed
-        MACs) and every object header stay valid. That holder can already read every copy,
-        so the escrow grants nothing new.
-        """
-        return self._site_key
+        """The newest raw site key, sealed inside catalog snapshots (jobs/rebuild/snapshot.py),
+        with ``to_text`` (every generation, the naming key): see there why that escrow grants
+        nothing the recovery key holder does not already have."""
+        return self._generations[-1]
 
     def recovery_public_pem(self) -> bytes:
         return self.recovery_public.public_bytes(serialization.Encoding.PEM,
                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
 
-    def object_id(self, content_sha256: bytes) -> str:
-        """Keyed name of an object: equal content gives equal ids, but the id leaks no hash."""
-        return hmac.new(self._id_key, content_sha256, hashlib.sha256).hexdigest()
+    def object_id(self, content_sha256: bytes, key_id: str = "") -> str:
+        """Keyed name of an object: equal content gives equal ids, but the id leaks no hash.
+
+        Objects sealed under a key record also mix in their key id: a study deleted and then
+        received again gets a new key, so its objects get new names instead of colliding
+        with the shredded copies a write-once site still holds under the old ones."""
+        return hmac.new(self._id_key, content_sha256 + key_id.encode(), hashlib.sha256).hexdigest()
+
+    def _wrap(self, data_key: bytes, key_id: str) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._keks[self.kek_id].encrypt(nonce, data_key, key_id.encode())
 
     def new_study_key(self) -> StudyKey:
         key_id = secrets.token_hex(16)
         data_key = AESGCM.generate_key(bit_length=256)
-        nonce = os.urandom(12)
-        wrapped = nonce + self._kek.encrypt(nonce, data_key, key_id.encode())
-        return StudyKey(key_id, data_key, wrapped, wrap_for_recovery(self.recovery_public, data_key, key_id))
+        return StudyKey(key_id, data_key, self._wrap(data_key, key_id),
+                        wrap_for_recovery(self.recovery_public, data_key, key_id), self.kek_id, self.recovery_id)
 
-    def unwrap(self, key_id: str, wrapped_by_site: bytes) -> bytes:
-        try:
-            return self._kek.decrypt(wrapped_by_site[:12], wrapped_by_site[12:], key_id.encode())
-        except InvalidTag as exc:
-            raise KeyError_("site key does not open this data key (wrong site key or altered header)") from exc
+    def unwrap(self, key_id: str, wrapped_by_site: bytes, kek_id: str = "") -> bytes:
+        """The data key; ``kek_id`` "" (an object header from before key records) tries each generation."""
+        candidates = [self._keks[kek_id]] if kek_id in self._keks else [] if kek_id else list(self._keks.values())
+        if not candidates:
+            raise KeyError_(f"site key generation {kek_id} is not held here (retired after `keys rotate`?)")
+        for kek in reversed(candidates):
+            try:
+                return kek.decrypt(wrapped_by_site[:12], wrapped_by_site[12:], key_id.encode())
+            except InvalidTag:
+                continue
+        raise KeyError_("site key does not open this data key (wrong site key or altered header)")
 
-    def study_key_from_wrapped(self, key_id: str, wrapped_by_site: bytes, wrapped_for_recovery: bytes) -> StudyKey:
-        return StudyKey(key_id, self.unwrap(key_id, wrapped_by_site), wrapped_by_site, wrapped_for_recovery)
+    def study_key_from_wrapped(self, key_id: str, wrapped_by_site: bytes, wrapped_for_recovery: bytes,
+                               kek_id: str = "", recovery_id: str = "", embedded: bool = False) -> StudyKey:
+        return StudyKey(key_id, self.unwrap(key_id, wrapped_by_site, kek_id), wrapped_by_site, wrapped_for_recovery,
+                        kek_id, recovery_id, embedded)
+
+    def rewrap(self, record: KeyRecord) -> KeyRecord:
+        """The record wrapped by the newest site key and for the current recovery key (rotation:
+        the data key, and so every payload sealed with it, is untouched)."""
+        data_key = self.unwrap(record.key_id, record.wrapped_by_site, record.kek_id)
+        recovery = record.wrapped_for_recovery if record.recovery_id == self.recovery_id else \
+            wrap_for_recovery(self.recovery_public, data_key, record.key_id)
+        wrapped = record.wrapped_by_site if record.kek_id == self.kek_id else self._wrap(data_key, record.key_id)
+        return KeyRecord(record.key_id, self.kek_id, wrapped, self.recovery_id, recovery)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -181,20 +334,41 @@ def generate_keys(site_key_file: Path, recovery_public_file: Path, recovery_priv
     for path in (site_key_file, recovery_public_file, recovery_private_file):
         if path.exists():
             raise KeyError_(f"{path} already exists; refusing to overwrite a key")
-    private = X25519PrivateKey.generate()
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    _write_private(recovery_private_file, RECOVERY_KEY_PEM_NOTE.encode() + pem)
-    write_host_keys(site_key_file, recovery_public_file, secrets.token_bytes(32), private.public_key())
+    public = new_recovery_key(recovery_private_file)
+    write_host_keys(site_key_file, recovery_public_file, secrets.token_bytes(32), public)
 
 
-def write_host_keys(site_key_file: Path, recovery_public_file: Path, site_key: bytes,
+def write_host_keys(site_key_file: Path, recovery_public_file: Path, site_key: bytes | Keyring,
                     recovery_public: X25519PublicKey) -> None:
     """Write the two keys an archive host holds (``init``, or ``rebuild-index`` restoring them)."""
-    _write_private(
-        site_key_file,
-        f"# dicomvault site key. Keep on this host only, mode 0600.\n{SITE_KEY_HEADER}\n"
-        f"{base64.b64encode(site_key).decode()}\n".encode(),
-    )
+    keyring = site_key if isinstance(site_key, Keyring) else Keyring(site_key, recovery_public)
+    _write_private(site_key_file, keyring.to_text().encode())
     public_pem = recovery_public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     _write_private(recovery_public_file, public_pem)
     os.chmod(recovery_public_file, 0o644)
+
+
+def replace_host_keys(site_key_file: Path, recovery_public_file: Path, keyring: Keyring) -> None:
+    """Atomically replace the host's key files (``keys rotate``): a crash leaves the old or the new."""
+    for path, data, mode in ((site_key_file, keyring.to_text().encode(), 0o600),
+                             (recovery_public_file, keyring.recovery_public_pem(), 0o644)):
+        temporary = path.with_name(path.name + ".new")
+        temporary.unlink(missing_ok=True)
+        _write_private(temporary, data)
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def new_recovery_key(recovery_private_file: Path) -> X25519PublicKey:
+    """A fresh recovery key pair: the private half written (once) to its file, the public returned."""
+    if recovery_private_file.exists():
+        raise KeyError_(f"{recovery_private_file} already exists; refusing to overwrite a key")
+    private = X25519PrivateKey.generate()
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    _write_private(recovery_private_file, RECOVERY_KEY_PEM_NOTE.encode() + pem)
+    return private.public_key()

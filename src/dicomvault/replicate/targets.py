@@ -13,7 +13,10 @@ must (plaintext warning, status) ask by type: ``isinstance(target, SiteTarget)``
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
+
+from dicomvault.crypto.envelope import read_header
 
 from dicomvault.sites import Site, SiteError, open_site
 
@@ -57,13 +60,32 @@ def verify_copy(site: Site, name: str, blob: bytes) -> str:
 
 
 class SiteTarget:
-    """A ciphertext site as a copy target: write-once put, flush, verify, release the intent."""
+    """A ciphertext site as a copy target: write-once put, flush, verify, release the intent.
 
-    def __init__(self, site: Site) -> None:
+    An object that names its key id only goes after its study's key record: a site never
+    holds a copy it could not be read from with the recovery key alone (promise 3)."""
+
+    def __init__(self, site: Site, key_record: Callable[[str], bytes | None] | None = None) -> None:
         self.site = site
         self.url = site.url
+        self.key_record = key_record  # KeyStore.record: the record to place, from the catalog
+        self._placed: set[str] = set()  # key ids whose record this target put (this process)
+
+    def _place_key_record(self, name: str, sealed: bytes) -> None:
+        header, _ = read_header(sealed)
+        if header.embeds_keys or header.key_id in self._placed:
+            return
+        record = self.key_record(header.key_id) if self.key_record is not None else None
+        if record is None:
+            raise SiteError(f"object {name} needs key record {header.key_id}, which the catalog does not hold "
+                            "(its study was deleted?): the copy is not made")
+        self.site.put_key(header.key_id, record)
+        if len(self._placed) > 100_000:
+            self._placed.clear()
+        self._placed.add(header.key_id)
 
     def deliver(self, name: str, sealed: bytes) -> bool:
+        self._place_key_record(name, sealed)
         written = self.site.put_if_absent(name, sealed)
         self.site.flush()
         verify_copy(self.site, name, sealed)
@@ -85,4 +107,5 @@ def open_target(replica: "ReplicaSiteSettings", repository: Any = None, dicom: A
         from dicomvault.peers.target import PacsTarget
 
         return PacsTarget.from_url(replica.url, replica.option_map, repository, dicom)
-    return SiteTarget(open_site(replica.url, replica.option_map))
+    keys = getattr(repository, "keys", None)
+    return SiteTarget(open_site(replica.url, replica.option_map), keys.record if keys is not None else None)

@@ -47,7 +47,7 @@ from starlette.routing import Route
 from dicomvault.audit import AuditEvent, append
 from dicomvault.catalog import Catalog
 from dicomvault.config import ReplicaStoreSettings
-from dicomvault.sites.base import SiteError, valid_snapshot_name
+from dicomvault.sites.base import SiteError, valid_key_name, valid_snapshot_name
 from dicomvault.sites.file import FileSite, fsync_dir
 
 from dicomvault.serve.tokens import TokenFile
@@ -58,6 +58,7 @@ PREFIX = "/replica/v1"
 ABSENT_HEADER = "X-Dicomvault-Object"  # "absent" on a 404 that means "no such object"
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
+MAX_KEY_RECORD = 64 * 1024  # a key record is a few hundred bytes
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 _HEX = frozenset("0123456789abcdef")
 _DENIAL_AUDIT_INTERVAL = 60.0  # at most one audit row per client address per minute for bad tokens
@@ -423,6 +424,45 @@ def replica_routes(settings: ReplicaStoreSettings, catalog: Catalog) -> list[Rou
             status, reason = _storage_failure(exc)
             return _error(status, reason)
 
+    async def key_record(request: Request) -> Response:
+        """A sender's key records: replaced on PUT (``keys rotate`` re-wraps them) and deleted on
+        request even when ``allow_delete`` is false. Deleting a study's key record is how the
+        sender shreds the copies this vault keeps write-once; the vault's operator keeps the
+        ciphertext, never the means to read it."""
+        if store is None:
+            return disabled()
+        sender = await authenticate(request)
+        if isinstance(sender, Response):
+            return sender
+        name = request.path_params.get("name")
+        site = store.store(sender).site
+        actor = f"replica:{sender}"
+        try:
+            if name is None:
+                return JSONResponse({"names": await run_in_threadpool(site.list_keys)})
+            valid_key_name(name)
+            if request.method == "PUT":
+                body = await request.body()
+                if len(body) > MAX_KEY_RECORD:
+                    return _error(413, f"a key record is at most {MAX_KEY_RECORD} bytes")
+                if hashlib.sha256(body).hexdigest() != request.headers.get("x-content-sha256", "").strip().lower():
+                    return _error(400, "body does not match X-Content-SHA256: nothing was stored")
+                await run_in_threadpool(site.put_key, name, body)
+                await run_in_threadpool(store.audit, actor, "replica-key", name, "success", {"size": len(body)})
+                return Response(status_code=204)
+            if request.method == "DELETE":
+                await run_in_threadpool(site.delete_key, name)
+                await run_in_threadpool(store.audit, actor, "replica-key-delete", name, "success", {})
+                return Response(status_code=204)
+            return Response(await run_in_threadpool(site.get_key, name), media_type="application/octet-stream")
+        except KeyError:
+            return _error(404, f"no key record {name} in this store", {ABSENT_HEADER: "absent"})
+        except (SiteError, OSError) as exc:
+            if isinstance(exc, SiteError) and "invalid key record name" in str(exc):
+                return _error(400, str(exc))
+            status, reason = _storage_failure(exc)
+            return _error(status, reason)
+
     async def listing(request: Request) -> Response:
         if store is None:
             return disabled()
@@ -460,4 +500,6 @@ def replica_routes(settings: ReplicaStoreSettings, catalog: Catalog) -> list[Rou
         Route(f"{PREFIX}/health", health, methods=["GET"]),
         Route(f"{PREFIX}/snapshots/{{name}}", snapshot, methods=["GET", "PUT", "DELETE"]),
         Route(f"{PREFIX}/snapshots", snapshot, methods=["GET"]),
+        Route(f"{PREFIX}/keys/{{name}}", key_record, methods=["GET", "PUT", "DELETE"]),
+        Route(f"{PREFIX}/keys", key_record, methods=["GET"]),
     ]

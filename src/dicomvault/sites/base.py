@@ -22,6 +22,15 @@ from dataclasses import dataclass
 SNAPSHOT_NAME = re.compile(r"^catalog-\d{8}T\d{6}(\.\d{3})?Z-[0-9a-f]{8}$")
 
 
+KEY_NAME = re.compile(r"^[0-9a-f]{32}$")  # a study key id (crypto/keys.py)
+
+
+def valid_key_name(name: str) -> str:
+    if not KEY_NAME.match(name):
+        raise SiteError(f"invalid key record name {name!r}")
+    return name
+
+
 def valid_snapshot_name(name: str) -> str:
     if not SNAPSHOT_NAME.match(name):
         raise SiteError(f"invalid catalog snapshot name {name!r}")
@@ -53,6 +62,9 @@ class Capabilities:
     # Objects can be kept under retention (Object Lock): ``get_with_retention`` reports it and
     # ``extend_retention`` lengthens it; ``object_lock_days`` > 0 sets it on every write.
     object_lock: bool = False
+    # Holds key records (``put_key``... below): objects sealed since key records exist carry
+    # only a key id, so a site without them holds copies nobody can open from it alone.
+    keys: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,27 @@ class Site(abc.ABC):
     def delete_snapshot(self, name: str) -> None:
         """Remove an old snapshot (pruning); may be refused by retention locks."""
         raise SiteError(f"{self.url} cannot hold catalog snapshots")
+
+    # Key records (crypto/keys.py ``KeyRecord``, ``capabilities.keys``): a small namespace
+    # beside the objects that, unlike them, is replaced in place (``keys rotate`` re-wraps)
+    # and is always deletable, Object Lock buckets and write-once partner vaults included:
+    # deleting a study's record on every site is what makes its copies unreadable for good.
+
+    def put_key(self, name: str, data: bytes) -> None:
+        """Durably store (or replace) the key record ``name``; never under retention."""
+        raise SiteError(f"{self.url} cannot hold key records")
+
+    def get_key(self, name: str) -> bytes:
+        """The key record; raises KeyError if absent."""
+        raise SiteError(f"{self.url} cannot hold key records")
+
+    def list_keys(self) -> "builtins.list[str]":
+        """Every key record name."""
+        return []
+
+    def delete_key(self, name: str) -> None:
+        """Remove the key record and every older version of it; absent is fine."""
+        raise SiteError(f"{self.url} cannot hold key records")
 
     # Crash recovery (``capabilities.journal``). A backend whose put_if_absent is fully durable
     # by itself (an object store's confirmed PUT) keeps these no-ops.

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from .base import Capabilities, Site, SiteError, valid_snapshot_name
+from .base import KEY_NAME, Capabilities, Site, SiteError, valid_key_name, valid_snapshot_name
 from .journal import Journal, JournalUnavailable, Ticket
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def _valid_name(name: str) -> str:
 
 
 class FileSite(Site):
-    capabilities = Capabilities(snapshots=True, journal=True)
+    capabilities = Capabilities(snapshots=True, journal=True, keys=True)
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -533,6 +533,51 @@ class FileSite(Site):
             return
         except OSError as exc:
             raise SiteError(f"cannot delete catalog snapshot {name} on {self.url}: {exc.strerror}") from exc
+
+    # -- key records: ``keys/<key id>``, replaced by temp + fsync + rename ---------------------
+
+    def put_key(self, name: str, data: bytes) -> None:
+        folder = self.root / "keys"
+        final = folder / valid_key_name(name)
+        temporary = folder / f".{name}.{secrets.token_hex(4)}"
+        try:
+            folder.mkdir(exist_ok=True)
+            write_synced(temporary, data, 0o600)
+            os.replace(temporary, final)
+            fsync_dir(folder)
+        except OSError as exc:
+            try:
+                temporary.unlink(missing_ok=True)
+            except OSError:
+                pass
+            raise SiteError(f"{_reason(exc)}: cannot write key record to {self.url}") from exc
+
+    def get_key(self, name: str) -> bytes:
+        try:
+            return (self.root / "keys" / valid_key_name(name)).read_bytes()
+        except FileNotFoundError:
+            raise KeyError(name) from None
+        except OSError as exc:
+            raise SiteError(f"cannot read key record {name} from {self.url}: {exc.strerror}") from exc
+
+    def list_keys(self) -> "builtins.list[str]":
+        try:
+            names = [entry.name for entry in (self.root / "keys").iterdir()]
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise SiteError(f"cannot list key records on {self.url}: {exc.strerror}") from exc
+        return sorted(name for name in names if KEY_NAME.match(name))
+
+    def delete_key(self, name: str) -> None:
+        path = self.root / "keys" / valid_key_name(name)
+        try:
+            path.unlink()
+            fsync_dir(path.parent)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise SiteError(f"cannot delete key record {name} on {self.url}: {exc.strerror}") from exc
 
     def health(self) -> dict[str, object]:
         info: dict[str, object] = {"url": self.url, "kind": "file"}

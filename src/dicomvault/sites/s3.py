@@ -45,7 +45,7 @@ from botocore import exceptions as bx
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .base import Capabilities, ObjectRetention, Site, SiteError, valid_snapshot_name
+from .base import KEY_NAME, Capabilities, ObjectRetention, Site, SiteError, valid_key_name, valid_snapshot_name
 from .network import connection_reason, seconds_option
 
 # Options understood in a site's configuration table. Anything else is refused, so that a
@@ -108,7 +108,7 @@ def _int_option(options: Mapping[str, object], key: str, default: int) -> int:
 class S3Site(Site):
     """Objects in one S3 bucket under an optional prefix. Thread-safe (boto3 clients are)."""
 
-    capabilities = Capabilities(snapshots=True, checksums=True, object_lock=True)
+    capabilities = Capabilities(snapshots=True, checksums=True, object_lock=True, keys=True)
 
     def __init__(
         self,
@@ -465,7 +465,9 @@ class S3Site(Site):
         delete marker; retention and shredding policies need the bytes gone. A version still
         under Object Lock retention cannot be removed and raises SiteError.
         """
-        key = self.key_of(name)
+        self._delete_every_version(self.key_of(name))
+
+    def _delete_every_version(self, key: str) -> None:
         versioning = self._call("GetBucketVersioning", "get_bucket_versioning", Bucket=self.bucket)
         if not versioning.get("Status"):
             self._call(f"DeleteObject {key}", "delete_object", Bucket=self.bucket, Key=key)
@@ -486,6 +488,38 @@ class S3Site(Site):
         for version in versions:
             self._call(f"DeleteObject {key} version {version}", "delete_object",
                        Bucket=self.bucket, Key=key, VersionId=version)
+
+    # -- key records: ``<prefix>/keys/<key id>``, never locked, every version deletable --------
+
+    def _key_record_key(self, name: str) -> str:
+        valid_key_name(name)
+        return f"{self.prefix}/keys/{name}" if self.prefix else f"keys/{name}"
+
+    def put_key(self, name: str, data: bytes) -> None:
+        """PutObject without retention, whatever ``object_lock_days`` says: a key record must
+        stay deletable (it is what a deletion shreds). A bucket whose default retention locks
+        it anyway makes that deletion fail loudly, and ``status`` says so."""
+        key = self._key_record_key(name)
+        self._call(f"PutObject {key}", "put_object", Bucket=self.bucket, Key=key, Body=data,
+                   ChecksumAlgorithm="SHA256", ChecksumSHA256=_sha256_b64(data),
+                   ContentType="application/octet-stream")
+
+    def get_key(self, name: str) -> bytes:
+        return self._download(name, self._key_record_key(name), "key record")[0]
+
+    def list_keys(self) -> "builtins.list[str]":
+        folder = f"{self.prefix}/keys/" if self.prefix else "keys/"
+        names: builtins.list[str] = []
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder):
+                names += [item["Key"][len(folder):] for item in page.get("Contents", ())]
+        except (ClientError, BotoCoreError) as exc:
+            self._fail(exc, f"ListObjectsV2 {folder}")
+        return sorted(name for name in names if KEY_NAME.match(name))
+
+    def delete_key(self, name: str) -> None:
+        """Every version goes: an older version wrapped by a retired site key is a copy too."""
+        self._delete_every_version(self._key_record_key(name))
 
     # -- catalog snapshots: ``<prefix>/snapshots/<name>``, locked like the objects -------------
 

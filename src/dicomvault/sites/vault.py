@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from .base import SNAPSHOT_NAME, Capabilities, ObjectExists, Site, SiteError, valid_snapshot_name
+from .base import KEY_NAME, SNAPSHOT_NAME, Capabilities, ObjectExists, Site, SiteError, valid_key_name, valid_snapshot_name
 from .network import connection_reason, seconds_option
 
 OPTIONS = frozenset({"token", "tls", "ca_file", "timeout", "connect_timeout"})
@@ -93,7 +93,7 @@ def _error_text(response: httpx.Response) -> str:
 class VaultSite(Site):
     """Objects kept by another dicomvault's replica store. Thread-safe (one pooled httpx client)."""
 
-    capabilities = Capabilities(snapshots=True, checksums=True)
+    capabilities = Capabilities(snapshots=True, checksums=True, keys=True)
 
     def __init__(self, host: str, port: int, token: str, *, tls: bool = True, ca_file: str | None = None,
                  timeout: float = TIMEOUT, connect_timeout: float = CONNECT_TIMEOUT, netloc: str | None = None) -> None:
@@ -307,6 +307,38 @@ class VaultSite(Site):
         if response.status_code == 405:
             raise SiteError(f"vault {self.endpoint} refuses deletion (write-once): {_error_text(response)}")
         self._fail(response, f"DELETE snapshot {name}")
+
+    # -- key records: ``/keys/<key id>`` on the receiver, replaced and deleted on request -----
+
+    def put_key(self, name: str, data: bytes) -> None:
+        valid_key_name(name)
+        action = f"PUT key record {name}"
+        response = self._request("PUT", f"/keys/{name}", action, content=data,
+                                 headers={"X-Content-SHA256": hashlib.sha256(data).hexdigest(),
+                                          "Content-Type": "application/octet-stream"})
+        if response.status_code not in (200, 201, 204):
+            self._fail(response, action)
+
+    def get_key(self, name: str) -> bytes:
+        valid_key_name(name)
+        response = self._request("GET", f"/keys/{name}", f"GET key record {name}")
+        if response.status_code == 404 and response.headers.get(ABSENT_HEADER) == "absent":
+            raise KeyError(name)
+        if response.status_code != 200:
+            self._fail(response, f"GET key record {name}")
+        return response.content
+
+    def list_keys(self) -> "builtins.list[str]":
+        response = self._request("GET", "/keys", "list key records")
+        if response.status_code != 200:
+            self._fail(response, "list key records")
+        return sorted(n for n in response.json().get("names", []) if isinstance(n, str) and KEY_NAME.match(n))
+
+    def delete_key(self, name: str) -> None:
+        valid_key_name(name)
+        response = self._request("DELETE", f"/keys/{name}", f"DELETE key record {name}")
+        if response.status_code not in (200, 204, 404):
+            self._fail(response, f"DELETE key record {name}")
 
     def health(self) -> dict[str, object]:
         """Can the receiver take writes right now? Never raises: the dashboard shows ``error``."""

@@ -85,7 +85,7 @@ def seal_snapshot(catalog: "Catalog", keyring: "Keyring", now: float) -> tuple[b
         "audit_head": summary["audit_head"], "rows": summary["rows"],
         "payload_sha256": hashlib.sha256(payload).hexdigest(), "codec": "zstd",
     }
-    return seal_object(keyring.new_study_key(), metadata, payload), metadata
+    return seal_object(keyring.new_study_key(), metadata, payload, embed_keys=True), metadata
 
 
 def open_snapshot(blob: bytes, recovery: RecoveryKey) -> tuple[dict[str, Any], bytes]:
