@@ -126,6 +126,8 @@ class KeyStore:
             return
         record = self._fetched.get(header.key_id) or self.fetch_record(
             header.key_id, [*self.sources, self.primary])
+        if self.sources:  # found elsewhere (a rebuild): the primary must hold it too
+            self.primary.put_key(record.key_id, record.to_bytes())
         key_rows.add(conn, study_uid, record.key_id, record.wrapped_by_site, record.wrapped_for_recovery,
                      kek_id=record.kek_id, recovery_id=record.recovery_id, embedded=False)
 

@@ -99,6 +99,7 @@ RULES: dict[str, Rule] = {
     "access-denied": Rule(SECURITY_ALERT, "E", REQUEST, RESTRICTED_FUNCTION),  # a DIMSE right refused
     "association": Rule(SECURITY_ALERT, "E", REQUEST, NODE_AUTHENTICATION),
     "config": Rule(SECURITY_ALERT, "E", LOCAL, SECURITY_CONFIGURATION),
+    "keys-rotate": Rule(SECURITY_ALERT, "E", LOCAL, SECURITY_CONFIGURATION),  # a new site key generation
     "damage": Rule(SECURITY_ALERT, "E"),  # a stored copy failed its check: tampering or decay
     "repair": Rule(SECURITY_ALERT, "U"),
     "quarantine": Rule(SECURITY_ALERT, "U"),

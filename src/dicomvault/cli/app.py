@@ -44,6 +44,9 @@ cli_drill.register(app)  # dicomvault drill
 from dicomvault.cli import retention as cli_retention
 
 cli_retention.register(app)  # dicomvault retention plan, dicomvault hold add|list|release
+from dicomvault.cli import keys as cli_keys
+
+cli_keys.register(app)  # dicomvault keys status|rotate
 
 
 @app.command()

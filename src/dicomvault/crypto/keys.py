@@ -23,6 +23,7 @@ import hmac
 import json
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,9 +162,10 @@ def _fingerprint_of(site_key: bytes) -> str:
     return hashlib.sha256(_hkdf(site_key, b"dicomvault fingerprint v1")).hexdigest()[:16]
 
 
-def _parse_site_keys(text: str, where: str) -> tuple[list[bytes], bytes | None, str | None]:
-    """(site-key generations oldest first, naming key, fingerprint) of a site key file; the
-    last two are None for a v1 file (derived from its one key)."""
+def _parse_site_keys(text: str, where: str) -> tuple[list[bytes], bytes | None, str | None, dict[str, float]]:
+    """(site-key generations oldest first, naming key, fingerprint, creation times by
+    generation id) of a site key file; naming and fingerprint are None for a v1 file (derived
+    from its one key)."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
 
     def b64(value: str) -> bytes:
@@ -173,23 +175,29 @@ def _parse_site_keys(text: str, where: str) -> tuple[list[bytes], bytes | None, 
             raise KeyError_(f"{where}: site key is not valid base64") from exc
 
     if len(lines) == 2 and lines[0] == SITE_KEY_HEADER:
-        return [b64(lines[1])], None, None
+        return [b64(lines[1])], None, None, {}
     if not lines or lines[0] != SITE_KEYS_HEADER:
         raise KeyError_(f"{where} is not a dicomvault site key file")
     naming, fingerprint, keks = None, None, []
+    created: dict[str, float] = {}
     for line in lines[1:]:
         kind, _, value = line.partition(" ")
         if kind == "naming":
             naming = b64(value)
         elif kind == "fingerprint":
             fingerprint = value
-        elif kind == "kek":
-            keks.append(b64(value.split()[-1]))
+        elif kind == "kek":  # kek <id> <key> [<created, unix seconds>]
+            parts = value.split()
+            if len(parts) not in (2, 3):
+                raise KeyError_(f"{where}: a kek line is 'kek <id> <base64 key> [<created>]'")
+            keks.append(b64(parts[1]))
+            if len(parts) == 3:
+                created[_fingerprint_of(keks[-1])] = float(parts[2])
         else:
             raise KeyError_(f"{where}: unknown line {kind!r}")
     if naming is None or fingerprint is None or not keks:
         raise KeyError_(f"{where}: needs a naming key, a fingerprint and at least one kek line")
-    return keks, naming, fingerprint
+    return keks, naming, fingerprint, created
 
 
 class Keyring:
@@ -203,7 +211,8 @@ class Keyring:
     """
 
     def __init__(self, site_key: bytes | list[bytes], recovery_public: X25519PublicKey, *,
-                 naming_key: bytes | None = None, fingerprint: str | None = None) -> None:
+                 naming_key: bytes | None = None, fingerprint: str | None = None,
+                 created: dict[str, float] | None = None) -> None:
         generations = [site_key] if isinstance(site_key, bytes) else list(site_key)
         if not generations or any(len(key) != 32 for key in generations):
             raise KeyError_("site key must be 32 bytes")
@@ -215,6 +224,7 @@ class Keyring:
         self.fingerprint = fingerprint or _fingerprint_of(generations[0])
         self.recovery_public = recovery_public
         self.recovery_id = public_key_id(recovery_public)
+        self.created = dict(created or {})  # generation id -> when `keys rotate` made it (unknown: the first)
 
     @property
     def kek_ids(self) -> list[str]:
@@ -227,19 +237,19 @@ class Keyring:
             text = site_key_file.read_text()
         except OSError as exc:
             raise KeyError_(f"cannot read site key {site_key_file}: {exc}; run `dicomvault init`") from exc
-        keks, naming, fingerprint = _parse_site_keys(text, str(site_key_file))
+        keks, naming, fingerprint, created = _parse_site_keys(text, str(site_key_file))
         try:
             pub = serialization.load_pem_public_key(recovery_public_file.read_bytes())
         except (OSError, ValueError) as exc:
             raise KeyError_(f"cannot read recovery public key {recovery_public_file}: {exc}") from exc
         if not isinstance(pub, X25519PublicKey):
             raise KeyError_(f"{recovery_public_file} is not an X25519 public key")
-        return cls(keks, pub, naming_key=naming, fingerprint=fingerprint)
+        return cls(keks, pub, naming_key=naming, fingerprint=fingerprint, created=created)
 
     @classmethod
     def from_text(cls, text: str, recovery_public: X25519PublicKey, where: str = "site key file") -> "Keyring":
-        keks, naming, fingerprint = _parse_site_keys(text, where)
-        return cls(keks, recovery_public, naming_key=naming, fingerprint=fingerprint)
+        keks, naming, fingerprint, created = _parse_site_keys(text, where)
+        return cls(keks, recovery_public, naming_key=naming, fingerprint=fingerprint, created=created)
 
     def to_text(self) -> str:
         """The site key file for these keys (v1 while there is a single original key)."""
@@ -250,19 +260,24 @@ class Keyring:
                  "# naming: object names; kek: key-encryption keys, oldest first, the last wraps new keys.",
                  SITE_KEYS_HEADER, f"naming {base64.b64encode(self._id_key).decode()}",
                  f"fingerprint {self.fingerprint}"]
-        lines += [f"kek {_fingerprint_of(key)} {base64.b64encode(key).decode()}" for key in self._generations]
+        for key in self._generations:
+            kek_id = _fingerprint_of(key)
+            when = f" {self.created[kek_id]:.0f}" if kek_id in self.created else ""
+            lines.append(f"kek {kek_id} {base64.b64encode(key).decode()}{when}")
         return "\n".join(lines) + "\n"
 
     def rotated(self, recovery_public: X25519PublicKey | None = None) -> "Keyring":
         """The same archive with a new newest site-key generation (and recovery key, if given)."""
-        return Keyring([*self._generations, secrets.token_bytes(32)], recovery_public or self.recovery_public,
-                       naming_key=self._id_key, fingerprint=self.fingerprint)
+        fresh = secrets.token_bytes(32)
+        return Keyring([*self._generations, fresh], recovery_public or self.recovery_public,
+                       naming_key=self._id_key, fingerprint=self.fingerprint,
+                       created={**self.created, _fingerprint_of(fresh): time.time()})
 
     def retiring(self, kek_ids: set[str]) -> "Keyring":
         """These keys without the generations in ``kek_ids`` (never the newest)."""
         kept = [key for key in self._generations[:-1] if _fingerprint_of(key) not in kek_ids]
         return Keyring([*kept, self._generations[-1]], self.recovery_public, naming_key=self._id_key,
-                       fingerprint=self.fingerprint)
+                       fingerprint=self.fingerprint, created=self.created)
 
     def site_key_for_snapshot(self) -> bytes:
         """The newest raw site key, sealed inside catalog snapshots (jobs/rebuild/snapshot.py),

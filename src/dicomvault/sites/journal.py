@@ -312,3 +312,20 @@ class Journal:
             self._lock_fd = -1
 
 
+
+
+def held_elsewhere(directory: Path) -> bool:
+    """Whether another process owns this journal right now (an ingesting ``serve``): its flock,
+    which the kernel drops when that process dies."""
+    try:
+        fd = os.open(directory / "lock", os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)

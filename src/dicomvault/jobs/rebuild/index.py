@@ -37,6 +37,7 @@ from dicomvault.catalog import schema as t
 from dicomvault.catalog.db import HEAD_REVISION
 from dicomvault.catalog.snapshots import iter_rows
 from dicomvault.config import Settings
+from dicomvault.catalog import keys as key_rows
 from dicomvault.crypto.envelope import DecryptionError, read_header
 from dicomvault.crypto.keys import KeyError_, Keyring, RecoveryKey, write_host_keys
 from dicomvault.dicom.iocm import KOS_SOP_CLASS
@@ -65,6 +66,8 @@ class RebuildReport:
     snapshot_rows: int = 0
     skipped_snapshots: list[dict[str, str]] = field(default_factory=list)  # newer ones that failed
     keys_restored: bool = False
+    key_records_read: int = 0  # wrapped study keys the snapshot left out, read from the site
+    keys_without_record: list[str] = field(default_factory=list)
     objects_on_site: int = 0
     objects_after_snapshot: int = 0
     unreadable_objects: list[dict[str, str]] = field(default_factory=list)
@@ -118,13 +121,15 @@ def _newest_snapshot(site: "Site", recovery: RecoveryKey,
 def _restore_keys(settings: Settings, metadata: dict[str, Any], recovery: RecoveryKey,
                   catalog_is_empty: bool) -> bool:
     """Put the archive's own site key (and the recovery public key) in place; True if written."""
-    site_key = base64.b64decode(metadata["site_key"])
     recovery_public = recovery.public_key()
     if serialization.load_pem_public_key(metadata["recovery_public"].encode()).public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw) != recovery_public.public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw):
         raise RebuildError("the snapshot names a different recovery key than the one given")
-    wanted = Keyring(site_key, recovery_public).fingerprint
+    # Snapshots since key rotation carry the whole key file (every generation, the naming key).
+    keyring = (Keyring.from_text(metadata["site_keys"], recovery_public, "the snapshot's site keys")
+               if "site_keys" in metadata else Keyring(base64.b64decode(metadata["site_key"]), recovery_public))
+    wanted = keyring.fingerprint
     key_file, public_file = settings.site_key_file, settings.recovery_public_key_file
     if key_file.exists():
         try:
@@ -140,8 +145,31 @@ def _restore_keys(settings: Settings, metadata: dict[str, Any], recovery: Recove
         for path in (key_file, public_file):
             if path.exists():
                 path.rename(path.with_name(f"{path.name}.replaced-{stamp}"))
-    write_host_keys(key_file, public_file, site_key, recovery_public)
+    write_host_keys(key_file, public_file, keyring, recovery_public)
     return True
+
+
+def _fill_key_records(archive: Any, site: "Site", report: "RebuildReport") -> None:
+    """Snapshots leave out the wrapped keys of shreddable studies (catalog/keys.py): take them
+    from the site's key records, and put those on the new primary too. A key with no record is
+    a study deleted after the snapshot: its copies are shredded and its rows cannot be read."""
+    with archive.catalog.read() as conn:
+        wanted = key_rows.missing_wrapping(conn)
+    for count, key_id in enumerate(wanted, 1):
+        try:
+            record = archive.keys.fetch_record(key_id, [site])
+        except KeyError:
+            report.keys_without_record.append(key_id)
+            continue
+        with archive.catalog.write() as conn:
+            key_rows.rewrap(conn, key_id, kek_id=record.kek_id, wrapped_site=record.wrapped_by_site,
+                            recovery_id=record.recovery_id, wrapped_recovery=record.wrapped_for_recovery)
+        if archive.site.url != site.url:
+            archive.site.put_key(key_id, record.to_bytes())
+        report.key_records_read += 1
+    if report.keys_without_record:
+        log.error("ALERT: %d study key(s) in the snapshot have no key record on %s (studies deleted since the "
+                  "snapshot?): their instances cannot be read", len(report.keys_without_record), site.url)
 
 
 def _check_compatible(payload: bytes) -> None:
@@ -195,6 +223,8 @@ def rebuild_index(settings: Settings, site_name: str, recovery_key_file: Path, *
 
     archive = Archive.open(settings)
     try:
+        archive.keys.sources = [site]  # key records of objects newer than the snapshot
+        _fill_key_records(archive, site, report)
         on_site = _adopt_newer_objects(archive, site, site_name, known, report, progress)
         _square_copies(archive.catalog, archive.site, site_name, on_site, report)
         report.instances, report.studies = rebuild.count_instances_and_studies(archive.catalog)

@@ -7,10 +7,12 @@ rebuild read one file plus the objects written after it (``jobs/rebuild/index.py
 
 A snapshot is one sealed object in the ordinary envelope (``crypto/envelope.py``) with a
 fresh data key wrapped by the site key AND for the recovery key, so the offline recovery key
-alone opens it. Its sealed metadata carries the site key itself: a rebuilt archive gets the
-very key that names and wraps every existing object, instead of a new one under which
-nothing old would open (the recovery key holder can read every copy anyway, so the escrow
-grants nothing new). The payload is the whole catalog, table by table, as zstd-compressed
+alone opens it. Its sealed metadata carries the site key file itself (every generation and
+the naming key): a rebuilt archive gets the very keys that name every object and wrap every
+key record, instead of new ones under which nothing old would open (the recovery key holder
+can read every copy anyway, so the escrow grants nothing new). It does NOT carry the wrapped
+keys of shreddable studies (``catalog/keys.py``): a snapshot kept under Object Lock would
+otherwise keep a deleted study readable. A rebuild takes those from the site's key records. The payload is the whole catalog, table by table, as zstd-compressed
 JSON lines taken in one read transaction, with the schema revision it was taken at
 (``catalog/snapshots.py`` dumps and loads it).
 
@@ -81,6 +83,7 @@ def seal_snapshot(catalog: "Catalog", keyring: "Keyring", now: float) -> tuple[b
         "kind": FORMAT, "format_version": FORMAT_VERSION, "created_at": now, "revision": HEAD_REVISION,
         "archive_fingerprint": keyring.fingerprint,
         "site_key": base64.b64encode(keyring.site_key_for_snapshot()).decode(),
+        "site_keys": keyring.to_text(),
         "recovery_public": keyring.recovery_public_pem().decode(),
         "audit_head": summary["audit_head"], "rows": summary["rows"],
         "payload_sha256": hashlib.sha256(payload).hexdigest(), "codec": "zstd",

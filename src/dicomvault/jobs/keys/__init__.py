@@ -1,0 +1,1 @@
+"""Site and recovery key rotation (``keys rotate``)."""
