@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pydicom
+import pytest
 from conftest import Vault, wait_until
 from s3server import S3Server, s3_server, unique_bucket_name  # noqa: F401 - fixture
 from test_disaster_read import recover_read, site_args
@@ -120,3 +121,59 @@ def test_a_snapshot_never_holds_a_shreddable_study_key(vault: Vault, ct_small: P
     assert len(keys) == 1 and keys[0]["wrapped_site"] == "" and keys[0]["wrapped_recovery"] == ""
     record = KeyRecord.from_bytes(site.get_key(keys[0]["key_id"]))
     assert record.wrapped_for_recovery, "the key lives in its record on the site instead"
+
+
+def test_on_an_object_lock_bucket_objects_stay_but_every_version_of_a_key_record_goes(
+        s3_server: S3Server) -> None:  # noqa: F811
+    """What a shred relies on: the locked object cannot be deleted, its key record (never put
+    under retention, re-wrapped twice so it has three versions) can, every version of it."""
+    import secrets
+
+    from dicomvault.archive.keystore import shred
+    from dicomvault.sites import SiteError, open_site
+
+    bucket = s3_server.make_bucket(unique_bucket_name(), object_lock=True)
+    site = open_site(f"s3://{bucket}/dv", {**s3_server.site_options(), "object_lock_days": 1})
+    name, key_id = secrets.token_hex(32), secrets.token_hex(16)
+    site.put_if_absent(name, b"sealed bytes")
+    for version in range(3):
+        site.put_key(key_id, f"record v{version}".encode())
+
+    class Keys:  # the KeyStore's cache is not what is under test here
+        def changed(self, key_ids: list[str]) -> None:
+            self.changed_ids = list(key_ids)
+
+    keys = Keys()
+    assert shred(keys, key_id, {"offsite": site}) == {"offsite": "shredded"}  # type: ignore[arg-type]
+    assert keys.changed_ids == [key_id]
+    versions = s3_server.client().list_object_versions(Bucket=bucket, Prefix=f"dv/keys/{key_id}")
+    assert not versions.get("Versions") and not versions.get("DeleteMarkers"), "no older version survives"
+    with pytest.raises(SiteError):
+        site.delete(name)  # the copy itself stays until its retention ends: unreadable, not removable
+    assert site.get(name) == b"sealed bytes"
+
+
+def test_a_study_begun_before_key_records_keeps_embedding_and_status_says_it_cannot_be_shredded(
+        archive, ct_small: Path, tmp_path: Path) -> None:
+    """An archive upgraded from before key records: its study keys are `embedded` (migration
+    0015). More instances of such a study are sealed the old way (a rebuild finds the key in
+    any of its objects); a new study gets a key record. `keys status` counts both."""
+    from dicomvault.catalog import keys as key_rows
+    from dicomvault.crypto.envelope import read_header
+    from dicomvault.jobs.keys.state import key_state
+
+    old = pydicom.dcmread(ct_small)
+    old_key = archive.keyring.new_study_key()
+    with archive.catalog.write() as conn:  # as migration 0015 leaves a key made before it
+        key_rows.add(conn, old.StudyInstanceUID, old_key.key_id, old_key.wrapped_by_site,
+                     old_key.wrapped_for_recovery, embedded=True)
+    stored_old = archive.ingestor.ingest(ct_small.read_bytes(), source="test", actor="test")
+    new = make_instances(ct_small, tmp_path / "new", 1)[0]
+    stored_new = archive.ingestor.ingest(new.read_bytes(), source="test", actor="test")
+    old_header, _ = read_header(archive.site.get(stored_old.object_id))
+    new_header, _ = read_header(archive.site.get(stored_new.object_id))
+    assert old_header.key_id == old_key.key_id and old_header.embeds_keys
+    assert not new_header.embeds_keys and archive.site.list_keys() == [new_header.key_id]
+    assert archive.repository.load(stored_old.object_id)[1] == ct_small.read_bytes()
+    state = key_state(archive)
+    assert (state["study_keys"], state["shreddable"], state["not_shreddable"]) == (2, 1, 1)

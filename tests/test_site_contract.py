@@ -292,6 +292,33 @@ def test_snapshots(case: Case) -> None:
     assert site.list_snapshots() == [names[0], *names[2:]]
 
 
+def test_key_records(case: Case) -> None:
+    """Key records are replaced in place (rotation) and always deletable (the shred)."""
+    site = case.site
+    first, second = secrets.token_hex(16), secrets.token_hex(16)
+    if not site.capabilities.keys:
+        with pytest.raises(SiteError):
+            site.put_key(first, b"x")
+        assert site.list_keys() == []
+        return
+    assert site.list_keys() == []
+    site.put_key(first, b"record one")
+    site.put_key(second, b"record two")
+    site.put_key(first, b"record one, re-wrapped")
+    assert site.list_keys() == sorted([first, second]) and case.reopen().list_keys() == sorted([first, second])
+    assert site.get_key(first) == b"record one, re-wrapped" and site.get_key(second) == b"record two"
+    assert list(site.list()) == [] and site.list_snapshots() == []  # records are neither objects nor snapshots
+    site.delete_key(first)
+    site.delete_key(first)  # absent is fine
+    with pytest.raises(KeyError):
+        site.get_key(first)
+    assert site.list_keys() == [second]
+    for bad in ("ab" * 8, "../" + "a" * 29, "A" * 32, "a" * 33):
+        for operation in (site.get_key, site.delete_key, lambda name: site.put_key(name, b"x")):
+            with pytest.raises(SiteError, match="invalid key record name"):
+                operation(bad)
+
+
 def test_object_lock(case: Case) -> None:
     site = case.site
     data = blob("retained")

@@ -188,3 +188,23 @@ class KeyStore:
         if row is None or row.embedded or not row.wrapped_site:
             return None
         return record_of(row).to_bytes()
+
+
+def shred(keys: KeyStore, key_id: str, sites: dict[str, Site]) -> dict[str, str]:
+    """Delete the key record ``key_id`` from every site (every version of it) and prove it is
+    gone; per site ``shredded`` or the reason it is not (retried by the caller). The catalog
+    row goes in the caller's transaction (the deletion's)."""
+    outcome: dict[str, str] = {}
+    for name, site in sites.items():
+        if not site.capabilities.keys:
+            continue
+        try:
+            site.delete_key(key_id)
+            site.get_key(key_id)
+            outcome[name] = "error: the key record is still readable after its deletion"
+        except KeyError:
+            outcome[name] = "shredded"
+        except SiteError as exc:
+            outcome[name] = f"pending: {exc}"
+    keys.changed([key_id])
+    return outcome

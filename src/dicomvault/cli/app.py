@@ -346,6 +346,14 @@ def status(
         if rejected["rejected"]:
             out.print(f"  rejected (IOCM): {rejected['rejected']} instance(s), {rejected['stored']} of them stored, "
                       f"{rejected['due']} due for deletion (delete_after {rejected['delete_after']})")
+        keys = report["keys"]
+        out.print(f"  keys: site key {', '.join(g['id'] for g in keys['site_keys'])} (current "
+                  f"{keys['site_keys'][-1]['id']}), recovery key {keys['recovery_key']['id']}; "
+                  f"{keys['shreddable']} stud(ies) crypto-shreddable, {keys['not_shreddable']} not (objects sealed "
+                  "before key records carry their key: on write-once sites deletion cannot make them unreadable)"
+                  if keys["not_shreddable"] else
+                  f"  keys: site key {keys['site_keys'][-1]['id']}, recovery key {keys['recovery_key']['id']}; "
+                  f"every study crypto-shreddable", markup=False, highlight=False)
         export = report["audit"]["export"]
         if export["target"]:
             out.print(f"  audit export to {export['target']}: {export['backlog']} event(s) to send"

@@ -111,6 +111,9 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
     from dicomvault.jobs.retention.plan import retention_status
 
     retention = retention_status(archive.catalog, archive.settings.retention)  # deletes nothing
+    from dicomvault.jobs.keys.state import key_state
+
+    keys = key_state(archive)  # key ids and ages; what deletion cannot shred
     policy = CopyPolicy.from_settings(archive.settings)  # what storage commitment holds copies to
     newest = stats["newest_ingest"]
     return {
@@ -137,6 +140,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "alerts": alerts,
         "catalog": archive.catalog.url.split("://", 1)[0],
         "key_fingerprint": archive.keyring.fingerprint,
+        "keys": keys,
     }
 
 
