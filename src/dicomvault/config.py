@@ -59,6 +59,23 @@ class DicomSettings:
 
 
 @dataclass(frozen=True)
+class Hl7Settings:
+    """The HL7 v2 ADT listener (MLLP, ingest/hl7.py): patient updates, merges and changes of
+    identifier from the hospital's ADT feed. Off while ``port`` is 0; closed by default: a
+    message from a sending facility (MSH-4) or "APP@FACILITY" (MSH-3@MSH-4) not in
+    ``allowed_facilities`` is refused (AR), and a port with an empty list refuses to start."""
+
+    port: int = 0
+    bind: str = "0.0.0.0"
+    allowed_facilities: tuple[str, ...] = ()
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    max_message_bytes: int = 1024 * 1024
+    idle_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
 class HttpSettings:
     port: int = 8080
     bind: str = "0.0.0.0"
@@ -541,6 +558,7 @@ class Settings:
     site_key_file: Path
     recovery_public_key_file: Path
     dicom: DicomSettings = field(default_factory=DicomSettings)
+    hl7: Hl7Settings = field(default_factory=Hl7Settings)
     http: HttpSettings = field(default_factory=HttpSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     config_file: Path | None = None
@@ -669,6 +687,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         site_key_file=site_key,
         recovery_public_key_file=recovery_pub,
         dicom=dicom,
+        hl7=_hl7(data, base),
         http=_http(data, base),
         storage=storage_settings,
         config_file=config_path.resolve(),
@@ -686,6 +705,33 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         retention=_retention(data),
         iocm=_iocm(data),
     )
+
+
+def _hl7(data: dict, base: Path) -> Hl7Settings:
+    """``[hl7]``: TLS paths resolve like the keys; whether the files can be used, and that a
+    port has an allow-list, is checked when `serve` starts the listener (ingest/hl7.py)."""
+    values = _section(data, "hl7", Hl7Settings())
+    if not 0 <= values["port"] <= 65535:
+        raise ConfigError(f"[hl7] port must be 0-65535 (0 = off), got {values['port']}")
+    allowed = values["allowed_facilities"]
+    if not isinstance(allowed, tuple) or not all(isinstance(a, str) and a.strip() and a.count("@") <= 1
+                                                 and not a.startswith("@") and not a.endswith("@") for a in allowed):
+        raise ConfigError(f"[hl7] allowed_facilities must be a list of sending facilities (MSH-4) or "
+                          f"\"APPLICATION@FACILITY\" (MSH-3@MSH-4) values, got {allowed!r}")
+    values["allowed_facilities"] = tuple(a.strip() for a in allowed)
+    files = {key: str(values[key] or "").strip() for key in ("tls_cert_file", "tls_key_file", "tls_ca_file")}
+    if bool(files["tls_cert_file"]) != bool(files["tls_key_file"]):
+        raise ConfigError("[hl7] needs both tls_cert_file and tls_key_file for MLLP over TLS, or neither")
+    if files["tls_ca_file"] and not files["tls_cert_file"]:
+        raise ConfigError("[hl7] tls_ca_file (client certificates required) needs tls_cert_file and tls_key_file")
+    values.update({key: str(_resolve(base, value)) if value else "" for key, value in files.items()})
+    if not 1024 <= values["max_message_bytes"] <= 64 * 1024**2:
+        raise ConfigError(f"[hl7] max_message_bytes must be 1024-67108864, got {values['max_message_bytes']}")
+    idle = values["idle_timeout"]
+    if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 0.1 <= idle <= 86400:
+        raise ConfigError(f"[hl7] idle_timeout must be seconds between 0.1 and 86400, got {idle!r}")
+    values["idle_timeout"] = float(idle)
+    return Hl7Settings(**values)
 
 
 def _http(data: dict, base: Path) -> HttpSettings:

@@ -110,6 +110,10 @@ RULES: dict[str, Rule] = {
     "delete": Rule(STUDY_DELETED, "D"),
     "delete-study": Rule(STUDY_DELETED, "D"),
     "delete-patient": Rule(PATIENT_RECORD, "D"),
+    # HL7 ADT changes to a patient record (ingest/adt.py), the sending system as requestor.
+    "patient-update": Rule(PATIENT_RECORD, "U", REQUEST),
+    "patient-merge": Rule(PATIENT_RECORD, "U", REQUEST),
+    "patient-id-change": Rule(PATIENT_RECORD, "U", REQUEST),
     "serve": Rule(APPLICATION_ACTIVITY, "E"),  # start / stop of `dicomvault serve`
     "rebuild-index": Rule(APPLICATION_ACTIVITY, "E"),
     "site-state": Rule(APPLICATION_ACTIVITY, "E"),
