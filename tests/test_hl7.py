@@ -13,11 +13,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pydicom
+import hl7
 import pytest
 from pydicom.uid import generate_uid
 
-from conftest import Vault, audit_rows, dcmtk, free_port, make_vault, wait_until
+from conftest import Vault, audit_rows, free_port, make_vault
 from test_corrections import _template, findscu, qido, storescu, write_instance
 
 RULES = """
@@ -50,9 +50,9 @@ def mllp_send(port: int, tmp: Path, *messages: str, raw: bytes = b"") -> list[di
     assert run.returncode == 0, run.stderr.decode()
     acks = []
     for block in re.findall(rb"\x0b(.*?)\x1c", run.stdout, re.S):
-        msa = next(s for s in block.decode().split("\r") if s.startswith("MSA"))
-        fields = msa.split("|") + ["", "", ""]
-        acks.append({"code": fields[1], "control_id": fields[2], "text": fields[3]})
+        ack = hl7.parse(block.decode())
+        acks.append({"code": str(ack.extract_field("MSA", 1, 1)), "control_id": str(ack.extract_field("MSA", 1, 2)),
+                     "text": ack.unescape(str(ack.extract_field("MSA", 1, 3)))})
     return acks
 
 
@@ -137,3 +137,108 @@ def test_a08_updates_what_cfind_qido_and_find_answer_with_history(hospital: tupl
     assert history[0]["new"] == {"patient_name": "DOE-SMITH^JANE^M^DR", "birth_date": "20150301"}
     assert [(s, o, d["control_id"]) for s, o, d in audit_rows(vault, "patient-update")] == [
         ("UPD-1", "success", "MSG-A08-1")]
+
+
+def test_a40_moves_the_studies_and_the_prior_id_finds_nothing(hospital: tuple[Vault, Patients, Path]) -> None:
+    vault, patients, tmp = hospital
+    prior, survivor = patients.studies["PRIOR-1"], patients.studies["SURV-1"]
+    (ack,) = mllp_send(vault.hl7_port, tmp, adt("A40", "MSG-A40-1", "SURV-1^^^HOSP||SMITH^JOHN^Q", mrg="PRIOR-1^^^HOSP"))
+    assert ack["code"] == "AA" and "1 study" in ack["text"], ack
+    assert ids_found(vault, tmp, "SURV-1") == sorted([(prior, "SMITH^JOHN^Q"), (survivor, "SMITH^JOHN^Q")])
+    assert ids_found(vault, tmp, "PRIOR-1") == []
+    assert findscu(vault, tmp, "P", "QueryRetrieveLevel=PATIENT", "PatientID=PRIOR-1", "PatientName") == []
+    assert qido(vault, "studies", PatientID="PRIOR-1") == []
+    assert {r["0020000D"]["Value"][0] for r in qido(vault, "studies", PatientID="SURV-1")} == {prior, survivor}
+    (entry,) = json.loads(vault.cli("patient", "history", "PRIOR-1", "--json").stdout)
+    assert (entry["event"], entry["patient_id"], entry["prior_patient_id"], entry["new"]["studies_moved"]) == \
+        ("A40", "SURV-1", "PRIOR-1", [prior])
+    # the modality sends one more image under the prior ID: it is filed under the survivor
+    later = write_instance(_template(), tmp / "late" / "prior.dcm", prior, generate_uid(), generate_uid(), 2,
+                           PatientID="PRIOR-1", PatientName="SMITH^JOHN", PatientBirthDate="19600101")
+    storescu(vault, later)
+    assert ids_found(vault, tmp, "PRIOR-1") == []
+    assert [uid for uid, _ in ids_found(vault, tmp, "SURV-1")] == sorted([prior, survivor])
+
+
+def test_a47_changes_the_identifier(hospital: tuple[Vault, Patients, Path]) -> None:
+    vault, patients, tmp = hospital
+    uid = patients.studies["OLDID-1"]
+    (ack,) = mllp_send(vault.hl7_port, tmp, adt("A47", "MSG-A47-1", "NEWID-1^^^HOSP", mrg="OLDID-1^^^HOSP"))
+    assert ack["code"] == "AA", ack
+    assert ids_found(vault, tmp, "NEWID-1") == [(uid, "ROE^RICHARD")]
+    assert ids_found(vault, tmp, "OLDID-1") == []
+    # changing to an identifier another patient has is refused: that is a merge (A40)
+    (ack,) = mllp_send(vault.hl7_port, tmp, adt("A47", "MSG-A47-2", "SURV-1^^^HOSP", mrg="NEWID-1^^^HOSP"))
+    assert ack["code"] == "AE" and "A40" in ack["text"], ack
+    assert ids_found(vault, tmp, "NEWID-1") == [(uid, "ROE^RICHARD")]
+    assert [(s, d["prior"]) for s, _, d in audit_rows(vault, "patient-id-change")] == [("NEWID-1", "OLDID-1")]
+
+
+def test_refusals_and_what_is_only_acknowledged_change_nothing(hospital: tuple[Vault, Patients, Path]) -> None:
+    vault, patients, tmp = hospital
+    uid = patients.studies["UPD-1"]
+    mllp_send(vault.hl7_port, tmp, adt("A08", "MSG-BASE", "UPD-1^^^HOSP||BASE^NAME"))
+    assert ids_found(vault, tmp, "UPD-1") == [(uid, "BASE^NAME")]
+    acks = mllp_send(
+        vault.hl7_port, tmp,
+        adt("A08", "MSG-X1", "UPD-1^^^HOSP||EVIL^NAME", facility="ELSEWHERE"),  # facility not allowed
+        adt("A08", "MSG-X2", "UPD-1^^^HOSP||EVIL^NAME", app="OTHERAPP"),  # HOSP only from ADT1
+        adt("A08", "MSG-X3", "UPD-1^^^HOSP||NEW^NAME||19991340"),  # not a calendar date
+        adt("A08", "MSG-X4", "UPD-1^^^HOSP||NEW^NAME||19990101|Q"),  # not a sex
+        adt("A01", "MSG-X5", "UPD-1^^^HOSP||NEW^NAME"),  # an admission: not handled
+        adt("A08", "MSG-X6", "NOBODY^^^HOSP||NEW^NAME"),  # not held here
+        adt("A08", "MSG-X7", "||NEW^NAME", facility="LAB"),  # no PID-3
+    )
+    assert [a["code"] for a in acks] == ["AR", "AR", "AE", "AE", "AA", "AA", "AE"], acks
+    assert "ELSEWHERE" in acks[0]["text"] and "allowed" in acks[0]["text"]
+    assert "calendar" in acks[2]["text"] and "PID-8" in acks[3]["text"]
+    assert acks[4]["text"] == "ignored: event ADT^A01 not handled"
+    assert "not held" in acks[5]["text"] and "PID-3" in acks[6]["text"]
+    (garbage,) = mllp_send(vault.hl7_port, tmp, raw=b"\x0bTHIS IS NOT HL7\x1c\r")
+    assert garbage["code"] == "AE" and "malformed" in garbage["text"], garbage
+    assert ids_found(vault, tmp, "UPD-1") == [(uid, "BASE^NAME")]
+    assert patient_row(vault, "UPD-1")[1] == "20150301"
+    refused = [(a, s, json.loads(d)) for a, s, d in vault.refusals() if s == "hl7"]
+    assert [(a, d["control_id"]) for a, _, d in refused] == [("hl7:ADT1@ELSEWHERE", "MSG-X1"),
+                                                             ("hl7:OTHERAPP@HOSP", "MSG-X2")]
+    # the same sender again within a minute: refused and logged, audited once (throttled)
+    (again,) = mllp_send(vault.hl7_port, tmp, adt("A08", "MSG-X8", "UPD-1^^^HOSP||EVIL^NAME", facility="ELSEWHERE"))
+    assert again["code"] == "AR"
+    assert len([r for r in vault.refusals() if r[1] == "hl7"]) == 2
+
+
+def test_a_duplicate_control_id_is_applied_once(hospital: tuple[Vault, Patients, Path]) -> None:
+    vault, patients, tmp = hospital
+    first, second = mllp_send(vault.hl7_port, tmp, adt("A08", "MSG-DUP", "UPD-1^^^HOSP||ONCE^ONLY"),
+                              adt("A08", "MSG-DUP", "UPD-1^^^HOSP||TWICE^NOT"))
+    assert (first["code"], second["code"]) == ("AA", "AA") and "duplicate" in second["text"], (first, second)
+    assert ids_found(vault, tmp, "UPD-1") == [(patients.studies["UPD-1"], "ONCE^ONLY")]
+    history = json.loads(vault.cli("patient", "history", "UPD-1", "--json").stdout)
+    assert [h["control_id"] for h in history].count("MSG-DUP") == 1
+
+
+@pytest.mark.parametrize("snippet, message", [
+    ("port = 70000\nallowed_facilities = [\"X\"]", "[hl7] port must be 0-65535"),
+    ("port = 2575\nallowed_facilities = [\"@X\"]", "allowed_facilities must be a list"),
+    ("port = 2575\nallowed_facilities = \"X\"", "allowed_facilities must be a list"),
+    ("port = 2575\nallowed_facilities = [\"X\"]\ntls_cert_file = \"a.pem\"", "both tls_cert_file and tls_key_file"),
+    ("port = 2575\nallowed_facilities = [\"X\"]\nmax_message_bytes = 10", "max_message_bytes must be"),
+    ("port = 2575\nallowed_facilities = [\"X\"]\nidle_timeout = 0", "idle_timeout must be"),
+    ("port = 2575\nallowed_facilities = [\"X\"]\nbogus = 1", "unknown key(s) in [hl7]"),
+])
+def test_bad_hl7_settings_are_refused(tmp_path: Path, snippet: str, message: str) -> None:
+    from dicomvault.config import ConfigError, load_settings
+
+    config = tmp_path / "dicomvault.toml"
+    config.write_text(f"[hl7]\n{snippet}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config)
+    assert message in str(refused.value)
+
+
+def test_a_port_without_an_allow_list_refuses_to_serve(vault: Vault) -> None:
+    with vault.config.open("a") as config:
+        config.write(f"\n[hl7]\nport = {free_port()}\n")
+    served = vault.cli("serve", check=False, timeout=60)
+    assert served.returncode != 0
+    assert "allowed_facilities is empty" in served.stderr + served.stdout

@@ -36,7 +36,7 @@ _SEPARATORS = str.maketrans({c: " " for c in "|^~\\&\r\n"})
 
 
 def _text(reason: str) -> str:
-    """A reason as an MSA-3 value: no delimiter characters, at most 80 characters (ST)."""
+    """A reason for a bare ACK's MSA-3: no delimiter characters, at most 80 characters (ST)."""
     return reason.translate(_SEPARATORS)[:80]
 
 
@@ -49,7 +49,7 @@ def bare_ack(code: str, reason: str) -> bytes:
 
 def ack_for(message: Any, answer: Answer) -> bytes:
     ack = message.create_ack(answer.code)
-    ack.segment("MSA").assign_field(_text(answer.text), 3)
+    ack.segment("MSA").assign_field(ack.escape(answer.text.replace("\r", " ").replace("\n", " ")[:200]), 3)
     return str(ack).encode("utf-8")
 
 
