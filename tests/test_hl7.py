@@ -6,6 +6,7 @@ QIDO-RS and `find`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sqlite3
@@ -14,10 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import hl7
+import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from conftest import Vault, audit_rows, free_port, make_vault
+from conftest import Vault, audit_rows, dcmtk, free_port, make_vault, wait_until
 from test_corrections import _template, findscu, qido, storescu, write_instance
 
 RULES = """
@@ -100,12 +102,26 @@ def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Vault, 
         config.write(RULES + f'\n[hl7]\nport = {vault.hl7_port}\nbind = "127.0.0.1"\n'  # type: ignore[attr-defined]
                      'allowed_facilities = ["ADT1@HOSP", "LAB"]\n')
     vault.add_peer("findscu", "FINDSCU", 104, permissions=["find"])
+    vault.add_peer("movescu", "MOVESCU", 104, permissions=["move"])
+    scps = {name: (free_port(), tmp / name) for name in ("PLAINSCP", "COERCESCP")}
+    vault.add_peer("plain", "PLAINSCP", scps["PLAINSCP"][0])
+    vault.add_peer("coercing", "COERCESCP", scps["COERCESCP"][0], coerce_demographics=True)
     vault.start()
     patients = Patients(tmp)
     storescu(vault, *patients.files.values())
+    receivers = []
+    for ae, (port, folder) in scps.items():
+        folder.mkdir()
+        receivers.append(subprocess.Popen([dcmtk("storescp"), "-aet", ae, "-od", str(folder), str(port)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_until(lambda: subprocess.run([dcmtk("echoscu"), "-aec", ae, "127.0.0.1", str(port)],
+                                          capture_output=True).returncode == 0, what=f"{ae} C-ECHO")
     try:
         yield vault, patients, tmp
     finally:
+        for receiver in receivers:
+            receiver.terminate()
+            receiver.wait(timeout=10)
         vault.stop()
 
 
@@ -172,6 +188,61 @@ def test_a47_changes_the_identifier(hospital: tuple[Vault, Patients, Path]) -> N
     assert ack["code"] == "AE" and "A40" in ack["text"], ack
     assert ids_found(vault, tmp, "NEWID-1") == [(uid, "ROE^RICHARD")]
     assert [(s, d["prior"]) for s, _, d in audit_rows(vault, "patient-id-change")] == [("NEWID-1", "OLDID-1")]
+
+
+def stored_sha256(vault: Vault, study_uid: str) -> tuple[str, str]:
+    """(SOP Instance UID, SHA-256 of the stored file) of the study's one instance."""
+    with sqlite3.connect(vault.root / "catalog.sqlite3") as db:
+        return db.execute("SELECT i.sop_instance_uid, v.sha256 FROM versions v JOIN instances i ON i.id = v.instance_pk"
+                          " JOIN series se ON se.id = i.series_pk JOIN studies st ON st.id = se.study_pk"
+                          " WHERE st.study_uid = ?", (study_uid,)).fetchone()
+
+
+def received(folder: Path) -> list[pydicom.Dataset]:
+    """What storescp wrote into ``folder`` since the last call."""
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.endswith(".seen")]
+    for path in files:
+        path.rename(path.with_name(path.name + ".seen"))
+    return [pydicom.dcmread(p.with_name(p.name + ".seen")) for p in files]
+
+
+def test_coerce_demographics_on_export_restore_and_move(hospital: tuple[Vault, Patients, Path]) -> None:
+    """After the A47 above the catalog says NEWID-1 (issuer HOSP); the stored file says OLDID-1."""
+    vault, patients, tmp = hospital
+    uid = patients.studies["OLDID-1"]
+    sop, stored = stored_sha256(vault, uid)
+    # export to a folder: byte-exact by default, the current demographics on request
+    vault.cli("export", "--to", str(tmp / "exact"), "--study", uid)
+    (exact,) = (tmp / "exact" / "DICOM").rglob("I*")
+    assert hashlib.sha256(exact.read_bytes()).hexdigest() == stored
+    report = json.loads(vault.cli("export", "--to", str(tmp / "coerced"), "--study", uid, "--coerce-demographics",
+                                  "--json").stdout)
+    (written,) = (tmp / "coerced" / "DICOM").rglob("I*")
+    ds = pydicom.dcmread(written)
+    assert (ds.PatientID, ds.IssuerOfPatientID, str(ds.PatientName)) == ("NEWID-1", "HOSP", "ROE^RICHARD")
+    assert report["coerced"] == [{"sop_instance_uid": sop, "stored_sha256": stored,
+                                  "sent_sha256": hashlib.sha256(written.read_bytes()).hexdigest()}]
+    assert pydicom.dcmread(tmp / "coerced" / "DICOMDIR").DirectoryRecordSequence[0].PatientID == "NEWID-1"
+    # restore to a PACS (DCMTK storescp): stored values unless asked
+    vault.cli("restore", "--to", "plain", "--study", uid)
+    assert [r.PatientID for r in received(tmp / "PLAINSCP")] == ["OLDID-1"]
+    job = json.loads(vault.cli("restore", "--to", "plain", "--study", uid, "--fresh", "--coerce-demographics",
+                               "--json").stdout)
+    (got,) = received(tmp / "PLAINSCP")
+    assert (got.PatientID, got.IssuerOfPatientID) == ("NEWID-1", "HOSP")
+    assert [(c["sop_instance_uid"], c["stored_sha256"]) for c in job["coerced"]] == [(sop, stored)]
+    assert job["coerced"][0]["sent_sha256"] != stored
+    # C-MOVE to a peer with coerce_demographics = true, and to one without
+    for destination, expected in (("COERCESCP", "NEWID-1"), ("PLAINSCP", "OLDID-1")):
+        moved = subprocess.run([dcmtk("movescu"), "-S", "-aec", vault.ae_title, "-aem", destination,
+                                "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}",
+                                "127.0.0.1", str(vault.dicom_port)], capture_output=True, text=True, timeout=60)
+        assert moved.returncode == 0, moved.stderr
+        assert [r.PatientID for r in received(tmp / destination)] == [expected]
+    moves = [d for _, _, d in audit_rows(vault, "move")]
+    assert [c["sop_instance_uid"] for c in moves[-2]["coerced"]] == [sop] and "coerced" not in moves[-1]
+    # nothing stored changed
+    assert stored_sha256(vault, uid) == (sop, stored)
 
 
 def test_refusals_and_what_is_only_acknowledged_change_nothing(hospital: tuple[Vault, Patients, Path]) -> None:

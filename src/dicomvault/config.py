@@ -169,6 +169,9 @@ class PeerSettings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_ca_file: str = ""
+    # C-MOVE to it, C-GET by it (and restores/exports to it) carry the catalog's current patient
+    # demographics (HL7 ADT) instead of the stored ones (archive/coercion.py); default byte-exact.
+    coerce_demographics: bool = False
 
     @property
     def callable(self) -> bool:
@@ -796,7 +799,8 @@ def _policy(data: dict) -> PolicySettings:
     return policy
 
 
-_PEER_KEYS = ({"ae_title", "host", "port", "permissions", "check_host", "accept_from", "tls_subject"}
+_PEER_KEYS = ({"ae_title", "host", "port", "permissions", "check_host", "accept_from", "tls_subject",
+               "coerce_demographics"}
               | {"tls", "tls_cert_file", "tls_key_file", "tls_ca_file"})
 
 
@@ -854,10 +858,11 @@ def _peer_access(name: str, raw: dict) -> dict[str, object]:
     values: dict[str, object] = {}
     if "permissions" in raw:
         values["permissions"] = _permission_list(f"[peers.{name}] permissions", raw["permissions"])
-    if "check_host" in raw:
-        if not isinstance(raw["check_host"], bool):
-            raise ConfigError(f"[peers.{name}] check_host must be true or false, got {raw['check_host']!r}")
-        values["check_host"] = raw["check_host"]
+    for key in ("check_host", "coerce_demographics"):
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise ConfigError(f"[peers.{name}] {key} must be true or false, got {raw[key]!r}")
+            values[key] = raw[key]
     networks = raw.get("accept_from", [])
     if not isinstance(networks, list) or not all(isinstance(n, str) for n in networks):
         raise ConfigError(f"[peers.{name}] accept_from must be a list of addresses or networks, got {networks!r}")

@@ -115,18 +115,12 @@ def history(conn: Connection, patient_id: str, issuer: str | None = None) -> lis
              "new": json.loads(r.new_values)} for r in rows]
 
 
-def demographics_for_studies(conn: Connection, study_uids: Iterable[str]) -> dict[str, dict[str, str]]:
-    """The current patient module (ID, issuer, name, birth date, sex) of each study: what
-    ``--coerce-demographics`` writes into the instances it sends."""
-    result: dict[str, dict[str, str]] = {}
-    uids = sorted(set(study_uids))
-    for start in range(0, len(uids), 500):
-        rows = conn.execute(
-            select(_s.c.study_uid, _p.c.patient_id, _p.c.issuer, _p.c.patient_name, _p.c.birth_date, _p.c.sex)
-            .select_from(_s.join(_p, _s.c.patient_pk == _p.c.id))
-            .where(_s.c.study_uid.in_(uids[start:start + 500])))
-        for r in rows:
-            result[r.study_uid] = {"patient_id": r.patient_id, "issuer": r.issuer, "patient_name": r.patient_name,
+def demographics_for_instance(conn: Connection, sop_instance_uid: str) -> dict[str, str] | None:
+    """The current patient module of the study holding this instance (None: not held)."""
+    r = conn.execute(
+        select(_p.c.patient_id, _p.c.issuer, _p.c.patient_name, _p.c.birth_date, _p.c.sex)
+        .select_from(t.instances.join(t.series, t.instances.c.series_pk == t.series.c.id)
+                     .join(_s, t.series.c.study_pk == _s.c.id).join(_p, _s.c.patient_pk == _p.c.id))
+        .where(t.instances.c.sop_instance_uid == sop_instance_uid)).first()
+    return None if r is None else {"patient_id": r.patient_id, "issuer": r.issuer, "patient_name": r.patient_name,
                                    "birth_date": r.birth_date, "sex": r.sex}
-    return result
-
