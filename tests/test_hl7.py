@@ -21,6 +21,7 @@ from pydicom.uid import generate_uid
 
 from conftest import Vault, audit_rows, dcmtk, free_port, make_vault, wait_until
 from test_corrections import _template, findscu, qido, storescu, write_instance
+from test_dimse_tls import pki  # noqa: F401 - fixture
 
 RULES = """
 [[retention.rules]]
@@ -99,8 +100,10 @@ def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Vault, 
     vault.set_config("dicomweb", "enabled", "true")
     vault.set_config("retention", "default", '"10y"')
     with vault.config.open("a") as config:
-        config.write(RULES + f'\n[hl7]\nport = {vault.hl7_port}\nbind = "127.0.0.1"\n'  # type: ignore[attr-defined]
-                     'allowed_facilities = ["ADT1@HOSP", "LAB"]\n')
+        config.write(RULES)
+    vault.set_config("hl7", "port", str(vault.hl7_port))  # type: ignore[attr-defined]
+    vault.set_config("hl7", "bind", '"127.0.0.1"')
+    vault.set_config("hl7", "allowed_facilities", '["ADT1@HOSP", "LAB"]')
     vault.add_peer("findscu", "FINDSCU", 104, permissions=["find"])
     vault.add_peer("movescu", "MOVESCU", 104, permissions=["move"])
     scps = {name: (free_port(), tmp / name) for name in ("PLAINSCP", "COERCESCP")}
@@ -308,8 +311,77 @@ def test_bad_hl7_settings_are_refused(tmp_path: Path, snippet: str, message: str
 
 
 def test_a_port_without_an_allow_list_refuses_to_serve(vault: Vault) -> None:
-    with vault.config.open("a") as config:
-        config.write(f"\n[hl7]\nport = {free_port()}\n")
+    vault.set_config("hl7", "port", str(free_port()))  # init's allowed_facilities = []
     served = vault.cli("serve", check=False, timeout=60)
     assert served.returncode != 0
     assert "allowed_facilities is empty" in served.stderr + served.stdout
+
+
+# --- the listener's bounds and TLS (in-process listener on a scratch catalog) ------------------
+
+def _exchange(sock, data: bytes) -> bytes:  # type: ignore[no-untyped-def]
+    sock.sendall(data)
+    answer = b""
+    while not answer.endswith(b"\x1c\r"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+def _listener(tmp: Path, **settings: object):  # type: ignore[no-untyped-def]
+    from dicomvault.catalog import Catalog
+    from dicomvault.config import Hl7Settings
+    from dicomvault.ingest.hl7 import Hl7Listener
+
+    catalog = Catalog(f"sqlite:///{tmp / 'catalog.sqlite3'}")
+    listener = Hl7Listener(Hl7Settings(port=free_port(), bind="127.0.0.1", allowed_facilities=("HOSP",),
+                                       **settings), catalog)  # type: ignore[arg-type]
+    listener.start()
+    return listener, catalog
+
+
+def test_oversized_and_idle_connections_are_closed(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    listener, catalog = _listener(tmp_path, max_message_bytes=2048, idle_timeout=0.5)
+    try:
+        with socket.create_connection(("127.0.0.1", listener.settings.port), timeout=10) as sock:
+            big = adt("A08", "BIG-1", "P1^^^HOSP||" + "X" * 4000)
+            answer = _exchange(sock, b"\x0b" + big.encode() + b"\x1c\r")
+            assert b"MSA|AR" in answer and b"larger than 2048 bytes" in answer, answer
+            assert sock.recv(10) == b""  # then closed: the rest of that block cannot be told from the next
+        with socket.create_connection(("127.0.0.1", listener.settings.port), timeout=10) as sock:
+            started = time.monotonic()
+            assert sock.recv(10) == b""  # nothing sent: closed after idle_timeout
+            assert 0.4 < time.monotonic() - started < 5
+    finally:
+        listener.stop()
+        catalog.close()
+
+
+def test_mllp_over_tls_needs_a_client_certificate_from_the_ca(tmp_path: Path, pki) -> None:  # type: ignore[no-untyped-def]
+    import socket
+    import ssl
+
+    listener, catalog = _listener(tmp_path, tls_cert_file=str(pki.vault.cert), tls_key_file=str(pki.vault.key),
+                                  tls_ca_file=str(pki.ca.pem))
+    message = b"\x0b" + adt("A08", "TLS-1", "P1^^^HOSP||NEW^NAME").encode() + b"\x1c\r"
+    try:
+        client = ssl.create_default_context(cafile=str(pki.ca.pem))
+        client.load_cert_chain(str(pki.modality.cert), str(pki.modality.key))
+        with client.wrap_socket(socket.create_connection(("127.0.0.1", listener.settings.port), timeout=10),
+                                server_hostname="127.0.0.1") as sock:
+            answer = _exchange(sock, message)
+        assert b"MSA|AA|TLS-1" in answer and b"not held" in answer, answer
+        anonymous = ssl.create_default_context(cafile=str(pki.ca.pem))
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            with anonymous.wrap_socket(socket.create_connection(("127.0.0.1", listener.settings.port), timeout=10),
+                                       server_hostname="127.0.0.1") as sock:
+                assert _exchange(sock, message) == b""  # TLS 1.3: the refusal shows at the first read
+                raise ConnectionError("closed without an answer")
+    finally:
+        listener.stop()
+        catalog.close()

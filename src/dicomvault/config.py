@@ -1117,6 +1117,24 @@ tls_cert_file = ""
 tls_key_file = ""
 tls_ca_file = ""
 
+[hl7]
+# HL7 v2 ADT from the hospital's interface engine over MLLP: A08 updates a patient's name, birth
+# date and sex, A40 merges two patients (the prior one's studies move to the survivor), A47
+# changes an identifier; other events are acknowledged and ignored. 0 = off. Closed by default:
+# only these sending facilities (MSH-4, e.g. "HOSP") or "APPLICATION@FACILITY" (MSH-3@MSH-4)
+# may send; with a port and an empty list `serve` refuses to start. Stored images never change
+# (see --coerce-demographics and [peers.NAME] coerce_demographics).
+port = 0
+bind = "0.0.0.0"
+allowed_facilities = []
+# MLLP over TLS (BCP 195, as [dicom]); with tls_ca_file the sender must show a certificate from it.
+tls_cert_file = ""
+tls_key_file = ""
+tls_ca_file = ""
+# A larger message is refused (AR) and its connection closed; an idle connection is closed.
+max_message_bytes = 1048576
+idle_timeout = 300
+
 [policy]
 # An instance is safe (and storage commitment reports success) once this many verified
 # copies exist, at least offsite_copies of them on sites marked offsite.
@@ -1182,6 +1200,8 @@ poll_seconds = 10.0
 # tls_ca_file = ""         # this CA (default [dicom] tls_ca_file, else the system store);
 # tls_cert_file = ""       # our client certificate and key (default [dicom]'s)
 # tls_key_file = ""
+# coerce_demographics = false  # true: C-MOVE to it, C-GET by it, restores and exports to it
+#                              # carry the current demographics (HL7 ADT), not the stored ones
 
 [reconcile]
 # Scheduled reconciliation inside `dicomvault serve`: every `every` ("24h", "6h", "30m") the
