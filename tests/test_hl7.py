@@ -106,6 +106,7 @@ def hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Vault, 
     vault.set_config("hl7", "allowed_facilities", '["ADT1@HOSP", "LAB"]')
     vault.add_peer("findscu", "FINDSCU", 104, permissions=["find"])
     vault.add_peer("movescu", "MOVESCU", 104, permissions=["move"])
+    vault.add_peer("getscu", "GETSCU", 104, permissions=["get"], coerce_demographics=True)
     scps = {name: (free_port(), tmp / name) for name in ("PLAINSCP", "COERCESCP")}
     vault.add_peer("plain", "PLAINSCP", scps["PLAINSCP"][0])
     vault.add_peer("coercing", "COERCESCP", scps["COERCESCP"][0], coerce_demographics=True)
@@ -242,6 +243,15 @@ def test_coerce_demographics_on_export_restore_and_move(hospital: tuple[Vault, P
                                 "127.0.0.1", str(vault.dicom_port)], capture_output=True, text=True, timeout=60)
         assert moved.returncode == 0, moved.stderr
         assert [r.PatientID for r in received(tmp / destination)] == [expected]
+    # C-GET by a peer with coerce_demographics = true
+    (tmp / "got").mkdir()
+    got = subprocess.run([dcmtk("getscu"), "-S", "-aec", vault.ae_title, "-od", str(tmp / "got"),
+                          "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}",
+                          "127.0.0.1", str(vault.dicom_port)], capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    assert [r.PatientID for r in received(tmp / "got")] == ["NEWID-1"]
+    (get_row,) = [d for _, _, d in audit_rows(vault, "get")]
+    assert [(c["sop_instance_uid"], c["stored_sha256"]) for c in get_row["coerced"]] == [(sop, stored)]
     moves = [d for _, _, d in audit_rows(vault, "move")]
     assert [c["sop_instance_uid"] for c in moves[-2]["coerced"]] == [sop] and "coerced" not in moves[-1]
     # nothing stored changed
