@@ -157,6 +157,22 @@ def test_a08_updates_what_cfind_qido_and_find_answer_with_history(hospital: tupl
     assert history[0]["new"] == {"patient_name": "DOE-SMITH^JANE^M^DR", "birth_date": "20150301"}
     assert [(s, o, d["control_id"]) for s, o, d in audit_rows(vault, "patient-update")] == [
         ("UPD-1", "success", "MSG-A08-1")]
+    # and as a DICOM audit message (ATNA): Patient Record, action Update, the sender and its address
+    import xml.etree.ElementTree as ET
+    from types import SimpleNamespace
+
+    from dicomvault.audit import atna
+
+    with sqlite3.connect(vault.root / "catalog.sqlite3") as db:
+        row = db.execute("SELECT id, ts, actor, action, subject, outcome, detail FROM audit_log"
+                         " WHERE action = 'patient-update'").fetchone()
+    message = ET.fromstring(atna.build(SimpleNamespace(**dict(zip(
+        ("id", "ts", "actor", "action", "subject", "outcome", "detail"), row))), atna.Source("s", "dv", "AE", "h")))
+    event = message.find("EventIdentification")
+    assert (event.get("EventActionCode"), event.find("EventID").get("csd-code")) == ("U", "110110")
+    requestor = next(p for p in message.findall("ActiveParticipant") if p.get("UserIsRequestor") == "true")
+    assert (requestor.get("UserID"), requestor.get("NetworkAccessPointID")) == ("hl7:ADT1@HOSP", "127.0.0.1")
+    assert [o.get("ParticipantObjectID") for o in message.findall("ParticipantObjectIdentification")] == ["UPD-1"]
 
 
 def test_a40_moves_the_studies_and_the_prior_id_finds_nothing(hospital: tuple[Vault, Patients, Path]) -> None:

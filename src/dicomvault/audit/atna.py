@@ -201,10 +201,13 @@ def _access_point_type(address: str) -> str:
 
 
 def parse_actor(actor: str, address: str = "") -> Participant:
-    """``dicom:AE``, ``api:name@addr``, ``dicomweb:addr``, ``cli:user@host``, ``dicomvault:x``."""
+    """``dicom:AE``, ``api:name@addr``, ``dicomweb:addr``, ``cli:user@host``, ``dicomvault:x``,
+    ``hl7:APP@FACILITY``."""
     kind, _, rest = actor.partition(":")
     if kind == "dicom" and rest:
         return Participant(rest, True, alternative=f"AETITLES={rest}", access_point=_host(address))
+    if kind == "hl7" and rest:  # hl7:APPLICATION@FACILITY (MSH-3@MSH-4); the address is the detail's
+        return Participant(actor, True, access_point=_host(address))
     name, at, where = rest.rpartition("@")
     if at:
         return Participant(f"{kind}:{name}" if name else actor, True, access_point=_host(where))
@@ -292,6 +295,8 @@ def _objects(rule: Rule, row: Any, detail: dict[str, Any]) -> list[Obj]:
         return [Obj(resource, URI, 2, 24, query=query)]
     if rule.event == USER_AUTHENTICATION:
         return []
+    if rule.event == PATIENT_RECORD and (detail.get("patient") or subject):
+        return [Obj(str(detail.get("patient") or subject), PATIENT_NUMBER, 1, 1)]
     resource = str(detail.get("resource") or subject)
     if not resource:
         return []
