@@ -63,6 +63,7 @@ class Hl7Listener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
+        self._writers: set[Any] = set()  # open connections, closed at stop
 
     @property
     def enabled(self) -> bool:
@@ -110,11 +111,14 @@ class Hl7Listener:
             await self._stopped.wait()
         finally:
             server.close()
+            for writer in list(self._writers):  # a connection waiting for its next message
+                writer.close()
             await server.wait_closed()
 
     async def _client(self, reader: Any, writer: Any) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         address = str(peer[0])
+        self._writers.add(writer)
         try:
             while True:
                 try:
@@ -140,6 +144,7 @@ class Hl7Listener:
         except (ConnectionError, OSError) as exc:
             log.info("HL7 connection from %s ended: %s", address, exc)
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     def handle(self, raw: bytes, address: str) -> bytes:
