@@ -22,6 +22,8 @@ from pydicom.uid import generate_uid
 from conftest import Vault, audit_rows, dcmtk, free_port, make_vault, wait_until
 from test_corrections import _template, findscu, qido, storescu, write_instance
 from test_dimse_tls import pki  # noqa: F401 - fixture
+from pgserver import PostgresServer, postgres_server  # noqa: F401 - fixture
+from test_catalog_postgres import use_catalog
 
 RULES = """
 [[retention.rules]]
@@ -411,3 +413,40 @@ def test_mllp_over_tls_needs_a_client_certificate_from_the_ca(tmp_path: Path, pk
     finally:
         listener.stop()
         catalog.close()
+
+
+def test_update_merge_and_change_of_id_on_postgresql(tmp_path: Path, postgres_server: PostgresServer) -> None:  # noqa: F811
+    """The same catalog SQL on the scale-out catalog (the processor in-process, no listener)."""
+    from dicomvault.archive.core import Archive
+    from dicomvault.config import load_settings
+    from dicomvault.ingest.adt import AdtProcessor, Envelope, parse
+    from test_retention import CT_CLASS, instance
+
+    vault = make_vault(tmp_path / "vault")
+    use_catalog(vault, postgres_server.create_database())
+    archive = Archive.open(load_settings(vault.config))
+    try:
+        studies = {pid: generate_uid() for pid in ("PG-A", "PG-B", "PG-C")}
+        for pid, uid in studies.items():
+            archive.ingestor.ingest(instance((pid, "PG^NAME"), "19700101", uid, "20200310", "MR", CT_CLASS),
+                                    source="import:/tmp/pg.dcm", actor="test")
+        processor = AdtProcessor(archive.catalog, ("HOSP",))
+
+        def send(event: str, control_id: str, pid: str, mrg: str = "") -> str:
+            message = parse(adt(event, control_id, pid, mrg).encode())
+            return processor.apply(message, Envelope.of(message, "10.0.0.7")).code
+
+        assert send("A08", "PG1", "PG-A^^^HOSP||PG^RENAMED||20100101") == "AA"
+        assert send("A40", "PG2", "PG-A^^^HOSP", mrg="PG-B^^^HOSP") == "AA"
+        assert send("A47", "PG3", "PG-D^^^HOSP", mrg="PG-C^^^HOSP") == "AA"
+        assert send("A08", "PG1", "PG-A^^^HOSP||PG^AGAIN") == "AA"  # duplicate control id: not applied
+        found = {s["study_uid"]: (s["patient_id"], s["patient_name"]) for s in archive.catalog.find_studies()}
+        assert found == {studies["PG-A"]: ("PG-A", "PG^RENAMED"), studies["PG-B"]: ("PG-A", "PG^RENAMED"),
+                         studies["PG-C"]: ("PG-D", "PG^NAME")}
+        with archive.catalog.read() as conn:
+            from dicomvault.catalog import patients
+
+            assert [h["event"] for h in patients.history(conn, "PG-A")] == ["A08", "A40"]
+            assert patients.history(conn, "PG-B")[0]["prior_patient_id"] == "PG-B"
+    finally:
+        archive.close()
