@@ -319,6 +319,23 @@ def test_a_duplicate_control_id_is_applied_once(hospital: tuple[Vault, Patients,
     assert [h["control_id"] for h in history].count("MSG-DUP") == 1
 
 
+
+def test_dicom_arriving_after_an_update_follows_the_last_word_rule(hospital: tuple[Vault, Patients, Path]) -> None:
+    """The PACS re-sending its old copy changes nothing (known content); an image with other
+    bytes received after the update is newer, and its demographics win, as any correction's."""
+    vault, patients, tmp = hospital
+    uid = patients.studies["UPD-1"]
+    mllp_send(vault.hl7_port, tmp, adt("A08", "MSG-LAST-1", "UPD-1^^^HOSP||FROM^ADT"))
+    storescu(vault, patients.files["UPD-1"])  # the bytes first stored, with DOE^JANE
+    assert ids_found(vault, tmp, "UPD-1") == [(uid, "FROM^ADT")]
+    stale = write_instance(_template(), tmp / "late" / "stale.dcm", uid, generate_uid(), generate_uid(), 2,
+                           PatientID="UPD-1", PatientName="FROM^MODALITY")
+    storescu(vault, stale)
+    assert ids_found(vault, tmp, "UPD-1") == [(uid, "FROM^MODALITY")]
+    mllp_send(vault.hl7_port, tmp, adt("A08", "MSG-LAST-2", "UPD-1^^^HOSP||FROM^ADT"))
+    assert ids_found(vault, tmp, "UPD-1") == [(uid, "FROM^ADT")]
+
+
 @pytest.mark.parametrize("snippet, message", [
     ("port = 70000\nallowed_facilities = [\"X\"]", "[hl7] port must be 0-65535"),
     ("port = 2575\nallowed_facilities = [\"@X\"]", "allowed_facilities must be a list"),
