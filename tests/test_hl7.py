@@ -467,3 +467,37 @@ def test_update_merge_and_change_of_id_on_postgresql(tmp_path: Path, postgres_se
             assert patients.history(conn, "PG-B")[0]["prior_patient_id"] == "PG-B"
     finally:
         archive.close()
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
+                                    "1.2.840.10008.1.2.1.99"])
+def test_coercion_keeps_the_transfer_syntax_and_changes_only_the_patient_module(syntax: str) -> None:
+    """dicom/coerce.py on data sets as DIMSE sends them, in each uncompressed syntax and deflated."""
+    import io
+    import zlib
+
+    from pydicom.filereader import read_dataset
+
+    from dicomvault.dicom.coerce import coerce_dataset
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = _template()
+    implicit, little = syntax == "1.2.840.10008.1.2", syntax != "1.2.840.10008.1.2.2"
+    encoded = DicomBytesIO()
+    encoded.is_implicit_VR, encoded.is_little_endian = implicit, little
+    write_dataset(encoded, ds)
+    data = encoded.getvalue()
+    if syntax.endswith(".99"):
+        packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = packer.compress(data) + packer.flush()
+    current = {"patient_id": str(ds.PatientID), "issuer": "", "patient_name": str(ds.PatientName),
+               "birth_date": str(ds.PatientBirthDate), "sex": str(ds.PatientSex)}
+    assert coerce_dataset(data, syntax, current) is None  # nothing differs: the stored bytes go out
+    coerced = coerce_dataset(data, syntax, {**current, "patient_id": "NEW-7", "issuer": "HOSP"})
+    assert coerced is not None
+    raw = zlib.decompress(coerced, -zlib.MAX_WBITS) if syntax.endswith(".99") else coerced
+    back = read_dataset(io.BytesIO(raw), implicit, little)
+    assert (back.PatientID, back.IssuerOfPatientID) == ("NEW-7", "HOSP")
+    assert back.PixelData == ds.PixelData and back.StudyInstanceUID == ds.StudyInstanceUID

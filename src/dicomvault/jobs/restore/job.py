@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from dicomvault.audit import AuditEvent, append
 from dicomvault.catalog import restores
-from dicomvault.archive.coercion import Coercer
+from dicomvault.archive.coercion import Coercer, CoercionError
 from dicomvault.peers.sender import PeerLost, StoreSender
 from dicomvault.replicate.throttle import RateLimiter, Schedule, ThrottleConfigError, parse_rate
 
@@ -300,6 +300,9 @@ class RestoreRunner:
                 item, loading = entry
                 try:
                     dataset = loading.result()
+                except CoercionError as exc:  # the stored copy is fine; its rewrite is not possible
+                    self._outcomes.put(Outcome(item, "failed", None, str(exc), None, time.time()))
+                    continue
                 except Exception as exc:  # noqa: BLE001 - damaged, missing or unreadable stored copy
                     log.error("ALERT: the stored copy of %s (object %s) cannot be read back: %s",
                               item.sop_instance_uid, item.object_id, exc)

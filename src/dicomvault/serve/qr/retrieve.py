@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from dicomvault.catalog.retrieval import LEVEL_KEYS, RetrievalItem, retrieval_items
-from dicomvault.archive.coercion import Coercer
+from dicomvault.archive.coercion import Coercer, CoercionError
 from dicomvault.archive.prefetch import Prefetcher
 from dicomvault.net import pdu
 from dicomvault.peers.sender import PeerLost, StoreSender, payload_for
@@ -150,6 +150,8 @@ class Retriever:
                 try:
                     try:
                         dataset = loading.result()
+                    except CoercionError as exc:  # the stored copy is fine; its rewrite is not possible
+                        raise SubOperationFailed(str(exc)) from exc
                     except Exception as exc:  # noqa: BLE001 - damaged, missing or unreadable copy
                         log.error("ALERT: the stored copy of %s (object %s) cannot be read back: %s",
                                   item.sop_instance_uid, item.object_id, exc)
