@@ -59,6 +59,23 @@ class DicomSettings:
 
 
 @dataclass(frozen=True)
+class Hl7Settings:
+    """The HL7 v2 ADT listener (MLLP, ingest/hl7.py): patient updates, merges and changes of
+    identifier from the hospital's ADT feed. Off while ``port`` is 0; closed by default: a
+    message from a sending facility (MSH-4) or "APP@FACILITY" (MSH-3@MSH-4) not in
+    ``allowed_facilities`` is refused (AR), and a port with an empty list refuses to start."""
+
+    port: int = 0
+    bind: str = "0.0.0.0"
+    allowed_facilities: tuple[str, ...] = ()
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    max_message_bytes: int = 1024 * 1024
+    idle_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
 class HttpSettings:
     port: int = 8080
     bind: str = "0.0.0.0"
@@ -152,6 +169,9 @@ class PeerSettings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_ca_file: str = ""
+    # C-MOVE to it, C-GET by it (and restores/exports to it) carry the catalog's current patient
+    # demographics (HL7 ADT) instead of the stored ones (archive/coercion.py); default byte-exact.
+    coerce_demographics: bool = False
 
     @property
     def callable(self) -> bool:
@@ -541,6 +561,7 @@ class Settings:
     site_key_file: Path
     recovery_public_key_file: Path
     dicom: DicomSettings = field(default_factory=DicomSettings)
+    hl7: Hl7Settings = field(default_factory=Hl7Settings)
     http: HttpSettings = field(default_factory=HttpSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     config_file: Path | None = None
@@ -669,6 +690,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         site_key_file=site_key,
         recovery_public_key_file=recovery_pub,
         dicom=dicom,
+        hl7=_hl7(data, base),
         http=_http(data, base),
         storage=storage_settings,
         config_file=config_path.resolve(),
@@ -686,6 +708,33 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         retention=_retention(data),
         iocm=_iocm(data),
     )
+
+
+def _hl7(data: dict, base: Path) -> Hl7Settings:
+    """``[hl7]``: TLS paths resolve like the keys; whether the files can be used, and that a
+    port has an allow-list, is checked when `serve` starts the listener (ingest/hl7.py)."""
+    values = _section(data, "hl7", Hl7Settings())
+    if not 0 <= values["port"] <= 65535:
+        raise ConfigError(f"[hl7] port must be 0-65535 (0 = off), got {values['port']}")
+    allowed = values["allowed_facilities"]
+    if not isinstance(allowed, tuple) or not all(isinstance(a, str) and a.strip() and a.count("@") <= 1
+                                                 and not a.startswith("@") and not a.endswith("@") for a in allowed):
+        raise ConfigError(f"[hl7] allowed_facilities must be a list of sending facilities (MSH-4) or "
+                          f"\"APPLICATION@FACILITY\" (MSH-3@MSH-4) values, got {allowed!r}")
+    values["allowed_facilities"] = tuple(a.strip() for a in allowed)
+    files = {key: str(values[key] or "").strip() for key in ("tls_cert_file", "tls_key_file", "tls_ca_file")}
+    if bool(files["tls_cert_file"]) != bool(files["tls_key_file"]):
+        raise ConfigError("[hl7] needs both tls_cert_file and tls_key_file for MLLP over TLS, or neither")
+    if files["tls_ca_file"] and not files["tls_cert_file"]:
+        raise ConfigError("[hl7] tls_ca_file (client certificates required) needs tls_cert_file and tls_key_file")
+    values.update({key: str(_resolve(base, value)) if value else "" for key, value in files.items()})
+    if not 1024 <= values["max_message_bytes"] <= 64 * 1024**2:
+        raise ConfigError(f"[hl7] max_message_bytes must be 1024-67108864, got {values['max_message_bytes']}")
+    idle = values["idle_timeout"]
+    if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 0.1 <= idle <= 86400:
+        raise ConfigError(f"[hl7] idle_timeout must be seconds between 0.1 and 86400, got {idle!r}")
+    values["idle_timeout"] = float(idle)
+    return Hl7Settings(**values)
 
 
 def _http(data: dict, base: Path) -> HttpSettings:
@@ -750,7 +799,8 @@ def _policy(data: dict) -> PolicySettings:
     return policy
 
 
-_PEER_KEYS = ({"ae_title", "host", "port", "permissions", "check_host", "accept_from", "tls_subject"}
+_PEER_KEYS = ({"ae_title", "host", "port", "permissions", "check_host", "accept_from", "tls_subject",
+               "coerce_demographics"}
               | {"tls", "tls_cert_file", "tls_key_file", "tls_ca_file"})
 
 
@@ -808,10 +858,11 @@ def _peer_access(name: str, raw: dict) -> dict[str, object]:
     values: dict[str, object] = {}
     if "permissions" in raw:
         values["permissions"] = _permission_list(f"[peers.{name}] permissions", raw["permissions"])
-    if "check_host" in raw:
-        if not isinstance(raw["check_host"], bool):
-            raise ConfigError(f"[peers.{name}] check_host must be true or false, got {raw['check_host']!r}")
-        values["check_host"] = raw["check_host"]
+    for key in ("check_host", "coerce_demographics"):
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise ConfigError(f"[peers.{name}] {key} must be true or false, got {raw[key]!r}")
+            values[key] = raw[key]
     networks = raw.get("accept_from", [])
     if not isinstance(networks, list) or not all(isinstance(n, str) for n in networks):
         raise ConfigError(f"[peers.{name}] accept_from must be a list of addresses or networks, got {networks!r}")
@@ -1066,6 +1117,24 @@ tls_cert_file = ""
 tls_key_file = ""
 tls_ca_file = ""
 
+[hl7]
+# HL7 v2 ADT from the hospital's interface engine over MLLP: A08 updates a patient's name, birth
+# date and sex, A40 merges two patients (the prior one's studies move to the survivor), A47
+# changes an identifier; other events are acknowledged and ignored. 0 = off. Closed by default:
+# only these sending facilities (MSH-4, e.g. "HOSP") or "APPLICATION@FACILITY" (MSH-3@MSH-4)
+# may send; with a port and an empty list `serve` refuses to start. Stored images never change
+# (see --coerce-demographics and [peers.NAME] coerce_demographics).
+port = 0
+bind = "0.0.0.0"
+allowed_facilities = []
+# MLLP over TLS (BCP 195, as [dicom]); with tls_ca_file the sender must show a certificate from it.
+tls_cert_file = ""
+tls_key_file = ""
+tls_ca_file = ""
+# A larger message is refused (AR) and its connection closed; an idle connection is closed.
+max_message_bytes = 1048576
+idle_timeout = 300
+
 [policy]
 # An instance is safe (and storage commitment reports success) once this many verified
 # copies exist, at least offsite_copies of them on sites marked offsite.
@@ -1131,6 +1200,8 @@ poll_seconds = 10.0
 # tls_ca_file = ""         # this CA (default [dicom] tls_ca_file, else the system store);
 # tls_cert_file = ""       # our client certificate and key (default [dicom]'s)
 # tls_key_file = ""
+# coerce_demographics = false  # true: C-MOVE to it, C-GET by it, restores and exports to it
+#                              # carry the current demographics (HL7 ADT), not the stored ones
 
 [reconcile]
 # Scheduled reconciliation inside `dicomvault serve`: every `every` ("24h", "6h", "30m") the

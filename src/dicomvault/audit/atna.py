@@ -113,6 +113,10 @@ RULES: dict[str, Rule] = {
     "delete": Rule(STUDY_DELETED, "D"),
     "delete-study": Rule(STUDY_DELETED, "D"),
     "delete-patient": Rule(PATIENT_RECORD, "D"),
+    # HL7 ADT changes to a patient record (ingest/adt.py), the sending system as requestor.
+    "patient-update": Rule(PATIENT_RECORD, "U", REQUEST),
+    "patient-merge": Rule(PATIENT_RECORD, "U", REQUEST),
+    "patient-id-change": Rule(PATIENT_RECORD, "U", REQUEST),
     "serve": Rule(APPLICATION_ACTIVITY, "E"),  # start / stop of `dicomvault serve`
     "rebuild-index": Rule(APPLICATION_ACTIVITY, "E"),
     "site-state": Rule(APPLICATION_ACTIVITY, "E"),
@@ -200,10 +204,13 @@ def _access_point_type(address: str) -> str:
 
 
 def parse_actor(actor: str, address: str = "") -> Participant:
-    """``dicom:AE``, ``api:name@addr``, ``dicomweb:addr``, ``cli:user@host``, ``dicomvault:x``."""
+    """``dicom:AE``, ``api:name@addr``, ``dicomweb:addr``, ``cli:user@host``, ``dicomvault:x``,
+    ``hl7:APP@FACILITY``."""
     kind, _, rest = actor.partition(":")
     if kind == "dicom" and rest:
         return Participant(rest, True, alternative=f"AETITLES={rest}", access_point=_host(address))
+    if kind == "hl7" and rest:  # hl7:APPLICATION@FACILITY (MSH-3@MSH-4); the address is the detail's
+        return Participant(actor, True, access_point=_host(address))
     name, at, where = rest.rpartition("@")
     if at:
         return Participant(f"{kind}:{name}" if name else actor, True, access_point=_host(where))
@@ -291,6 +298,8 @@ def _objects(rule: Rule, row: Any, detail: dict[str, Any]) -> list[Obj]:
         return [Obj(resource, URI, 2, 24, query=query)]
     if rule.event == USER_AUTHENTICATION:
         return []
+    if rule.event == PATIENT_RECORD and (detail.get("patient") or subject):
+        return [Obj(str(detail.get("patient") or subject), PATIENT_NUMBER, 1, 1)]
     resource = str(detail.get("resource") or subject)
     if not resource:
         return []

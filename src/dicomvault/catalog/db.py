@@ -61,7 +61,8 @@ def _version_select() -> Any:
 _VERSION_BY_CONTENT = _version_select().where(
     t.instances.c.sop_instance_uid == bindparam("sop_uid"), t.versions.c.dataset_sha256 == bindparam("dataset_sha256")
 )
-_PATIENT_PK = select(t.patients.c.id).where(
+# A patient merged away (HL7 A40) stands for its survivor: what still arrives under it is filed there.
+_PATIENT_PK = select(func.coalesce(t.patients.c.merged_into, t.patients.c.id)).where(
     t.patients.c.patient_id == bindparam("patient_id"), t.patients.c.issuer == bindparam("issuer")
 )
 _STUDY_PK = select(t.studies.c.id).where(t.studies.c.study_uid == bindparam("study_uid"))
@@ -206,6 +207,11 @@ class Catalog:
             self._pk_cache.update(new_keys)  # only keys of committed rows are remembered
             if len(self._pk_cache) > 200_000:
                 self._pk_cache.clear()
+
+    def forget_patient(self, patient_id: str, issuer: str) -> None:
+        """An ADT merge or change of identifier re-pointed this ID: the next instance naming it
+        looks its patient up again (``_PATIENT_PK``) instead of trusting the cached key."""
+        self._pk_cache.pop(("patient", f"{issuer}\\{patient_id}"), None)
 
     def barrier(self) -> None:
         """Make every transaction committed so far survive power loss."""

@@ -440,6 +440,7 @@ def _plan(query: Query, dialect: str, hide: bool = False) -> _Plan:
     if level == "PATIENT":
         source: Any = _p
         order: list[Any] = [_p.c.patient_name, _p.c.patient_id, _p.c.issuer, _p.c.id]
+        where.append(_p.c.merged_into.is_(None))  # merged away by HL7 A40: its studies moved
     else:
         source = _st.join(_p, _st.c.patient_pk == _p.c.id)
         pks.append(_st.c.id.label("_study_pk"))

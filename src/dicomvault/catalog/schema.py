@@ -33,6 +33,9 @@ patients = Table(
     # Receipt time of the version whose attributes the row holds (migration 0010; see
     # catalog/db.py ``_FOLLOW``): a version received later replaces them, an earlier one never.
     Column("attributes_at", Float, nullable=False, server_default="0"),
+    # An HL7 A40 merged this patient into that one (migration 0013): it answers no query, and an
+    # instance that still names it is filed under the survivor (catalog/db.py ``_PATIENT_PK``).
+    Column("merged_into", Integer, nullable=True),
     UniqueConstraint("patient_id", "issuer", name="uq_patients_id_issuer"),
 )
 Index("ix_patients_name", patients.c.patient_name)
@@ -431,3 +434,27 @@ rejections = Table(
 )
 Index("ix_rejections_delete_after", rejections.c.delete_after)
 Index("ix_rejections_kos", rejections.c.kos_uid)
+
+# HL7 ADT changes applied to patients (ingest/adt.py, catalog/patients.py, migration 0013): who
+# (sender = MSH-3@MSH-4, address), when, which message (control_id = MSH-10), the event, and the
+# values before and after (JSON). A merge or change of identifier also names the prior ID.
+patient_history = Table(
+    "patient_history",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("patient_pk", Integer, ForeignKey("patients.id"), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("issuer", String(64), nullable=False, server_default=""),
+    Column("prior_patient_id", String(64), nullable=False, server_default=""),
+    Column("prior_issuer", String(64), nullable=False, server_default=""),
+    Column("event", String(16), nullable=False),
+    Column("sender", String(256), nullable=False),
+    Column("control_id", String(64), nullable=False),
+    Column("address", String(128), nullable=False, server_default=""),
+    Column("received_at", Float, nullable=False),
+    Column("old_values", Text, nullable=False, server_default="{}"),
+    Column("new_values", Text, nullable=False, server_default="{}"),
+)
+Index("ix_patient_history_message", patient_history.c.sender, patient_history.c.control_id)
+Index("ix_patient_history_patient", patient_history.c.patient_id)
+Index("ix_patient_history_prior", patient_history.c.prior_patient_id)

@@ -44,6 +44,9 @@ cli_drill.register(app)  # dicomvault drill
 from dicomvault.cli import retention as cli_retention
 
 cli_retention.register(app)  # dicomvault retention plan, dicomvault hold add|list|release
+from dicomvault.cli import patient as cli_patient  # noqa: E402
+
+cli_patient.register(app)  # dicomvault patient history ID
 from dicomvault.cli import keys as cli_keys
 
 cli_keys.register(app)  # dicomvault keys status|rotate
@@ -141,6 +144,12 @@ def serve(config: ConfigOption = None) -> None:
     # ATNA export: every audit row to [audit] syslog, in order (before listening: bad TLS files stop here)
     audit_export = AuditForwarder(archive.catalog, settings)
     archive.ingestor.on_stored.append(audit_export.notify)
+    from dicomvault.ingest.hl7 import Hl7Listener
+
+    try:
+        hl7_listener = Hl7Listener(settings.hl7, archive.catalog)  # ADT feed; off unless [hl7] port
+    except ConfigError as exc:
+        raise CliFailure(str(exc)) from exc
     http = (HttpServer(archive, settings.http.bind, settings.http.port, restores=restores)
             if settings.http.enabled else None)
     stop = threading.Event()
@@ -160,6 +169,14 @@ def serve(config: ConfigOption = None) -> None:
             raise CliFailure(f"cannot start the DICOM TLS listener: {exc}") from exc
         ports = " and ".join(str(p) for p in (settings.dicom.port, settings.dicom.tls_port) if p)
         raise CliFailure(f"cannot listen for DICOM on {settings.dicom.bind}:{ports}: {exc.strerror}") from exc
+    try:
+        hl7_listener.start()
+    except (OSError, ConfigError) as exc:
+        dimse.stop()
+        if http is not None:
+            http.stop()
+        why = str(exc) if isinstance(exc, ConfigError) else exc.strerror
+        raise CliFailure(f"cannot listen for HL7 on {settings.hl7.bind}:{settings.hl7.port}: {why}") from exc
     archive.ingestor.durability.start()
     replication.start()
     commitment.start()  # storage commitment evaluator and report deliverer
@@ -192,10 +209,12 @@ def serve(config: ConfigOption = None) -> None:
     print(
         f"dicomvault {__version__} serving: DICOM {settings.dicom.ae_title}@{settings.dicom.bind}:{settings.dicom.port}"
         + (f" (TLS :{settings.dicom.tls_port})" if settings.dicom.tls_port else "")
-        + (f", HTTP {settings.http.bind}:{settings.http.port}" if http else ""),
+        + (f", HTTP {settings.http.bind}:{settings.http.port}" if http else "")
+        + (f", HL7 {settings.hl7.bind}:{settings.hl7.port}" if settings.hl7.port else ""),
         flush=True,
     )
     stop.wait()
+    hl7_listener.stop()
     dimse.stop()
     if http is not None:
         http.stop()

@@ -45,6 +45,9 @@ def export(
     rate: Annotated[Optional[str], typer.Option(help="To a peer: e.g. 20MB/s or 50/s (instances)")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="To a peer: send everything again")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+    coerce: Annotated[bool, typer.Option("--coerce-demographics", help="Write/send the current patient "
+                                         "demographics (HL7 ADT updates) instead of the stored ones; each such "
+                                         "instance is listed with both SHA-256s")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Export to a folder as a standard DICOM File-set: a DICOMDIR that lists every instance
@@ -61,9 +64,9 @@ def export(
         raise CliFailure("--to needs a directory to export into")
     peer = _configured_peer(to, config)
     if peer is not None:
-        _export_to_peer(peer, selection, associations, rate, fresh, json_out, config)
+        _export_to_peer(peer, selection, associations, rate, fresh, json_out, config, coerce)
         return
-    report = _export_to_directory(Path(to).expanduser(), selection, config)
+    report = _export_to_directory(Path(to).expanduser(), selection, config, coerce)
     _print_report(report, json_out)
     if report.failed:
         raise typer.Exit(EXIT_SOME_FAILED)
@@ -75,7 +78,7 @@ def _configured_peer(to: str, config: Optional[Path]) -> object | None:
 
 
 def _export_to_peer(peer: object, selection: "Selection", associations: int, rate: Optional[str], fresh: bool,
-                    json_out: bool, config: Optional[Path]) -> None:
+                    json_out: bool, config: Optional[Path], coerce: bool = False) -> None:
     """A network export: the restore engine in study order (not urgency), same report."""
     from dicomvault.cli.restore import EXIT_SOME_FAILED as SOME_REFUSED
     from dicomvault.cli.restore import plan_or_resume, print_job_report, run_job
@@ -90,7 +93,7 @@ def _export_to_peer(peer: object, selection: "Selection", associations: int, rat
         job_id, already_done, plan = plan_or_resume(archive, "export", "study", peer, selection, fresh, False,
                                                     associations, rate)
         result = (job_report(archive, job_id) if already_done
-                  else run_job(archive, job_id, peer, associations, limit, plan))
+                  else run_job(archive, job_id, peer, associations, limit, plan, coerce=coerce))
     except RestoreError as exc:
         raise CliFailure(str(exc)) from exc
     finally:
@@ -100,7 +103,8 @@ def _export_to_peer(peer: object, selection: "Selection", associations: int, rat
         raise typer.Exit(SOME_REFUSED)
 
 
-def _export_to_directory(out_dir: Path, selection: "Selection", config: Optional[Path]) -> "ExportReport":
+def _export_to_directory(out_dir: Path, selection: "Selection", config: Optional[Path],
+                         coerce: bool = False) -> "ExportReport":
     """The File-set export with a progress bar on a terminal; refusals become one line."""
     from dicomvault.jobs.restore.export import ExportError, export_to_dir
 
@@ -109,7 +113,8 @@ def _export_to_directory(out_dir: Path, selection: "Selection", config: Optional
         with progress_bar() as bar:
             task = bar.add_task("exporting", total=None)
             return export_to_dir(archive, selection, out_dir, actor(),
-                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                                 coerce=coerce)
     except ExportError as exc:
         raise CliFailure(str(exc)) from exc
     finally:
@@ -131,6 +136,10 @@ def _print_report(report: "ExportReport", json_out: bool) -> None:
     for adjusted in report.adjusted:
         out.print(f"  NOTE {adjusted.sop_instance_uid} -> {adjusted.file_id}: {adjusted.change} "
                   f"(stored SHA-256 {adjusted.stored_sha256}, written {adjusted.written_sha256})",
+                  markup=False, highlight=False, soft_wrap=True)
+    for coerced in report.coerced:
+        out.print(f"  COERCED {coerced['sop_instance_uid']}: current demographics written (stored SHA-256 "
+                  f"{coerced['stored_sha256']}, written {coerced['sent_sha256']})",
                   markup=False, highlight=False, soft_wrap=True)
     if report.invented:
         keys = ", ".join(f"{k} x{n}" for k, n in sorted(report.invented.items()))

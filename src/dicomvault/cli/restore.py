@@ -47,6 +47,8 @@ def restore(
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Send the job's refused instances again")] = False,
     report: Annotated[Optional[int], typer.Option("--report", help="Print job ID's report and exit (sends nothing)")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+    coerce: Annotated[bool, typer.Option("--coerce-demographics", help="Send the current patient demographics "
+                                         "(HL7 ADT updates) instead of the stored ones; listed with both SHA-256s")] = False,
     in_server: Annotated[bool, typer.Option("--in-server", help="Hand the job to the running `dicomvault serve` "
                                             "(POST /api/restores): it goes on if this terminal goes away")] = False,
     config: ConfigOption = None,
@@ -57,6 +59,9 @@ def restore(
     again); --fresh starts over. Progress shows in `dicomvault status --json` and /api/restores.
     """
     if in_server:
+        if coerce:
+            raise CliFailure("--coerce-demographics is not passed to the server; set [peers.NAME] "
+                             "coerce_demographics = true for jobs the server runs")
         if report is not None:
             raise CliFailure("--report reads the catalog directly; drop --in-server")
         body = {key: value for key, value in {
@@ -114,7 +119,7 @@ def restore(
             if already_done:
                 result = job_report(archive, job_id)
             else:
-                result = run_job(archive, job_id, peer, associations, limit, plan)
+                result = run_job(archive, job_id, peer, associations, limit, plan, coerce=coerce)
         except (RestoreError, SelectionError) as exc:
             raise CliFailure(str(exc)) from exc
     finally:
@@ -135,7 +140,8 @@ def plan_or_resume(archive: Any, kind: str, ordering: str, peer: Any, selection:
     return job_id, done, None if plan is None else (selection, plan)
 
 
-def run_job(archive: Any, job_id: int, peer: Any, associations: int, limit: Any, plan: Any = None) -> dict[str, Any]:
+def run_job(archive: Any, job_id: int, peer: Any, associations: int, limit: Any, plan: Any = None,
+            coerce: bool = False) -> dict[str, Any]:
     """Plan (when ``plan`` is given: under the job's lock, shown as planning) and send."""
     from dicomvault.jobs.restore.job import RestoreRunner
     from dicomvault.jobs.restore.plan import job_progress
@@ -147,7 +153,7 @@ def run_job(archive: Any, job_id: int, peer: Any, associations: int, limit: Any,
         base = start["sent"] + start["failed"]
         runner = RestoreRunner(archive, job_id, peer, associations, limit, actor(),
                                on_progress=lambda c: bar.update(task, completed=base + c["sent"] + c["failed"]),
-                               plan=plan)
+                               plan=plan, coerce=coerce)
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):  # stop cleanly: the job stays resumable
@@ -175,6 +181,9 @@ def print_job_report(report: dict[str, Any], json_out: bool) -> None:
     for failure in report.get("failures", []):
         out.print(f"  FAILED {failure['sop_instance_uid']} ({failure['sop_class_uid']}): "
                   f"status {failure['status'] or '-'} {failure['reason']}", markup=False, highlight=False)
+    for coerced in report.get("coerced", []):
+        out.print(f"  coerced {coerced['sop_instance_uid']}: stored SHA-256 {coerced['stored_sha256']}, "
+                  f"sent {coerced['sent_sha256']}", markup=False, highlight=False)
     for converted in report.get("transcoded_instances", []):
         out.print(f"  transcoded {converted['sop_instance_uid']}: {converted['stored']} -> {converted['sent']}",
                   markup=False, highlight=False)

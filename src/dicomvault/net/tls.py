@@ -1,6 +1,6 @@
 """DIMSE over TLS (PS3.15 B.9, BCP 195): the one place SSL contexts are built.
 
-``server_context`` is the listener's (``[dicom] tls_port``), ``client_context`` every
+``server_context`` is the listeners' (``[dicom] tls_port``, ``[hl7]`` MLLP), ``client_context`` every
 association we open to a ``[peers.NAME]`` with ``tls = true`` (restore, export, C-MOVE
 sub-operations, commitment reports, reconcile) or to a ``dicom://`` target with ``tls``.
 Both follow BCP 195 (RFC 9325) as DCMTK's default non-downgrading profile (``+py``) does:
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ssl
 
-from dicomvault.config import ConfigError, DicomSettings, PeerSettings
+from dicomvault.config import ConfigError, DicomSettings, Hl7Settings, PeerSettings
 
 # RFC 9325 4.2 recommended TLS 1.2 suites (the TLS 1.3 suites are OpenSSL's defaults, all AEAD).
 BCP195_CIPHERS = ":".join((
@@ -63,12 +63,13 @@ def _load_ca(context: ssl.SSLContext, where: str, ca: str) -> None:
         raise TlsSetupError(f"{where} tls_ca_file {ca}: no PEM CA certificate in it ({exc.reason or exc})") from None
 
 
-def server_context(dicom: DicomSettings) -> ssl.SSLContext:
-    """The listener's context; TlsSetupError (a ConfigError) when a file is unusable."""
+def server_context(dicom: DicomSettings | Hl7Settings, where: str = "[dicom]") -> ssl.SSLContext:
+    """A listener's context (DIMSE, or MLLP with ``where="[hl7]"``); TlsSetupError (a
+    ConfigError) when a file is unusable."""
     context = _profile(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
-    _load_chain(context, "[dicom]", dicom.tls_cert_file, dicom.tls_key_file)
+    _load_chain(context, where, dicom.tls_cert_file, dicom.tls_key_file)
     if dicom.tls_ca_file:
-        _load_ca(context, "[dicom]", dicom.tls_ca_file)
+        _load_ca(context, where, dicom.tls_ca_file)
         context.verify_mode = ssl.CERT_REQUIRED  # no certificate from that CA, no association
     return context
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from dicomvault.audit import AuditEvent, append
 from dicomvault.catalog.selection import SelectedInstance, Selection, rejected_in, select_instances
 from dicomvault.dicom.dicomdir import ROOT_FOLDER, DicomDir, FileSetError, frame_for_file_set, read_header
+from dicomvault.archive.coercion import Coercer, CoercionError
 from dicomvault.archive.repository import IntegrityError
 from dicomvault.sites import SiteError
 from dicomvault.sites.file import fsync_dir, write_synced
@@ -77,6 +78,7 @@ class ExportReport:
     adjusted: list[Adjusted] = field(default_factory=list)
     invented: dict[str, int] = field(default_factory=dict)  # DICOMDIR keys the instances lacked
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (study, instance, why): IOCM
+    coerced: list[dict[str, str]] = field(default_factory=list)  # --coerce-demographics: both SHA-256s
     dicomdir: str = ""  # path of the DICOMDIR once written
     duration: float = 0.0
 
@@ -99,6 +101,7 @@ class ExportReport:
             "bytes": self.bytes,
             "failed": [asdict(f) for f in self.failed],
             "adjusted": [asdict(a) for a in self.adjusted],
+            "coerced": list(self.coerced),
             "dicomdir_invented": dict(sorted(self.invented.items())),
             "skipped": [{"sop_instance_uid": sop, "study_uid": study, "reason": why}
                         for study, sop, why in self.skipped],
@@ -109,13 +112,14 @@ class ExportReport:
 
 
 def export_to_dir(archive: "Archive", selection: Selection, out_dir: Path, actor: str,
-                  progress: Callable[[int, int], None] | None = None) -> ExportReport:
+                  progress: Callable[[int, int], None] | None = None, coerce: bool = False) -> ExportReport:
     """Write the selection under ``out_dir`` as a File-set; raise ``ExportError`` when it is
     refused (target not empty, nothing matches) or aborted (nothing usable left behind).
 
     Instances whose stored copy is damaged or missing do not abort: they are in
     ``report.failed`` and the caller exits non-zero. ``progress(done, total)`` is called
-    after each instance.
+    after each instance. ``coerce``: the files (and the DICOMDIR) carry the catalog's current
+    patient demographics (archive/coercion.py), each such file listed in ``report.coerced``.
     """
     started = time.monotonic()
     out_dir = Path(os.path.abspath(out_dir))
@@ -131,7 +135,9 @@ def export_to_dir(archive: "Archive", selection: Selection, out_dir: Path, actor
                               + (f" ({len(report.skipped)} instance(s) skipped as rejected, IOCM)" if report.skipped else ""))
         created = _create_target(out_dir)
         try:
-            dicomdir = _write_instances(archive.repository, rows, out_dir, report, progress)
+            coercer = Coercer(archive.catalog) if coerce else None
+            dicomdir = _write_instances(archive.repository, rows, out_dir, report, progress, coercer)
+            report.coerced = coercer.coerced if coercer else []
             report.invented = dict(dicomdir.invented)
             report.patients = dicomdir.patients
             if not report.instances:
@@ -198,14 +204,14 @@ def _remove_partial(out_dir: Path, created: bool) -> None:
 
 
 def _write_instances(repository: "Repository", rows: list[SelectedInstance], out_dir: Path, report: ExportReport,
-                     progress: Callable[[int, int], None] | None) -> DicomDir:
+                     progress: Callable[[int, int], None] | None, coercer: Coercer | None = None) -> DicomDir:
     """Write every instance that can be read intact; OSError (the target's fault) propagates."""
     dicomdir = DicomDir()
     folders: set[Path] = {out_dir, out_dir / ROOT_FOLDER}
     for done, row in enumerate(rows, 1):
         try:
-            file_id, data = _prepare(repository, row, dicomdir, report)
-        except (IntegrityError, KeyError, SiteError, FileSetError) as exc:
+            file_id, data = _prepare(repository, row, dicomdir, report, coercer)
+        except (IntegrityError, KeyError, SiteError, FileSetError, CoercionError) as exc:
             report.failed.append(Failed(row.sop_instance_uid, row.study_uid, _reason(exc)))
         else:
             path = out_dir.joinpath(*file_id)
@@ -224,7 +230,7 @@ def _write_instances(repository: "Repository", rows: list[SelectedInstance], out
 
 
 def _prepare(repository: "Repository", row: SelectedInstance, dicomdir: DicomDir,
-             report: ExportReport) -> tuple[tuple[str, ...], bytes]:
+             report: ExportReport, coercer: Coercer | None = None) -> tuple[tuple[str, ...], bytes]:
     """(File ID, bytes to write) for one instance, or the reason it cannot be exported.
 
     Everything that can fail for this instance alone happens here, before its file exists.
@@ -232,11 +238,12 @@ def _prepare(repository: "Repository", row: SelectedInstance, dicomdir: DicomDir
     _metadata, stored = repository.load(row.object_id, row.sha256)
     framed = frame_for_file_set(stored, row.sop_class_uid, row.sop_instance_uid)
     del stored  # keep one copy of a large instance in memory, not two
-    file_id = dicomdir.add(read_header(framed.data))
+    data = coercer.file(row.sop_instance_uid, row.sha256, framed.data) if coercer else framed.data
+    file_id = dicomdir.add(read_header(data))
     if framed.change:
         report.adjusted.append(Adjusted(row.sop_instance_uid, "/".join(file_id), framed.change, row.sha256,
                                         hashlib.sha256(framed.data).hexdigest()))
-    return file_id, framed.data
+    return file_id, data
 
 
 def _reason(exc: BaseException) -> str:
@@ -271,6 +278,8 @@ def _audit(archive: "Archive", actor: str, report: ExportReport, error: str) -> 
     detail["failed"] = summary["failed"][:MAX_FAILED_IN_AUDIT]
     detail["failed_count"] = len(report.failed)
     detail["adjusted"] = [{"sop_instance_uid": a.sop_instance_uid, "change": a.change} for a in report.adjusted]
+    if report.coerced:
+        detail["coerced"] = report.coerced[:MAX_FAILED_IN_AUDIT]
     if error:
         detail["error"] = error
     with archive.catalog.write() as conn:

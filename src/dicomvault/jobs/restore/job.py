@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from dicomvault.audit import AuditEvent, append
 from dicomvault.catalog import restores
+from dicomvault.archive.coercion import Coercer, CoercionError
 from dicomvault.peers.sender import PeerLost, StoreSender
 from dicomvault.replicate.throttle import RateLimiter, Schedule, ThrottleConfigError, parse_rate
 
@@ -110,10 +111,11 @@ class RestoreRunner:
     def __init__(self, archive: "Archive", job_id: int, peer: "PeerSettings", associations: int = 4,
                  rate: RateLimit | None = None, actor: str = "",
                  on_progress: Callable[[dict[str, int]], None] | None = None,
-                 plan: "tuple[Selection, Plan] | None" = None) -> None:
+                 plan: "tuple[Selection, Plan] | None" = None, coerce: bool = False) -> None:
         """``plan``: the selection and study order of a job still ``planning`` (create_job's),
         whose items this runner writes under the job's lock before sending: a server answers
-        the request at once and the job shows as planning, then running."""
+        the request at once and the job shows as planning, then running. ``coerce`` (or the
+        peer's ``coerce_demographics``): send the current demographics (archive/coercion.py)."""
         if associations < 1 or associations > 32:
             raise RestoreError(f"--associations must be between 1 and 32, got {associations}")
         self.archive = archive
@@ -130,6 +132,7 @@ class RestoreRunner:
         self._outcomes: queue.Queue[Outcome | None] = queue.Queue()  # None: a sender finished
         self._lost: list[str] = []
         self._counts = {"sent": 0, "failed": 0, "bytes": 0, "transcoded": 0}
+        self.coercer = Coercer(archive.catalog) if coerce or peer.coerce_demographics else None
 
     def stop(self) -> None:
         self._stop.set()
@@ -211,15 +214,20 @@ class RestoreRunner:
                 detail={"job": self.job.id, "run": run_number, "destination": self.job.destination,
                         "sent": self._counts["sent"], "failed": self._counts["failed"], "bytes": self._counts["bytes"],
                         "transcoded": self._counts["transcoded"], "seconds": round(now - started, 3),
+                        **({"coerced": self.coercer.coerced[:1000]} if self.coercer else {}),
                         **({"error": error} if error else {})}))
 
     def report(self) -> dict[str, Any]:
-        return {**job_report(self.archive, self.job.id), "this_run": dict(self._counts)}
+        coerced = {"coerced": list(self.coercer.coerced)} if self.coercer else {}
+        return {**job_report(self.archive, self.job.id), "this_run": dict(self._counts), **coerced}
 
     # --- sending ----------------------------------------------------------------------------
 
     def _load(self, item: PlannedItem) -> bytes:
-        return self.archive.repository.load_dataset(item.object_id, item.sha256)
+        data = self.archive.repository.load_dataset(item.object_id, item.sha256)
+        if self.coercer is None:
+            return data
+        return self.coercer.dataset(item.sop_instance_uid, item.sha256, data, item.transfer_syntax_uid)
 
     def _send_all(self, run_number: int) -> None:
         pairs = self._pending_pairs()
@@ -292,6 +300,9 @@ class RestoreRunner:
                 item, loading = entry
                 try:
                     dataset = loading.result()
+                except CoercionError as exc:  # the stored copy is fine; its rewrite is not possible
+                    self._outcomes.put(Outcome(item, "failed", None, str(exc), None, time.time()))
+                    continue
                 except Exception as exc:  # noqa: BLE001 - damaged, missing or unreadable stored copy
                     log.error("ALERT: the stored copy of %s (object %s) cannot be read back: %s",
                               item.sop_instance_uid, item.object_id, exc)

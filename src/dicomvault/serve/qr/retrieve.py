@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from dicomvault.catalog.retrieval import LEVEL_KEYS, RetrievalItem, retrieval_items
+from dicomvault.archive.coercion import Coercer, CoercionError
 from dicomvault.archive.prefetch import Prefetcher
 from dicomvault.net import pdu
 from dicomvault.peers.sender import PeerLost, StoreSender, payload_for
@@ -65,8 +66,20 @@ class Retriever:
         """The stored data set bytes (decrypted, SHA-256 verified, file meta removed)."""
         return self.archive.repository.load_dataset(item.object_id, item.sha256)
 
-    def _prefetched(self, items: list[RetrievalItem]) -> Prefetcher[RetrievalItem, bytes]:
-        return Prefetcher(items, self._load, self._loaders, PREFETCH)
+    def _prefetched(self, items: list[RetrievalItem], coercer: Coercer | None) -> Prefetcher[RetrievalItem, bytes]:
+        if coercer is None:
+            return Prefetcher(items, self._load, self._loaders, PREFETCH)
+
+        def load(item: RetrievalItem) -> bytes:  # the peer's coerce_demographics: current demographics
+            return coercer.dataset(item.sop_instance_uid, item.sha256, self._load(item), item.transfer_syntax_uid)
+
+        return Prefetcher(items, load, self._loaders, PREFETCH)
+
+    def _coercer(self, op: "Operation", is_move: bool) -> Coercer | None:
+        """C-MOVE: the destination's ``coerce_demographics``; C-GET: the caller's."""
+        ae = op.move_destination if is_move else op.assoc.calling_ae
+        peer = next((p for p in self.settings.peers if p.ae_title == ae), None)
+        return Coercer(self.archive.catalog) if peer is not None and peer.coerce_demographics else None
 
     def retrieve(self, op: "Operation") -> None:
         is_move = op.kind == pdu.C_MOVE_RQ
@@ -117,18 +130,18 @@ class Retriever:
         else:
             deliver = self._get_sender(op)
         try:
-            self._run(op, action, subject, items, deliver)
+            self._run(op, action, subject, items, deliver, self._coercer(op, is_move))
         finally:
             if is_move:
                 sender.close()
 
     def _run(self, op: "Operation", action: str, subject: str, items: list[RetrievalItem],
-             deliver: Callable[[RetrievalItem, bytes], Outcome]) -> None:
+             deliver: Callable[[RetrievalItem, bytes], Outcome], coercer: Coercer | None = None) -> None:
         completed, failed_uids, warning, warned_uids = 0, [], 0, []
         remaining = len(items)
         audit_outcome = "success"
         try:
-            for item, loading in self._prefetched(items):
+            for item, loading in self._prefetched(items, coercer):
                 if op.cancelled.is_set():
                     op.respond(CANCELLED, identifier=self._failed_list(op, failed_uids) if failed_uids else None,
                                remaining=remaining, completed=completed, failed=len(failed_uids), warning=warning)
@@ -137,6 +150,8 @@ class Retriever:
                 try:
                     try:
                         dataset = loading.result()
+                    except CoercionError as exc:  # the stored copy is fine; its rewrite is not possible
+                        raise SubOperationFailed(str(exc)) from exc
                     except Exception as exc:  # noqa: BLE001 - damaged, missing or unreadable copy
                         log.error("ALERT: the stored copy of %s (object %s) cannot be read back: %s",
                                   item.sop_instance_uid, item.object_id, exc)
@@ -170,6 +185,7 @@ class Retriever:
                 **({"destination": op.move_destination} if op.move_destination else {}),
                 **({"failed_uids": failed_uids[:50]} if failed_uids else {}),
                 **({"warning_uids": warned_uids[:50]} if warned_uids else {}),
+                **({"coerced": coercer.coerced[:50]} if coercer is not None and coercer.coerced else {}),
             })
 
     def _failed_list(self, op: "Operation", uids: list[str]) -> bytes:
