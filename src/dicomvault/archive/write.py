@@ -214,6 +214,13 @@ class Ingestor:
             self._study_keys[study_uid] = key
             return key
 
+    def forget_cached(self) -> None:
+        """``Catalog.on_deleted``: a deletion removed studies (and their keys), so the study keys
+        and keep-until facts cached here may name rows that are gone."""
+        with self._key_lock:
+            self._study_keys.clear()
+        self._retention_seen.clear()
+
     def refuse(self, reason: str, source: str, actor: str, kind: str = "invalid") -> IngestRejected:
         """Count and audit a refused instance; the caller raises what this returns."""
         INSTANCES.labels("rejected").inc()
@@ -256,6 +263,7 @@ class Ingestor:
 
         with self.catalog.read() as conn:
             existing = self.catalog.find_version_by_content(conn, attrs.sop_instance_uid, dataset_sha256)
+            self.catalog.notice_deletions(conn)  # a study deleted since (by any process): a fresh key
         if existing is not None:
             return self._record_duplicate(existing, actor, source)
 

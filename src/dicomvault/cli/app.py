@@ -44,6 +44,9 @@ cli_drill.register(app)  # dicomvault drill
 from dicomvault.cli import retention as cli_retention
 
 cli_retention.register(app)  # dicomvault retention plan, dicomvault hold add|list|release
+from dicomvault.cli import deletion as cli_deletion
+
+cli_deletion.register(app, cli_retention.retention_app)  # dicomvault delete, deletions, retention run
 
 
 @app.command()
@@ -185,6 +188,10 @@ def serve(config: ConfigOption = None) -> None:
     from dicomvault.jobs.retention.plan import refresh_in_background
 
     refresh_in_background(archive.catalog, settings.retention)  # keep-until dates after a [retention] change
+    from dicomvault.jobs.retention.run import RetentionScheduler
+
+    retention_runs = RetentionScheduler(archive)
+    retention_runs.start()  # deletes what expired per [retention] schedule (when enabled); retries pending sites
     audit_export.start()  # off unless [audit] syslog is set
     print(
         f"dicomvault {__version__} serving: DICOM {settings.dicom.ae_title}@{settings.dicom.bind}:{settings.dicom.port}"
@@ -200,6 +207,7 @@ def serve(config: ConfigOption = None) -> None:
     scrub.stop()
     drills.stop()  # interrupts a drill in progress (recorded as interrupted)
     snapshots.stop()
+    retention_runs.stop()
     refill.stop()
     # --- scheduled reconcile ---
     reconcile_scheduler.stop()  # interrupts a run in progress; never hangs

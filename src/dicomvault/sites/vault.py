@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from .base import SNAPSHOT_NAME, Capabilities, ObjectExists, Site, SiteError, valid_snapshot_name
+from .base import SNAPSHOT_NAME, Capabilities, DeletionRefused, ObjectExists, Site, SiteError, valid_snapshot_name
 from .network import connection_reason, seconds_option
 
 OPTIONS = frozenset({"token", "tls", "ca_file", "timeout", "connect_timeout"})
@@ -270,7 +270,7 @@ class VaultSite(Site):
         if response.status_code in (200, 204, 404):
             return
         if response.status_code == 405:
-            raise SiteError(f"vault {self.endpoint} refuses deletion (write-once): {_error_text(response)}")
+            raise DeletionRefused(f"vault {self.endpoint} refuses deletion (write-once): {_error_text(response)}")
         self._fail(response, f"DELETE {name}")
 
     # -- catalog snapshots: ``/snapshots/<name>`` on the receiver, write-once like objects ------
@@ -305,7 +305,7 @@ class VaultSite(Site):
         if response.status_code in (200, 204, 404):
             return
         if response.status_code == 405:
-            raise SiteError(f"vault {self.endpoint} refuses deletion (write-once): {_error_text(response)}")
+            raise DeletionRefused(f"vault {self.endpoint} refuses deletion (write-once): {_error_text(response)}")
         self._fail(response, f"DELETE snapshot {name}")
 
     def health(self) -> dict[str, object]:
