@@ -351,6 +351,12 @@ def status(
         if rejected["rejected"]:
             out.print(f"  rejected (IOCM): {rejected['rejected']} instance(s), {rejected['stored']} of them stored, "
                       f"{rejected['due']} due for deletion (delete_after {rejected['delete_after']})")
+        deleted = report["deletions"]
+        recent = deleted["last_30_days"]
+        if recent["deletions"] or deleted["pending_sites"]:
+            out.print(f"  deletions in 30 days: {recent['deletions']} ({recent['instances']} instance(s), "
+                      f"{recent['bytes']} bytes); {deleted['pending_sites']} site task(s) pending "
+                      "(`dicomvault deletions`)", markup=False, highlight=False)
         export = report["audit"]["export"]
         if export["target"]:
             out.print(f"  audit export to {export['target']}: {export['backlog']} event(s) to send"

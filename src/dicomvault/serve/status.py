@@ -111,6 +111,12 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
     from dicomvault.jobs.retention.plan import retention_status
 
     retention = retention_status(archive.catalog, archive.settings.retention)  # deletes nothing
+    from dicomvault.jobs.retention.delete import deletion_status
+
+    deleted = deletion_status(archive.catalog)  # the last 30 days, and site tasks still pending
+    if deleted["pending_over_24h"]:
+        alerts.append(f"{deleted['pending_over_24h']} deletion(s) pending on a site for over 24 h (site "
+                      "unreachable?): `dicomvault deletions` shows which, `dicomvault deletions retry` finishes them")
     policy = CopyPolicy.from_settings(archive.settings)  # what storage commitment holds copies to
     newest = stats["newest_ingest"]
     return {
@@ -134,6 +140,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "access": access,
         "retention": retention,
         "rejections": rejected,
+        "deletions": deleted,
         "alerts": alerts,
         "catalog": archive.catalog.url.split("://", 1)[0],
         "key_fingerprint": archive.keyring.fingerprint,
