@@ -229,17 +229,17 @@ def finish_sites(archive: "Archive", deletion_id: int, *, actor: str, only: Iter
             now = time.time()
             backoff = min(RETRY_LONGEST, RETRY_FIRST * 2 ** min(int(row.attempts), 10))
             retry_at = now + backoff if state == "pending" else 0.0
-            outcome = {"site": row.site, "state": state, "objects": len(objects), "deleted": deleted,
+            result = {"site": row.site, "state": state, "objects": len(objects), "deleted": deleted,
                        "locked": locked, "missing": missing, "error": error or None}
             with archive.catalog.write() as conn:
                 deletions.record_site(conn, deletion_id, row.site, state=state, deleted=deleted, locked=locked,
                                       missing=missing, error=error or None, now=now, next_attempt_at=retry_at)
                 append(conn, AuditEvent(actor=actor, action="deletion-site", subject=record.study_uid, outcome=state,
                                         detail={"deletion": deletion_id, "study": record.study_uid,
-                                                "patient": record.patient_id, **outcome}))
+                                                "patient": record.patient_id, **result}))
             if error:
                 log.warning("deletion %d on site %s: %s (%s)", deletion_id, row.site, state, error)
-            outcomes.append(outcome)
+            outcomes.append(result)
     finally:
         for site in opened.values():
             site.close()
@@ -256,8 +256,8 @@ def retry_pending(archive: "Archive", *, actor: str, due_only: bool = True,
         by_deletion.setdefault(int(task.deletion_id), []).append(task.site)
     outcomes = []
     for deletion_id, sites in by_deletion.items():
-        for outcome in finish_sites(archive, deletion_id, actor=actor, only=sites, progress=progress):
-            outcomes.append({"deletion": deletion_id, **outcome})
+        outcomes += [{"deletion": deletion_id, **result}
+                     for result in finish_sites(archive, deletion_id, actor=actor, only=sites, progress=progress)]
     return outcomes
 
 
