@@ -257,3 +257,26 @@ def test_retention_run_deletes_only_expired_unheld_studies_and_rejected_instance
         assert held in studies_found(vault)
     finally:
         vault.stop()
+
+
+def test_rebuild_index_does_not_bring_a_deleted_study_back_from_a_copy_that_stayed(tmp_path: Path) -> None:
+    """A site that kept a deleted study's objects (write-once media) must not resurrect it."""
+    vault = make_vault(tmp_path / "vault")
+    gone, _ = make_study(tmp_path / "gone", "REB-1", 2)
+    stays, _ = make_study(tmp_path / "stays", "REB-2", 1)
+    vault.cli("import", str(tmp_path / "gone"), str(tmp_path / "stays"))
+    files = {p: p.read_bytes() for p in (vault.root / "objects" / "objects").rglob("*")
+             if p.is_file() and p.name in object_ids(vault, gone)}
+    assert len(files) == 2
+    record = json.loads(vault.cli("delete", "--study", gone, "--reason", "request 9", "--yes", "--json").stdout)
+    assert sites_of(record) == {"primary": ("deleted", 2, 0)} and not any(p.exists() for p in files)
+    for path, data in files.items():  # as if the medium were write-once
+        path.write_bytes(data)
+    vault.cli("snapshot")
+    for path in vault.root.glob("catalog.sqlite3*"):
+        path.unlink()
+    report = json.loads(vault.cli("rebuild-index", "--from", "primary", "--recovery-key",
+                                  str(vault.root / "recovery-key.pem"), "--json").stdout)
+    assert report["deleted_objects_skipped"] == 2 and report["objects_after_snapshot"] == 0, report
+    assert set(studies_found(vault)) == {stays}
+    assert [d["study_uid"] for d in json.loads(vault.cli("deletions", "--json").stdout)["deletions"]] == [gone]

@@ -215,6 +215,16 @@ def record_site(conn: Connection, deletion_id: int, site: str, *, state: str, de
     conn.execute(update(_d).where(_d.c.id == deletion_id).values(completed_at=None if still else now))
 
 
+def deleted_objects(conn: Connection) -> dict[str, float]:
+    """Object id -> when its (latest) deletion was recorded, over every deletion record: what
+    `rebuild-index` must not adopt again from a site that kept a copy (unless received later)."""
+    found: dict[str, float] = {}
+    for row in conn.execute(select(_d.c.objects, _d.c.created_at).order_by(_d.c.id)):
+        for object_id, _size in json.loads(row.objects):
+            found[str(object_id)] = float(row.created_at)
+    return found
+
+
 def mark(conn: Connection) -> int:
     """The newest deletion record's id (0: none): changes whenever any process deletes."""
     return int(conn.execute(select(func.max(_d.c.id))).scalar() or 0)
