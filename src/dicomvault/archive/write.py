@@ -216,10 +216,11 @@ class Ingestor:
 
     def forget_cached(self) -> None:
         """``Catalog.on_deleted``: a deletion removed studies (and their keys), so the study keys
-        and keep-until facts cached here may name rows that are gone."""
-        with self._key_lock:
-            self._study_keys.clear()
-        self._retention_seen.clear()
+        and keep-until facts cached here may name rows that are gone. Rebinds instead of
+        taking ``_key_lock``: called with the catalog's write lock held, which ``study_key``
+        takes while holding ``_key_lock`` (taking both here could deadlock)."""
+        self._study_keys = {}
+        self._retention_seen = set()
 
     def refuse(self, reason: str, source: str, actor: str, kind: str = "invalid") -> IngestRejected:
         """Count and audit a refused instance; the caller raises what this returns."""

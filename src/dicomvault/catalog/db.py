@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import schema as t
+from .deletions import mark as deletion_mark
 from .permissions import protect_sqlite_catalog
 from dicomvault.dicom.records import InstanceAttributes, VersionRecord
 
@@ -216,9 +217,7 @@ class Catalog:
         written since the last look, by any process: a study deleted and sent again must be
         indexed afresh, never under the rows (or the study key) that were removed. One
         ``max(id)`` per write transaction; ingest also asks before it picks a study key."""
-        from .deletions import mark
-
-        current = mark(conn)
+        current = deletion_mark(conn)
         if self._deletion_mark is not None and current != self._deletion_mark:
             self.forget_cached_keys()
         self._deletion_mark = current

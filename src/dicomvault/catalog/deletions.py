@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, delete, exists, func, insert, select, update
+from sqlalchemy import Connection, delete, exists, func, insert, select, text, update
 
 from . import schema as t
 from .chunks import in_chunks
@@ -225,9 +225,12 @@ def deleted_objects(conn: Connection) -> dict[str, float]:
     return found
 
 
+_MARK = text("SELECT max(id) FROM deletions")  # built once: asked per ingest and per write transaction
+
+
 def mark(conn: Connection) -> int:
     """The newest deletion record's id (0: none): changes whenever any process deletes."""
-    return int(conn.execute(select(func.max(_d.c.id))).scalar() or 0)
+    return int(conn.execute(_MARK).scalar() or 0)
 
 
 def counts(conn: Connection, since: float, stale_before: float) -> dict[str, int]:

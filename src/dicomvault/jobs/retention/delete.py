@@ -58,7 +58,8 @@ def shred_study_key(archive: "Archive", conn: "Connection", study_uid: str) -> N
     deletions.delete_study_key(conn, study_uid)
     if archive._ingestor is not None:  # noqa: SLF001 - only when this process ingests
         archive._ingestor.forget_cached()  # noqa: SLF001
-    archive.repository._data_keys.clear()  # noqa: SLF001 - cached unwrapped data keys
+    with archive.repository._lock:  # noqa: SLF001 - cached unwrapped data keys
+        archive.repository._data_keys.clear()  # noqa: SLF001
 # ---------------------------------------------------------------------------------------------
 
 
@@ -102,8 +103,8 @@ def _refuse(conn: "Connection", actor: str, study_uid: str, why: str, reason: st
 
 
 def _forget(archive: "Archive") -> None:
-    with archive.catalog.write_lock:
-        archive.catalog.forget_cached_keys()
+    """This process's caches, at once (other processes notice at their next write or ingest)."""
+    archive.catalog.forget_cached_keys()
 
 
 def delete_study(archive: "Archive", study_uid: object, *, why: str, reason: object, actor: str, rule: str = "",
