@@ -123,6 +123,12 @@ def test_a_deletion_reaches_every_site_is_refused_when_held_and_leaves_a_record(
         assert refused.returncode == 1 and "legal hold 1 (patient DEL-2)" in refused.stderr, refused.stderr
         status, answer = api_call(vault, "/api/deletions", vault.api_token(), {"study": kept, "reason": "asked"})
         assert status == 409 and "litigation 2026-7" in answer["error"], answer
+        operator = "op-" + generate_uid().replace(".", "")[-29:]
+        with (vault.root / "keys" / "api-tokens").open("a") as tokens:
+            tokens.write(f"ops:{operator}:operator\n")
+        status, answer = api_call(vault, "/api/deletions", operator, {"study": doomed, "reason": "asked"})
+        assert status == 403 and answer["needed"] == "admin", answer  # deleting needs admin
+        assert api_call(vault, "/api/deletions", operator) == (200, {"deletions": []})
         disabled = vault.cli("retention", "run", check=False)
         assert disabled.returncode == 1 and "nothing is ever deleted unless configured" in disabled.stderr
         # Bad input: clear errors, nothing changes.
