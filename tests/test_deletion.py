@@ -286,3 +286,27 @@ def test_rebuild_index_does_not_bring_a_deleted_study_back_from_a_copy_that_stay
     assert report["deleted_objects_skipped"] == 2 and report["objects_after_snapshot"] == 0, report
     assert set(studies_found(vault)) == {stays}
     assert [d["study_uid"] for d in json.loads(vault.cli("deletions", "--json").stdout)["deletions"]] == [gone]
+    assert "there is no deletion 99" in vault.cli("deletions", "show", "99", check=False).stderr
+    assert "whole number" in vault.cli("deletions", "show", "x1", check=False).stderr
+
+
+def test_a_site_pending_for_over_a_day_is_an_alert(archive) -> None:  # type: ignore[no-untyped-def]
+    """`status` counts pending site tasks and alerts once one is older than 24 h."""
+    import time
+
+    from dicomvault.catalog import deletions
+    from dicomvault.serve.status import archive_status
+
+    plan = deletions.Plan("1.2.3", None, None, "P", [(1, "1.2.3.1", 1)], [(1, "ab" * 32, 10)])
+    with archive.catalog.write() as conn:
+        deletions.add_record(conn, plan, why="request", rule="", reason="test", actor="t", now=time.time() - 3600,
+                             sites=[("primary", "deleted"), ("nas", "pending"), ("pacs", "not ours")])
+    report = archive_status(archive)
+    assert report["deletions"]["pending_sites"] == 1 and report["deletions"]["pending_over_24h"] == 0
+    assert not [a for a in report["alerts"] if "deletion" in a]
+    with archive.catalog.write() as conn:
+        deletions.add_record(conn, plan, why="request", rule="", reason="test", actor="t", now=time.time() - 2 * 86400,
+                             sites=[("nas", "pending")])
+    report = archive_status(archive)
+    assert report["deletions"]["pending_over_24h"] == 1 and report["deletions"]["last_30_days"]["deletions"] == 2
+    assert [a for a in report["alerts"] if "pending on a site for over 24 h" in a]
