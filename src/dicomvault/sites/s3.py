@@ -231,8 +231,8 @@ class S3Site(Site):
                 elif code in ("ExpiredToken", "InvalidToken", "TokenRefreshRequired"):
                     hint = " (the credentials have expired)"
                 elif action.startswith("DeleteObject") and self._lock_enabled:
-                    raise DeletionRefused(f"the object is under Object Lock retention in bucket {self.bucket}: "
-                                          f"{detail} {where}") from exc
+                    raise DeletionRefused(f"access denied to bucket {self.bucket} (the object is under Object Lock "
+                                          f"retention): {detail} {where}") from exc
                 raise SiteError(f"access denied to bucket {self.bucket}{hint}: {detail} {where}") from exc
             if code in _CORRUPT_CODES:
                 raise SiteError(f"S3 rejected the upload because the data arrived corrupted: {detail} {where}") from exc
