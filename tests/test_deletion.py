@@ -28,7 +28,7 @@ from conftest import Vault, api_call, audit_rows, dcmtk, findscu, free_port, mak
 from s3server import S3Server, s3_server, unique_bucket_name  # noqa: F401 - fixtures
 from test_iocm import key_object
 from test_replication_file import drained, objects_under
-from test_replication_vault import SENDER, add_vault_site, make_receiver, tls_files  # noqa: F401 - fixture
+from test_replication_vault import add_vault_site, make_receiver, tls_files  # noqa: F401 - fixture
 
 
 def make_study(dest: Path, patient: str, count: int, study_date: str = "20250102", modality: str = "CT",

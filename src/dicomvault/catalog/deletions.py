@@ -142,10 +142,6 @@ def remove(conn: Connection, plan: Plan, *, deletion_id: int, now: float) -> dic
     return gone
 
 
-def study_exists(conn: Connection, study_uid: str) -> bool:
-    return conn.execute(select(t.studies.c.id).where(t.studies.c.study_uid == study_uid)).first() is not None
-
-
 def delete_study_key(conn: Connection, study_uid: str) -> bool:
     """Remove the study's ``study_keys`` row unless a version still uses it (an instance a
     correction moved to another study keeps its key); True when removed."""

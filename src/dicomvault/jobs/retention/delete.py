@@ -116,7 +116,7 @@ def delete_study(archive: "Archive", study_uid: object, *, why: str, reason: obj
     text = _reason(reason)
     refusal = ""
     with archive.catalog.write() as conn:
-        if not deletions.study_exists(conn, uid):
+        if not holds.study_exists(conn, uid):
             raise DeletionError(f"no study {uid} in the catalog (check the Study Instance UID)")
         allowed, why_not = holds.deletable(conn, uid)
         if not allowed:
