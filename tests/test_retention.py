@@ -231,7 +231,7 @@ def test_a_rule_change_recomputes_every_study_and_the_plan_reports_it(stocked) -
     assert report["by_rule"] == {"default": 2, "mammography": 1, "minors": 1, "research": 1}
     assert {y["year"]: y["studies"] for y in report["by_year"]} == {"2030": 1, "2031": 1, "2040": 1, "2050": 1}
     assert report["forever"]["studies"] == 0 and report["held"] == [] and not report["enabled"]
-    assert "deletion engine" in report["deletion"]
+    assert "retention run" in report["deletion"]
     again = json.loads(vault.cli("retention", "plan", "--json").stdout)
     assert again["recomputed"] == 0  # same rules: nothing to recompute
     plans = audit_rows(vault, "retention")  # a plan lists patients' studies: each run is audited

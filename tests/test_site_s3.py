@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from botocore.exceptions import ClientError
 
-from dicomvault.sites import SiteError
+from dicomvault.sites import DeletionRefused, SiteError
 from dicomvault.sites.s3 import S3Site
 from conftest import blob
 from s3server import (  # noqa: F401 - fixtures
@@ -194,7 +194,7 @@ def test_object_lock_retention_is_set_and_enforced(s3_server: S3Server) -> None:
     assert before + dt.timedelta(days=7) - dt.timedelta(minutes=1) <= until
     assert until <= dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=7, minutes=1)
 
-    with pytest.raises(SiteError, match=r"^access denied to bucket .*Object Lock"):
+    with pytest.raises(DeletionRefused, match=r"^access denied to bucket .*Object Lock"):  # a SiteError
         site.delete(name)
     assert site.get(name) == data
     with pytest.raises(ClientError) as caught:

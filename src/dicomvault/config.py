@@ -350,8 +350,8 @@ class RetentionRule:
 @dataclass(frozen=True)
 class RetentionSettings:
     """``[retention]``: how long studies are kept (catalog/retention.py computes each study's
-    keep-until date). ``enabled`` and ``schedule`` are for the deletion engine: nothing is
-    ever deleted unless ``enabled = true``."""
+    keep-until date). ``enabled`` and ``schedule`` drive the deletion engine
+    (jobs/retention/run.py): nothing is ever deleted unless ``enabled = true``."""
 
     enabled: bool = False
     schedule: str = "24h"
@@ -1252,8 +1252,10 @@ keep = 14
 # `keep` counts from the Study Date (from arrival when there is none); keep_after_age keeps
 # until that birthday plus `plus`; with both, the later date wins. No (valid) birth date: an
 # age_below rule does not match, and keep_after_age keeps forever. Legal holds (`dicomvault
-# hold add`) override every rule. Deleting what is due comes with the deletion engine, and
-# only with enabled = true (checked every `schedule`): nothing is deleted unless configured.
+# hold add`) override every rule. `dicomvault retention run` (and `serve`, every `schedule`)
+# deletes what expired, and IOCM-rejected instances past [iocm] delete_after, ONLY with
+# enabled = true: nothing is deleted unless configured. Each deletion leaves a record
+# (`dicomvault deletions`); a held study is never deleted.
 enabled = false
 schedule = "24h"
 default = "forever"
@@ -1292,8 +1294,9 @@ source_id = ""
 # 113001), "... Patient Safety Reasons" (113037), "Incorrect Modality Worklist Entry" (113038)
 # or "Data Retention Policy Expired" (113039), sent by a [peers.NAME] with "reject" in its
 # permissions, hides the instances it references at once (queries, retrieval, restore,
-# export, reconcile); they become due for deletion `delete_after` later. The note itself is
-# archived as evidence. From anyone else such a note is refused (0124H).
+# export, reconcile); they become due for deletion `delete_after` later, and are deleted by
+# `retention run` / serve's retention schedule when [retention] enabled = true. The note
+# itself is archived as evidence. From anyone else such a note is refused (0124H).
 delete_after = "30d"
 
 [http]

@@ -63,6 +63,7 @@ class Archive:
                                           rejection_delay=self.settings.iocm.delete_after_seconds)
                 self._ingestor.retention = self.settings.retention
                 self.catalog.on_followed = self._ingestor.follow_corrections
+                self.catalog.on_deleted.append(self._ingestor.forget_cached)
             return self._ingestor
 
     @property

@@ -198,6 +198,14 @@ class Ingestor:
         """The study's data key, created (its key record durable) the first time the study is seen."""
         return self.repository.keys.study_key(study_uid)
 
+    def forget_cached(self) -> None:
+        """``Catalog.on_deleted``: a deletion removed studies (and their keys), so the study keys
+        and keep-until facts cached here may name rows that are gone. Rebinds instead of
+        taking ``_key_lock``: called with the catalog's write lock held, which ``study_key``
+        takes while holding ``_key_lock`` (taking both here could deadlock)."""
+        self._study_keys = {}
+        self._retention_seen = set()
+
     def refuse(self, reason: str, source: str, actor: str, kind: str = "invalid") -> IngestRejected:
         """Count and audit a refused instance; the caller raises what this returns."""
         INSTANCES.labels("rejected").inc()
@@ -240,6 +248,7 @@ class Ingestor:
 
         with self.catalog.read() as conn:
             existing = self.catalog.find_version_by_content(conn, attrs.sop_instance_uid, dataset_sha256)
+            self.catalog.notice_deletions(conn)  # a study deleted since (by any process): a fresh key
         if existing is not None:
             return self._record_duplicate(existing, actor, source)
 

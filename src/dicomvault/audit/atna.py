@@ -110,7 +110,8 @@ RULES: dict[str, Rule] = {
     # deletion later) but nothing is deleted yet, so DICOM Instances Accessed with action Update
     # (PS3.15 A.5.3.2), the sending peer as requestor; the deletion itself is audited later.
     "reject": Rule(INSTANCES_ACCESSED, "U", REQUEST),
-    "delete": Rule(STUDY_DELETED, "D"),
+    "delete": Rule(STUDY_DELETED, "D"),  # jobs/retention/delete.py: a study (or rejected instances) deleted
+    "deletion-site": Rule(STUDY_DELETED, "D"),  # that deletion's outcome on one site
     "delete-study": Rule(STUDY_DELETED, "D"),
     "delete-patient": Rule(PATIENT_RECORD, "D"),
     # HL7 ADT changes to a patient record (ingest/adt.py), the sending system as requestor.
@@ -126,8 +127,9 @@ RULES: dict[str, Rule] = {
 }
 
 SUCCESS_OUTCOMES = {"success", "duplicate", "stored", "started", "accepted", "repaired", "quarantined",
-                    "reachable", "cleared", "stop requested", "completed"}
-MINOR_OUTCOMES = {"partial", "retry", "failures", "interrupted", "cancelled", "abandoned", "unreachable"}
+                    "reachable", "cleared", "stop requested", "completed", "deleted"}
+MINOR_OUTCOMES = {"partial", "retry", "failures", "interrupted", "cancelled", "abandoned", "unreachable",
+                  "locked", "pending"}
 DENIED_OUTCOMES = {"denied", "forbidden", "unauthorized"}  # a right was missing: a Security Alert
 FAILURE_OUTCOMES = {"failure", "failed", "refused", "rejected", "error", "dead", "conflict"} | DENIED_OUTCOMES
 

@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import keys
 from . import schema as t
+from .deletions import mark as deletion_mark
 from .permissions import protect_sqlite_catalog
 from dicomvault.dicom.records import InstanceAttributes, VersionRecord
 
@@ -165,6 +166,10 @@ class Catalog:
             # Called inside the transaction with the (kind, pk) rows a newer version changed:
             # what derives from them (retention's keep-until dates) follows in the same commit.
             self.on_followed: Callable[[Connection, list[tuple[str, int]]], None] | None = None
+            # Called when a deletion (by this process or another) removed rows: whoever caches
+            # keys of catalog rows (the ingestor's study keys) forgets them. See ``notice_deletions``.
+            self.on_deleted: list[Callable[[], None]] = []
+            self._deletion_mark: int | None = None
             self._migrate()
         except SQLAlchemyError as exc:
             raise CatalogError(f"cannot open catalog {url}: {exc}") from exc
@@ -201,6 +206,7 @@ class Catalog:
             with self.write_engine.begin() as connection:
                 if not self.is_sqlite:
                     connection.execute(_PG_WRITE_LOCK)
+                self.notice_deletions(connection)
                 yield connection
                 if self._txn_follow:
                     self._follow_newest(connection)
@@ -212,6 +218,22 @@ class Catalog:
         """An ADT merge or change of identifier re-pointed this ID: the next instance naming it
         looks its patient up again (``_PATIENT_PK``) instead of trusting the cached key."""
         self._pk_cache.pop(("patient", f"{issuer}\\{patient_id}"), None)
+
+    def notice_deletions(self, conn: Connection) -> None:
+        """Forget cached primary keys (and tell ``on_deleted``) when a deletion record was
+        written since the last look, by any process: a study deleted and sent again must be
+        indexed afresh, never under the rows (or the study key) that were removed. One
+        ``max(id)`` per write transaction; ingest also asks before it picks a study key."""
+        current = deletion_mark(conn)
+        if self._deletion_mark is not None and current != self._deletion_mark:
+            self.forget_cached_keys()
+        self._deletion_mark = current
+
+    def forget_cached_keys(self) -> None:
+        self._pk_cache.clear()
+        self._txn_keys.clear()
+        for listener in list(self.on_deleted):
+            listener()
 
     def barrier(self) -> None:
         """Make every transaction committed so far survive power loss."""

@@ -11,7 +11,6 @@ rebuild) never does.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 

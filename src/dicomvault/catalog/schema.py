@@ -458,3 +458,54 @@ patient_history = Table(
 Index("ix_patient_history_message", patient_history.c.sender, patient_history.c.control_id)
 Index("ix_patient_history_patient", patient_history.c.patient_id)
 Index("ix_patient_history_prior", patient_history.c.prior_patient_id)
+
+# Deletions (catalog/deletions.py, jobs/retention/delete.py, migration 0014): the proof that a
+# study (or rejected instances) was deleted, kept for good: no path deletes these rows. What
+# (study, patient, counts, bytes, the SOP Instance UIDs as JSON), why (kind request |
+# retention | rejection, the rule or rejection code, the free-text reason), who and when.
+# ``objects`` (JSON [[object id, stored bytes], ...]) is what each site is asked to remove, so
+# a site that was unreachable can be finished later. ``completed_at``: every site has an outcome.
+deletions = Table(
+    "deletions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("actor", String(256), nullable=False),
+    Column("why", String(16), nullable=False),  # request | retention | rejection
+    Column("rule", String(64), nullable=False, server_default=""),  # retention rule or rejection code
+    Column("reason", Text, nullable=False),
+    Column("study_uid", String(64), nullable=False),
+    Column("patient_id", String(64), nullable=False, server_default=""),
+    Column("instances", Integer, nullable=False),
+    Column("versions", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("sop_uids", Text, nullable=False, server_default="[]"),
+    Column("objects", Text, nullable=False, server_default="[]"),
+    Column("completed_at", Float, nullable=True),
+)
+Index("ix_deletions_created", deletions.c.created_at)
+Index("ix_deletions_study", deletions.c.study_uid)
+
+# Per site outcome of a deletion (and the task that gets it there). state: pending (to do, or
+# the site was unreachable: retried from next_attempt_at) | deleted (every object gone) | locked
+# (``locked`` objects the site refused to remove: Object Lock, a write-once partner vault) |
+# error (the site could not be opened) | not ours (a dicom:// PACS: outside our control).
+deletion_sites = Table(
+    "deletion_sites",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("deletion_id", Integer, ForeignKey("deletions.id"), nullable=False),
+    Column("site", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("objects", Integer, nullable=False, server_default="0"),
+    Column("deleted", Integer, nullable=False, server_default="0"),
+    Column("locked", Integer, nullable=False, server_default="0"),
+    Column("missing", Integer, nullable=False, server_default="0"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", Float, nullable=False, server_default="0"),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("deletion_id", "site", name="uq_deletion_sites_deletion_site"),
+)
+Index("ix_deletion_sites_state", deletion_sites.c.state, deletion_sites.c.next_attempt_at)

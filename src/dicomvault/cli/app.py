@@ -50,6 +50,9 @@ cli_patient.register(app)  # dicomvault patient history ID
 from dicomvault.cli import keys as cli_keys
 
 cli_keys.register(app)  # dicomvault keys status|rotate
+from dicomvault.cli import deletion as cli_deletion
+
+cli_deletion.register(app, cli_retention.retention_app)  # dicomvault delete, deletions, retention run
 
 
 @app.command()
@@ -205,6 +208,10 @@ def serve(config: ConfigOption = None) -> None:
     from dicomvault.jobs.retention.plan import refresh_in_background
 
     refresh_in_background(archive.catalog, settings.retention)  # keep-until dates after a [retention] change
+    from dicomvault.jobs.retention.run import RetentionScheduler
+
+    retention_runs = RetentionScheduler(archive)
+    retention_runs.start()  # deletes what expired per [retention] schedule (when enabled); retries pending sites
     audit_export.start()  # off unless [audit] syslog is set
     print(
         f"dicomvault {__version__} serving: DICOM {settings.dicom.ae_title}@{settings.dicom.bind}:{settings.dicom.port}"
@@ -222,6 +229,7 @@ def serve(config: ConfigOption = None) -> None:
     scrub.stop()
     drills.stop()  # interrupts a drill in progress (recorded as interrupted)
     snapshots.stop()
+    retention_runs.stop()
     refill.stop()
     # --- scheduled reconcile ---
     reconcile_scheduler.stop()  # interrupts a run in progress; never hangs
@@ -373,6 +381,12 @@ def status(
                   if keys["not_shreddable"] else
                   f"  keys: site key {keys['site_keys'][-1]['id']}, recovery key {keys['recovery_key']['id']}; "
                   f"every study crypto-shreddable", markup=False, highlight=False)
+        deleted = report["deletions"]
+        recent = deleted["last_30_days"]
+        if recent["deletions"] or deleted["pending_sites"]:
+            out.print(f"  deletions in 30 days: {recent['deletions']} ({recent['instances']} instance(s), "
+                      f"{recent['bytes']} bytes); {deleted['pending_sites']} site task(s) pending "
+                      "(`dicomvault deletions`)", markup=False, highlight=False)
         export = report["audit"]["export"]
         if export["target"]:
             out.print(f"  audit export to {export['target']}: {export['backlog']} event(s) to send"

@@ -1,8 +1,8 @@
 """``dicomvault retention plan`` and ``dicomvault hold add|list|release``.
 
-Retention here only reports (what expires when, what is due, which rule decided); deleting
-what is due comes with the deletion engine. Holds are written and audited by
-``jobs/retention/holds.py``, the same code the operations API calls.
+``retention plan`` only reports (what expires when, what is due, which rule decided);
+``retention run`` (cli/deletion.py) deletes what is due through the deletion engine. Holds
+are written and audited by ``jobs/retention/holds.py``, the same code the operations API calls.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import typer
 from dicomvault.cli.common import CliFailure, ConfigOption, actor, out, settings
 
 retention_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
-                            help="Retention rules: what expires when (deleting comes with the deletion engine).")
+                            help="Retention rules: what expires when (plan) and deleting what expired (run).")
 hold_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                        help="Legal holds: a held study is never due for deletion.")
 
@@ -59,7 +59,7 @@ def plan(json_out: Annotated[bool, typer.Option("--json", help="Print the report
     for item in report["by_year"]:
         say(f"  expire in {item['year']}: {item['studies']} studies, {item['bytes']} bytes")
     due = report["due_now"]
-    say(f"  due now: {due['studies']} studies, {due['bytes']} bytes (deletion comes with the deletion engine)")
+    say(f"  due now: {due['studies']} studies, {due['bytes']} bytes (`dicomvault retention run` deletes them)")
     for entry in report["due"]:
         say(f"    {entry['study_uid']} patient {entry['patient_id']} kept until {entry['keep_until']} "
             f"(rule {entry['rule']})")

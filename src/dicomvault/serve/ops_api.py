@@ -6,6 +6,8 @@ a script need not poll, whether serve or a ``dicomvault restore`` in a terminal 
 ``POST /api/restores/{id}/stop`` stops one, resumable. ``GET /api/holds`` lists legal holds;
 ``POST /api/holds`` ({"study"|"patient", "reason"}) places one and ``POST
 /api/holds/{id}/release`` ({"reason"}) releases it (operator role; jobs/retention/holds.py).
+``GET /api/deletions`` lists deletion records (operator); ``POST /api/deletions`` ({"study",
+"reason"}) deletes a study as `dicomvault delete --yes` does (admin; jobs/retention/delete.py).
 
 Restore reports list patients' instances (UIDs, the PACS's refusals) and a job's selection
 may hold a Patient ID, so every request must carry a bearer token from ``[http]
@@ -35,7 +37,7 @@ from dicomvault.serve.dicomweb.common import append_audit, client_address
 from dicomvault.serve.numbers import job_id_param, seconds_param
 from dicomvault.serve.status import archive_status
 from dicomvault.audit.throttle import AuditThrottle
-from dicomvault.serve.tokens import OPERATOR, READ
+from dicomvault.serve.tokens import ADMIN, OPERATOR, READ
 
 REALM = "dicomvault-api"
 MAX_WAIT_SECONDS = 60.0
@@ -181,6 +183,30 @@ def api_routes(archive: Archive, restores: RestoreService | None = None) -> list
         return await hold_action(request, "hold-release", lambda body, actor: release(
             archive.catalog, request.path_params["hold_id"], reason=body.get("reason"), actor=actor))
 
+    async def list_deletions(request: Request) -> Response:
+        """Deletion records, oldest first (``?uids=1``: with their SOP Instance UIDs)."""
+        from dicomvault.jobs.retention.delete import list_records
+
+        uids = request.query_params.get("uids", "") in ("1", "true", "yes")
+        return JSONResponse({"deletions": await run_in_threadpool(list_records, archive.catalog, None, uids)})
+
+    async def delete_study(request: Request) -> Response:
+        """Delete a study everywhere: {"study": UID, "reason": TEXT} (admin), as `dicomvault delete --yes`."""
+        from dicomvault.jobs.retention.delete import DeletionError, delete_study as delete
+
+        actor = request.scope["dicomvault.api_actor"]
+        body = await json_body(request)
+        try:
+            record = await run_in_threadpool(lambda: delete(archive, body.get("study"), why="request",
+                                                            reason=body.get("reason"), actor=actor))
+        except DeletionError as exc:
+            held = "legal hold" in str(exc)
+            if not held:  # the engine audited the refusal of a held study itself
+                await audit(request, actor, "delete", "refused", {"error": str(exc)})
+            code = 409 if held else 404 if str(exc).startswith("no study") else 400
+            return JSONResponse({"error": str(exc)}, status_code=code)
+        return JSONResponse(record, status_code=201)
+
     return [Route("/api/status", guarded(status)),
             Route("/api/holds", guarded(list_holds)),
             Route("/api/holds", guarded(add_hold), methods=["POST"]),
@@ -188,4 +214,6 @@ def api_routes(archive: Archive, restores: RestoreService | None = None) -> list
             Route("/api/restores", guarded(start_restore), methods=["POST"]),
             Route("/api/restores/{job_id}", guarded(restore_job)),
             Route("/api/restores/{job_id}/stop", guarded(stop_restore), methods=["POST"]),
-            Route("/api/drills", guarded(drills))]
+            Route("/api/drills", guarded(drills)),
+            Route("/api/deletions", guarded(list_deletions, OPERATOR)),
+            Route("/api/deletions", guarded(delete_study, ADMIN), methods=["POST"])]

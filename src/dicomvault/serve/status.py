@@ -114,6 +114,12 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
     from dicomvault.jobs.keys.state import key_state
 
     keys = key_state(archive)  # key ids and ages; what deletion cannot shred
+    from dicomvault.jobs.retention.delete import deletion_status
+
+    deleted = deletion_status(archive.catalog)  # the last 30 days, and site tasks still pending
+    if deleted["pending_over_24h"]:
+        alerts.append(f"{deleted['pending_over_24h']} deletion(s) pending on a site for over 24 h (site "
+                      "unreachable?): `dicomvault deletions` shows which, `dicomvault deletions retry` finishes them")
     policy = CopyPolicy.from_settings(archive.settings)  # what storage commitment holds copies to
     newest = stats["newest_ingest"]
     return {
@@ -137,6 +143,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "access": access,
         "retention": retention,
         "rejections": rejected,
+        "deletions": deleted,
         "alerts": alerts,
         "catalog": archive.catalog.url.split("://", 1)[0],
         "key_fingerprint": archive.keyring.fingerprint,

@@ -41,6 +41,11 @@ class SiteError(Exception):
     """The site could not do what was asked (unreachable, full, read-only...)."""
 
 
+class DeletionRefused(SiteError):
+    """The site holds the object and will not remove it: Object Lock retention, a write-once
+    partner vault. Not an outage: asking again changes nothing until the lock ends."""
+
+
 class ObjectExists(SiteError):
     """put_if_absent found an object of that name already there."""
 

@@ -45,7 +45,7 @@ from botocore import exceptions as bx
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .base import KEY_NAME, Capabilities, ObjectRetention, Site, SiteError, valid_key_name, valid_snapshot_name
+from .base import KEY_NAME, Capabilities, DeletionRefused, ObjectRetention, Site, SiteError, valid_key_name, valid_snapshot_name
 from .network import connection_reason, seconds_option
 
 # Options understood in a site's configuration table. Anything else is refused, so that a
@@ -231,7 +231,8 @@ class S3Site(Site):
                 elif code in ("ExpiredToken", "InvalidToken", "TokenRefreshRequired"):
                     hint = " (the credentials have expired)"
                 elif action.startswith("DeleteObject") and self._lock_enabled:
-                    hint = " (the object is under Object Lock retention)"
+                    raise DeletionRefused(f"access denied to bucket {self.bucket} (the object is under Object Lock "
+                                          f"retention): {detail} {where}") from exc
                 raise SiteError(f"access denied to bucket {self.bucket}{hint}: {detail} {where}") from exc
             if code in _CORRUPT_CODES:
                 raise SiteError(f"S3 rejected the upload because the data arrived corrupted: {detail} {where}") from exc

@@ -34,7 +34,8 @@ from urllib.parse import urlparse
 
 import httpx
 
-from .base import KEY_NAME, SNAPSHOT_NAME, Capabilities, ObjectExists, Site, SiteError, valid_key_name, valid_snapshot_name
+from .base import (KEY_NAME, SNAPSHOT_NAME, Capabilities, DeletionRefused, ObjectExists, Site, SiteError, valid_key_name,
+                   valid_snapshot_name)
 from .network import connection_reason, seconds_option
 
 OPTIONS = frozenset({"token", "tls", "ca_file", "timeout", "connect_timeout"})
@@ -270,7 +271,7 @@ class VaultSite(Site):
         if response.status_code in (200, 204, 404):
             return
         if response.status_code == 405:
-            raise SiteError(f"vault {self.endpoint} refuses deletion (write-once): {_error_text(response)}")
+            raise DeletionRefused(f"vault {self.endpoint} refuses deletion (write-once): {_error_text(response)}")
         self._fail(response, f"DELETE {name}")
 
     # -- catalog snapshots: ``/snapshots/<name>`` on the receiver, write-once like objects ------
@@ -305,7 +306,7 @@ class VaultSite(Site):
         if response.status_code in (200, 204, 404):
             return
         if response.status_code == 405:
-            raise SiteError(f"vault {self.endpoint} refuses deletion (write-once): {_error_text(response)}")
+            raise DeletionRefused(f"vault {self.endpoint} refuses deletion (write-once): {_error_text(response)}")
         self._fail(response, f"DELETE snapshot {name}")
 
     # -- key records: ``/keys/<key id>`` on the receiver, replaced and deleted on request -----

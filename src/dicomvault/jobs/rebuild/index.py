@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 from dicomvault.audit import AuditEvent, append
-from dicomvault.catalog import Catalog, rebuild, snapshots
+from dicomvault.catalog import Catalog, deletions, rebuild, snapshots
 from dicomvault.catalog import schema as t
 from dicomvault.catalog.db import HEAD_REVISION
 from dicomvault.catalog.snapshots import iter_rows
@@ -72,6 +72,7 @@ class RebuildReport:
     objects_after_snapshot: int = 0
     unreadable_objects: list[dict[str, str]] = field(default_factory=list)
     rejection_notes_reapplied: int = 0  # IOCM notes stored after the snapshot (catalog/rejections.py)
+    deleted_objects_skipped: int = 0  # copies of deleted studies a site still holds (catalog/deletions.py)
     copies_owed_to_site: int = 0
     copies_owed_to_primary: int = 0
     instances: int = 0
@@ -261,6 +262,8 @@ def _adopt_newer_objects(archive: Any, site: "Site", site_name: str, known: set[
     # the patient, study and series rows follow (catalog/db.py _FOLLOW). Only each object's
     # sealed header and metadata are kept between the passes.
     opened: list[tuple[float, str, bytes, int, dict[str, Any], bytes | None]] = []
+    with archive.catalog.read() as conn:  # a deleted study stays deleted, even where a copy was locked
+        deleted = deletions.deleted_objects(conn)
     for count, object_id in enumerate(sorted(on_site - known), 1):
         try:
             blob = site.get(object_id)
@@ -269,7 +272,11 @@ def _adopt_newer_objects(archive: Any, site: "Site", site_name: str, known: set[
             # Only a rejection note's plaintext is kept for the second pass (it is small): it
             # is put back in effect once indexed (``reapply_rejection``).
             note = original if metadata.get("attributes", {}).get("sop_class_uid") == KOS_SOP_CLASS else None
-            opened.append((float(metadata["received_at"]), object_id, blob[:header_end], len(blob), metadata, note))
+            if deleted.get(object_id, -1.0) >= float(metadata["received_at"]):  # not sent again since
+                report.deleted_objects_skipped += 1
+            else:
+                opened.append((float(metadata["received_at"]), object_id, blob[:header_end], len(blob), metadata,
+                               note))
         except (KeyError, ValueError, SiteError, IntegrityError, DecryptionError) as exc:
             unreadable(object_id, exc)
         if progress:

@@ -95,7 +95,7 @@ def plan(catalog: "Catalog", settings: "RetentionSettings", now: float | None = 
         "by_month": [{"month": m, "studies": v[0], "bytes": v[1]} for m, v in sorted(by_month.items())
                      if m >= this_month],
         "by_year": [{"year": y, "studies": v[0], "bytes": v[1]} for y, v in sorted(by_year.items())],
-        "deletion": "not performed: deletion comes with the deletion engine; this report changes nothing",
+        "deletion": "not performed: this report changes nothing; `dicomvault retention run` deletes what is due",
     }
 
 
