@@ -26,6 +26,7 @@ from pydicom.uid import generate_uid
 
 from conftest import Vault, api_call, audit_rows, dcmtk, findscu, free_port, make_vault, wait_until
 from s3server import S3Server, s3_server, unique_bucket_name  # noqa: F401 - fixtures
+from test_disaster_read import recover_read, site_args
 from test_iocm import key_object
 from test_replication_file import drained, objects_under
 from test_replication_vault import add_vault_site, make_receiver, tls_files  # noqa: F401 - fixture
@@ -83,10 +84,13 @@ def object_ids(vault: Vault, study: str) -> set[str]:
             "ON i.series_pk = s.id JOIN studies st ON s.study_pk = st.id WHERE st.study_uid = ?", (study,))}
 
 
-def bucket_names(server: S3Server, bucket: str) -> set[str]:
+def bucket_names(server: S3Server, bucket: str, folder: str = "objects") -> set[str]:
+    """Names under ``<prefix>/<folder>/`` (objects, or key records: ``keys``), every version."""
     client = server.client()
-    return {o["Key"].rsplit("/", 1)[1] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-            for o in page.get("Contents", []) if "/objects/" in o["Key"]}
+    pages = client.get_paginator("list_object_versions").paginate(Bucket=bucket)
+    return {o["Key"].rsplit("/", 1)[1] for page in pages for o in [*page.get("Versions", []),
+                                                                    *page.get("DeleteMarkers", [])]
+            if f"/{folder}/" in o["Key"]}
 
 
 def sites_of(record: dict) -> dict[str, tuple[str, int, int]]:
@@ -152,8 +156,9 @@ def test_a_deletion_reaches_every_site_is_refused_when_held_and_leaves_a_record(
         assert (record["instances"], record["versions"]) == (3, 3) and record["bytes"] > 3 * 1000
         assert sorted(record["sop_instance_uids"]) == sorted(str(d.SOPInstanceUID) for d in doomed_ds)
         assert sites_of(record) == {"primary": ("deleted", 3, 0), "nas": ("deleted", 3, 0),
-                                    "offsite": ("locked", 0, 3), "dr": ("locked", 0, 3)}, record["sites"]
-        assert record["completed"]
+                                    "offsite": ("shredded", 0, 3), "dr": ("shredded", 0, 3)}, record["sites"]
+        assert record["completed"] and record["study_key"]["shredded"] and not record["study_key"]["embedded"]
+        print("deletion record:", json.dumps(record, indent=2))  # shown in the closing note
 
         # Gone from every answer; the held study still answers.
         assert studies_found(vault) == {kept: 2}
@@ -165,6 +170,17 @@ def test_a_deletion_reaches_every_site_is_refused_when_held_and_leaves_a_record(
         assert not doomed_objects & set(objects_under(nas))
         assert doomed_objects <= bucket_names(s3_server, bucket)
         assert doomed_objects <= set(objects_under(partner.store))
+        # ...but shredded: the study's key record is gone from every site (and the catalog), so
+        # not even the offline recovery key opens the copies the bucket and the partner keep.
+        key_id = record["study_key"]["id"]
+        assert not any(key_id in str(path) for root in (vault.root / "objects", nas, partner.store)
+                       for path in root.rglob("*"))
+        assert not [k for k in bucket_names(s3_server, bucket, "keys") if key_id in k]
+        recovered = recover_read(tmp_path, *site_args(s3_server, bucket), "--recovery-key",
+                                 str(vault.root / "recovery-key.pem"), "--out", str(tmp_path / "dr-read"))
+        report = json.loads(recovered.stdout)
+        assert report["written"] == 2, "only the held study's instances open"
+        assert len(report["failed"]) == 3 and all("shredded" in f["reason"] for f in report["failed"]), report
         status_report = vault.status()
         assert status_report["deletions"]["last_30_days"]["deletions"] == 1
         assert status_report["deletions"]["pending_sites"] == 0
@@ -177,13 +193,17 @@ def test_a_deletion_reaches_every_site_is_refused_when_held_and_leaves_a_record(
         done = [(s, d) for s, o, d in audit_rows(vault, "delete") if o == "success"]
         assert done == [(doomed, done[0][1])] and done[0][1]["instances"] == 3 and done[0][1]["why"] == "request"
         assert {(d["site"], o) for _s, o, d in audit_rows(vault, "deletion-site")} == {
-            ("primary", "deleted"), ("nas", "deleted"), ("offsite", "locked"), ("dr", "locked")}
+            ("primary", "deleted"), ("nas", "deleted"), ("offsite", "shredded"), ("dr", "shredded")}
 
-        # Sent again: stored and answered as new.
+        # Sent again: stored and answered as new, under a new key and so new object names,
+        # which the write-once sites take beside the shredded copies.
         storescu(vault, tmp_path / "doomed")
         vault.wait_settled()
         assert studies_found(vault) == {doomed: 3, kept: 2}
         assert len(cfind(vault, tmp_path, doomed)) == 1
+        assert not object_ids(vault, doomed) & doomed_objects
+        for site in ("offsite", "dr"):
+            wait_until(lambda site=site: drained(vault, site, 5), timeout=60, what=f"the re-sent study on {site}")
 
         # The partner vault is down: its part stays pending until `deletions retry`.
         vault.cli("hold", "release", "1", "--reason", "case closed")
@@ -198,7 +218,8 @@ def test_a_deletion_reaches_every_site_is_refused_when_held_and_leaves_a_record(
         partner.start()
         vault.cli("deletions", "retry")
         again = json.loads(vault.cli("deletions", "show", str(record["id"]), "--json").stdout)
-        assert sites_of(again)["dr"] == ("locked", 0, 2) and again["completed"], again["sites"]
+        assert sites_of(again)["dr"] == ("shredded", 0, 2) and again["completed"], again["sites"]
+        assert again["study_key"]["shredded"]
         assert vault.status()["deletions"]["pending_sites"] == 0
         assert vault.cli("audit", "verify", check=False).returncode == 0
     finally:

@@ -42,7 +42,7 @@ class Archive:
         catalog = Catalog(settings.catalog_url)
         fallbacks = [(r.name, (lambda r=r: open_site(r.url, r.option_map))) for r in settings.replicas
                      if not r.is_pacs]  # a PACS cannot hand back sealed objects
-        keys = KeyStore(catalog, keyring, site, settings.base_dir / "keys.epoch")
+        keys = KeyStore(catalog, keyring, site)
         repository = Repository(site, keyring, keys, settings.storage.compression_level, fallbacks)
         from dicomvault.archive.quarantine import active
 

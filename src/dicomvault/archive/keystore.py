@@ -10,19 +10,17 @@ deleting those records everywhere (``shred``) leaves no readable copy, whoever k
 ciphertext. Objects sealed before carry their key (``embedded`` rows): they open from their
 own header and cannot be shredded, which ``status`` says.
 
-A deletion in one process must reach the caches of another on this host (a CLI ``delete``
-while ``serve`` ingests): ``changed`` touches an epoch file that ``study_key`` and
-``data_key`` compare by its modification time, one ``stat`` per call.
+A deletion in one process must reach the caches of another (a CLI ``delete`` while ``serve``
+ingests): the catalog notices a new deletion record at its next write or ingest
+(``Catalog.notice_deletions``) and calls ``forget_all`` here.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from dicomvault.catalog import Catalog
@@ -42,12 +40,10 @@ def record_of(row: Any) -> KeyRecord:
 
 
 class KeyStore:
-    def __init__(self, catalog: Catalog, keyring: Keyring, primary: Site, epoch_file: Path | None = None) -> None:
+    def __init__(self, catalog: Catalog, keyring: Keyring, primary: Site) -> None:
         self.catalog = catalog
         self.keyring = keyring
         self.primary = primary
-        self.epoch_file = epoch_file
-        self._epoch = self._read_epoch()
         self._data_keys: OrderedDict[str, bytes] = OrderedDict()
         self._by_study: dict[str, StudyKey] = {}
         self._lock = threading.Lock()
@@ -56,46 +52,32 @@ class KeyStore:
         self.sources: list[Site] = []
         self._fetched: dict[str, KeyRecord] = {}
 
-    # -- caches and the epoch ------------------------------------------------------------------
+        catalog.on_deleted.append(self.forget_all)
 
-    def _read_epoch(self) -> int:
-        if self.epoch_file is None:
-            return 0
-        try:
-            return os.stat(self.epoch_file).st_mtime_ns
-        except OSError:
-            return 0
+    # -- caches --------------------------------------------------------------------------------
 
-    def _check_epoch(self) -> None:
-        epoch = self._read_epoch()
-        if epoch != self._epoch:
-            with self._lock:
-                self._epoch = epoch
-                self._data_keys.clear()
-                self._by_study.clear()
-
-    def changed(self, key_ids: Iterable[str] = ()) -> None:
-        """Keys were deleted or re-wrapped: drop them here and tell other processes on this host."""
+    def forget(self, key_ids: Iterable[str]) -> None:
+        """Keys were deleted or re-wrapped here: drop them from this process's caches."""
         gone = set(key_ids)
         with self._lock:
             for key_id in gone:
                 self._data_keys.pop(key_id, None)
+                self._fetched.pop(key_id, None)
             self._by_study = {uid: key for uid, key in self._by_study.items() if key.key_id not in gone}
-        if self.epoch_file is not None:
-            try:
-                self.epoch_file.touch()
-                os.utime(self.epoch_file)
-            except OSError as exc:
-                log.warning("cannot touch %s (other processes keep cached keys until restarted): %s",
-                            self.epoch_file, exc)
-        self._epoch = self._read_epoch()
+
+    def forget_all(self) -> None:
+        """``Catalog.on_deleted``: another process deleted something. Rebinds instead of taking
+        ``_lock``: called with the catalog's write lock held, which ``study_key`` takes while
+        holding ``_lock``."""
+        self._data_keys = OrderedDict()
+        self._by_study = {}
+        self._fetched = {}
 
     # -- the write path ------------------------------------------------------------------------
 
     def study_key(self, study_uid: str) -> StudyKey:
         """The study's data key; a new study gets one, its key record durable on the primary
         site and in the catalog before this returns (before any object is sealed with it)."""
-        self._check_epoch()
         with self._lock:
             cached = self._by_study.get(study_uid)
             if cached is not None:
@@ -147,7 +129,6 @@ class KeyStore:
 
     def data_key(self, header: ObjectHeader) -> bytes:
         """The data key that opens an object with this header. KeyError_ when it is gone."""
-        self._check_epoch()
         with self._lock:
             key = self._data_keys.get(header.key_id)
             if key is not None:
@@ -190,21 +171,15 @@ class KeyStore:
         return record_of(row).to_bytes()
 
 
-def shred(keys: KeyStore, key_id: str, sites: dict[str, Site]) -> dict[str, str]:
-    """Delete the key record ``key_id`` from every site (every version of it) and prove it is
-    gone; per site ``shredded`` or the reason it is not (retried by the caller). The catalog
-    row goes in the caller's transaction (the deletion's)."""
-    outcome: dict[str, str] = {}
-    for name, site in sites.items():
-        if not site.capabilities.keys:
-            continue
-        try:
-            site.delete_key(key_id)
-            site.get_key(key_id)
-            outcome[name] = "error: the key record is still readable after its deletion"
-        except KeyError:
-            outcome[name] = "shredded"
-        except SiteError as exc:
-            outcome[name] = f"pending: {exc}"
-    keys.changed([key_id])
-    return outcome
+
+def delete_key_record(site: Site, key_id: str) -> None:
+    """Delete the key record ``key_id`` from ``site`` (every version of it) and prove it is
+    gone: SiteError when it cannot be, or is still readable after (a bucket whose default
+    retention locked it). The deletion engine calls this with each site's objects."""
+    site.delete_key(key_id)
+    try:
+        site.get_key(key_id)
+    except KeyError:
+        return
+    raise SiteError(f"key record {key_id} is still readable on {site.url} after its deletion "
+                    "(a default retention on the bucket?): the copies there are NOT shredded")

@@ -199,11 +199,9 @@ class Ingestor:
         return self.repository.keys.study_key(study_uid)
 
     def forget_cached(self) -> None:
-        """``Catalog.on_deleted``: a deletion removed studies (and their keys), so the study keys
-        and keep-until facts cached here may name rows that are gone. Rebinds instead of
-        taking ``_key_lock``: called with the catalog's write lock held, which ``study_key``
-        takes while holding ``_key_lock`` (taking both here could deadlock)."""
-        self._study_keys = {}
+        """``Catalog.on_deleted``: a deletion removed studies, so the keep-until facts cached
+        here may name rows that are gone (the study keys are the KeyStore's, which forgets
+        them itself). Rebinds: called with the catalog's write lock held."""
         self._retention_seen = set()
 
     def refuse(self, reason: str, source: str, actor: str, kind: str = "invalid") -> IngestRejected:

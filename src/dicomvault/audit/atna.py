@@ -127,7 +127,7 @@ RULES: dict[str, Rule] = {
 }
 
 SUCCESS_OUTCOMES = {"success", "duplicate", "stored", "started", "accepted", "repaired", "quarantined",
-                    "reachable", "cleared", "stop requested", "completed", "deleted"}
+                    "reachable", "cleared", "stop requested", "completed", "deleted", "shredded"}
 MINOR_OUTCOMES = {"partial", "retry", "failures", "interrupted", "cancelled", "abandoned", "unreachable",
                   "locked", "pending"}
 DENIED_OUTCOMES = {"denied", "forbidden", "unauthorized"}  # a right was missing: a Security Alert

@@ -137,20 +137,28 @@ def remove(conn: Connection, plan: Plan, *, deletion_id: int, now: float) -> dic
     if conn.execute(select(se.c.id).where(se.c.study_pk == plan.study_pk).limit(1)).first() is None:
         gone["studies"] = conn.execute(delete(st).where(st.c.id == plan.study_pk)).rowcount or 0
         conn.execute(delete(t.study_retention).where(t.study_retention.c.study_uid == plan.study_uid))
-        if conn.execute(select(st.c.id).where(st.c.patient_pk == plan.patient_pk).limit(1)).first() is None:
+        if conn.execute(select(st.c.id).where(st.c.patient_pk == plan.patient_pk).limit(1)).first() is None and \
+                conn.execute(select(t.patient_history.c.id).where(t.patient_history.c.patient_pk == plan.patient_pk)
+                             .limit(1)).first() is None and \
+                conn.execute(select(p.c.id).where(p.c.merged_into == plan.patient_pk).limit(1)).first() is None:
+            # a patient with ADT history (or merged into it) stays: that history is evidence too
             gone["patients"] = conn.execute(delete(p).where(p.c.id == plan.patient_pk)).rowcount or 0
     return gone
 
 
-def delete_study_key(conn: Connection, study_uid: str) -> bool:
+def delete_study_key(conn: Connection, study_uid: str, deletion_id: int) -> tuple[str, bool] | None:
     """Remove the study's ``study_keys`` row unless a version still uses it (an instance a
-    correction moved to another study keeps its key); True when removed."""
-    row = conn.execute(select(t.study_keys.c.key_id).where(t.study_keys.c.study_uid == study_uid)).first()
+    correction moved to another study keeps its key), and name it in the deletion record:
+    (key id, embedded) when removed, else None."""
+    row = conn.execute(select(t.study_keys.c.key_id, t.study_keys.c.embedded)
+                       .where(t.study_keys.c.study_uid == study_uid)).first()
     if row is None:
-        return False
+        return None
     if conn.execute(select(t.versions.c.id).where(t.versions.c.key_id == row.key_id).limit(1)).first() is not None:
-        return False
-    return bool(conn.execute(delete(t.study_keys).where(t.study_keys.c.key_id == row.key_id)).rowcount)
+        return None
+    conn.execute(delete(t.study_keys).where(t.study_keys.c.key_id == row.key_id))
+    conn.execute(update(_d).where(_d.c.id == deletion_id).values(key_id=row.key_id, key_embedded=bool(row.embedded)))
+    return row.key_id, bool(row.embedded)
 
 
 # --- the record -----------------------------------------------------------------------------
@@ -213,7 +221,9 @@ def record_site(conn: Connection, deletion_id: int, site: str, *, state: str, de
 
 def deleted_objects(conn: Connection) -> dict[str, float]:
     """Object id -> when its (latest) deletion was recorded, over every deletion record: what
-    `rebuild-index` must not adopt again from a site that kept a copy (unless received later)."""
+    `rebuild-index` must not adopt again from a site that kept a copy. Object names include
+    the study key id, and a study received again after its deletion gets a new key, so a
+    name in a record is never one of the new copies."""
     found: dict[str, float] = {}
     for row in conn.execute(select(_d.c.objects, _d.c.created_at).order_by(_d.c.id)):
         for object_id, _size in json.loads(row.objects):

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     true,
 )
 
@@ -482,6 +483,11 @@ deletions = Table(
     Column("sop_uids", Text, nullable=False, server_default="[]"),
     Column("objects", Text, nullable=False, server_default="[]"),
     Column("completed_at", Float, nullable=True),
+    # The study key shredded with a whole study ("" for instances of a study that stays): each
+    # site's key record is deleted with its objects. ``key_embedded``: the study's objects carry
+    # their key (sealed before key records), so copies a site keeps cannot be shredded.
+    Column("key_id", String(32), nullable=False, server_default=""),
+    Column("key_embedded", Boolean, nullable=False, server_default=false()),
 )
 Index("ix_deletions_created", deletions.c.created_at)
 Index("ix_deletions_study", deletions.c.study_uid)

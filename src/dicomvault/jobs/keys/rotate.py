@@ -108,7 +108,7 @@ def rotate(archive: "Archive", actor: str, *, new_recovery_key_file: Path | None
                 _put(site, name, fresh.key_id, fresh.to_bytes(), report)
         if progress:
             progress(done, total)
-    archive.keys.changed([row.key_id for row in rows])
+    archive.keys.forget([row.key_id for row in rows])
     _retire(archive, report)
     if public is not None:
         with archive.catalog.read() as conn:

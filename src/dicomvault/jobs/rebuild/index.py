@@ -265,6 +265,9 @@ def _adopt_newer_objects(archive: Any, site: "Site", site_name: str, known: set[
     with archive.catalog.read() as conn:  # a deleted study stays deleted, even where a copy was locked
         deleted = deletions.deleted_objects(conn)
     for count, object_id in enumerate(sorted(on_site - known), 1):
+        if object_id in deleted:  # a study received again after its deletion has a new key, so new names
+            report.deleted_objects_skipped += 1
+            continue
         try:
             blob = site.get(object_id)
             metadata, original = archive.repository.open_blob(blob, object_id)
@@ -272,11 +275,7 @@ def _adopt_newer_objects(archive: Any, site: "Site", site_name: str, known: set[
             # Only a rejection note's plaintext is kept for the second pass (it is small): it
             # is put back in effect once indexed (``reapply_rejection``).
             note = original if metadata.get("attributes", {}).get("sop_class_uid") == KOS_SOP_CLASS else None
-            if deleted.get(object_id, -1.0) >= float(metadata["received_at"]):  # not sent again since
-                report.deleted_objects_skipped += 1
-            else:
-                opened.append((float(metadata["received_at"]), object_id, blob[:header_end], len(blob), metadata,
-                               note))
+            opened.append((float(metadata["received_at"]), object_id, blob[:header_end], len(blob), metadata, note))
         except (KeyError, ValueError, SiteError, IntegrityError, DecryptionError) as exc:
             unreadable(object_id, exc)
         if progress:

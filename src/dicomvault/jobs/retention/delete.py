@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from dicomvault.archive.keystore import delete_key_record
 from dicomvault.audit import AuditEvent, append
 from dicomvault.catalog import deletions, holds
 from dicomvault.catalog.db import PRIMARY_SITE
@@ -49,18 +50,13 @@ class DeletionError(Exception):
     """A deletion that cannot be done (held, unknown study, bad input); nothing changed."""
 
 
-# ---------------------------------------------------------------------------------------------
-# CRYPTO-SHREDDING STUB (issue 19 §5, the lead's part). Replaced at merge by the key store:
-# deleting the study's key records on every site. For now: the study_keys row goes (after its
-# versions' rows, which reference it) and this process's cached study keys are forgotten.
-# ---------------------------------------------------------------------------------------------
-def shred_study_key(archive: "Archive", conn: "Connection", study_uid: str) -> None:
-    deletions.delete_study_key(conn, study_uid)
-    if archive._ingestor is not None:  # noqa: SLF001 - only when this process ingests
-        archive._ingestor.forget_cached()  # noqa: SLF001
-    with archive.repository._lock:  # noqa: SLF001 - cached unwrapped data keys
-        archive.repository._data_keys.clear()  # noqa: SLF001
-# ---------------------------------------------------------------------------------------------
+def shred_study_key(archive: "Archive", conn: "Connection", study_uid: str, deletion_id: int) -> None:
+    """The catalog's copy of the study key goes with the study's rows (after its versions,
+    which reference it) and is named in the record; each site's key record goes with that
+    site's objects (``finish_sites``), so a site that is unreachable now is shredded later."""
+    removed = deletions.delete_study_key(conn, study_uid, deletion_id)
+    if removed is not None:
+        archive.keys.forget([removed[0]])
 
 
 def _text(value: object, label: str, limit: int) -> str:
@@ -88,7 +84,7 @@ def _delete_planned(archive: "Archive", conn: "Connection", plan: deletions.Plan
                                        sites=site_plan(archive))
     gone = deletions.remove(conn, plan, deletion_id=deletion_id, now=now)
     if gone["studies"]:
-        shred_study_key(archive, conn, plan.study_uid)
+        shred_study_key(archive, conn, plan.study_uid, deletion_id)
     append(conn, AuditEvent(actor=actor, action="delete", subject=plan.study_uid, detail={
         "deletion": deletion_id, "why": why, "rule": rule, "reason": reason, "study": plan.study_uid,
         "patient": plan.patient_id, "instances": len(plan.instances), "versions": len(plan.versions),
@@ -179,8 +175,22 @@ def _open_site(archive: "Archive", name: str, opened: dict[str, Site]) -> Site:
     return opened[name]
 
 
-def _remove_from(site: Site, objects: Iterable[tuple[str, int]], tick: Callable[[], None]) -> tuple[int, int, int, str]:
-    """(deleted, locked, missing, error) for one site; stops at the first failure that is not a lock."""
+def site_outcome(locked: int, error: str, key_id: str, key_embedded: bool) -> str:
+    """One site's state: every object gone (``deleted``); some kept by the site but the study's
+    key record gone from it (``shredded``: unreadable once no site and no catalog holds the
+    key); some kept by a site with a key inside them (``locked``: sealed before key records);
+    or not done yet (``pending``)."""
+    if error:
+        return "pending"
+    if not locked:
+        return "deleted"
+    return "shredded" if key_id and not key_embedded else "locked"
+
+
+def _remove_from(site: Site, objects: Iterable[tuple[str, int]], tick: Callable[[], None],
+                 key_id: str = "") -> tuple[int, int, int, str]:
+    """(deleted, locked, missing, error) for one site, its key record last; stops at the first
+    failure that is not a lock."""
     deleted = locked = missing = 0
     for object_id, _size in objects:
         try:
@@ -194,6 +204,11 @@ def _remove_from(site: Site, objects: Iterable[tuple[str, int]], tick: Callable[
         except SiteError as exc:
             return deleted, locked, missing, str(exc)
         tick()
+    if key_id and site.capabilities.keys:
+        try:
+            delete_key_record(site, key_id)
+        except SiteError as exc:
+            return deleted, locked, missing, f"key record not deleted: {exc}"
     return deleted, locked, missing, ""
 
 
@@ -222,8 +237,8 @@ def finish_sites(archive: "Archive", deletion_id: int, *, actor: str, only: Iter
         for row in rows:
             try:
                 site = _open_site(archive, row.site, opened)
-                deleted, locked, missing, error = _remove_from(site, objects, tick)
-                state = "pending" if error else "locked" if locked else "deleted"
+                deleted, locked, missing, error = _remove_from(site, objects, tick, record.key_id)
+                state = site_outcome(locked, error, record.key_id, record.key_embedded)
             except (DeletionError, SiteError) as exc:
                 deleted = locked = missing = 0
                 error, state = str(exc), "error" if isinstance(exc, DeletionError) else "pending"
@@ -274,6 +289,11 @@ def record_dict(row: Any, sites: Sequence[Any], with_uids: bool = True) -> dict[
         "why": row.why, "rule": row.rule, "reason": row.reason, "study_uid": row.study_uid,
         "patient_id": row.patient_id, "instances": row.instances, "versions": row.versions, "bytes": row.bytes,
         "completed": row.completed_at is not None, "completed_at": _iso(row.completed_at),
+        "study_key": {"id": row.key_id or None, "embedded": bool(row.key_embedded),
+                      # every copy left anywhere is unreadable: the key is gone from the catalog
+                      # and from every site (none pending), and no object carries it
+                      "shredded": bool(row.key_id) and not row.key_embedded and all(
+                          s.state in ("deleted", "shredded", "not ours") for s in sites)},
         "sites": [{"site": s.site, "state": s.state, "objects": s.objects, "deleted": s.deleted, "locked": s.locked,
                    "missing": s.missing, "attempts": s.attempts, "last_error": s.last_error,
                    "updated": _iso(s.updated_at)} for s in sites],

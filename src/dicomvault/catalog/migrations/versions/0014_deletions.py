@@ -30,6 +30,8 @@ def upgrade() -> None:
         sa.Column("sop_uids", sa.Text, nullable=False, server_default="[]"),
         sa.Column("objects", sa.Text, nullable=False, server_default="[]"),
         sa.Column("completed_at", sa.Float, nullable=True),
+        sa.Column("key_id", sa.String(32), nullable=False, server_default=""),
+        sa.Column("key_embedded", sa.Boolean, nullable=False, server_default=sa.false()),
     )
     op.create_index("ix_deletions_created", "deletions", ["created_at"])
     op.create_index("ix_deletions_study", "deletions", ["study_uid"])
