@@ -13,7 +13,6 @@ the running server, and stored object files altered on disk.
 
 from __future__ import annotations
 
-import base64
 import errno
 import json
 import os
@@ -512,21 +511,20 @@ def tamper_ciphertext(blob: bytes) -> bytes:
     return blob[:pos] + bytes([blob[pos] ^ 0x01]) + blob[pos + 1 :]
 
 
-def tamper_wrapped_key(blob: bytes) -> bytes:
+def tamper_key_id(blob: bytes) -> bytes:
+    """Point the header at another study's key: the header is authenticated with every segment,
+    and no catalog row or key record has that id, so it must fail either way."""
     (header_len,) = struct.unpack(">I", blob[8:12])
     header = json.loads(blob[12 : 12 + header_len])
-    wrapped = header["wrapped_site"]
-    i = len(wrapped) // 2
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-    altered = wrapped[:i] + alphabet[(alphabet.index(wrapped[i]) + 1) % 64] + wrapped[i + 1 :]
-    assert base64.b64decode(altered) != base64.b64decode(wrapped)
-    start = blob.index(wrapped.encode(), 12)
-    return blob[:start] + altered.encode() + blob[start + len(wrapped) :]
+    key_id = header["key_id"]
+    altered = key_id[:16] + ("0" if key_id[16] != "0" else "1") + key_id[17:]
+    start = blob.index(key_id.encode(), 12)
+    return blob[:start] + altered.encode() + blob[start + len(key_id) :]
 
 
 TAMPERING = {
     "ciphertext-byte-flipped": tamper_ciphertext,
-    "header-wrapped-key-altered": tamper_wrapped_key,
+    "header-key-id-altered": tamper_key_id,
     "truncated-to-half": lambda blob: blob[: len(blob) // 2],
     "truncated-inside-header": lambda blob: blob[:20],
     "last-byte-dropped": lambda blob: blob[:-1],

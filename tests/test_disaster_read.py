@@ -76,7 +76,7 @@ def test_a_foreign_recovery_key_and_altered_objects_are_refused(
     assert not list(tmp_path.glob("wrong/**/*.dcm")), "nothing may be written with a foreign key"
 
     client = s3_server.client()
-    victim = client.list_objects_v2(Bucket=bucket)["Contents"][0]["Key"]
+    victim = [c["Key"] for c in client.list_objects_v2(Bucket=bucket)["Contents"] if "/objects/" in c["Key"]][0]
     body = bytearray(client.get_object(Bucket=bucket, Key=victim)["Body"].read())
     body[len(body) // 2] ^= 0x01
     damaged = unique_bucket_name()

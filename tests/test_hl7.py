@@ -24,6 +24,7 @@ from test_corrections import _template, findscu, qido, storescu, write_instance
 from test_dimse_tls import pki  # noqa: F401 - fixture
 from pgserver import PostgresServer, postgres_server  # noqa: F401 - fixture
 from test_catalog_postgres import use_catalog
+from orthanc import orthanc_factory  # noqa: F401 - fixture
 
 RULES = """
 [[retention.rules]]
@@ -501,3 +502,39 @@ def test_coercion_keeps_the_transfer_syntax_and_changes_only_the_patient_module(
     back = read_dataset(io.BytesIO(raw), implicit, little)
     assert (back.PatientID, back.IssuerOfPatientID) == ("NEW-7", "HOSP")
     assert back.PixelData == ds.PixelData and back.StudyInstanceUID == ds.StudyInstanceUID
+
+
+def test_the_hospital_pacs_pulls_the_current_demographics_when_its_peer_coerces(
+        tmp_path: Path, orthanc_factory) -> None:  # noqa: F811
+    """Orthanc as the hospital's PACS: after an A08, it pulls (C-MOVE to itself) a study the
+    vault stored under the old name, and gets the current demographics; the vault keeps the
+    bytes it received."""
+    vault = make_vault(tmp_path / "vault")
+    port = free_port()
+    vault.set_config("hl7", "port", str(port))
+    vault.set_config("hl7", "bind", '"127.0.0.1"')
+    vault.set_config("hl7", "allowed_facilities", '["ADT1@HOSP"]')
+    pacs = orthanc_factory(aet="PACS")
+    pacs.add_modality("vault", vault.ae_title, "127.0.0.1", vault.dicom_port)
+    vault.add_peer("pacs", "PACS", pacs.dicom_port, permissions=["store", "find", "move"], coerce_demographics=True)
+    study = generate_uid()
+    sent = write_instance(_template(), tmp_path / "in" / "orth.dcm", study, generate_uid(), generate_uid(), 1,
+                          PatientID="ORTH-1", PatientName="DOE^JOHN", PatientBirthDate="19800101", PatientSex="M")
+    vault.start()
+    try:
+        storescu(vault, sent)
+        vault.wait_settled()
+        before = stored_sha256(vault, study)
+        (ack,) = mllp_send(port, tmp_path, adt("A08", "MSG-ORTH-1", "ORTH-1^^^HOSP||DOE^JONATHAN||19800102|M"))
+        assert ack["code"] == "AA", ack
+        pacs.rest("POST", "/modalities/vault/move", {"Level": "Study", "Resources": [{"StudyInstanceUID": study}],
+                                                     "TargetAet": "PACS"})
+        (found,) = [r for r in pacs.lookup(study) if r["Type"] == "Study"]
+        tags = pacs.rest("GET", f"/studies/{found['ID']}")["PatientMainDicomTags"]
+        assert (tags["PatientName"], tags["PatientBirthDate"]) == ("DOE^JONATHAN", "19800102")
+        assert stored_sha256(vault, study) == before, "the archive keeps what it received"
+        vault.cli("get", study, "--out", str(tmp_path / "kept"))
+        (kept,) = (tmp_path / "kept").rglob("*.dcm")
+        assert str(pydicom.dcmread(kept).PatientName) == "DOE^JOHN"
+    finally:
+        vault.stop()

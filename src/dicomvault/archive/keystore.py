@@ -6,8 +6,8 @@ by the site key and for the recovery key) in three kinds of place: the catalog's
 under it is acknowledged, so the primary alone plus the recovery key opens everything it
 holds), and every replica site (the replicator puts the record before the first object that
 needs it, ``replicate/targets.py``). Objects sealed since then name their key id only, so
-deleting those records everywhere (``shred``) leaves no readable copy, whoever keeps the
-ciphertext. Objects sealed before carry their key (``embedded`` rows): they open from their
+deleting those records everywhere (the deletion engine: the catalog row in its transaction,
+``delete_key_record`` on each site) leaves no readable copy, whoever keeps the ciphertext. Objects sealed before carry their key (``embedded`` rows): they open from their
 own header and cannot be shredded, which ``status`` says.
 
 A deletion in one process must reach the caches of another (a CLI ``delete`` while ``serve``
@@ -169,7 +169,6 @@ class KeyStore:
         if row is None or row.embedded or not row.wrapped_site:
             return None
         return record_of(row).to_bytes()
-
 
 
 def delete_key_record(site: Site, key_id: str) -> None:
