@@ -23,12 +23,13 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from dicomvault.audit import AuditEvent, append
-from dicomvault.catalog import Catalog, InstanceAttributes, VersionRecord, rejections, retention
+from dicomvault.catalog import Catalog, InstanceAttributes, VersionRecord, retention
 from dicomvault.config import RetentionSettings
 from dicomvault.crypto import Keyring, StudyKey
 from dicomvault.crypto.envelope import read_header
 from dicomvault.dicom import DatasetMismatch, DicomFormatError, parse_part10
 from dicomvault.dicom import iocm
+from dicomvault.archive.rejection import apply_rejection
 from dicomvault.archive.repository import IntegrityError, Repository
 from dicomvault.sites import SiteError
 
@@ -433,15 +434,9 @@ class Ingestor:
             return 0
         if note is None:
             return 0
-        received = float(metadata["received_at"])
-        with self.catalog.write() as conn:
-            added = rejections.record(conn, note.references, code=note.code, meaning=note.meaning,
-                                      kos_uid=note.kos_uid, actor=str(metadata.get("source", "")), now=received,
-                                      delete_after=received + self.rejection_delay,
-                                      note=(note.study_uid, note.series_uid))
-            append(conn, AuditEvent(actor=actor, action="reject", subject=note.kos_uid, outcome="success", detail={
-                "title": f"(DCM, {note.code}, {note.meaning})", "reapplied": True, "source": metadata.get("source"),
-                "referenced": len(note.references), "newly_rejected": added}))
+        apply_rejection(self.catalog, note, actor=actor, source=str(metadata.get("source", "")),
+                        received_at=float(metadata["received_at"]), delete_after_seconds=self.rejection_delay,
+                        reapplied=True)
         return 1
 
     def recover(self) -> list[str]:

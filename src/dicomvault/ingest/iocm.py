@@ -21,8 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from dicomvault.audit import AuditEvent, append
-from dicomvault.catalog import rejections
+from dicomvault.archive.rejection import apply_rejection
 from dicomvault.config import Settings
 from dicomvault.dicom.iocm import KOS_SOP_CLASS, RejectionNote, RejectionNoteError, rejection_note
 
@@ -53,17 +52,8 @@ class RejectionNotes:
     def apply(self, note: RejectionNote, actor: str, source: str, now: float | None = None) -> int:
         """Record the note's rejections and audit them; how many instances became rejected."""
         now = time.time() if now is None else now
-        uids = [sop for _study, _series, sop in note.references]
-        with self.catalog.write() as conn:
-            added = rejections.record(conn, note.references, code=note.code, meaning=note.meaning,
-                                      kos_uid=note.kos_uid, actor=actor, now=now,
-                                      delete_after=now + self.delete_after_seconds,
-                                      note=(note.study_uid, note.series_uid))
-            stored = rejections.stored_count(conn, uids)
-            append(conn, AuditEvent(actor=actor, action="reject", subject=note.kos_uid, outcome="success", detail={
-                "title": f"(DCM, {note.code}, {note.meaning})", "source": source, "referenced": len(uids),
-                "newly_rejected": added, "in_archive": stored, "instances": uids[:100],
-                "delete_after": now + self.delete_after_seconds}), ts=now)
+        added, stored = apply_rejection(self.catalog, note, actor=actor, source=source, received_at=now,
+                                        delete_after_seconds=self.delete_after_seconds)
         log.info("rejection note %s (%s) from %s: %d instance(s) rejected (%d newly, %d in the archive)",
-                 note.kos_uid, note.meaning, actor, len(uids), added, stored)
+                 note.kos_uid, note.meaning, actor, len(note.references), added, stored)
         return added
