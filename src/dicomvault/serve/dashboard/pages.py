@@ -109,7 +109,7 @@ def _site_rows(status: dict[str, Any], now: float) -> str:
             f'<td>{"-" if primary else e(size(site.get("throughput_bytes_per_second"))) + "/s"}</td>'
             f'<td>{e(ago(verified, now)) if not primary else e(scrub.get(name, {}).get("overdue", 0)) + " overdue"}</td>'
             f'<td class="drill">{e(drill_text)}</td><td class="snapshot">{e(snap_text)}</td>'
-            f'<td class="quarantine">{"since " + e(when(quarantine["since"])) + ": " + e(quarantine["reason"]) if quarantine else "no"}</td></tr>')
+            f'<td class="quarantine{" on" if quarantine else ""}">{"since " + e(when(quarantine["since"])) + ": " + e(quarantine["reason"]) if quarantine else "no"}</td></tr>')
     return "".join(rows)
 
 
