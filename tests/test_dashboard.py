@@ -150,7 +150,7 @@ def test_login_and_the_first_screen_matches_status(dash: dict, browser, shots: P
     cookie = browser.get_cookie("dicomvault_session")
     assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     status = vault.status()
-    browser.refresh()
+    browser.get(url(vault, "/?fresh=1"))  # figures gathered now, not the few seconds old ones
     value = lambda element_id: browser.find_element(By.ID, element_id).get_attribute("data-value")  # noqa: E731
     assert int(value("instances")) == status["counts"]["instances"] == 6
     assert int(value("studies")) == status["counts"]["studies"] == 1
@@ -235,3 +235,30 @@ def test_logout_ends_the_session(dash: dict, browser) -> None:  # type: ignore[n
     status, location, _ = plain_get(vault, "/", jar)
     assert (status, location) == (303, "/login"), "the old cookie must not work after logout"
     assert any(r[2] == "success" for r in audit_rows(vault, "logout"))
+
+
+def test_figures_are_reused_briefly_then_gathered_again() -> None:
+    """serve/dashboard/figures.py: young figures are shown as they are, older ones while one
+    background gathering runs, and ``force`` (``/?fresh=1``) always gathers."""
+    import threading
+
+    from dicomvault.serve.dashboard.figures import Figures
+
+    calls: list[int] = []
+    release = threading.Event()
+
+    def gather() -> dict:
+        calls.append(len(calls))
+        if len(calls) == 2:
+            release.wait(10)  # the background gathering: held until the test lets it finish
+        return {"n": len(calls)}
+
+    figures = Figures(gather, fresh=0.2, stale=30)
+    assert figures.get()[0] == {"n": 1} and figures.get()[0] == {"n": 1} and len(calls) == 1
+    wait_until(lambda: figures.get()[1] >= 0.2, timeout=5, what="the figures to age")
+    wait_until(lambda: len(calls) == 2, timeout=5, what="one background gathering")
+    assert figures.get()[0] == {"n": 1}, "stale figures are shown while new ones are gathered"
+    assert len(calls) == 2, "only one gathering at a time"
+    release.set()
+    wait_until(lambda: figures.get()[0] == {"n": 2}, timeout=5, what="the new figures")
+    assert figures.get(force=True)[0] == {"n": 3}

@@ -77,17 +77,3 @@ def ingest_buckets(conn: Connection, since: float, bucket_seconds: int) -> list[
     rows = conn.execute(select(bucket, func.count(), func.coalesce(func.sum(v.c.size_original), 0))
                         .where(v.c.received_at >= since).group_by(bucket)).all()
     return [(int(r[0]), int(r[1]), int(r[2])) for r in rows]
-
-
-def stored_since(conn: Connection, since: float) -> int:
-    """Sealed bytes of the versions received since ``since`` (the growth rate's numerator)."""
-    v = t.versions
-    return int(conn.execute(select(func.coalesce(func.sum(v.c.size_stored), 0)).where(v.c.received_at >= since))
-               .scalar() or 0)
-
-
-def bytes_per_site(conn: Connection) -> dict[str, int]:
-    """Bytes of the verified copies on each site."""
-    c = t.copies
-    return {site: int(total) for site, total in conn.execute(
-        select(c.c.site, func.coalesce(func.sum(c.c.size), 0)).where(c.c.state == "verified").group_by(c.c.site))}

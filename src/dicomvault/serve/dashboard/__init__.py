@@ -30,6 +30,7 @@ from dicomvault.audit.throttle import AuditThrottle
 from dicomvault.catalog import dashboard as q
 from dicomvault.serve.access import api_tokens
 from dicomvault.serve.dashboard import pages, sources
+from dicomvault.serve.dashboard.figures import Figures
 from dicomvault.serve.dashboard.session import COOKIE, LOGIN_COOKIE, Session, Sessions, load_key
 from dicomvault.serve.dicomweb.common import append_audit, client_address
 from dicomvault.serve.status import archive_status
@@ -151,18 +152,22 @@ def dashboard_routes(archive: Archive) -> list[Route | Mount]:
 
     def first_screen_data() -> dict[str, Any]:
         status = archive_status(archive)
+        history = {r: sources.ingest_history(archive, r) for r in sources.RANGES}
         return {"status": status, "protection": sources.protection(status), "alerts": sources.alerts(archive, status),
-                "history": {r: sources.ingest_history(archive, r) for r in sources.RANGES},
-                "capacity": sources.capacity(archive, status), "rto": sources.rto(archive, status)}
+                "history": history, "capacity": sources.capacity(archive, status, history["30d"]),
+                "rto": sources.rto(archive, status)}
+
+    figures = Figures(first_screen_data)
 
     async def home(request: Request) -> Response:
         found = await viewer(request)
         if isinstance(found, Response):
             return found
         identity, session = found
-        data = await run_in_threadpool(first_screen_data)
+        fresh = request.query_params.get("fresh", "") in ("1", "true", "yes")
+        data, age = await run_in_threadpool(figures.get, fresh)
         csrf = session.csrf if session else ""
-        body = pages.first_screen(**data, may_ack=identity.may(OPERATOR), csrf=csrf)
+        body = pages.first_screen(**data, age=age, may_ack=identity.may(OPERATOR), csrf=csrf)
         return html(pages.page("Readiness", body, identity.name, csrf))
 
     async def find_study(request: Request) -> Response:

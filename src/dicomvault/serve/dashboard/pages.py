@@ -115,7 +115,7 @@ def _site_rows(status: dict[str, Any], now: float) -> str:
 
 def first_screen(status: dict[str, Any], protection: dict[str, Any], alerts: list[dict[str, Any]],
                  history: dict[str, dict[str, Any]], capacity: dict[str, Any], rto: dict[str, Any],
-                 may_ack: bool, csrf: str) -> str:
+                 age: float, may_ack: bool, csrf: str) -> str:
     now = status["generated_at"]
     state = protection["state"]
     reasons = "".join(f'<li class="{e(r["severity"].replace(" ", "-"))}" data-code="{e(r["code"])}">{e(r["text"])}</li>'
@@ -148,7 +148,9 @@ def first_screen(status: dict[str, Any], protection: dict[str, Any], alerts: lis
                 else "an unknown time (nothing measured a restore rate yet)")
     return f"""
 <section id="protection" class="protection {e(state.replace(" ", "-"))}">
-<h1>Archive is <span id="protection-state">{e(state)}</span></h1><ul id="reasons">{reasons}</ul></section>
+<h1>Archive is <span id="protection-state">{e(state)}</span></h1><ul id="reasons">{reasons}</ul>
+<p class="as-of" id="as-of" data-age="{age:.1f}">as of {e(when(now))}{f" ({duration(age)} ago; newer figures are on their way)" if age >= 5 else ""}
+ <a href="/?fresh=1">refresh now</a></p></section>
 <section class="counts"><div><b id="instances" data-value="{counts["instances"]}">{counts["instances"]}</b> instances</div>
 <div><b id="studies" data-value="{counts["studies"]}">{counts["studies"]}</b> studies</div>
 <div><b id="patients">{counts["patients"]}</b> patients</div>

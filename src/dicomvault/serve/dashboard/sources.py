@@ -57,17 +57,18 @@ def ingest_history(archive: Archive, range_: str, now: float | None = None) -> d
     return {"range": range_, "bucket_seconds": bucket, "points": points}
 
 
-def capacity(archive: Archive, status: dict[str, Any], now: float | None = None) -> dict[str, Any]:
-    """``GET /api/capacity``'s ``sites`` (contract shape); FALLBACK: verified copy bytes per site,
-    free space where the site reports it, growth = sealed bytes received in the last 30 days."""
+def capacity(archive: Archive, status: dict[str, Any], history_30d: dict[str, Any],
+             now: float | None = None) -> dict[str, Any]:
+    """``GET /api/capacity``'s ``sites`` (contract shape); FALLBACK from figures already gathered:
+    a replica's verified bytes (status), the primary's stored bytes, free space where the site
+    reports it, growth = the last 30 days' ingest at the archive's compression ratio."""
     now = time.time() if now is None else now
-    with archive.catalog.read() as conn:
-        per_site = q.bytes_per_site(conn)
-        per_day = q.stored_since(conn, now - 30 * 86400) / 30.0
+    ratio = status["bytes_stored"] / status["bytes_received"] if status.get("bytes_received") else 1.0
+    per_day = sum(p["bytes"] for p in history_30d["points"]) * ratio / 30.0
     sites = []
     for name, entry in status.get("sites", {}).items():
         free, total = entry.get("free_bytes"), entry.get("total_bytes")
-        stored = per_site.get(name, 0)
+        stored = int(status["bytes_stored"] if name == "primary" else entry.get("verified_bytes", 0))
         sites.append({"site": name, "bytes_stored": stored, "capacity_bytes": total if isinstance(total, int) else None,
                       "free_bytes": free if isinstance(free, int) else None,
                       "days_until_full": round(free / per_day, 1) if isinstance(free, int) and per_day > 0 else None,
