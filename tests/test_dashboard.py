@@ -6,8 +6,6 @@ the pytest tmp dir (the path is printed)."""
 
 from __future__ import annotations
 
-import http.cookiejar
-import json
 import sqlite3
 import subprocess
 import urllib.error
@@ -17,8 +15,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-
-from conftest import Vault, make_vault, wait_until
+from conftest import Vault, make_vault, tmpfs_mounted, wait_until
 from test_replication_file import make_instances, send
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -54,14 +51,8 @@ def browser() -> Iterator:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A real tmpfs for the replica, so the site can be made unusable under the running server."""
-    mountpoint = tmp_path_factory.mktemp("replica-mnt")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "none", str(mountpoint)], check=True)
-    try:
+    with tmpfs_mounted(tmp_path_factory.mktemp("replica-mnt"), "100m") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["mount", "-o", "remount,rw", str(mountpoint)], capture_output=True)
-        if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +142,7 @@ def test_login_and_the_first_screen_matches_status(dash: dict, browser, shots: P
     assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     status = vault.status()
     browser.get(url(vault, "/?fresh=1"))  # figures gathered now, not the few seconds old ones
-    value = lambda element_id: browser.find_element(By.ID, element_id).get_attribute("data-value")  # noqa: E731
+    value = lambda element_id: browser.find_element(By.ID, element_id).get_attribute("data-value")
     assert int(value("instances")) == status["counts"]["instances"] == 6
     assert int(value("studies")) == status["counts"]["studies"] == 1
     for name, entry in status["sites"].items():

@@ -125,7 +125,7 @@ def dashboard_routes(archive: Archive) -> list[Route | Mount]:
             message = ("That token is not valid." if identity is None else
                        f"Token {identity.name} has the role(s) {identity.describe()}; the dashboard needs read or above.")
             return login_form(message, 401 if identity is None else 403)
-        session, cookie = sessions.open(token_digest(token))
+        _, cookie = sessions.open(token_digest(token))
         await audit(request, actor(request, identity), "login", "", "success", {"session": "dashboard"})
         response = RedirectResponse("/", status_code=303, headers=HEADERS)
         response.set_cookie(COOKIE, cookie, max_age=int(sessions.lifetime), httponly=True, samesite="strict",

@@ -13,7 +13,7 @@ def e(value: Any) -> str:
     return escape("" if value is None else str(value), quote=True)
 
 
-def size(n: float | int | None) -> str:
+def size(n: float | None) -> str:
     if n is None:
         return "unknown"
     for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
