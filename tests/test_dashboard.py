@@ -253,3 +253,65 @@ def test_figures_are_reused_briefly_then_gathered_again() -> None:
     release.set()
     wait_until(lambda: figures.get()[0] == {"n": 2}, timeout=5, what="the new figures")
     assert figures.get(force=True)[0] == {"n": 3}
+
+
+def test_roles_and_removed_tokens(dash: dict) -> None:
+    """A store-only token cannot log in; a read token can but may not acknowledge; removing the
+    token's line ends its session at once (no browser needed: the same HTTP a browser sends)."""
+    import http.cookiejar
+    import re
+    import secrets
+    import urllib.parse
+
+    vault: Vault = dash["vault"]
+    tokens = vault.root / "keys" / "api-tokens"
+    reader, sender = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    original = tokens.read_text()
+    tokens.write_text(original + f"wall:{reader}:read\nscanner:{sender}:store\n")
+    try:
+        def session(token: str) -> tuple[urllib.request.OpenerDirector, int]:
+            jar = http.cookiejar.CookieJar()
+            opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+            form = opener.open(url(vault, "/login"), timeout=10).read().decode()
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+            try:
+                answer = opener.open(url(vault, "/login"), timeout=30,
+                                     data=urllib.parse.urlencode({"token": token, "csrf": csrf}).encode())
+                return opener, answer.status
+            except urllib.error.HTTPError as refused:
+                assert "read or above" in refused.read().decode()
+                return opener, refused.code
+
+        assert session(sender)[1] == 403
+        wall, code = session(reader)
+        assert code == 200 and b'id="instances"' in wall.open(url(vault, "/"), timeout=30).read()
+        page = wall.open(url(vault, "/"), timeout=30).read().decode()
+        assert "Acknowledge" not in page
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            wall.open(url(vault, "/alerts/1/ack"), data=f"csrf={csrf}".encode(), timeout=10)
+        assert refused.value.code == 403, "acknowledging needs operator"
+        tokens.write_text(original + f"scanner:{sender}:store\n")
+        assert wall.open(url(vault, "/"), timeout=10).geturl() == url(vault, "/login"), \
+            "a session must end when its token's line is removed"
+    finally:
+        tokens.write_text(original)
+
+
+def test_a_running_restore_shows_progress_and_eta(dash: dict) -> None:
+    """The first screen's restore rows, from a job in the shape jobs/restore/plan.job_progress gives."""
+    from dicomvault.serve.dashboard import pages, sources
+
+    status = dash["vault"].status()
+    status["restores"] = [{"id": 7, "kind": "restore", "peer": "PACS", "destination": None, "state": "running",
+                           "percent": 42.5, "sent": 17, "total": 40, "eta_seconds": 125.0, "megabytes_per_second": 12.0},
+                          {"id": 6, "kind": "restore", "peer": "PACS", "destination": None, "state": "completed",
+                           "percent": 100.0, "sent": 3, "total": 3, "eta_seconds": None, "megabytes_per_second": 8.0}]
+    history = {r: {"range": r, "bucket_seconds": 3600, "points": []} for r in sources.RANGES}
+    rto = {"last_24h": {"studies": 2, "instances": 8, "bytes": 24_000_000, "seconds": 2.0,
+                        "rate_bytes_per_second": 12e6, "basis": "restore job 7"}}
+    html = pages.first_screen(status, sources.protection(status), [], history, {"sites": []}, rto, age=0.0,
+                              may_ack=False, csrf="")
+    assert 'value="42.5"' in html and "17/40" in html and "2 min" in html, "progress and ETA of the running job"
+    assert "3/3" not in html, "a finished job is not a running restore"
+    assert "2 studies, 8 instances, 24.0 MB" in html and "about 2 s" in html

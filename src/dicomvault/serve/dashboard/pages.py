@@ -130,7 +130,7 @@ def first_screen(status: dict[str, Any], protection: dict[str, Any], alerts: lis
         acked = f' <small>acknowledged by {e(alert["acknowledged_by"])}</small>' if alert.get("acknowledged_by") else ""
         alert_items.append(f'<li class="alert {e(str(alert.get("severity", "")).replace(" ", "-"))}">'
                            f'<span>{e(alert["text"])}</span>{acked}{button}</li>')
-    restores = [job for job in status["restores"] if job.get("state") in ("running", "sending", "planned", "pending")]
+    restores = [job for job in status["restores"] if job.get("state") in ("running", "planning")]
     restore_rows = "".join(
         f'<tr><td>{e(job["id"])}</td><td>{e(job["kind"])} to {e(job.get("peer") or job.get("destination"))}</td>'
         f'<td><progress max="100" value="{e(job["percent"])}"></progress> {e(job["percent"])} %</td>'
