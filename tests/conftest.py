@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -368,7 +369,14 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A real tmpfs mount under tmp_path; always unmounted, even when the test fails."""
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "none", str(mountpoint)], check=True)
+    with tmpfs_mounted(mountpoint):
+        yield mountpoint
+
+
+@contextmanager
+def tmpfs_mounted(mountpoint: Path, size: str = "200m") -> Iterator[Path]:
+    """A real tmpfs on ``mountpoint`` while the block runs; unmounted (made writable first) after."""
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "none", str(mountpoint)], check=True)
     try:
         yield mountpoint
     finally:

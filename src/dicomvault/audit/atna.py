@@ -44,6 +44,7 @@ USER_AUTHENTICATION = Code("110114", "User Authentication")
 APPLICATION_START = Code("110120", "Application Start")
 APPLICATION_STOP = Code("110121", "Application Stop")
 LOGIN = Code("110122", "Login")
+LOGOUT = Code("110123", "Logout")
 NODE_AUTHENTICATION = Code("110126", "Node Authentication")
 SECURITY_CONFIGURATION = Code("110129", "Security Configuration")
 SOFTWARE_CONFIGURATION = Code("110131", "Software Configuration")
@@ -94,6 +95,7 @@ RULES: dict[str, Rule] = {
     "drill": Rule(INSTANCES_ACCESSED, "R"),
     "verify": Rule(INSTANCES_ACCESSED, "R"),
     "login": Rule(USER_AUTHENTICATION, "E", REQUEST, LOGIN),
+    "logout": Rule(USER_AUTHENTICATION, "E", REQUEST, LOGOUT),  # a dashboard session ended
     "replica-auth": Rule(USER_AUTHENTICATION, "E", REQUEST, LOGIN),
     "api": Rule(SECURITY_ALERT, "E", REQUEST, RESTRICTED_FUNCTION),
     "access-denied": Rule(SECURITY_ALERT, "E", REQUEST, RESTRICTED_FUNCTION),  # a DIMSE right refused

@@ -56,6 +56,7 @@ def build_app(archive: Archive, restores: RestoreService | None = None) -> Starl
 
     from dicomvault.serve.dicomweb.app import dicomweb_routes  # QIDO-RS, WADO-RS, STOW-RS under /dicomweb
     from dicomvault.serve.replica_api import replica_routes  # this vault as another vault's vault:// site
+    from dicomvault.serve.dashboard import dashboard_routes  # /, /login, /study/{uid}: behind a session or token
 
     from dicomvault.serve.dicomweb.common import PREFIX as DICOMWEB
     from dicomvault.serve.replica_api import PREFIX as REPLICA
@@ -68,7 +69,8 @@ def build_app(archive: Archive, restores: RestoreService | None = None) -> Starl
 
     return Starlette(
         routes=[Route("/healthz", healthz), Route("/metrics", metrics), *api_routes(archive, restores),
-                *replica_routes(archive.settings.replica_store, archive.catalog), *dicomweb_routes(archive)],
+                *replica_routes(archive.settings.replica_store, archive.catalog), *dicomweb_routes(archive),
+                *dashboard_routes(archive)],
         middleware=[Middleware(RequestLimits, request_timeout=http.request_timeout, limit_for=body_limit)],
     )
 

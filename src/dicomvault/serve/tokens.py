@@ -165,10 +165,14 @@ class TokenFile:
 
     def lookup(self, token: str) -> Identity | None:
         """Who ``token`` belongs to (name and roles), or None."""
+        return self.by_digest(token_digest(token))
+
+    def by_digest(self, given: bytes) -> Identity | None:
+        """Who the token with SHA-256 ``given`` belongs to now (a dashboard session re-checks its
+        token on every request, so removing the line ends the session), or None."""
         with self._lock:
             self._refresh()
             entries = self._entries
-        given = hashlib.sha256(token.encode()).digest()
         found = None
         for identity, digest in entries:
             if hmac.compare_digest(given, digest):
@@ -217,3 +221,8 @@ def token_with_role(path: Path, role: str, default_roles: Callable[[str], Iterab
         if role in expand_roles(roles if roles is not None else default_roles(name)):
             return token
     return None
+
+
+def token_digest(token: str) -> bytes:
+    """What a session keeps of the token it was opened with (never the token itself)."""
+    return hashlib.sha256(token.encode()).digest()
