@@ -26,14 +26,14 @@ from sqlalchemy import Connection, bindparam, create_engine, event, func, insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import keys
+from . import capacity, keys
 from . import schema as t
 from .deletions import mark as deletion_mark
 from .permissions import protect_sqlite_catalog
 from dicomvault.dicom.records import InstanceAttributes, VersionRecord
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0015"  # bump together with every new file in migrations/versions/
+HEAD_REVISION = "0017"  # bump together with every new file in migrations/versions/
 
 
 class CatalogError(Exception):
@@ -357,6 +357,8 @@ class Catalog:
             "codec": record.codec, "key_id": record.key_id, "received_at": record.received_at,
             "source": record.source,
         })
+        capacity.count_version(conn, record.received_at, a.modality, new_instance, record.size_original,
+                               record.size_stored)
         return version
 
     def add_copies(self, conn: Connection, object_id: str, size: int, since: float, replicas: list[str]) -> None:
