@@ -98,8 +98,11 @@ def capacity_report(catalog: Any, settings: Settings, now: float | None = None,
     rate = growth["30d"]["bytes_stored_per_day"]
     mix = mix or {"default": 1}
     studies = sum(mix.values())
-    kept_new = {label: rate * sum(count / studies * min(h * YEAR_DAYS, keep_days(retention, rule) or float("inf"))
-                                  for rule, count in mix.items())
+    def kept(rule: str) -> float:  # days a new study under ``rule`` stays; nothing expires while disabled
+        days = keep_days(retention, rule) if retention.enabled else None
+        return float("inf") if days is None else days
+
+    kept_new = {label: rate * sum(count / studies * min(h * YEAR_DAYS, kept(rule)) for rule, count in mix.items())
                 for label, h in zip(horizons, HORIZONS)}
     gone = {label: sum(size for day, size in expiring if day < horizon) for label, horizon in horizons.items()}
     site_rows = []
