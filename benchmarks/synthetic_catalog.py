@@ -6,8 +6,9 @@
 Bulk SQLAlchemy Core inserts into the real schema (the catalog migrates it first): patients,
 study keys, studies (Study Date = arrival day), series (modalities CT, MR, CR, US, MG in turn),
 instances, one version each (sizes by modality, received_at spread evenly over the last
-``days`` days, oldest first), a verified copy per site, and a keep-until row per study (the
-default "forever"). Nothing here goes through ingest: it is a fixture, not a measurement of it.
+``days`` days, oldest first), a verified copy per site, a keep-until row per study (the
+default "forever") and the capacity rollup recomputed from the versions. Nothing here goes
+through ingest: it is a fixture, not a measurement of it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from datetime import datetime, timezone
 
 from sqlalchemy import insert
 
-from dicomvault.catalog import Catalog
+from dicomvault.catalog import Catalog, capacity
 from dicomvault.catalog import schema as t
 
 MODALITIES = ("CT", "MR", "CR", "US", "MG")
@@ -83,6 +84,8 @@ def fill(url: str, instances: int = 1_000_000, days: float = 120.0, sites: Seque
             conn.execute(insert(t.instances), rows_i)
             conn.execute(insert(t.versions), rows_v)
             conn.execute(insert(t.copies), rows_c)
+    with catalog.write_engine.begin() as conn:  # the capacity rollup ingest would have kept
+        capacity.rebuild_rollup(conn)
     if catalog.is_sqlite:
         with catalog.write_engine.connect() as conn:
             conn.exec_driver_sql("ANALYZE")

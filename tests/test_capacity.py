@@ -153,17 +153,30 @@ def test_ingest_history_buckets_and_bad_range(known: Catalog) -> None:
             ingest_history(known, bad, now=NOW)
 
 
-def test_the_rollup_follows_deletions_and_equals_a_recount(known: Catalog) -> None:
+def _rollups(conn) -> list:  # noqa: ANN001
+    return [sorted(tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {table}"))
+            for table in ("capacity_daily", "capacity_studies")]
+
+
+def test_the_rollups_follow_deletions_and_equal_a_recount(known: Catalog) -> None:
     with known.read() as conn:
-        kept = sorted(tuple(r) for r in conn.exec_driver_sql("SELECT * FROM capacity_daily"))
+        kept = _rollups(conn)
+    assert kept[1] == [("1.2.3.1", 10, 10, 10000, 4000), ("1.2.3.2", 20, 20, 6000, 4000)]
     with known.write() as conn:
         rollup.rebuild_rollup(conn)
-        assert sorted(tuple(r) for r in conn.exec_driver_sql("SELECT * FROM capacity_daily")) == kept
+        assert _rollups(conn) == kept
         pks = [r[0] for r in conn.exec_driver_sql("SELECT id FROM versions WHERE object_id LIKE 'obj1.2.3.1.%'")]
         rollup.forget_versions(conn, pks[:4])
     with known.read() as conn:
         ct = [m for m in rollup.by_modality(conn) if m.modality == "CT"][0]
-    assert (ct.instances, ct.versions, ct.bytes_original, ct.bytes_stored) == (6, 6, 6000, 2400)
+        assert (ct.instances, ct.versions, ct.bytes_original, ct.bytes_stored) == (6, 6, 6000, 2400)
+        assert _rollups(conn)[1][0] == ("1.2.3.1", 6, 6, 6000, 2400)
+    with known.write() as conn:  # the whole study goes: its rows go
+        pks = [r[0] for r in conn.exec_driver_sql("SELECT id FROM versions WHERE object_id LIKE 'obj1.2.3.1.%'")]
+        rollup.forget_versions(conn, pks[4:])
+    with known.read() as conn:
+        assert [m.modality for m in rollup.by_modality(conn)] == ["MR"]
+        assert [r[0] for r in _rollups(conn)[1]] == ["1.2.3.2"]
 
 
 # --- a real serve: DCMTK storescu in, DCMTK storescp out -----------------------------------------

@@ -1,11 +1,13 @@
 """Capacity figures from the catalog: the daily rollup (``capacity_daily``) and the few
 questions capacity planning and the RTO estimate ask (jobs/capacity.py decides what they mean).
 
-The rollup holds, per UTC day of receipt and modality (the series' Modality when the version
-was indexed), the versions indexed, the instances they began and their bytes. ``count_version``
-keeps it in the ingest transaction (``Catalog.add_version``), ``forget_versions`` in the
-deletion's, ``rebuild_rollup`` recomputes it from the versions (migration 0017, a snapshot
-loaded by rebuild-index). Reading it costs a few hundred rows whatever the archive's size.
+The rollups hold the versions indexed, the instances they began and their bytes: per UTC day
+of receipt and modality (the series' Modality when the version was indexed;
+``capacity_daily``) and per study (``capacity_studies``, for what retention will expire).
+``Catalog.add_version`` tallies them and applies the tally once per write transaction
+(``Tally``, ``apply``), ``forget_versions`` takes out what the deletion engine removes, in its
+transaction, and ``rebuild_rollup`` recomputes them from the versions (migration 0017, a
+snapshot loaded by rebuild-index). Reading them costs a row per day or per expiring study.
 """
 
 from __future__ import annotations
@@ -20,11 +22,19 @@ from .chunks import in_chunks
 from .holds import held_clause
 
 DAY = 86400
-_d = t.capacity_daily
-_BUMP = (update(_d).where(_d.c.day == bindparam("d"), _d.c.modality == bindparam("m"))
-         .values(instances=_d.c.instances + bindparam("n"), versions=_d.c.versions + bindparam("k"),
-                 bytes_original=_d.c.bytes_original + bindparam("o"), bytes_stored=_d.c.bytes_stored + bindparam("s")))
-_FIRST = insert(_d)
+_d, _st = t.capacity_daily, t.capacity_studies
+
+
+def _bump(table: Any, key: tuple[str, ...]) -> Any:
+    return (update(table).where(*(table.c[k] == bindparam(f"key_{k}") for k in key))
+            .values(instances=table.c.instances + bindparam("n"), versions=table.c.versions + bindparam("k"),
+                    bytes_original=table.c.bytes_original + bindparam("o"),
+                    bytes_stored=table.c.bytes_stored + bindparam("s")))
+
+
+_BUMP = {"day": _bump(_d, ("day", "modality")), "study": _bump(_st, ("study_uid",))}
+_KEYS = {"day": ("day", "modality"), "study": ("study_uid",)}
+_TABLES = {"day": _d, "study": _st}
 
 
 def day_of(received_at: float) -> int:
@@ -32,47 +42,64 @@ def day_of(received_at: float) -> int:
     return int(received_at // DAY)
 
 
-def count_version(conn: Connection, received_at: float, modality: str, new_instance: bool,
-                  size_original: int, size_stored: int) -> None:
-    """One more version (and instance, when it began one) in its day's row, in the caller's transaction."""
-    params = {"d": day_of(received_at), "m": (modality or "")[:16], "n": 1 if new_instance else 0, "k": 1,
-              "o": int(size_original), "s": int(size_stored)}
-    if not conn.execute(_BUMP, params).rowcount:  # writers are serialised (Catalog.write): no race
-        conn.execute(_FIRST, {"day": params["d"], "modality": params["m"], "instances": params["n"], "versions": 1,
-                              "bytes_original": params["o"], "bytes_stored": params["s"]})
+class Tally:
+    """What one write transaction adds to (or takes from) the rollups, applied once at its end:
+    a group commit of 200 instances of one study costs two UPDATEs, not 400."""
+
+    def __init__(self) -> None:
+        self.sums: dict[tuple[str, tuple[Any, ...]], list[int]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.sums)
+
+    def add(self, received_at: float, modality: str, study_uid: str, new_instance: bool, size_original: int,
+            size_stored: int, sign: int = 1) -> None:
+        for key in (("day", (day_of(received_at), (modality or "")[:16])), ("study", (study_uid,))):
+            entry = self.sums.setdefault(key, [0, 0, 0, 0])
+            entry[0] += sign * (1 if new_instance else 0)
+            entry[1] += sign
+            entry[2] += sign * int(size_original)
+            entry[3] += sign * int(size_stored)
 
 
-def _groups(conn: Connection, where: Any) -> list[Any]:
-    """(day, modality, instances, versions, original, stored) of the versions ``where`` selects."""
-    v, i, se = t.versions, t.instances, t.series
-    rows = conn.execute(select(v.c.received_at, v.c.version, v.c.size_original, v.c.size_stored, se.c.modality)
-                        .select_from(v.join(i, i.c.id == v.c.instance_pk).join(se, se.c.id == i.c.series_pk))
-                        .where(where))
-    sums: dict[tuple[int, str], list[int]] = {}
-    for row in rows:
-        entry = sums.setdefault((day_of(row.received_at), (row.modality or "")[:16]), [0, 0, 0, 0])
-        entry[0] += 1 if row.version == 1 else 0
-        entry[1] += 1
-        entry[2] += int(row.size_original)
-        entry[3] += int(row.size_stored)
-    return [(day, modality, *values) for (day, modality), values in sums.items()]
+def apply(conn: Connection, tally: Tally) -> None:
+    """Add a transaction's tally to the rollup rows (writers are serialised by Catalog.write:
+    an UPDATE that finds no row is followed by the INSERT without a race)."""
+    for (kind, key), (n, k, o, s) in tally.sums.items():
+        names = _KEYS[kind]
+        params = {**{f"key_{name}": value for name, value in zip(names, key)}, "n": n, "k": k, "o": o, "s": s}
+        if not conn.execute(_BUMP[kind], params).rowcount:
+            conn.execute(insert(_TABLES[kind]), {**dict(zip(names, key)), "instances": n, "versions": k,
+                                                 "bytes_original": o, "bytes_stored": s})
+    tally.sums.clear()
+
+
+def _tally(conn: Connection, where: Any, sign: int = 1) -> Tally:
+    """The tally of the versions ``where`` selects, as ingest counted them."""
+    v, i, se, st = t.versions, t.instances, t.series, t.studies
+    tally = Tally()
+    for row in conn.execute(select(v.c.received_at, v.c.version, v.c.size_original, v.c.size_stored, se.c.modality,
+                                   st.c.study_uid)
+                            .select_from(v.join(i, i.c.id == v.c.instance_pk).join(se, se.c.id == i.c.series_pk)
+                                         .join(st, st.c.id == se.c.study_pk)).where(where)):
+        tally.add(row.received_at, row.modality, row.study_uid, row.version == 1, row.size_original, row.size_stored,
+                  sign)
+    return tally
 
 
 def forget_versions(conn: Connection, version_pks: Sequence[int]) -> None:
-    """Take these versions out of the rollup before the deletion removes them (same transaction)."""
+    """Take these versions out of the rollups before the deletion removes them (same transaction)."""
     for chunk in in_chunks(list(version_pks)):
-        for day, modality, instances, versions, original, stored in _groups(conn, t.versions.c.id.in_(chunk)):
-            conn.execute(_BUMP, {"d": day, "m": modality, "n": -instances, "k": -versions, "o": -original,
-                                 "s": -stored})
+        apply(conn, _tally(conn, t.versions.c.id.in_(chunk), sign=-1))
+    conn.execute(delete(_st).where(_st.c.versions <= 0))
+    conn.execute(delete(_d).where(_d.c.versions <= 0))
 
 
 def rebuild_rollup(conn: Connection) -> None:
-    """Recompute the rollup from every version (after a snapshot replaced the tables)."""
+    """Recompute the rollups from every version (after a snapshot replaced the tables)."""
     conn.execute(delete(_d))
-    rows = _groups(conn, t.versions.c.id.is_not(None))
-    if rows:
-        conn.execute(insert(_d), [{"day": day, "modality": modality, "instances": n, "versions": k,
-                                   "bytes_original": o, "bytes_stored": s} for day, modality, n, k, o, s in rows])
+    conn.execute(delete(_st))
+    apply(conn, _tally(conn, t.versions.c.id.is_not(None)))
 
 
 # --- reading the rollup ----------------------------------------------------------------------
@@ -129,12 +156,11 @@ def site_shortfall(conn: Connection, site: str) -> tuple[bool, int]:
 
 def expiring(conn: Connection, before: str) -> list[tuple[str, int]]:
     """(keep-until day, stored bytes) of the studies no hold covers whose keep-until day is
-    before ``before`` ("YYYY-MM-DD"), by day."""
-    r, s, se, i, v = t.study_retention, t.studies, t.series, t.instances, t.versions
+    before ``before`` ("YYYY-MM-DD"), by day (bytes from the per-study rollup)."""
+    r, s = t.study_retention, t.studies
     return [(str(row[0]), int(row[1] or 0)) for row in conn.execute(
-        select(r.c.keep_until, func.sum(v.c.size_stored))
-        .select_from(r.join(s, s.c.study_uid == r.c.study_uid).join(se, se.c.study_pk == s.c.id)
-                     .join(i, i.c.series_pk == se.c.id).join(v, v.c.instance_pk == i.c.id))
+        select(r.c.keep_until, func.sum(_st.c.bytes_stored))
+        .select_from(r.join(s, s.c.study_uid == r.c.study_uid).join(_st, _st.c.study_uid == r.c.study_uid))
         .where(r.c.keep_until.is_not(None), r.c.keep_until < before, not_(held_clause(s.c.study_uid, s.c.patient_pk)))
         .group_by(r.c.keep_until))]
 
