@@ -60,7 +60,8 @@ def capacity(json_out: Annotated[bool, typer.Option("--json", help="Print the re
     say(f"sites (forecast: {kept}):")
     for site in report["sites"]:
         full = site["days_until_full"]
-        say(f"  {site['site']:<12} {_size(site['bytes_stored'])} stored; free {_size(site['free_bytes'])} of "
-            f"{_size(site['capacity_bytes'])}; "
+        room = (f"free {_size(site['free_bytes'])} of {_size(site['capacity_bytes'])}"
+                if site["free_bytes"] is not None else "free space unknown (the site cannot say)")
+        say(f"  {site['site']:<12} {_size(site['bytes_stored'])} stored; {room}; "
             + (f"full in {full:.0f} day(s) at the 30-day rate" if full is not None else "days until full unknown")
             + "; forecast " + ", ".join(f"{k}: {_size(v)}" for k, v in site["forecast_bytes"].items()))
