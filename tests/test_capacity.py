@@ -301,3 +301,26 @@ def test_rto_comes_from_drills_when_no_restore_ran(known: Catalog) -> None:
     assert (rto["studies"], rto["instances"], rto["bytes"]) == (1, 3, 3000)
     assert (rto["rate_bytes_per_second"], rto["seconds"]) == (2500.0, 1.2)
     assert "drill" in rto["basis"] and "primary->scratch" in rto["basis"]
+
+
+def test_migration_0017_fills_the_rollups_of_an_existing_catalog(known: Catalog) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from dicomvault.catalog.db import MIGRATIONS_DIR
+
+    with known.read() as conn:
+        kept = _rollups(conn)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with known.write_engine.begin() as connection:  # back to the catalog before rollups...
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0015")
+    with known.read() as conn:
+        assert "capacity_daily" not in {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master")}
+    url = known.url
+    known.close()
+    again = Catalog(url)  # ...and opening it migrates to head, filling them from the versions
+    with again.read() as conn:
+        assert _rollups(conn) == kept
+    again.close()
