@@ -26,14 +26,14 @@ from sqlalchemy import Connection, bindparam, create_engine, event, func, insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import keys
+from . import capacity, keys
 from . import schema as t
 from .deletions import mark as deletion_mark
 from .permissions import protect_sqlite_catalog
 from dicomvault.dicom.records import InstanceAttributes, VersionRecord
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0015"  # bump together with every new file in migrations/versions/
+HEAD_REVISION = "0017"  # bump together with every new file in migrations/versions/
 
 
 class CatalogError(Exception):
@@ -163,6 +163,7 @@ class Catalog:
             # (kind, pk) -> (receipt time, values) of the newest version this transaction
             # indexed under an existing row; applied by _follow_newest before it commits
             self._txn_follow: dict[tuple[str, int], tuple[float, dict[str, Any]]] = {}
+            self._txn_capacity = capacity.Tally()  # what this transaction adds to the capacity rollups
             # Called inside the transaction with the (kind, pk) rows a newer version changed:
             # what derives from them (retention's keep-until dates) follows in the same commit.
             self.on_followed: Callable[[Connection, list[tuple[str, int]]], None] | None = None
@@ -203,6 +204,7 @@ class Catalog:
             new_keys: dict[tuple[str, str], int] = {}
             self._txn_keys = new_keys
             self._txn_follow = {}
+            self._txn_capacity = capacity.Tally()
             with self.write_engine.begin() as connection:
                 if not self.is_sqlite:
                     connection.execute(_PG_WRITE_LOCK)
@@ -210,6 +212,8 @@ class Catalog:
                 yield connection
                 if self._txn_follow:
                     self._follow_newest(connection)
+                if self._txn_capacity:
+                    capacity.apply(connection, self._txn_capacity)
             self._pk_cache.update(new_keys)  # only keys of committed rows are remembered
             if len(self._pk_cache) > 200_000:
                 self._pk_cache.clear()
@@ -357,6 +361,8 @@ class Catalog:
             "codec": record.codec, "key_id": record.key_id, "received_at": record.received_at,
             "source": record.source,
         })
+        self._txn_capacity.add(record.received_at, a.modality, a.study_uid, new_instance, record.size_original,
+                               record.size_stored)  # the capacity rollups, applied at the transaction's end
         return version
 
     def add_copies(self, conn: Connection, object_id: str, size: int, since: float, replicas: list[str]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, exists, func, insert, select, text, update
 
+from . import capacity
 from . import schema as t
 from .chunks import in_chunks
 
@@ -118,6 +119,7 @@ def remove(conn: Connection, plan: Plan, *, deletion_id: int, now: float) -> dic
     object_ids = [object_id for _pk, object_id, _size in plan.versions]
     for chunk in in_chunks(object_ids):
         conn.execute(delete(t.copies).where(t.copies.c.object_id.in_(chunk)))
+    capacity.forget_versions(conn, [pk for pk, _object, _size in plan.versions])  # the capacity rollup
     for chunk in in_chunks([pk for pk, _object, _size in plan.versions]):
         conn.execute(delete(v).where(v.c.id.in_(chunk)))
     for chunk in in_chunks([pk for pk, _uid, _series in plan.instances]):

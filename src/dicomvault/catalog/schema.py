@@ -134,6 +134,31 @@ versions = Table(
 )
 Index("ix_versions_received", versions.c.received_at)
 
+# Capacity rollups (catalog/capacity.py, migration 0017): per UTC day of receipt and modality,
+# and per study, the versions indexed (and the instances they began), their original and stored
+# bytes. Kept by ``Catalog.add_version`` and the deletion engine in their own transactions, so
+# the capacity figures, ingest charts and retention forecast read a few hundred rows instead of
+# summing every version.
+capacity_daily = Table(
+    "capacity_daily",
+    metadata,
+    Column("day", Integer, primary_key=True, autoincrement=False),  # days since 1970-01-01 UTC
+    Column("modality", String(16), primary_key=True),
+    Column("instances", BigInteger, nullable=False, server_default="0"),
+    Column("versions", BigInteger, nullable=False, server_default="0"),
+    Column("bytes_original", BigInteger, nullable=False, server_default="0"),
+    Column("bytes_stored", BigInteger, nullable=False, server_default="0"),
+)
+capacity_studies = Table(
+    "capacity_studies",
+    metadata,
+    Column("study_uid", String(64), primary_key=True),  # by UID, as study_retention
+    Column("instances", BigInteger, nullable=False, server_default="0"),
+    Column("versions", BigInteger, nullable=False, server_default="0"),
+    Column("bytes_original", BigInteger, nullable=False, server_default="0"),
+    Column("bytes_stored", BigInteger, nullable=False, server_default="0"),
+)
+
 audit_log = Table(
     "audit_log",
     metadata,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import zstandard
 from sqlalchemy import Connection, LargeBinary, func, insert, select, text
 
-from . import keys
+from . import capacity, keys
 from . import schema as t
 from .db import HEAD_REVISION
 
@@ -147,6 +147,7 @@ def load_tables(catalog: "Catalog", payload: bytes,
                 if progress:
                     progress("loading catalog", loaded)
         flush()
+        capacity.rebuild_rollup(conn)  # derived: recomputed, whatever revision wrote the snapshot
         if not catalog.is_sqlite:
             for table in t.metadata.sorted_tables:
                 for column in table.primary_key.columns:

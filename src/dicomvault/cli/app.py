@@ -53,6 +53,9 @@ cli_keys.register(app)  # dicomvault keys status|rotate
 from dicomvault.cli import deletion as cli_deletion
 
 cli_deletion.register(app, cli_retention.retention_app)  # dicomvault delete, deletions, retention run
+from dicomvault.cli import capacity as cli_capacity
+
+cli_capacity.register(app)  # dicomvault capacity
 
 
 @app.command()

@@ -8,6 +8,8 @@ a script need not poll, whether serve or a ``dicomvault restore`` in a terminal 
 /api/holds/{id}/release`` ({"reason"}) releases it (operator role; jobs/retention/holds.py).
 ``GET /api/deletions`` lists deletion records (operator); ``POST /api/deletions`` ({"study",
 "reason"}) deletes a study as `dicomvault delete --yes` does (admin; jobs/retention/delete.py).
+``GET /api/capacity``, ``/api/ingest-history?range=24h|30d`` and ``/api/rto`` (operator) are
+capacity planning, the dashboard's ingest charts and the RTO estimate (jobs/capacity.py).
 
 Restore reports list patients' instances (UIDs, the PACS's refusals) and a job's selection
 may hold a Patient ID, so every request must carry a bearer token from ``[http]
@@ -207,7 +209,32 @@ def api_routes(archive: Archive, restores: RestoreService | None = None) -> list
             return JSONResponse({"error": str(exc)}, status_code=code)
         return JSONResponse(record, status_code=201)
 
+    async def capacity(_: Request) -> Response:
+        """Bytes per modality, growth, per-site space and forecast (jobs/capacity.py)."""
+        from dicomvault.jobs.capacity import capacity_report
+
+        return JSONResponse(await run_in_threadpool(capacity_report, archive.catalog, archive.settings))
+
+    async def ingest_history(request: Request) -> Response:
+        """``?range=24h|30d``: what arrived per hour or per day, zeros where nothing did."""
+        from dicomvault.jobs.capacity import RangeError, ingest_history as history
+
+        try:
+            body = await run_in_threadpool(history, archive.catalog, request.query_params.get("range", "24h"))
+        except RangeError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(body)
+
+    async def rto(_: Request) -> Response:
+        """How long restoring the last 24 h into the PACS would take, at the measured rate."""
+        from dicomvault.jobs.capacity import rto_estimate
+
+        return JSONResponse(await run_in_threadpool(rto_estimate, archive.catalog))
+
     return [Route("/api/status", guarded(status)),
+            Route("/api/capacity", guarded(capacity, OPERATOR)),
+            Route("/api/ingest-history", guarded(ingest_history, OPERATOR)),
+            Route("/api/rto", guarded(rto, OPERATOR)),
             Route("/api/holds", guarded(list_holds)),
             Route("/api/holds", guarded(add_hold), methods=["POST"]),
             Route("/api/holds/{hold_id}/release", guarded(release_hold), methods=["POST"]), Route("/api/restores", guarded(list_restores)),
