@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Integer, and_, cast, func, or_, select
+from sqlalchemy import Connection, and_, func, or_, select
 
 from . import schema as t
 
@@ -70,10 +70,3 @@ def study_audit(conn: Connection, study_uid: str, limit: int = 200) -> list[Any]
                         .order_by(a.c.id.desc()).limit(limit)).all()
 
 
-def ingest_buckets(conn: Connection, since: float, bucket_seconds: int) -> list[tuple[int, int, int]]:
-    """(bucket number from ``since``, versions received, their original bytes) per bucket."""
-    v = t.versions
-    bucket = cast((v.c.received_at - since) / bucket_seconds, Integer)
-    rows = conn.execute(select(bucket, func.count(), func.coalesce(func.sum(v.c.size_original), 0))
-                        .where(v.c.received_at >= since).group_by(bucket)).all()
-    return [(int(r[0]), int(r[1]), int(r[2])) for r in rows]

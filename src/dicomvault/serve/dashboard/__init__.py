@@ -154,8 +154,7 @@ def dashboard_routes(archive: Archive) -> list[Route | Mount]:
         status = archive_status(archive)
         history = {r: sources.ingest_history(archive, r) for r in sources.RANGES}
         return {"status": status, "protection": sources.protection(status), "alerts": sources.alerts(archive, status),
-                "history": history, "capacity": sources.capacity(archive, status, history["30d"]),
-                "rto": sources.rto(archive, status)}
+                "history": history, "capacity": sources.capacity(archive), "rto": sources.rto(archive)}
 
     figures = Figures(first_screen_data)
 
