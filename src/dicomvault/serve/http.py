@@ -47,6 +47,19 @@ def build_app(archive: Archive, restores: RestoreService | None = None) -> Starl
             body["error"] = site.get("error") or "catalog unreachable"
         return JSONResponse(body, status_code=200 if ok else 503)
 
+    async def readyz(_: Request) -> Response:
+        """Protection, not liveness: 200 only when protected, else 503. No token (like /healthz):
+        it says the state word and each reason's code and severity (site names at most), never a reason's text
+        (paths, site errors) or anything about patients; `status --json` has the rest."""
+        from starlette.concurrency import run_in_threadpool
+
+        from dicomvault.serve.status import archive_status
+
+        protection = (await run_in_threadpool(archive_status, archive))["protection"]
+        body = {"state": protection["state"],
+                "reasons": [{"code": r["code"], "severity": r["severity"]} for r in protection["reasons"]]}
+        return JSONResponse(body, status_code=200 if protection["state"] == "protected" else 503)
+
     async def metrics(_: Request) -> Response:
         stats = archive.catalog.statistics()
         STORED_INSTANCES.set(stats["counts"]["instances"])
@@ -67,7 +80,7 @@ def build_app(archive: Archive, restores: RestoreService | None = None) -> Starl
         return None if path.startswith((DICOMWEB, REPLICA)) else http.max_body_bytes
 
     return Starlette(
-        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *api_routes(archive, restores),
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics), *api_routes(archive, restores),
                 *replica_routes(archive.settings.replica_store, archive.catalog), *dicomweb_routes(archive)],
         middleware=[Middleware(RequestLimits, request_timeout=http.request_timeout, limit_for=body_limit)],
     )

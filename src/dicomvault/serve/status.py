@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from dicomvault.archive.copies import CopyPolicy
@@ -40,13 +41,20 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
     sites: dict[str, Any] = {"primary": site}
     live = archive.replication.state() if archive.replication is not None else {}
     from dicomvault.replicate.outbox import Outbox
+    from dicomvault.replicate.service import running_sites
 
+    # Which sites a running serve copies to: this process's own service, else the one another
+    # process on this host announces; None = no serve running here (or it cannot tell).
+    running = list(live) if archive.replication is not None else running_sites(archive.settings)
     outbox = Outbox(archive.catalog)
     for replica in archive.settings.replicas:
         lag = outbox.lag(replica.name)
         entry: dict[str, Any] = {"url": _redacted(replica.url), "offsite": replica.offsite, "rate": replica.rate,
                                  "sees_plaintext": replica.is_pacs,
-                                 "schedule": list(replica.schedule), **lag}
+                                 "schedule": list(replica.schedule), **lag,
+                                 "started": None if running is None else replica.name in running}
+        if entry["started"] is False:  # added since serve started: nothing copies to it yet
+            entry["not_started"] = "added after `dicomvault serve` started: restart serve to start copying"
         if replica.name in live:
             entry.update(live[replica.name])
         if not entry["reachable"]:
@@ -122,7 +130,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
                       "unreachable?): `dicomvault deletions` shows which, `dicomvault deletions retry` finishes them")
     policy = CopyPolicy.from_settings(archive.settings)  # what storage commitment holds copies to
     newest = stats["newest_ingest"]
-    return {
+    report = {
         "ok": not alerts,
         "generated_at": time.time(),
         "counts": stats["counts"],
@@ -132,7 +140,8 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "newest_ingest": newest,
         "newest_ingest_age_seconds": round(time.time() - newest, 1) if newest else None,
         "sites": sites,
-        "policy": {"copies": policy.copies, "offsite_copies": policy.offsite_copies},
+        "policy": {"copies": policy.copies, "offsite_copies": policy.offsite_copies,
+                   "rpo": archive.settings.policy.rpo},
         "commitment": commitment,
         "reconcile": reconcile,  # jobs/reconcile/job.py
         "restores": restores,
@@ -149,6 +158,16 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "key_fingerprint": archive.keyring.fingerprint,
         "keys": keys,
     }
+    # --- protection state: protected / at risk / unprotected (archive/readiness.py) ---
+    from dicomvault.archive.readiness import PROTECTED, assess
+
+    recovery_key = Path(archive.settings.base_dir) / "recovery-key.pem"  # where init writes it
+    report["protection"] = assess(report, counted_sites=policy.sites, rpo_seconds=archive.settings.policy.rpo_seconds,
+                                  rpo=archive.settings.policy.rpo,
+                                  recovery_key_on_host=str(recovery_key) if recovery_key.exists() else None)
+    report["ok"] = not alerts and report["protection"]["state"] == PROTECTED
+    # --- end protection state ---
+    return report
 
 
 def _redacted(url: str) -> str:
