@@ -7,7 +7,9 @@ A real archive (`dicomvault init`, SQLite catalog, file primary) with an off-sit
 configured; its catalog is filled with synthetic rows through the real schema (SQLAlchemy
 Core bulk inserts of catalog/schema.py tables, no files ingested): 20 instances per series,
 5 series per study, 2 studies per patient; every version verified on the primary and on
-`offsite` except the newest 2 % still owed there (a backlog). Then `archive_status()` runs
+`offsite` except the newest 2 % still owed there (a backlog), each copy last proven within
+the last 29 days as `serve`'s scrub keeps it (`--unscrubbed`: proven only when copied, a year
+ago for the oldest: the scrub never ran). Then `archive_status()` runs
 `--runs` times in-process; median, min and max are printed, and the slowest parts of one run
 (cProfile, by cumulative time) with --profile.
 """
@@ -31,7 +33,7 @@ CHUNK = 50_000
 DAY = 86400.0
 
 
-def _fill(catalog, instances: int, now: float) -> None:  # type: ignore[no-untyped-def]
+def _fill(catalog, instances: int, now: float, scrubbed: bool) -> None:  # type: ignore[no-untyped-def]
     from dicomvault.catalog import schema as t
 
     series_count = -(-instances // PER_SERIES)
@@ -67,12 +69,14 @@ def _fill(catalog, instances: int, now: float) -> None:  # type: ignore[no-untyp
             rows = []
             for i, at in zip(ids, received):
                 oid = f"o{i:063d}"
+                proven = max(at, now - (i % 29) * DAY - 60) if scrubbed else at
                 rows.append({"object_id": oid, "site": "primary", "state": "verified", "size": 262_144,
-                             "owed_since": at, "attempts": 0, "next_attempt_at": 0.0, "copied_at": at, "verified_at": at})
+                             "owed_since": at, "attempts": 0, "next_attempt_at": 0.0, "copied_at": at,
+                             "verified_at": proven})
                 done = i < owed_from
                 rows.append({"object_id": oid, "site": "offsite", "state": "verified" if done else "owed",
                              "size": 262_144, "owed_since": at, "attempts": 0, "next_attempt_at": 0.0,
-                             "copied_at": at + 5 if done else None, "verified_at": at + 5 if done else None})
+                             "copied_at": at + 5 if done else None, "verified_at": proven + 5 if done else None})
             conn.execute(insert(t.copies), rows)
 
 
@@ -81,6 +85,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--keep", type=Path, help="use (and keep) this directory; an existing filled one is reused")
+    parser.add_argument("--unscrubbed", action="store_true", help="copies proven only when copied (no scrub ran)")
     parser.add_argument("--profile", action="store_true", help="print the top 25 functions of one run")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="dv-status-scale-"))
@@ -99,7 +104,7 @@ def main() -> None:
     archive = Archive.open(load_settings(config))
     if fresh:
         started = time.perf_counter()
-        _fill(archive.catalog, args.instances, time.time())
+        _fill(archive.catalog, args.instances, time.time(), scrubbed=not args.unscrubbed)
         print(f"filled {args.instances:,} instances in {time.perf_counter() - started:.1f} s ({root})")
     archive_status(archive)  # warm the page cache once, as a dashboard that is open would
     times = []
