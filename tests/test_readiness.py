@@ -157,6 +157,16 @@ def test_readiness_of_a_real_archive(vault: Vault, ct_small: Path, tmp_path: Pat
     assert "Traceback" not in vault.log()
 
 
+def test_readyz_of_a_fresh_archive_is_503_unprotected_and_healthz_stays_200(running_vault: Vault) -> None:
+    status, body = _readyz(running_vault)
+    assert status == 503 and body["state"] == "unprotected", body
+    assert [r["code"] for r in body["reasons"]][:2] == ["policy-unmet:copies", "policy-unmet:offsite"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{running_vault.http_port}/healthz", timeout=30) as answer:
+        assert answer.status == 200 and json.loads(answer.read())["status"] == "ok"  # the process is up
+    api = running_vault.api("/api/status")["protection"]  # with a token: the reasons' text too
+    assert api["state"] == "unprotected" and all(r["text"] for r in api["reasons"])
+
+
 @pytest.mark.parametrize("value", ['"soon"', '"0m"', '"-5m"', "15", '""'])
 def test_bad_rpo_is_refused_with_the_key(vault: Vault, value: str) -> None:
     vault.set_config("policy", "rpo", value)
