@@ -149,6 +149,7 @@ def test_readiness_of_a_real_archive(vault: Vault, ct_small: Path, tmp_path: Pat
                timeout=30, what="the off-site site reported down")
     code, report, text = _state(vault)
     assert code == 1 and report["protection"]["state"] == "at risk" and text.startswith("AT RISK:"), text
+    wait_until(lambda: _readyz(vault)[0] == 503, timeout=30, what="/readyz 503")  # it judges at most every 5 s
     status, body = _readyz(vault)
     assert status == 503 and body["state"] == "at risk"
     assert {"code": "site-down:offsite", "severity": "at risk"} in body["reasons"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 STORED_INSTANCES = Gauge("dicomvault_catalog_instances", "Instances indexed in the catalog")
 STORED_BYTES = Gauge("dicomvault_catalog_bytes_stored", "Sealed bytes of all stored versions")
+READYZ_CACHE_SECONDS = 5.0  # /readyz answers from a judgement at most this old
 SITE_UP = Gauge("dicomvault_site_up", "1 when the site answers writes", ["site"])
 
 
@@ -47,18 +49,30 @@ def build_app(archive: Archive, restores: RestoreService | None = None) -> Starl
             body["error"] = site.get("error") or "catalog unreachable"
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    async def readyz(_: Request) -> Response:
-        """Protection, not liveness: 200 only when protected, else 503. No token (like /healthz):
-        it says the state word and each reason's code and severity (site names at most), never a reason's text
-        (paths, site errors) or anything about patients; `status --json` has the rest."""
-        from starlette.concurrency import run_in_threadpool
+    readiness: dict[str, Any] = {"at": float("-inf"), "body": None}
+    readiness_lock = threading.Lock()
 
+    def judged() -> dict[str, Any]:
+        """The protection summary, computed at most once per READYZ_CACHE_SECONDS however many
+        unauthenticated probes arrive (archive_status reads whole indexes)."""
         from dicomvault.serve.status import archive_status
 
-        protection = (await run_in_threadpool(archive_status, archive))["protection"]
-        body = {"state": protection["state"],
-                "reasons": [{"code": r["code"], "severity": r["severity"]} for r in protection["reasons"]]}
-        return JSONResponse(body, status_code=200 if protection["state"] == "protected" else 503)
+        with readiness_lock:
+            if time.monotonic() - readiness["at"] >= READYZ_CACHE_SECONDS:
+                protection = archive_status(archive)["protection"]
+                readiness["body"] = {"state": protection["state"], "reasons": [
+                    {"code": r["code"], "severity": r["severity"]} for r in protection["reasons"]]}
+                readiness["at"] = time.monotonic()
+            return readiness["body"]
+
+    async def readyz(_: Request) -> Response:
+        """Protection, not liveness: 200 only when protected, else 503. No token (like /healthz):
+        it says the state word and each reason's code and severity (site names at most), never a
+        reason's text (paths, site errors) or anything about patients; `status --json` has the rest."""
+        from starlette.concurrency import run_in_threadpool
+
+        body = await run_in_threadpool(judged)
+        return JSONResponse(body, status_code=200 if body["state"] == "protected" else 503)
 
     async def metrics(_: Request) -> Response:
         stats = archive.catalog.statistics()
