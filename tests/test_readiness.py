@@ -136,6 +136,9 @@ def test_readiness_of_a_real_archive(vault: Vault, ct_small: Path, tmp_path: Pat
     assert code == 1 and entry["started"] is False and entry["backlog_objects"] == 4, entry
     assert entry["oldest_owed_age_seconds"] > 0 and "NOT STARTED" in text
     assert "site-not-started:nas" in [r["code"] for r in report["protection"]["reasons"]]
+    assert vault.api("/api/status")["sites"]["nas"]["started"] is False  # the running serve says so too
+    wait_until(lambda: {"code": "site-not-started:nas", "severity": "at risk"} in _readyz(vault)[1]["reasons"],
+               timeout=30, what="/readyz naming the site not started")
     vault.stop()
     vault.start()
     wait_until(lambda: _state(vault)[0] == 0, timeout=30, what="protected with the NAS copied")

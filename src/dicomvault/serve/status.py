@@ -58,7 +58,7 @@ def _archive_status(archive: Archive, verify_audit: bool, statistics: Any, scrub
     # process on this host announces; None = no serve running here (or it cannot tell).
     running = list(live) if archive.replication is not None else running_sites(archive.settings)
     outbox = Outbox(archive.catalog)
-    for replica in archive.settings.replicas:
+    for replica in [*archive.settings.replicas, *_added_since_start(archive)]:
         lag = outbox.lag(replica.name)
         entry: dict[str, Any] = {"url": _redacted(replica.url), "offsite": replica.offsite, "rate": replica.rate,
                                  "sees_plaintext": replica.is_pacs,
@@ -178,6 +178,21 @@ def _archive_status(archive: Archive, verify_audit: bool, statistics: Any, scrub
     report["ok"] = not alerts and report["protection"]["state"] == PROTECTED
     # --- end protection state ---
     return report
+
+
+def _added_since_start(archive: Archive) -> list[Any]:
+    """Inside serve: sites the configuration file names now that serve did not start with
+    (`sites add` while it runs). They are shown, not started, until serve restarts."""
+    if archive.replication is None or archive.settings.config_file is None:
+        return []
+    from dicomvault.config import ConfigError, load_settings
+
+    try:
+        current = load_settings(archive.settings.config_file)
+    except (ConfigError, OSError):  # edited into an invalid state: serve keeps what it started with
+        return []
+    started = {replica.name for replica in archive.settings.replicas}
+    return [replica for replica in current.replicas if replica.name not in started]
 
 
 def _redacted(url: str) -> str:
