@@ -64,7 +64,7 @@ def test_errors_are_one_line_and_non_zero(vault: Vault, tmp_path: Path) -> None:
     assert len(missing.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.dcm"))
     no_config = vault.cli("status", check=False)  # sanity: the vault's config works
-    assert no_config.returncode == 0
+    assert no_config.returncode == 2 and no_config.stdout.startswith("UNPROTECTED")  # one site: one copy
 
 
 def test_healthz_metrics_and_status(running_vault: Vault, two_studies: list[Path]) -> None:
@@ -91,7 +91,9 @@ def test_healthz_metrics_and_status(running_vault: Vault, two_studies: list[Path
     assert status["counts"]["instances"] == 2 and status["counts"]["studies"] == 2
     assert 0 < status["bytes_stored"] < status["bytes_received"] * 1.2
     assert status["newest_ingest"] is not None and status["sites"]["primary"]["ok"] is True
-    assert status["audit"]["chain_ok"] is True and status["ok"] is True
+    assert status["audit"]["chain_ok"] is True and status["alerts"] == []
+    # Every image on one disk of one host: no alert fired, yet not protected ("ok" says so too).
+    assert status["protection"]["state"] == "unprotected" and status["ok"] is False
     assert running_vault.api("/api/status")["counts"]["instances"] == 2
 
 

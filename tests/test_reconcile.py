@@ -144,8 +144,8 @@ def report_of(proc: subprocess.CompletedProcess[str]) -> dict:
         raise AssertionError(f"no JSON report (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from None
 
 
-def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 1, f"exit {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+def one_line_error(proc: subprocess.CompletedProcess[str], exit_code: int = 1) -> str:
+    assert proc.returncode == exit_code, f"exit {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected one error line, got:\n{proc.stderr}"
     assert lines[0].startswith("dicomvault: error: "), lines[0]
@@ -448,15 +448,15 @@ def test_bad_input_gets_one_clear_line(vault: Vault) -> None:
 
     # [reconcile] settings are checked when the config is read.
     vault.set_config("reconcile", "every", '"soon"')
-    line = one_line_error(vault.cli("status", check=False))
+    line = one_line_error(vault.cli("status", check=False), exit_code=3)  # status: cannot judge
     assert "[reconcile] every" in line and "'soon'" in line, line
     vault.set_config("reconcile", "every", '"6h"')
     vault.set_config("reconcile", "peer", '"elsewhere"')
-    line = one_line_error(vault.cli("status", check=False))
+    line = one_line_error(vault.cli("status", check=False), exit_code=3)  # status: cannot judge
     assert "[reconcile] peer 'elsewhere'" in line and "pacs (PACS)" in line, line
     vault.set_config("reconcile", "peer", '"PACS"')
     vault.set_config("reconcile", "window_days", "0")
-    line = one_line_error(vault.cli("status", check=False))
+    line = one_line_error(vault.cli("status", check=False), exit_code=3)  # status: cannot judge
     assert "[reconcile] window_days must be 1-3660" in line, line
 
 

@@ -138,6 +138,13 @@ class PolicySettings:
 
     copies: int = 2
     offsite_copies: int = 1
+    # Recovery point objective: a copy owed to a site for longer than this puts the archive
+    # "at risk" (archive/readiness.py).
+    rpo: str = "15m"
+
+    @property
+    def rpo_seconds(self) -> float:
+        return parse_duration(self.rpo)
 
 
 # Before permissions existed a peer could send and ask for commitment: that stays the default.
@@ -793,7 +800,11 @@ def _dicomweb(data: dict, base: Path) -> DicomwebSettings:
 
 
 def _policy(data: dict) -> PolicySettings:
-    policy = PolicySettings(**_section(data, "policy", PolicySettings()))
+    values = _section(data, "policy", PolicySettings())
+    if not isinstance(values["rpo"], str):
+        raise ConfigError(f"[policy] rpo must be a duration like \"15m\" or \"1h\", got {values['rpo']!r}")
+    _duration("policy", "rpo", values["rpo"])
+    policy = PolicySettings(**values)
     if policy.copies < 1 or policy.offsite_copies < 0 or policy.offsite_copies >= policy.copies + 1:
         raise ConfigError(f"[policy] needs copies >= 1 and 0 <= offsite_copies <= copies, got {policy}")
     return policy
@@ -1140,6 +1151,10 @@ idle_timeout = 300
 # copies exist, at least offsite_copies of them on sites marked offsite.
 copies = 2
 offsite_copies = 1
+# Recovery point objective: a copy owed to a site for longer than this makes `dicomvault
+# status` say AT RISK (exit 1). No way to meet the policy (too few sites, none off-site)
+# says UNPROTECTED (exit 2); PROTECTED exits 0. /readyz answers 200 only when protected.
+rpo = "15m"
 
 # Replica sites receive every object as ciphertext, through a transactional outbox.
 # Add them with `dicomvault sites add NAME URL` or by hand, for example:

@@ -33,7 +33,7 @@ from .permissions import protect_sqlite_catalog
 from dicomvault.dicom.records import InstanceAttributes, VersionRecord
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0017"  # bump together with every new file in migrations/versions/
+HEAD_REVISION = "0019"  # bump together with every new file in migrations/versions/
 
 
 class CatalogError(Exception):
@@ -512,18 +512,19 @@ class Catalog:
                     ("instances", t.instances), ("versions", t.versions),
                 )
             }
+            # Two queries: the sums read ix_versions_sizes alone (0019), the newest one index entry.
             totals = conn.execute(
                 select(
                     func.coalesce(func.sum(t.versions.c.size_original), 0),
                     func.coalesce(func.sum(t.versions.c.size_stored), 0),
-                    func.max(t.versions.c.received_at),
                 )
             ).one()
+            newest = conn.execute(select(func.max(t.versions.c.received_at))).scalar()
         return {
             "counts": counts,
             "bytes_received": int(totals[0]),
             "bytes_stored": int(totals[1]),
-            "newest_ingest": totals[2],
+            "newest_ingest": newest,
         }
 
 

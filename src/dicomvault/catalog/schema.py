@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
     true,
 )
 
@@ -133,6 +134,7 @@ versions = Table(
     UniqueConstraint("instance_pk", "version", name="uq_versions_instance_version"),
 )
 Index("ix_versions_received", versions.c.received_at)
+Index("ix_versions_sizes", versions.c.size_original, versions.c.size_stored)  # byte totals (0019)
 
 # Capacity rollups (catalog/capacity.py, migration 0017): per UTC day of receipt and modality,
 # and per study, the versions indexed (and the instances they began), their original and stored
@@ -213,6 +215,11 @@ copies = Table(
 )
 Index("ix_copies_site_state_next", copies.c.site, copies.c.state, copies.c.next_attempt_at)
 Index("ix_copies_site_verified", copies.c.site, copies.c.verified_at)
+# status at scale (migration 0019): per-site totals and proof ages from the index alone, the
+# newest error from a partial index
+Index("ix_copies_site_state_verified_size", copies.c.site, copies.c.state, copies.c.verified_at, copies.c.size)
+Index("ix_copies_site_errors", copies.c.site, copies.c.next_attempt_at,
+      sqlite_where=text("last_error IS NOT NULL"), postgresql_where=text("last_error IS NOT NULL"))
 
 # Last known reachability of each replica site, written by the replication workers on every
 # transition, so `status` in another process sees an outage the server is living through.

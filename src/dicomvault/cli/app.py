@@ -351,17 +351,30 @@ def status(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
     verify_audit: Annotated[bool, typer.Option("--verify-audit", help="Also walk the audit hash chain")] = False,
 ) -> None:
-    """Counts, bytes, newest ingest, site health and alerts."""
+    """Protection state first (exit 0 protected, 1 at risk, 2 unprotected, 3 cannot tell),
+    then counts, bytes, newest ingest, site health and alerts."""
+    from dicomvault.archive.readiness import EXIT_CODES
     from dicomvault.serve.status import archive_status
 
-    archive = _open(config)
-    report = archive_status(archive, verify_audit=verify_audit)
-    archive.close()
+    try:
+        archive = _open(config)
+        report = archive_status(archive, verify_audit=verify_audit)
+        archive.close()
+    except _one_line_failures() as exc:  # not "at risk": monitoring must see that nobody could judge
+        print(f"dicomvault: error: {exc}", file=sys.stderr)
+        raise typer.Exit(3) from exc
+    protection = report["protection"]
     if json_out:
         print(json.dumps(report, indent=2, default=str))
     else:
+        state = protection["state"].upper()
+        out.print(state if not protection["reasons"] else
+                  f"{state}: " + "; ".join(r["code"] for r in protection["reasons"]), markup=False, highlight=False)
+        for reason in protection["reasons"]:
+            out.print(f"  {reason['severity']}: {reason['text']}", markup=False, highlight=False)
         counts = report["counts"]
-        out.print(f"{'OK' if report['ok'] else 'ATTENTION'}: {counts['studies']} studies, {counts['instances']} instances, "
+        out.print(f"{'OK' if not report['alerts'] else 'ATTENTION'}: {counts['studies']} studies, "
+                  f"{counts['instances']} instances, "
                   f"{report['bytes_received']} bytes received, {report['bytes_stored']} stored")
         access = report["access"]
         out.print(f"  access: unknown AEs may {', '.join(['echo', *access['anonymous']])}; "
@@ -394,10 +407,14 @@ def status(
         if export["target"]:
             out.print(f"  audit export to {export['target']}: {export['backlog']} event(s) to send"
                       + (f" (last error: {export['error']})" if export["error"] else ""))
+        for site, entry in report["sites"].items():
+            if entry.get("not_started"):
+                out.print(f"  site {site}: NOT STARTED ({entry['not_started']})", markup=False, highlight=False)
         for alert in report["alerts"]:
             out.print(f"  alert: {alert}")
-    if not report["ok"]:
-        raise typer.Exit(1)
+    # The exit says the protection state only (monitoring scripts); other alerts show above and in "ok".
+    if EXIT_CODES[protection["state"]]:
+        raise typer.Exit(EXIT_CODES[protection["state"]])
 
 
 @audit_app.command("verify")

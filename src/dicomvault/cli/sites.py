@@ -112,8 +112,19 @@ def add_site(
     if not isinstance(target, SiteTarget):
         out.print("[bold yellow]WARNING:[/bold yellow] a dicom:// site receives DECRYPTED images (a PACS must read "
                   "them). Use it only for a destination trusted with patient data; it is not an encrypted copy.")
-    out.print(f"added site {name} ({added.url}); restart `dicomvault serve` to start copying "
-              "(every existing object will be copied to it)")
+    from dicomvault.archive.core import Archive
+    from dicomvault.replicate.service import running_sites
+
+    archive = Archive.open(new_settings)
+    try:  # owed from now on, so status shows its true backlog (never "0 s behind") before serve copies
+        owed = archive.catalog.owe_missing_copies(name)
+    finally:
+        archive.close()
+    running = running_sites(new_settings) is not None
+    out.print(f"added site {name} ({added.url}); {owed} existing object(s) owed to it. "
+              + ("`dicomvault serve` is running: RESTART it to start copying (until then `status` shows the site "
+                 "as not started)" if running else "`dicomvault serve` copies them when it starts"),
+              markup=False, highlight=False)
 
 
 @sites_app.command("test")

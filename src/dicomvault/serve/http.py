@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 STORED_INSTANCES = Gauge("dicomvault_catalog_instances", "Instances indexed in the catalog")
 STORED_BYTES = Gauge("dicomvault_catalog_bytes_stored", "Sealed bytes of all stored versions")
+READYZ_CACHE_SECONDS = 5.0  # /readyz answers from a judgement at most this old
 SITE_UP = Gauge("dicomvault_site_up", "1 when the site answers writes", ["site"])
 
 
@@ -46,6 +48,31 @@ def build_app(archive: Archive, restores: RestoreService | None = None) -> Starl
         if not ok:
             body["error"] = site.get("error") or "catalog unreachable"
         return JSONResponse(body, status_code=200 if ok else 503)
+
+    readiness: dict[str, Any] = {"at": float("-inf"), "body": None}
+    readiness_lock = threading.Lock()
+
+    def judged() -> dict[str, Any]:
+        """The protection summary, computed at most once per READYZ_CACHE_SECONDS however many
+        unauthenticated probes arrive (archive_status reads whole indexes)."""
+        from dicomvault.serve.status import archive_status
+
+        with readiness_lock:
+            if time.monotonic() - readiness["at"] >= READYZ_CACHE_SECONDS:
+                protection = archive_status(archive)["protection"]
+                readiness["body"] = {"state": protection["state"], "reasons": [
+                    {"code": r["code"], "severity": r["severity"]} for r in protection["reasons"]]}
+                readiness["at"] = time.monotonic()
+            return readiness["body"]
+
+    async def readyz(_: Request) -> Response:
+        """Protection, not liveness: 200 only when protected, else 503. No token (like /healthz):
+        it says the state word and each reason's code and severity (site names at most), never a
+        reason's text (paths, site errors) or anything about patients; `status --json` has the rest."""
+        from starlette.concurrency import run_in_threadpool
+
+        body = await run_in_threadpool(judged)
+        return JSONResponse(body, status_code=200 if body["state"] == "protected" else 503)
 
     async def metrics(_: Request) -> Response:
         stats = archive.catalog.statistics()
@@ -68,9 +95,9 @@ def build_app(archive: Archive, restores: RestoreService | None = None) -> Starl
         return None if path.startswith((DICOMWEB, REPLICA)) else http.max_body_bytes
 
     return Starlette(
-        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *api_routes(archive, restores),
-                *replica_routes(archive.settings.replica_store, archive.catalog), *dicomweb_routes(archive),
-                *dashboard_routes(archive)],
+        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics),
+                *api_routes(archive, restores), *replica_routes(archive.settings.replica_store, archive.catalog),
+                *dicomweb_routes(archive), *dashboard_routes(archive)],
         middleware=[Middleware(RequestLimits, request_timeout=http.request_timeout, limit_for=body_limit)],
     )
 

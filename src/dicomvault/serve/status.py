@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from dicomvault.archive.copies import CopyPolicy
@@ -12,7 +13,18 @@ from dicomvault.archive.core import Archive
 
 
 def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, Any]:
-    stats = archive.catalog.statistics()
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dicomvault.jobs.verify.scrub import scrub_status
+
+    # The two passes over 10^6-entry indexes (byte totals, scrub proofs) run beside the rest:
+    # SQLite releases the GIL while it counts (benchmarks/status_scale.py).
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="status") as pool:
+        stats_job, scrub_job = pool.submit(archive.catalog.statistics), pool.submit(scrub_status, archive)
+        return _archive_status(archive, verify_audit, stats_job.result, scrub_job.result)
+
+
+def _archive_status(archive: Archive, verify_audit: bool, statistics: Any, scrubbed: Any) -> dict[str, Any]:
     site = archive.site.health()
     alerts = []
     if not site.get("ok"):
@@ -40,13 +52,20 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
     sites: dict[str, Any] = {"primary": site}
     live = archive.replication.state() if archive.replication is not None else {}
     from dicomvault.replicate.outbox import Outbox
+    from dicomvault.replicate.service import running_sites
 
+    # Which sites a running serve copies to: this process's own service, else the one another
+    # process on this host announces; None = no serve running here (or it cannot tell).
+    running = list(live) if archive.replication is not None else running_sites(archive.settings)
     outbox = Outbox(archive.catalog)
-    for replica in archive.settings.replicas:
+    for replica in [*archive.settings.replicas, *_added_since_start(archive)]:
         lag = outbox.lag(replica.name)
         entry: dict[str, Any] = {"url": _redacted(replica.url), "offsite": replica.offsite, "rate": replica.rate,
                                  "sees_plaintext": replica.is_pacs,
-                                 "schedule": list(replica.schedule), **lag}
+                                 "schedule": list(replica.schedule), **lag,
+                                 "started": None if running is None else replica.name in running}
+        if entry["started"] is False:  # added since serve started: nothing copies to it yet
+            entry["not_started"] = "added after `dicomvault serve` started: restart serve to start copying"
         if replica.name in live:
             entry.update(live[replica.name])
         if not entry["reachable"]:
@@ -70,11 +89,9 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
     alerts.extend(reconcile["alerts"])
     # --- end reconcile ---
     # --- scrub: copies proven within the period (jobs/verify/scrub.py) ---
-    from dicomvault.jobs.verify.scrub import scrub_status
-
     from dicomvault.archive import quarantine
 
-    scrub = scrub_status(archive)
+    scrub = scrubbed()
     scrub["quarantined"] = quarantine.active(archive.catalog)
     alerts += scrub["alerts"] + quarantine.alerts(scrub["quarantined"])
     # --- end scrub ---
@@ -121,8 +138,9 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         alerts.append(f"{deleted['pending_over_24h']} deletion(s) pending on a site for over 24 h (site "
                       "unreachable?): `dicomvault deletions` shows which, `dicomvault deletions retry` finishes them")
     policy = CopyPolicy.from_settings(archive.settings)  # what storage commitment holds copies to
+    stats = statistics()  # waited for last: it ran beside everything above
     newest = stats["newest_ingest"]
-    return {
+    report = {
         "ok": not alerts,
         "generated_at": time.time(),
         "counts": stats["counts"],
@@ -132,7 +150,8 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "newest_ingest": newest,
         "newest_ingest_age_seconds": round(time.time() - newest, 1) if newest else None,
         "sites": sites,
-        "policy": {"copies": policy.copies, "offsite_copies": policy.offsite_copies},
+        "policy": {"copies": policy.copies, "offsite_copies": policy.offsite_copies,
+                   "rpo": archive.settings.policy.rpo},
         "commitment": commitment,
         "reconcile": reconcile,  # jobs/reconcile/job.py
         "restores": restores,
@@ -149,6 +168,31 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "key_fingerprint": archive.keyring.fingerprint,
         "keys": keys,
     }
+    # --- protection state: protected / at risk / unprotected (archive/readiness.py) ---
+    from dicomvault.archive.readiness import PROTECTED, assess
+
+    recovery_key = Path(archive.settings.base_dir) / "recovery-key.pem"  # where init writes it
+    report["protection"] = assess(report, counted_sites=policy.sites, rpo_seconds=archive.settings.policy.rpo_seconds,
+                                  rpo=archive.settings.policy.rpo,
+                                  recovery_key_on_host=str(recovery_key) if recovery_key.exists() else None)
+    report["ok"] = not alerts and report["protection"]["state"] == PROTECTED
+    # --- end protection state ---
+    return report
+
+
+def _added_since_start(archive: Archive) -> list[Any]:
+    """Inside serve: sites the configuration file names now that serve did not start with
+    (`sites add` while it runs). They are shown, not started, until serve restarts."""
+    if archive.replication is None or archive.settings.config_file is None:
+        return []
+    from dicomvault.config import ConfigError, load_settings
+
+    try:
+        current = load_settings(archive.settings.config_file)
+    except (ConfigError, OSError):  # edited into an invalid state: serve keeps what it started with
+        return []
+    started = {replica.name for replica in archive.settings.replicas}
+    return [replica for replica in current.replicas if replica.name not in started]
 
 
 def _redacted(url: str) -> str:

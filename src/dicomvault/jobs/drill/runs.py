@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from dicomvault.audit import AuditEvent, append
-from dicomvault.catalog import drills
+from dicomvault.catalog import drills, snapshots
 from dicomvault.config import parse_duration
 
 from dicomvault.jobs.verify.job import readable_site_names
@@ -114,10 +114,15 @@ def drill_status(catalog: "Catalog", archive_settings: "Settings", now: float | 
     running = drills.latest_run_per_site(catalog, state=RUNNING)
     sites: dict[str, Any] = {}
     alerts: list[str] = []
+    with catalog.read() as conn:  # a site never drilled is overdue once its data is two periods old
+        oldest = snapshots.oldest_received_at(conn)
     for name in readable_site_names(archive_settings):
         last, good, live = finished.get(name), succeeded.get(name), running.get(name)
+        since = good.started_at if good is not None else oldest
         entry: dict[str, Any] = {"last_run": _summary(last, now) if last is not None else None,
-                                 "last_success": None, "running": None}
+                                 "last_success": None, "running": None,
+                                 # no successful drill for two periods (archive/readiness.py: at risk)
+                                 "overdue": since is not None and now - float(since) > 2 * every}
         if good is not None:
             ok = _summary(good, now)
             ok["summary"] = (f"{ago(ok['age_seconds'])} ago, {ok['studies']} studies, {ok['instances']} instances, "

@@ -257,7 +257,9 @@ def snapshot_status(catalog: "Catalog", archive_settings: "Settings", now: float
             if last is not None and last.state != "ok":
                 entry["last_error"] = {"at": last.started_at, "error": last.error}
                 alerts.append(f"catalog snapshot to site {name} failed: {last.error}")
-            if settings.enabled and (now - good.started_at > 2 * every if good is not None else stale_data):
+            entry["stale"] = settings.enabled and (now - good.started_at > 2 * every if good is not None
+                                                   else stale_data)
+            if entry["stale"]:
                 alerts.append(f"site {name} holds no catalog snapshot newer than {2 * every / 3600:g} h: a rebuild "
                               "from it would be slow or impossible (is `dicomvault serve` running? "
                               "`dicomvault snapshot` takes one now)")
