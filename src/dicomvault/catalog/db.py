@@ -33,7 +33,7 @@ from .permissions import protect_sqlite_catalog
 from dicomvault.dicom.records import InstanceAttributes, VersionRecord
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0015"  # bump together with every new file in migrations/versions/
+HEAD_REVISION = "0016"  # bump together with every new file in migrations/versions/
 
 
 class CatalogError(Exception):

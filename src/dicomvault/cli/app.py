@@ -53,6 +53,9 @@ cli_keys.register(app)  # dicomvault keys status|rotate
 from dicomvault.cli import deletion as cli_deletion
 
 cli_deletion.register(app, cli_retention.retention_app)  # dicomvault delete, deletions, retention run
+from dicomvault.cli import alerts as cli_alerts
+
+cli_alerts.register(app)  # dicomvault alerts list|ack|test
 
 
 @app.command()
@@ -213,6 +216,11 @@ def serve(config: ConfigOption = None) -> None:
     retention_runs = RetentionScheduler(archive)
     retention_runs.start()  # deletes what expired per [retention] schedule (when enabled); retries pending sites
     audit_export.start()  # off unless [audit] syslog is set
+    from dicomvault.jobs.alerts.engine import AlertEngine
+    from dicomvault.serve.status import archive_status
+
+    alert_engine = AlertEngine(archive.catalog, settings, lambda: archive_status(archive))
+    alert_engine.start()  # raises, reminds, resolves; tells every [alerts] channel
     print(
         f"dicomvault {__version__} serving: DICOM {settings.dicom.ae_title}@{settings.dicom.bind}:{settings.dicom.port}"
         + (f" (TLS :{settings.dicom.tls_port})" if settings.dicom.tls_port else "")
@@ -221,6 +229,7 @@ def serve(config: ConfigOption = None) -> None:
         flush=True,
     )
     stop.wait()
+    alert_engine.stop()
     hl7_listener.stop()
     dimse.stop()
     if http is not None:

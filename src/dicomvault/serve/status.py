@@ -120,6 +120,10 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
     if deleted["pending_over_24h"]:
         alerts.append(f"{deleted['pending_over_24h']} deletion(s) pending on a site for over 24 h (site "
                       "unreachable?): `dicomvault deletions` shows which, `dicomvault deletions retry` finishes them")
+    from dicomvault.jobs.alerts.engine import alerting_status
+
+    alerting = alerting_status(archive.catalog, archive.settings)  # [alerts] channels; open alerts
+    alerts += alerting.pop("alerts")
     policy = CopyPolicy.from_settings(archive.settings)  # what storage commitment holds copies to
     newest = stats["newest_ingest"]
     return {
@@ -144,6 +148,7 @@ def archive_status(archive: Archive, verify_audit: bool = False) -> dict[str, An
         "retention": retention,
         "rejections": rejected,
         "deletions": deleted,
+        "alerting": alerting,
         "alerts": alerts,
         "catalog": archive.catalog.url.split("://", 1)[0],
         "key_fingerprint": archive.keyring.fingerprint,
