@@ -1385,6 +1385,33 @@ app_name = "dicomvault"
 hostname = ""
 source_id = ""
 
+[alerts]
+# `dicomvault serve` looks at the archive every check_every (what `dicomvault status` lists, and
+# the protection reasons) and tells people: each alert once when raised, a reminder every
+# remind_every until someone acknowledges it (`dicomvault alerts ack ID`, or the API), and a
+# notice when it clears. `dicomvault alerts test` sends a test alert to every channel below;
+# `dicomvault alerts list` shows the open ones. A failing channel is retried and shows in status.
+enabled = true
+check_every = "30s"
+remind_every = "4h"
+# Webhook: each notice as JSON in an HTTP POST (retried), e.g. to a chat or paging gateway.
+webhook_url = ""
+webhook_token = ""         # sent as "Authorization: Bearer <token>" (or DICOMVAULT_ALERTS_WEBHOOK_TOKEN)
+webhook_ca_file = ""       # https: the CA that signed the receiver (empty: the system's)
+webhook_verify = true
+# E-mail over SMTP with STARTTLS (smtp_starttls = false only for a relay on this host).
+smtp_host = ""
+smtp_port = 587
+smtp_starttls = true
+smtp_user = ""             # with smtp_password: log in after STARTTLS
+smtp_password = ""
+smtp_ca_file = ""          # the CA that signed the SMTP server (empty: the system's)
+mail_from = ""
+mail_to = []               # ["pacs-admin@hospital.example", "it-oncall@hospital.example"]
+# Syslog (RFC 5424): "udp://host:514", "tcp://host:514" or "tls://host:6514".
+syslog = ""
+syslog_ca_file = ""
+
 [iocm]
 # IHE IOCM rejection notes: a Key Object Selection titled "Rejected for Quality Reasons" (DCM
 # 113001), "... Patient Safety Reasons" (113037), "Incorrect Modality Worklist Entry" (113038)

@@ -45,8 +45,7 @@ def list_alerts(all_: Annotated[bool, typer.Option("--all", help="Also resolved 
         state = (f"resolved {_when(a['resolved_at'])}" if a["resolved_at"] else
                  f"acknowledged by {a['acknowledged_by']} {_when(a['acknowledged_at'])}" if a["acknowledged_at"]
                  else "OPEN")
-        out.print(f"#{a['id']} [{a['severity']}] {a['text']}\n    raised {_when(a['raised_at'])}, {state}; key "
-                  f"{a['key']}", markup=False, highlight=False)
+        print(f"#{a['id']} [{a['severity']}] {a['text']}\n    raised {_when(a['raised_at'])}, {state}; key {a['key']}")
 
 
 @alerts_app.command("ack")
@@ -81,6 +80,6 @@ def test(config: ConfigOption = None) -> None:
     finally:
         archive.close()
     for name, result in results.items():
-        out.print(f"{name}: {result}", markup=False, highlight=False)
+        print(f"{name}: {result}", flush=True)  # one line per channel, never wrapped
     if any(result != "ok" for result in results.values()):
         raise typer.Exit(1)

@@ -71,7 +71,7 @@ def _metrics() -> dict[str, Any]:
             sent=Counter("dicomvault_alert_notifications", "Notices handed to a channel", ["channel", "kind", "outcome"]),
             backlog=Gauge("dicomvault_replication_backlog_objects", "Copies owed to the replica site", ["site"]),
             rpo=Gauge("dicomvault_replication_oldest_owed_seconds", "Age of the oldest copy owed (live RPO)", ["site"]),
-            dead=Gauge("dicomvault_replication_dead_letters", "Copies given up after max attempts", ["site"]),
+            dead=Gauge("dicomvault_replication_dead_lettered", "Copies given up after max attempts, still owed", ["site"]),
             drill=Gauge("dicomvault_drill_last_success_age_seconds", "Age of the last successful restore drill",
                         ["site"]),
             drill_failed=Gauge("dicomvault_drill_last_failed", "1 when the site's latest restore drill failed", ["site"]),
