@@ -400,6 +400,12 @@ def status(
         if export["target"]:
             out.print(f"  audit export to {export['target']}: {export['backlog']} event(s) to send"
                       + (f" (last error: {export['error']})" if export["error"] else ""))
+        alerting = report["alerting"]
+        if alerting["channels"] or alerting["open"]:
+            channels = ", ".join(f"{name} {'ok' if state['ok'] is not False else 'FAILING'}"
+                                 for name, state in alerting["channels"].items()) or "no channel configured"
+            out.print(f"  alerts sent by serve: {alerting['open']} open ({alerting['acknowledged']} acknowledged; "
+                      f"`dicomvault alerts list`); {channels}", markup=False, highlight=False)
         for alert in report["alerts"]:
             out.print(f"  alert: {alert}")
     if not report["ok"]:
