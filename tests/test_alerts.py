@@ -296,3 +296,53 @@ def test_prometheus_rules_pass_promtool_and_name_exported_metrics() -> None:
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
     assert exprs and all(re.search(r"dicomvault_[a-z_]+", e) for e in exprs)
     assert "dicomvault_protection_state" in " ".join(exprs)
+
+
+# --- the engine on its own: a failing channel, without a loop ----------------------------------------
+
+class Recorder:
+    """A channel that keeps what it was given, and fails while ``down`` is set."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.down, self.got = name, False, []
+
+    def send(self, notice: dict) -> None:
+        if self.down:
+            raise ConnectionError(f"{self.name} receiver is down")
+        self.got.append((notice["kind"], notice["key"]))
+
+
+def test_a_failing_channel_is_retried_shown_in_status_and_never_alerts_about_itself(archive) -> None:
+    from dicomvault.jobs.alerts.engine import AlertEngine, alerting_status
+    from dicomvault.jobs.alerts.conditions import alert_conditions
+
+    hook, mail = Recorder("webhook"), Recorder("email")
+    lines = ["site nas unreachable: disk gone"]
+
+    def status() -> dict:  # what archive_status() says, plus the channel lines it derives
+        return {"alerts": lines + alerting_status(archive.catalog, archive.settings)["alerts"]}
+
+    settings = archive.settings
+    object.__setattr__(settings.alerts, "webhook_url", "http://127.0.0.1:9/unused")  # listed as configured
+    object.__setattr__(settings.alerts, "smtp_host", "127.0.0.1")
+    engine = AlertEngine(archive.catalog, settings, status, channels=[hook, mail])
+    hook.down = True
+    now = 1_000_000.0
+    engine.check(now)
+    assert mail.got == [("raised", SITE_KEY)] and hook.got == []
+    channel_state = alerting_status(archive.catalog, settings)
+    assert channel_state["channels"]["webhook"]["ok"] is False and channel_state["channels"]["webhook"]["pending"] == 1
+    assert [c.key for c in alert_conditions(status())] == [SITE_KEY, "status:alert-channel-webhook-failing"]
+    for step in range(1, 4):  # the webhook stays down: its own alert goes to e-mail only, once
+        engine.check(now + step)
+    assert mail.got == [("raised", SITE_KEY), ("raised", "status:alert-channel-webhook-failing")]
+    assert hook.got == []
+    hook.down = False  # back: the queued notice arrives; the channel alert resolves (told to e-mail only)
+    engine.check(now + 5)
+    engine.check(now + 6)
+    assert hook.got == [("raised", SITE_KEY)]
+    assert mail.got[-1] == ("resolved", "status:alert-channel-webhook-failing")
+    assert alerting_status(archive.catalog, settings)["channels"]["webhook"]["ok"] is True
+    lines.clear()
+    engine.check(now + 7)
+    assert hook.got[-1] == mail.got[-1] == ("resolved", SITE_KEY)
