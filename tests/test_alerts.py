@@ -346,3 +346,27 @@ def test_a_failing_channel_is_retried_shown_in_status_and_never_alerts_about_its
     lines.clear()
     engine.check(now + 7)
     assert hook.got[-1] == mail.got[-1] == ("resolved", SITE_KEY)
+
+
+def test_cli_lists_and_acknowledges_and_refuses_what_cannot_be_acknowledged(vault: Vault) -> None:
+    from dicomvault.archive.core import Archive
+    from dicomvault.config import load_settings
+    from dicomvault.jobs.alerts.engine import AlertEngine
+
+    opened = Archive.open(load_settings(vault.config))
+    try:
+        lines = ["primary site has only 3 GiB free (2%)"]
+        engine = AlertEngine(opened.catalog, opened.settings, lambda: {"alerts": list(lines)}, channels=[])
+        engine.check(time.time())
+    finally:
+        opened.close()
+    [alert] = json.loads(vault.cli("alerts", "list", "--json").stdout)["alerts"]
+    assert alert["key"] == "status:primary-site-has-only-free" and alert["acknowledged_by"] is None
+    run = vault.cli("alerts", "ack", str(alert["id"]), "--note", "disk ordered")
+    assert f"alert #{alert['id']} acknowledged by cli:" in run.stdout
+    [acked] = json.loads(vault.cli("alerts", "list", "--json").stdout)["alerts"]
+    assert acked["acknowledged_by"].startswith("cli:") and acked["acknowledged_at"] >= acked["raised_at"]
+    assert "acknowledged by cli:" in vault.cli("alerts", "list").stdout
+    missing = vault.cli("alerts", "ack", "4242", check=False)
+    assert missing.returncode == 1 and "there is no alert 4242" in missing.stderr
+    assert [row for row in _audit(vault)] == [("alert-raised", "success"), ("alert-ack", "success")]
