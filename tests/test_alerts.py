@@ -1,8 +1,8 @@
 """Alerts that leave the building ([alerts], jobs/alerts/): a real `dicomvault serve` tells a
 webhook (an HTTP receiver in this test, failing at first), an SMTP server (aiosmtpd, its own
-process, STARTTLS required, with a certificate made here) and a real rsyslog (UDP) when a
-replica site goes down (a tmpfs remounted read-only), reminds until acknowledged, and says when
-it is back. Plus: `alerts test`, bad [alerts] settings, the pure condition function, and the
+process, STARTTLS required, with a certificate made here) and a real rsyslog (TLS with a client
+certificate; UDP for `alerts test`) when a replica site goes down (a tmpfs remounted
+read-only), reminds until acknowledged, and says when it is back. Plus: `alerts test`, bad [alerts] settings, the pure condition function, and the
 Prometheus rules checked by promtool (Debian's prometheus package, installed by scripts/test).
 """
 
@@ -132,7 +132,10 @@ def configure(vault: Vault, webhook: Webhook, smtp: Smtp, rsyslog: Rsyslog, pki:
                        ("webhook_token", '"hook-secret"'), ("smtp_host", '"127.0.0.1"'),
                        ("smtp_port", str(smtp.port)), ("smtp_ca_file", json.dumps(str(pki.ca))),  # type: ignore[attr-defined]
                        ("mail_from", '"dicomvault@hospital.test"'), ("mail_to", '["pacs-admin@hospital.test"]'),
-                       ("syslog", json.dumps(f"udp://127.0.0.1:{rsyslog.udp_port}"))):
+                       ("syslog", json.dumps(f"tls://127.0.0.1:{rsyslog.tls_port}")),
+                       ("syslog_ca_file", json.dumps(str(pki.ca))),  # type: ignore[attr-defined]
+                       ("syslog_cert_file", json.dumps(str(pki.client))),  # type: ignore[attr-defined]
+                       ("syslog_key_file", json.dumps(str(pki.client_key)))):  # type: ignore[attr-defined]
         vault.set_config("alerts", key, value)
 
 
@@ -211,6 +214,11 @@ def test_site_outage_alert_reaches_every_channel_reminds_acks_and_resolves(
     assert run.stdout.split() == ["webhook:", "ok", "email:", "ok", "syslog:", "ok"], run.stdout
     wait_until(lambda: [b for _, b, _ in webhook.requests if b["kind"] == "test"] and count(smtp.subjects(), "TEST", "test alert")
                and count(syslog_lines(rsyslog), "TEST", "test alert"), timeout=20, what="the test alert everywhere")
+    for key, value in (("syslog", json.dumps(f"udp://127.0.0.1:{rsyslog.udp_port}")), ("syslog_cert_file", '""'),
+                       ("syslog_key_file", '""')):
+        vault.set_config("alerts", key, value)
+    assert vault.cli("alerts", "test").stdout.split()[-2:] == ["syslog:", "ok"]
+    wait_until(lambda: count(syslog_lines(rsyslog), "TEST", "test alert") == 2, timeout=20, what="a test alert over UDP")
     listed_cli = json.loads(vault.cli("alerts", "list", "--all", "--json").stdout)["alerts"]
     assert [a["id"] for a in listed_cli if a["key"] == SITE_KEY] == [closed[0]["id"]]
     status = vault.status()
@@ -248,6 +256,7 @@ def test_alerts_test_names_each_failing_channel_and_exits_non_zero(vault: Vault)
     ("smtp_host", '"mail.hospital.test"', "mail_from and mail_to (a list of addresses) are needed too"),
     ("syslog", '"http://logs:514"', "[alerts] syslog must be \"udp://host:514\""),
     ("smtp_ca_file", '"missing-ca.pem"', "[alerts] smtp_ca_file: no such file"),
+    ("syslog_cert_file", '"dicomvault.toml"', "needs both syslog_cert_file and syslog_key_file"),
 ])
 def test_bad_alert_settings_are_refused_with_a_clear_message(vault: Vault, key: str, value: str, words: str) -> None:
     before = vault.config.read_text()

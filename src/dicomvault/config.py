@@ -336,7 +336,8 @@ class AlertSettings:
     retried; ``webhook_token`` as a bearer token; ``webhook_ca_file`` / ``webhook_verify`` for
     TLS), e-mail over SMTP (``smtp_host``, ``smtp_port``, ``smtp_starttls``, optional
     ``smtp_user``/``smtp_password``, ``smtp_ca_file``, ``mail_from``, ``mail_to``) and RFC 5424
-    ``syslog`` ("udp://host:514", "tcp://host:514" or "tls://host:6514", ``syslog_ca_file``)."""
+    ``syslog`` ("udp://host:514", "tcp://host:514" or "tls://host:6514", ``syslog_ca_file``, a
+    client certificate ``syslog_cert_file``/``syslog_key_file`` when the server asks for one)."""
 
     enabled: bool = True
     check_every: str = "30s"
@@ -355,6 +356,8 @@ class AlertSettings:
     mail_to: tuple[str, ...] = ()
     syslog: str = ""
     syslog_ca_file: str = ""
+    syslog_cert_file: str = ""
+    syslog_key_file: str = ""
 
     @property
     def channels(self) -> tuple[str, ...]:
@@ -1077,11 +1080,14 @@ def _alerts(data: dict, base: Path) -> AlertSettings:
         if not isinstance(values[key], str):
             raise ConfigError(f"[alerts] {key} must be a string, got {values[key]!r}")
         values[key] = values[key].strip()
-    for key in ("webhook_ca_file", "smtp_ca_file", "syslog_ca_file"):
+    for key in ("webhook_ca_file", "smtp_ca_file", "syslog_ca_file", "syslog_cert_file", "syslog_key_file"):
         path = str(values[key] or "").strip()
         values[key] = str(_resolve(base, path)) if path else ""
         if path and not Path(values[key]).is_file():
             raise ConfigError(f"[alerts] {key}: no such file {values[key]}")
+    if bool(values["syslog_cert_file"]) != bool(values["syslog_key_file"]):
+        raise ConfigError("[alerts] needs both syslog_cert_file and syslog_key_file for a client certificate, "
+                          "or neither")
     url = values["webhook_url"]
     if url:
         try:
@@ -1411,6 +1417,8 @@ mail_to = []               # ["pacs-admin@hospital.example", "it-oncall@hospital
 # Syslog (RFC 5424): "udp://host:514", "tcp://host:514" or "tls://host:6514".
 syslog = ""
 syslog_ca_file = ""
+syslog_cert_file = ""      # a client certificate and key (PEM), when the server asks for one
+syslog_key_file = ""
 
 [iocm]
 # IHE IOCM rejection notes: a Key Object Selection titled "Rejected for Quality Reasons" (DCM

@@ -148,7 +148,8 @@ class SyslogChannel:
         self.app_name = app_name
         self.hostname = socket.gethostname()
         self.sequence = 0
-        self.sender: Any = (syslog.TlsSender(host, port, settings.syslog_ca_file) if scheme == "tls"
+        self.sender: Any = (syslog.TlsSender(host, port, settings.syslog_ca_file, settings.syslog_cert_file,
+                                              settings.syslog_key_file) if scheme == "tls"
                             else syslog.UdpSender(host, port) if scheme == "udp" else _TcpSender(host, port))
 
     def send(self, notice: dict[str, Any]) -> None:
