@@ -379,3 +379,54 @@ def test_cli_lists_and_acknowledges_and_refuses_what_cannot_be_acknowledged(vaul
     missing = vault.cli("alerts", "ack", "4242", check=False)
     assert missing.returncode == 1 and "there is no alert 4242" in missing.stderr
     assert [row for row in _audit(vault)] == [("alert-raised", "success"), ("alert-ack", "success")]
+
+
+SMTP_WITH_LOGIN = """
+import sys, ssl, threading
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Mailbox
+from aiosmtpd.smtp import AuthResult
+
+port, cert, key, maildir = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+context.load_cert_chain(cert, key)
+
+def check(server, session, envelope, mechanism, data):
+    return AuthResult(success=(data.login, data.password) == (b"dicomvault", b"s3cret-mail"), handled=False)
+
+controller = Controller(Mailbox(maildir), hostname="127.0.0.1", port=port, tls_context=context,
+                        require_starttls=True, auth_required=True, auth_require_tls=True, authenticator=check)
+controller.start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+
+def test_smtp_login_after_starttls(vault: Vault, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    port, maildir = free_port(), tmp_path / "maildir"
+    server = subprocess.Popen([sys.executable, "-c", SMTP_WITH_LOGIN, str(port), str(pki.server), str(pki.server_key),
+                               str(maildir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        assert server.stdout is not None
+        for line in iter(server.stdout.readline, ""):  # ends at "ready", or when the server exits
+            if line.strip() == "ready":
+                break
+        else:
+            raise AssertionError("the SMTP server exited before it was ready")
+        for key, value in (("smtp_host", '"127.0.0.1"'), ("smtp_port", str(port)),
+                           ("smtp_ca_file", json.dumps(str(pki.ca))), ("smtp_user", '"dicomvault"'),
+                           ("smtp_password", '"wrong"'), ("mail_from", '"dicomvault@hospital.test"'),
+                           ("mail_to", '["a@hospital.test", "b@hospital.test"]')):
+            vault.set_config("alerts", key, value)
+        refused = vault.cli("alerts", "test", check=False)
+        assert refused.returncode == 1 and "SMTPAuthenticationError" in refused.stdout, refused.stdout
+        vault.set_config("alerts", "smtp_password", '"s3cret-mail"')
+        assert vault.cli("alerts", "test").stdout.strip() == "email: ok"
+        [mail] = list(mailbox.Maildir(maildir, create=False))
+        assert mail["To"] == "a@hospital.test, b@hospital.test" and "TEST (test)" in str(mail["Subject"])
+        assert "if you read this, alerts reach you" in mail.get_payload()
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
