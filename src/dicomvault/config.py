@@ -335,6 +335,45 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class AlertSettings:
+    """Alerts that leave the building (jobs/alerts/): inside ``dicomvault serve`` the engine looks
+    at the archive's conditions every ``check_every`` ("30s"), sends each new alert once to every
+    channel, a reminder every ``remind_every`` ("4h") until it is acknowledged or resolved, and a
+    notice when it clears. Channels (each off while empty): ``webhook_url`` (HTTP POST of JSON,
+    retried; ``webhook_token`` as a bearer token; ``webhook_ca_file`` / ``webhook_verify`` for
+    TLS), e-mail over SMTP (``smtp_host``, ``smtp_port``, ``smtp_starttls``, optional
+    ``smtp_user``/``smtp_password``, ``smtp_ca_file``, ``mail_from``, ``mail_to``) and RFC 5424
+    ``syslog`` ("udp://host:514", "tcp://host:514" or "tls://host:6514", ``syslog_ca_file``, a
+    client certificate ``syslog_cert_file``/``syslog_key_file`` when the server asks for one)."""
+
+    enabled: bool = True
+    check_every: str = "30s"
+    remind_every: str = "4h"
+    webhook_url: str = ""
+    webhook_token: str = ""
+    webhook_ca_file: str = ""
+    webhook_verify: bool = True
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_starttls: bool = True
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_ca_file: str = ""
+    mail_from: str = ""
+    mail_to: tuple[str, ...] = ()
+    syslog: str = ""
+    syslog_ca_file: str = ""
+    syslog_cert_file: str = ""
+    syslog_key_file: str = ""
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels configured: "webhook", "email", "syslog"."""
+        return tuple(name for name, on in (("webhook", self.webhook_url), ("email", self.smtp_host),
+                                            ("syslog", self.syslog)) if on)
+
+
+@dataclass(frozen=True)
 class RetentionRule:
     """One ``[[retention.rules]]`` entry: match keys (all given ones must match; a key's list
     matches when any study value matches any item) and how long a matching study is kept."""
@@ -585,6 +624,7 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     iocm: IocmSettings = field(default_factory=IocmSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path:
@@ -714,6 +754,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         audit=_audit(data, base),
         retention=_retention(data),
         iocm=_iocm(data),
+        alerts=_alerts(data, base),
     )
 
 
@@ -1037,6 +1078,67 @@ def _audit(data: dict, base: Path) -> AuditSettings:
     return AuditSettings(**values)
 
 
+def _alerts(data: dict, base: Path) -> AlertSettings:
+    """``[alerts]``: every channel checked here, so that a typo is refused at start rather than
+    found out when nobody was told."""
+    from urllib.parse import urlsplit
+
+    values = _section(data, "alerts", AlertSettings())
+    for key in ("check_every", "remind_every"):
+        _duration("alerts", key, values[key])
+        values[key] = str(values[key])
+    for key in ("webhook_url", "webhook_token", "smtp_host", "smtp_user", "smtp_password", "mail_from", "syslog"):
+        if not isinstance(values[key], str):
+            raise ConfigError(f"[alerts] {key} must be a string, got {values[key]!r}")
+        values[key] = values[key].strip()
+    for key in ("webhook_ca_file", "smtp_ca_file", "syslog_ca_file", "syslog_cert_file", "syslog_key_file"):
+        path = str(values[key] or "").strip()
+        values[key] = str(_resolve(base, path)) if path else ""
+        if path and not Path(values[key]).is_file():
+            raise ConfigError(f"[alerts] {key}: no such file {values[key]}")
+    if bool(values["syslog_cert_file"]) != bool(values["syslog_key_file"]):
+        raise ConfigError("[alerts] needs both syslog_cert_file and syslog_key_file for a client certificate, "
+                          "or neither")
+    url = values["webhook_url"]
+    if url:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ConfigError(f"[alerts] webhook_url {url!r}: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"[alerts] webhook_url must be an http:// or https:// URL (or \"\" for off), got {url!r}")
+    mail_to = values["mail_to"]
+    if isinstance(mail_to, str):
+        mail_to = (mail_to,) if mail_to.strip() else ()
+    if not isinstance(mail_to, tuple) or not all(isinstance(m, str) for m in mail_to):
+        raise ConfigError(f"[alerts] mail_to must be a list of e-mail addresses, got {values['mail_to']!r}")
+    values["mail_to"] = tuple(m.strip() for m in mail_to if m.strip())
+    for address in (values["mail_from"], *values["mail_to"]):
+        if address and ("@" not in address or any(c.isspace() for c in address)):
+            raise ConfigError(f"[alerts] {address!r} is not an e-mail address (name@host)")
+    if values["smtp_host"]:
+        if not values["mail_from"] or not values["mail_to"]:
+            raise ConfigError("[alerts] smtp_host is set: mail_from and mail_to (a list of addresses) are needed too")
+    elif values["mail_to"]:
+        raise ConfigError("[alerts] mail_to is set but smtp_host is empty: name the SMTP server that sends the mail")
+    if not 1 <= values["smtp_port"] <= 65535:
+        raise ConfigError(f"[alerts] smtp_port must be 1-65535, got {values['smtp_port']}")
+    if bool(values["smtp_user"]) != bool(values["smtp_password"]):
+        raise ConfigError("[alerts] needs both smtp_user and smtp_password to log in, or neither")
+    syslog = values["syslog"]
+    if syslog:
+        try:
+            parts = urlsplit(syslog)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"[alerts] syslog {syslog!r}: {exc}") from None
+        if parts.scheme not in ("udp", "tcp", "tls") or not parts.hostname or parts.path not in ("", "/") or port == 0:
+            raise ConfigError(f"[alerts] syslog must be \"udp://host:514\", \"tcp://host:514\" or "
+                              f"\"tls://host:6514\" (or \"\" for off), got {syslog!r}")
+    return AlertSettings(**values)
+
+
 def _commitment(data: dict) -> CommitmentSettings:
     values = _section(data, "commitment", CommitmentSettings())
     try:
@@ -1303,6 +1405,35 @@ syslog_key_file = ""
 app_name = "dicomvault"
 hostname = ""
 source_id = ""
+
+[alerts]
+# `dicomvault serve` looks at the archive every check_every (what `dicomvault status` lists, and
+# the protection reasons) and tells people: each alert once when raised, a reminder every
+# remind_every until someone acknowledges it (`dicomvault alerts ack ID`, or the API), and a
+# notice when it clears. `dicomvault alerts test` sends a test alert to every channel below;
+# `dicomvault alerts list` shows the open ones. A failing channel is retried and shows in status.
+enabled = true
+check_every = "30s"
+remind_every = "4h"
+# Webhook: each notice as JSON in an HTTP POST (retried), e.g. to a chat or paging gateway.
+webhook_url = ""
+webhook_token = ""         # sent as "Authorization: Bearer <token>" (or DICOMVAULT_ALERTS_WEBHOOK_TOKEN)
+webhook_ca_file = ""       # https: the CA that signed the receiver (empty: the system's)
+webhook_verify = true
+# E-mail over SMTP with STARTTLS (smtp_starttls = false only for a relay on this host).
+smtp_host = ""
+smtp_port = 587
+smtp_starttls = true
+smtp_user = ""             # with smtp_password: log in after STARTTLS
+smtp_password = ""
+smtp_ca_file = ""          # the CA that signed the SMTP server (empty: the system's)
+mail_from = ""
+mail_to = []               # ["pacs-admin@hospital.example", "it-oncall@hospital.example"]
+# Syslog (RFC 5424): "udp://host:514", "tcp://host:514" or "tls://host:6514".
+syslog = ""
+syslog_ca_file = ""
+syslog_cert_file = ""      # a client certificate and key (PEM), when the server asks for one
+syslog_key_file = ""
 
 [iocm]
 # IHE IOCM rejection notes: a Key Object Selection titled "Rejected for Quality Reasons" (DCM

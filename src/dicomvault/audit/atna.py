@@ -126,6 +126,13 @@ RULES: dict[str, Rule] = {
     "replicate-retry": Rule(APPLICATION_ACTIVITY, "E"),
     "commitment-request": Rule(APPLICATION_ACTIVITY, "E", REQUEST),
     "commitment-report": Rule(APPLICATION_ACTIVITY, "E", OUTBOUND),
+    # Alerts (jobs/alerts/engine.py): raised and resolved by serve, acknowledged by a person,
+    # a test notice, a delivery channel failing or working again.
+    "alert-raised": Rule(APPLICATION_ACTIVITY, "E"),
+    "alert-resolved": Rule(APPLICATION_ACTIVITY, "E"),
+    "alert-ack": Rule(APPLICATION_ACTIVITY, "E", REQUEST),
+    "alert-test": Rule(APPLICATION_ACTIVITY, "E", OUTBOUND),
+    "alert-channel": Rule(APPLICATION_ACTIVITY, "E", OUTBOUND),
 }
 
 SUCCESS_OUTCOMES = {"success", "duplicate", "stored", "started", "accepted", "repaired", "quarantined",

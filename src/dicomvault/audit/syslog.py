@@ -32,11 +32,12 @@ BOM = b"\xef\xbb\xbf"
 
 
 def message(body: bytes, *, ts: float, hostname: str, app_name: str, procid: str, sequence: int,
-            severity: int = NOTICE) -> bytes:
-    """One RFC 5424 message: header, ``[meta sequenceId]`` structured data, BOM and UTF-8 body."""
+            severity: int = NOTICE, msgid: str = MSGID, facility: int = FACILITY) -> bytes:
+    """One RFC 5424 message: header, ``[meta sequenceId]`` structured data, BOM and UTF-8 body
+    (``msgid``/``facility``: another kind of message than an audit event, e.g. an alert)."""
     stamp = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     sequence_id = (sequence - 1) % 2147483647 + 1  # RFC 5424 7.3.1: 1..2147483647
-    header = (f"<{FACILITY * 8 + severity}>1 {stamp} {hostname or '-'} {app_name or '-'} {procid or '-'} {MSGID} "
+    header = (f"<{facility * 8 + severity}>1 {stamp} {hostname or '-'} {app_name or '-'} {procid or '-'} {msgid} "
               f'[meta sequenceId="{sequence_id}"] ')
     return header.encode("ascii") + BOM + body
 

@@ -547,3 +547,38 @@ deletion_sites = Table(
     UniqueConstraint("deletion_id", "site", name="uq_deletion_sites_deletion_site"),
 )
 Index("ix_deletion_sites_state", deletion_sites.c.state, deletion_sites.c.next_attempt_at)
+
+# Alerts (jobs/alerts/engine.py, migration 0016): one row per occurrence of a condition (``key``
+# stable across occurrences; a condition that clears and comes back is a new row). Open while
+# ``resolved_at`` is NULL. ``last_sent_at``: the last raise or reminder handed to the channels;
+# an acknowledged alert gets no reminders.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(200), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("raised_at", Float, nullable=False),
+    Column("last_sent_at", Float, nullable=True),
+    Column("reminders", Integer, nullable=False, server_default="0"),
+    Column("acknowledged_by", String(256), nullable=True),
+    Column("acknowledged_at", Float, nullable=True),
+    Column("ack_note", Text, nullable=False, server_default=""),
+    Column("resolved_at", Float, nullable=True),
+)
+Index("ix_alerts_key_resolved", alerts.c.key, alerts.c.resolved_at)
+
+# Each alert channel's delivery state as `serve` last saw it (a failing channel is itself shown
+# in `status`). ``pending``: notices waiting for a retry.
+alert_channels = Table(
+    "alert_channels",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("ok", Boolean, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("failing_since", Float, nullable=True),
+    Column("last_ok_at", Float, nullable=True),
+    Column("pending", Integer, nullable=False, server_default="0"),
+    Column("updated_at", Float, nullable=False),
+)

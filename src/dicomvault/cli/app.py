@@ -56,6 +56,9 @@ cli_deletion.register(app, cli_retention.retention_app)  # dicomvault delete, de
 from dicomvault.cli import capacity as cli_capacity
 
 cli_capacity.register(app)  # dicomvault capacity
+from dicomvault.cli import alerts as cli_alerts
+
+cli_alerts.register(app)  # dicomvault alerts list|ack|test
 
 
 @app.command()
@@ -216,6 +219,11 @@ def serve(config: ConfigOption = None) -> None:
     retention_runs = RetentionScheduler(archive)
     retention_runs.start()  # deletes what expired per [retention] schedule (when enabled); retries pending sites
     audit_export.start()  # off unless [audit] syslog is set
+    from dicomvault.jobs.alerts.engine import AlertEngine
+    from dicomvault.serve.status import archive_status
+
+    alert_engine = AlertEngine(archive.catalog, settings, lambda: archive_status(archive))
+    alert_engine.start()  # raises, reminds, resolves; tells every [alerts] channel
     print(
         f"dicomvault {__version__} serving: DICOM {settings.dicom.ae_title}@{settings.dicom.bind}:{settings.dicom.port}"
         + (f" (TLS :{settings.dicom.tls_port})" if settings.dicom.tls_port else "")
@@ -224,6 +232,7 @@ def serve(config: ConfigOption = None) -> None:
         flush=True,
     )
     stop.wait()
+    alert_engine.stop()
     hl7_listener.stop()
     dimse.stop()
     if http is not None:
@@ -410,6 +419,12 @@ def status(
         for site, entry in report["sites"].items():
             if entry.get("not_started"):
                 out.print(f"  site {site}: NOT STARTED ({entry['not_started']})", markup=False, highlight=False)
+        alerting = report["alerting"]
+        if alerting["channels"] or alerting["open"]:
+            channels = ", ".join(f"{name} {'ok' if state['ok'] is not False else 'FAILING'}"
+                                 for name, state in alerting["channels"].items()) or "no channel configured"
+            out.print(f"  alerts sent by serve: {alerting['open']} open ({alerting['acknowledged']} acknowledged; "
+                      f"`dicomvault alerts list`); {channels}", markup=False, highlight=False)
         for alert in report["alerts"]:
             out.print(f"  alert: {alert}")
     # The exit says the protection state only (monitoring scripts); other alerts show above and in "ok".

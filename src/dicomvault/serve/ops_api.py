@@ -10,6 +10,8 @@ a script need not poll, whether serve or a ``dicomvault restore`` in a terminal 
 "reason"}) deletes a study as `dicomvault delete --yes` does (admin; jobs/retention/delete.py).
 ``GET /api/capacity``, ``/api/ingest-history?range=24h|30d`` and ``/api/rto`` (operator) are
 capacity planning, the dashboard's ingest charts and the RTO estimate (jobs/capacity.py).
+``GET /api/alerts`` lists open alerts (``?all=1``: resolved too) and ``POST
+/api/alerts/{id}/ack`` ({"note"}) acknowledges one (operator; jobs/alerts/engine.py).
 
 Restore reports list patients' instances (UIDs, the PACS's refusals) and a job's selection
 may hold a Patient ID, so every request must carry a bearer token from ``[http]
@@ -231,10 +233,40 @@ def api_routes(archive: Archive, restores: RestoreService | None = None) -> list
 
         return JSONResponse(await run_in_threadpool(rto_estimate, archive.catalog))
 
+    async def list_alerts(request: Request) -> Response:
+        """Open alerts (``?all=1``: resolved ones too), oldest first (jobs/alerts/engine.py)."""
+        from dicomvault.catalog.alerts import list_alerts as alerts_of
+        from dicomvault.jobs.alerts.engine import public
+
+        every = request.query_params.get("all", "") in ("1", "true", "yes")
+        alerts = await run_in_threadpool(alerts_of, archive.catalog, every)
+        return JSONResponse({"alerts": [public(a) for a in alerts]})
+
+    async def ack_alert(request: Request) -> Response:
+        """Acknowledge an open alert ({"note": TEXT} optional): no more reminders."""
+        from dicomvault.jobs.alerts.engine import AlertError, acknowledge, public
+
+        actor = request.scope["dicomvault.api_actor"]
+        alert_id = job_id_param(request.path_params["alert_id"])
+        if alert_id is None:
+            return JSONResponse({"error": f"there is no alert {request.path_params['alert_id'][:40]!r}"},
+                                status_code=404)
+        note = (await json_body(request)).get("note") or ""
+        if not isinstance(note, str):
+            return JSONResponse({"error": "note must be text"}, status_code=400)
+        try:
+            alert = await run_in_threadpool(acknowledge, archive.catalog, alert_id, actor, note)
+        except AlertError as exc:
+            await audit(request, actor, "alert-ack", "refused", {"error": str(exc)})
+            return JSONResponse({"error": str(exc)}, status_code=404 if "no alert" in str(exc) else 409)
+        return JSONResponse(public(alert))
+
     return [Route("/api/status", guarded(status)),
             Route("/api/capacity", guarded(capacity, OPERATOR)),
             Route("/api/ingest-history", guarded(ingest_history, OPERATOR)),
             Route("/api/rto", guarded(rto, OPERATOR)),
+            Route("/api/alerts", guarded(list_alerts, OPERATOR)),
+            Route("/api/alerts/{alert_id}/ack", guarded(ack_alert, OPERATOR), methods=["POST"]),
             Route("/api/holds", guarded(list_holds)),
             Route("/api/holds", guarded(add_hold), methods=["POST"]),
             Route("/api/holds/{hold_id}/release", guarded(release_hold), methods=["POST"]), Route("/api/restores", guarded(list_restores)),

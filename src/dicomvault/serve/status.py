@@ -137,6 +137,10 @@ def _archive_status(archive: Archive, verify_audit: bool, statistics: Any, scrub
     if deleted["pending_over_24h"]:
         alerts.append(f"{deleted['pending_over_24h']} deletion(s) pending on a site for over 24 h (site "
                       "unreachable?): `dicomvault deletions` shows which, `dicomvault deletions retry` finishes them")
+    from dicomvault.jobs.alerts.engine import alerting_status
+
+    alerting = alerting_status(archive.catalog, archive.settings)  # [alerts] channels; open alerts
+    alerts += alerting.pop("alerts")
     policy = CopyPolicy.from_settings(archive.settings)  # what storage commitment holds copies to
     stats = statistics()  # waited for last: it ran beside everything above
     newest = stats["newest_ingest"]
@@ -163,6 +167,7 @@ def _archive_status(archive: Archive, verify_audit: bool, statistics: Any, scrub
         "retention": retention,
         "rejections": rejected,
         "deletions": deleted,
+        "alerting": alerting,
         "alerts": alerts,
         "catalog": archive.catalog.url.split("://", 1)[0],
         "key_fingerprint": archive.keyring.fingerprint,
