@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import Vault, make_vault, tmpfs_mounted, wait_until
+from conftest import Vault, api_call, make_vault, tmpfs_mounted, wait_until
 from test_replication_file import make_instances, send
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -177,6 +177,12 @@ def test_an_unreachable_site_raises_an_alert_that_clears(dash: dict, browser, si
         assert "DOWN" in row.find_element(By.CSS_SELECTOR, "td.reachable").text
         assert browser.find_element(By.ID, "protection-state").text != "protected"
         browser.save_screenshot(str(shots / "site-down.png"))
+        # the alert serve raised (jobs/alerts) is acknowledged from the page: no more reminders
+        (item,) = [li for li in browser.find_elements(By.CSS_SELECTOR, "#alerts li") if "nas unreachable" in li.text]
+        item.find_element(By.CSS_SELECTOR, "form button, form input[type=submit]").click()
+        wait_until(lambda: "acknowledged by" in alert_text(), timeout=30, interval=0.5, what="the acknowledgement")
+        status, listed = api_call(vault, "/api/alerts", vault.api_token())
+        assert status == 200 and [a for a in listed["alerts"] if a["acknowledged_by"]], "the API agrees"
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(site)], check=True)
     wait_until(lambda: "nas unreachable" not in alert_text(), timeout=90, interval=0.5, what="the alert to clear")

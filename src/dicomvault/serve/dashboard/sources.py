@@ -11,7 +11,9 @@ import time
 from typing import Any
 
 from dicomvault.archive.core import Archive
+from dicomvault.catalog import alerts as alert_rows
 from dicomvault.jobs import capacity as capacity_jobs
+from dicomvault.jobs.alerts import engine as alert_engine
 
 RANGES = ("24h", "30d")  # the ingest charts
 
@@ -25,21 +27,23 @@ def protection(status: dict[str, Any]) -> dict[str, Any]:
 
 
 def alerts(archive: Archive, status: dict[str, Any]) -> list[dict[str, Any]]:
-    """Open alerts in the ``GET /api/alerts`` shape; FALLBACK: ``status["alerts"]`` without ids
-    (so without an acknowledge button)."""
+    """Open alerts as ``GET /api/alerts`` lists them (jobs/alerts/engine.py), each with its id
+    for the acknowledge button. With ``[alerts] enabled = false`` no engine raises any: the
+    status lines are shown instead, without ids (so without a button)."""
+    if archive.settings.alerts.enabled:
+        return [alert_engine.public(alert) for alert in alert_rows.list_alerts(archive.catalog)]
     now = time.time()
     return [{"id": None, "key": text, "severity": "at risk", "text": text, "raised_at": now, "last_sent_at": None,
              "acknowledged_by": None, "acknowledged_at": None, "resolved_at": None}
             for text in status.get("alerts", [])]
 
 
-class NotAvailable(Exception):
-    pass
+NotAvailable = alert_engine.AlertError  # an alert that cannot be acknowledged (unknown, resolved)
 
 
 def acknowledge(archive: Archive, alert_id: int, actor: str) -> dict[str, Any]:
-    """``POST /api/alerts/{id}/ack``'s work; FALLBACK: alerts have no ids before the alerts helper."""
-    raise NotAvailable("alerts cannot be acknowledged in this version")
+    """``POST /api/alerts/{id}/ack``'s work (audited ``alert-ack``): no more reminders."""
+    return alert_engine.public(alert_engine.acknowledge(archive.catalog, alert_id, actor))
 
 
 def ingest_history(archive: Archive, range_: str, now: float | None = None) -> dict[str, Any]:
