@@ -283,6 +283,12 @@ def test_alert_conditions_take_protection_reasons_and_status_lines_with_stable_k
                                          "site nas: 41 copies dead-lettered; fix the cause"]})
     assert [c.key for c in later] == [SITE_KEY, "status:site-nas-copies-dead-lettered"]
     assert protection_level(status, first) == 2 and protection_level({}, later) == 1 and protection_level({}, []) == 0
+    # one outage, one alert: the status lines a protection reason already reports are left out
+    both = alert_conditions({"protection": {"state": "at risk", "reasons": [
+        {"code": "site-down:nas", "severity": "at risk", "text": "site nas does not answer"},
+        {"code": "dead-letters:nas", "severity": "at risk", "text": "3 copies to nas given up"}]},
+        "alerts": [*status["alerts"], "site nasty unreachable: timeout"]})
+    assert [c.key for c in both] == ["site-down:nas", "dead-letters:nas", "status:site-nasty-unreachable"]
 
 
 # --- Prometheus and Grafana ------------------------------------------------------------------------

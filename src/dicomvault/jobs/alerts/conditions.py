@@ -18,6 +18,9 @@ Two sources:
   followed by 8 hex digits of its SHA-256, so two long ones never share a key.
 
 The same key twice (two texts with one headline) is one condition whose texts are joined.
+
+A status line that says what a protection reason already says (``site nas unreachable: ...``
+beside ``site-down:nas``) is left out (``_covered``): one outage, one alert.
 """
 
 from __future__ import annotations
@@ -54,6 +57,24 @@ def status_key(text: str) -> str:
     return f"status:{slug}"
 
 
+# A protection reason's kind -> words of the status lines that report the same thing about
+# the reason's site (archive/readiness.py and serve/status.py say it in these words).
+_SAME_AS = {"site-down": ("unreachable", "unhealthy"), "dead-letters": ("dead-letter",),
+            "snapshot-stale": ("snapshot",), "drill-failed": ("drill",), "drill-overdue": ("drill",),
+            "scrub-overdue": ("scrub", "proven", "proof"), "site-quarantined": ("quarantin",)}
+
+
+def _covered(text: str, codes: list[str]) -> bool:
+    """Whether a status line reports what one of these protection reasons already does."""
+    lowered = text.lower()
+    for code in codes:
+        kind, _, site = code.partition(":")
+        words = _SAME_AS.get(kind, ())
+        if site and re.search(rf"\b{re.escape(site.lower())}\b", lowered) and any(w in lowered for w in words):
+            return True
+    return False
+
+
 def alert_conditions(status: dict[str, Any]) -> list[Condition]:
     """Every condition the archive is in now, in a stable order (protection reasons first)."""
     found: dict[str, Condition] = {}
@@ -67,14 +88,17 @@ def alert_conditions(status: dict[str, Any]) -> list[Condition]:
             found[key] = Condition(key, severity, text)
 
     protection = status.get("protection")
+    codes: list[str] = []
     if isinstance(protection, dict):
         for reason in protection.get("reasons") or []:
             if not isinstance(reason, dict) or not reason.get("code"):
                 continue
             severity = reason.get("severity") if reason.get("severity") in SEVERITIES else AT_RISK
             add(str(reason["code"])[:200], str(severity), str(reason.get("text") or reason["code"]))
+            codes.append(str(reason["code"]))
     for text in status.get("alerts") or []:
-        add(status_key(str(text)), AT_RISK, str(text))
+        if not _covered(str(text), codes):
+            add(status_key(str(text)), AT_RISK, str(text))
     return list(found.values())
 
 
