@@ -149,9 +149,9 @@ def parts(config: Path) -> None:
         timings.append(("  of which catalog.statistics()", time.perf_counter() - t0))
         for name, call in (("ingest_history 24h", lambda: sources.ingest_history(archive, "24h")),
                            ("ingest_history 30d", lambda: sources.ingest_history(archive, "30d")),
-                           ("capacity (fallback)", lambda: sources.capacity(
-                               archive, status, sources.ingest_history(archive, "30d"))),
-                           ("rto (fallback)", lambda: sources.rto(archive, status))):
+                           ("capacity", lambda: sources.capacity(archive)),
+                           ("rto", lambda: sources.rto(archive)),
+                           ("alerts", lambda: sources.alerts(archive, status))):
             t0 = time.perf_counter()
             call()
             timings.append((name, time.perf_counter() - t0))
