@@ -31,7 +31,7 @@ from test_replication_file import make_instances, send
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dicomvault.json"
-SITE_KEY = "status:site-nas-unreachable"
+SITE_KEY = "site-down:nas"  # the protection reason (archive/readiness.py); its status line is no second alert
 
 
 # --- receivers -----------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ def syslog_lines(rsyslog: Rsyslog) -> list[str]:
             if "dicomvault-alert" in line]
 
 
-def count(lines: list[str], kind: str, text: str = "site nas unreachable") -> int:
+def count(lines: list[str], kind: str, text: str = "site nas is unreachable") -> int:
     return sum(1 for line in lines if f"{kind} (" in line and text in line)
 
 
@@ -170,7 +170,7 @@ def test_site_outage_alert_reaches_every_channel_reminds_acks_and_resolves(
     # The webhook failed twice at first (HTTP 500) and was retried until delivered.
     assert [code for code, _, _ in webhook.requests[:3]] == [500, 500, 200]
     raised = webhook.delivered("raised")[0]
-    assert raised["severity"] == "at risk" and raised["text"].startswith("site nas unreachable"), raised
+    assert raised["severity"] == "at risk" and raised["text"].startswith("site nas is unreachable"), raised
     assert all(auth == "Bearer hook-secret" for _, _, auth in webhook.requests)
     assert f'dicomvault_alert_active{{key="{SITE_KEY}",severity="at risk"}} 1.0' in metrics(vault)
 
@@ -277,11 +277,11 @@ def test_alert_conditions_take_protection_reasons_and_status_lines_with_stable_k
                    "site nas: 3 copies dead-lettered; fix the cause"]}
     first = alert_conditions(status)
     assert [(c.key, c.severity) for c in first] == [("no-offsite-site", "unprotected"),
-                                                    (SITE_KEY, "at risk"),
+                                                    ("status:site-nas-unreachable", "at risk"),
                                                     ("status:site-nas-copies-dead-lettered", "at risk")]
     later = alert_conditions({"alerts": ["site nas unreachable: [Errno 5] Input/output error: '/mnt/x/77'",
                                          "site nas: 41 copies dead-lettered; fix the cause"]})
-    assert [c.key for c in later] == [SITE_KEY, "status:site-nas-copies-dead-lettered"]
+    assert [c.key for c in later] == ["status:site-nas-unreachable", "status:site-nas-copies-dead-lettered"]
     assert protection_level(status, first) == 2 and protection_level({}, later) == 1 and protection_level({}, []) == 0
     # one outage, one alert: the status lines a protection reason already reports are left out
     both = alert_conditions({"protection": {"state": "at risk", "reasons": [
@@ -344,23 +344,23 @@ def test_a_failing_channel_is_retried_shown_in_status_and_never_alerts_about_its
     hook.down = True
     now = 1_000_000.0
     engine.check(now)
-    assert mail.got == [("raised", SITE_KEY)] and hook.got == []
+    assert mail.got == [("raised", "status:site-nas-unreachable")] and hook.got == []
     channel_state = alerting_status(archive.catalog, settings)
     assert channel_state["channels"]["webhook"]["ok"] is False and channel_state["channels"]["webhook"]["pending"] == 1
-    assert [c.key for c in alert_conditions(status())] == [SITE_KEY, "status:alert-channel-webhook-failing"]
+    assert [c.key for c in alert_conditions(status())] == ["status:site-nas-unreachable", "status:alert-channel-webhook-failing"]
     for step in range(1, 4):  # the webhook stays down: its own alert goes to e-mail only, once
         engine.check(now + step)
-    assert mail.got == [("raised", SITE_KEY), ("raised", "status:alert-channel-webhook-failing")]
+    assert mail.got == [("raised", "status:site-nas-unreachable"), ("raised", "status:alert-channel-webhook-failing")]
     assert hook.got == []
     hook.down = False  # back: the queued notice arrives; the channel alert resolves (told to e-mail only)
     engine.check(now + 5)
     engine.check(now + 6)
-    assert hook.got == [("raised", SITE_KEY)]
+    assert hook.got == [("raised", "status:site-nas-unreachable")]
     assert mail.got[-1] == ("resolved", "status:alert-channel-webhook-failing")
     assert alerting_status(archive.catalog, settings)["channels"]["webhook"]["ok"] is True
     lines.clear()
     engine.check(now + 7)
-    assert hook.got[-1] == mail.got[-1] == ("resolved", SITE_KEY)
+    assert hook.got[-1] == mail.got[-1] == ("resolved", "status:site-nas-unreachable")
 
 
 def test_cli_lists_and_acknowledges_and_refuses_what_cannot_be_acknowledged(vault: Vault) -> None:

@@ -167,25 +167,25 @@ def test_an_unreachable_site_raises_an_alert_that_clears(dash: dict, browser, si
         browser.get(url(vault, "/"))
         return browser.find_element(By.ID, "alerts").text
 
-    assert "nas unreachable" not in alert_text()
+    assert "nas is unreachable" not in alert_text()
     subprocess.run(["mount", "-o", "remount,ro", str(site)], check=True)
     try:
         make_instances(ct_small, dash["root"] / "during", 2)
         send(vault, dash["root"] / "during")  # the copies owed to nas now fail
-        wait_until(lambda: "nas unreachable" in alert_text(), timeout=60, interval=0.5, what="the alert on the page")
+        wait_until(lambda: "nas is unreachable" in alert_text(), timeout=60, interval=0.5, what="the alert on the page")
         row = browser.find_element(By.CSS_SELECTOR, '#sites tr[data-site="nas"]')
         assert "DOWN" in row.find_element(By.CSS_SELECTOR, "td.reachable").text
         assert browser.find_element(By.ID, "protection-state").text != "protected"
         browser.save_screenshot(str(shots / "site-down.png"))
         # the alert serve raised (jobs/alerts) is acknowledged from the page: no more reminders
-        (item,) = [li for li in browser.find_elements(By.CSS_SELECTOR, "#alerts li") if "nas unreachable" in li.text]
+        (item,) = [li for li in browser.find_elements(By.CSS_SELECTOR, "#alerts li") if "nas is unreachable" in li.text]
         item.find_element(By.CSS_SELECTOR, "form button, form input[type=submit]").click()
         wait_until(lambda: "acknowledged by" in alert_text(), timeout=30, interval=0.5, what="the acknowledgement")
         status, listed = api_call(vault, "/api/alerts", vault.api_token())
         assert status == 200 and [a for a in listed["alerts"] if a["acknowledged_by"]], "the API agrees"
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(site)], check=True)
-    wait_until(lambda: "nas unreachable" not in alert_text(), timeout=90, interval=0.5, what="the alert to clear")
+    wait_until(lambda: "nas is unreachable" not in alert_text(), timeout=90, interval=0.5, what="the alert to clear")
     row = browser.find_element(By.CSS_SELECTOR, '#sites tr[data-site="nas"]')
     assert row.find_element(By.CSS_SELECTOR, "td.reachable").text == "up"
     browser.save_screenshot(str(shots / "site-back.png"))
