@@ -97,6 +97,15 @@ def _storage_failure(exc: BaseException) -> tuple[int, str]:
     return 500, f"the receiving vault cannot store the object: {detail}"
 
 
+def _side_failure(exc: BaseException, bad_name: str) -> JSONResponse:
+    """A snapshot or key-record request the store could not serve: 400 for a bad name (the
+    site's SiteError starts with ``bad_name``), else what the storage failure means."""
+    if isinstance(exc, SiteError) and bad_name in str(exc):
+        return _error(400, str(exc))
+    status, reason = _storage_failure(exc)
+    return _error(status, reason)
+
+
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -419,10 +428,7 @@ def replica_routes(settings: ReplicaStoreSettings, catalog: Catalog) -> list[Rou
         except KeyError:
             return _error(404, f"no snapshot {name} in this store", {ABSENT_HEADER: "absent"})
         except (SiteError, OSError) as exc:
-            if isinstance(exc, SiteError) and "invalid catalog snapshot name" in str(exc):
-                return _error(400, str(exc))
-            status, reason = _storage_failure(exc)
-            return _error(status, reason)
+            return _side_failure(exc, "invalid catalog snapshot name")
 
     async def key_record(request: Request) -> Response:
         """A sender's key records: replaced on PUT (``keys rotate`` re-wraps them) and deleted on
@@ -458,10 +464,7 @@ def replica_routes(settings: ReplicaStoreSettings, catalog: Catalog) -> list[Rou
         except KeyError:
             return _error(404, f"no key record {name} in this store", {ABSENT_HEADER: "absent"})
         except (SiteError, OSError) as exc:
-            if isinstance(exc, SiteError) and "invalid key record name" in str(exc):
-                return _error(400, str(exc))
-            status, reason = _storage_failure(exc)
-            return _error(status, reason)
+            return _side_failure(exc, "invalid key record name")
 
     async def listing(request: Request) -> Response:
         if store is None:

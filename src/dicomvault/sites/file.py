@@ -485,99 +485,80 @@ class FileSite(Site):
                 final.unlink()
             intent.unlink(missing_ok=True)
 
-    # -- catalog snapshots: ``snapshots/<name>``, written like an object (temp, fsync, rename) --
+    # -- side namespaces: catalog snapshots (``snapshots/``) and key records (``keys/``) -------
+    # Both are small files beside the objects, written through a temp file, fsync and rename;
+    # ``what`` names them in errors.
 
-    def put_snapshot(self, name: str, data: bytes) -> None:
-        folder = self.root / "snapshots"
-        final = folder / valid_snapshot_name(name)
-        temporary = folder / f".{name}.{secrets.token_hex(4)}"
+    def _side_write(self, final: Path, data: bytes, what: str, *, mode: int, replace: bool) -> None:
+        folder = final.parent
+        temporary = folder / f".{final.name}.{secrets.token_hex(4)}"
         try:
             folder.mkdir(exist_ok=True)
-            write_synced(temporary, data)
-            if final.exists():
-                raise FileExistsError(errno.EEXIST, "a snapshot of that name exists")
-            os.rename(temporary, final)
+            write_synced(temporary, data, mode)
+            if replace:
+                os.replace(temporary, final)
+            else:
+                if final.exists():
+                    raise FileExistsError(errno.EEXIST, f"a {what} of that name exists")
+                os.rename(temporary, final)
             fsync_dir(folder)
         except OSError as exc:
             try:
                 temporary.unlink(missing_ok=True)
             except OSError:
                 pass  # the storage is gone: nothing was written there either
-            reason = _reason(exc)
-            raise SiteError(f"{reason}: cannot write catalog snapshot to {self.url}") from exc
+            raise SiteError(f"{_reason(exc)}: cannot write {what} to {self.url}") from exc
+
+    def _side_read(self, path: Path, what: str) -> bytes:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise KeyError(path.name) from None
+        except OSError as exc:
+            raise SiteError(f"cannot read {what} {path.name} from {self.url}: {exc.strerror}") from exc
+
+    def _side_names(self, folder: Path, what: str) -> "builtins.list[str]":
+        try:
+            return sorted(entry.name for entry in folder.iterdir())
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise SiteError(f"cannot list {what}s on {self.url}: {exc.strerror}") from exc
+
+    def _side_delete(self, path: Path, what: str) -> None:
+        try:
+            path.unlink()
+            fsync_dir(path.parent)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise SiteError(f"cannot delete {what} {path.name} on {self.url}: {exc.strerror}") from exc
+
+    def put_snapshot(self, name: str, data: bytes) -> None:
+        self._side_write(self.root / "snapshots" / valid_snapshot_name(name), data, "catalog snapshot",
+                         mode=0o444, replace=False)
 
     def get_snapshot(self, name: str) -> bytes:
-        try:
-            return (self.root / "snapshots" / valid_snapshot_name(name)).read_bytes()
-        except FileNotFoundError:
-            raise KeyError(name) from None
-        except OSError as exc:
-            raise SiteError(f"cannot read catalog snapshot {name} from {self.url}: {exc.strerror}") from exc
+        return self._side_read(self.root / "snapshots" / valid_snapshot_name(name), "catalog snapshot")
 
     def list_snapshots(self) -> "builtins.list[str]":
-        folder = self.root / "snapshots"
-        try:
-            names = [entry.name for entry in folder.iterdir()]
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise SiteError(f"cannot list catalog snapshots on {self.url}: {exc.strerror}") from exc
-        return sorted(name for name in names if not name.startswith("."))
+        return [n for n in self._side_names(self.root / "snapshots", "catalog snapshot") if not n.startswith(".")]
 
     def delete_snapshot(self, name: str) -> None:
-        path = self.root / "snapshots" / valid_snapshot_name(name)
-        try:
-            path.unlink()
-            fsync_dir(path.parent)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise SiteError(f"cannot delete catalog snapshot {name} on {self.url}: {exc.strerror}") from exc
-
-    # -- key records: ``keys/<key id>``, replaced by temp + fsync + rename ---------------------
+        self._side_delete(self.root / "snapshots" / valid_snapshot_name(name), "catalog snapshot")
 
     def put_key(self, name: str, data: bytes) -> None:
-        folder = self.root / "keys"
-        final = folder / valid_key_name(name)
-        temporary = folder / f".{name}.{secrets.token_hex(4)}"
-        try:
-            folder.mkdir(exist_ok=True)
-            write_synced(temporary, data, 0o600)
-            os.replace(temporary, final)
-            fsync_dir(folder)
-        except OSError as exc:
-            try:
-                temporary.unlink(missing_ok=True)
-            except OSError:
-                pass
-            raise SiteError(f"{_reason(exc)}: cannot write key record to {self.url}") from exc
+        """Replaced in place (rotation re-wraps it)."""
+        self._side_write(self.root / "keys" / valid_key_name(name), data, "key record", mode=0o600, replace=True)
 
     def get_key(self, name: str) -> bytes:
-        try:
-            return (self.root / "keys" / valid_key_name(name)).read_bytes()
-        except FileNotFoundError:
-            raise KeyError(name) from None
-        except OSError as exc:
-            raise SiteError(f"cannot read key record {name} from {self.url}: {exc.strerror}") from exc
+        return self._side_read(self.root / "keys" / valid_key_name(name), "key record")
 
     def list_keys(self) -> "builtins.list[str]":
-        try:
-            names = [entry.name for entry in (self.root / "keys").iterdir()]
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise SiteError(f"cannot list key records on {self.url}: {exc.strerror}") from exc
-        return sorted(name for name in names if KEY_NAME.match(name))
+        return [n for n in self._side_names(self.root / "keys", "key record") if KEY_NAME.match(n)]
 
     def delete_key(self, name: str) -> None:
-        path = self.root / "keys" / valid_key_name(name)
-        try:
-            path.unlink()
-            fsync_dir(path.parent)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise SiteError(f"cannot delete key record {name} on {self.url}: {exc.strerror}") from exc
+        self._side_delete(self.root / "keys" / valid_key_name(name), "key record")
 
     def health(self) -> dict[str, object]:
         info: dict[str, object] = {"url": self.url, "kind": "file"}

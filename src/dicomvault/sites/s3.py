@@ -508,15 +508,19 @@ class S3Site(Site):
     def get_key(self, name: str) -> bytes:
         return self._download(name, self._key_record_key(name), "key record")[0]
 
-    def list_keys(self) -> "builtins.list[str]":
-        folder = f"{self.prefix}/keys/" if self.prefix else "keys/"
+    def _names_under(self, folder: str) -> "builtins.list[str]":
+        """Names of the keys under ``<prefix>/<folder>/`` (key records, snapshots), sorted."""
+        folder = f"{self.prefix}/{folder}/" if self.prefix else f"{folder}/"
         names: builtins.list[str] = []
         try:
             for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder):
                 names += [item["Key"][len(folder):] for item in page.get("Contents", ())]
         except (ClientError, BotoCoreError) as exc:
             self._fail(exc, f"ListObjectsV2 {folder}")
-        return sorted(name for name in names if KEY_NAME.match(name))
+        return sorted(names)
+
+    def list_keys(self) -> "builtins.list[str]":
+        return [name for name in self._names_under("keys") if KEY_NAME.match(name)]
 
     def delete_key(self, name: str) -> None:
         """Every version goes: an older version wrapped by a retired site key is a copy too."""
@@ -569,14 +573,7 @@ class S3Site(Site):
         return self._download(name, self._snapshot_key(name), "catalog snapshot")[0]
 
     def list_snapshots(self) -> "builtins.list[str]":
-        folder = f"{self.prefix}/snapshots/" if self.prefix else "snapshots/"
-        names: builtins.list[str] = []
-        try:
-            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder):
-                names += [item["Key"][len(folder):] for item in page.get("Contents", ())]
-        except (ClientError, BotoCoreError) as exc:
-            self._fail(exc, f"ListObjectsV2 {folder}")
-        return sorted(name for name in names if "/" not in name and name.startswith("catalog-"))
+        return [name for name in self._names_under("snapshots") if "/" not in name and name.startswith("catalog-")]
 
     def delete_snapshot(self, name: str) -> None:
         key = self._snapshot_key(name)
