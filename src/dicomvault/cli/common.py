@@ -10,6 +10,8 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -51,6 +53,14 @@ def open_archive(config: Optional[Path]) -> Any:
 
 def settings(config: Optional[Path]) -> Settings:
     return load_settings(config)
+
+
+@contextmanager
+def progress_callback(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar named ``what``, as the ``progress(done, total)`` callback jobs take."""
+    with progress_bar() as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def progress_bar() -> Progress:

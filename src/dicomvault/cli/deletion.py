@@ -13,7 +13,7 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
-from dicomvault.cli.common import CliFailure, ConfigOption, actor, open_archive, out, progress_bar
+from dicomvault.cli.common import CliFailure, ConfigOption, actor, open_archive, out, progress_callback
 
 deletions_app = typer.Typer(rich_markup_mode=None, invoke_without_command=True,
                             help="Deletion records: what was deleted, why, by whom, and on which sites.")
@@ -40,13 +40,6 @@ def _archive(config: Optional[Path]) -> Iterator[Any]:
         raise CliFailure(str(exc)) from exc
     finally:
         archive.close()
-
-
-@contextmanager
-def _bar(what: str) -> Iterator[Any]:
-    with progress_bar() as progress:
-        task = progress.add_task(what, total=None)
-        yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
 def _show(record: dict[str, Any]) -> None:
@@ -88,7 +81,7 @@ def delete(
                     say(f"  REFUSED: {plan['hold']}")
                 say("nothing deleted: add --yes to delete")
             raise typer.Exit(2)
-        with _bar("deleting objects") as progress:
+        with progress_callback("deleting objects") as progress:
             record = delete_study(archive, study, why="request", reason=reason, actor=actor(), progress=progress)
     if json_out:
         print(json.dumps(record, indent=2))
@@ -150,7 +143,7 @@ def deletions_retry(
     """Try every site a deletion is still pending on now (an unreachable site that is back)."""
     from dicomvault.jobs.retention.delete import retry_pending
 
-    with _archive(config) as archive, _bar("deleting objects") as progress:
+    with _archive(config) as archive, progress_callback("deleting objects") as progress:
         outcomes = retry_pending(archive, actor=actor(), due_only=False, progress=progress)
     if json_out:
         print(json.dumps({"sites": outcomes}, indent=2))
@@ -173,7 +166,7 @@ def retention_run(
     [iocm] delete_after (only with [retention] enabled = true). Held studies are skipped."""
     from dicomvault.jobs.retention.run import run_retention
 
-    with _archive(config) as archive, _bar("deleting objects") as progress:
+    with _archive(config) as archive, progress_callback("deleting objects") as progress:
         report = run_retention(archive, actor=actor(), progress=progress)
     if json_out:
         print(json.dumps(report, indent=2))

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from dicomvault.cli.common import CliFailure, ConfigOption, actor, open_archive, out, progress_bar
+from dicomvault.cli.common import CliFailure, ConfigOption, actor, open_archive, out, progress_callback
 
 EXIT_DRILL_FAILED = 2
 
@@ -44,11 +44,10 @@ def drill(
     archive = open_archive(config)
     try:
         peer = resolve_peer(archive.settings, to) if to else None
-        with progress_bar() as bar:
-            task = bar.add_task("restore drill", total=None)
+        with progress_callback("restore drill") as progress:
             report = run_drill(archive, actor(), only_sites=site or None, random_count=random_count,
                                dates=date or [], peer=peer, keep=keep,
-                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+                               progress=progress)
     except DrillError as exc:
         raise CliFailure(str(exc)) from exc
     finally:

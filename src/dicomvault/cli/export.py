@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from dicomvault.cli.common import CliFailure, ConfigOption, actor, open_archive, out, progress_bar, settings
+from dicomvault.cli.common import CliFailure, ConfigOption, actor, open_archive, out, progress_callback, settings
 from dicomvault.config import find_peer
 
 if TYPE_CHECKING:
@@ -110,10 +110,9 @@ def _export_to_directory(out_dir: Path, selection: "Selection", config: Optional
 
     archive = open_archive(config)
     try:
-        with progress_bar() as bar:
-            task = bar.add_task("exporting", total=None)
+        with progress_callback("exporting") as progress:
             return export_to_dir(archive, selection, out_dir, actor(),
-                                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                                 progress=progress,
                                  coerce=coerce)
     except ExportError as exc:
         raise CliFailure(str(exc)) from exc

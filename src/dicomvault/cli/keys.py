@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dicomvault.cli.common import CliFailure, ConfigOption, actor, open_archive, out, progress_bar
+from dicomvault.cli.common import CliFailure, ConfigOption, actor, open_archive, out, progress_callback
 
 keys_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                        help="Site and recovery keys: which wrap what, and rotation.")
@@ -65,10 +65,9 @@ def rotate(new_recovery_key: Annotated[Optional[Path], typer.Option(
 
     archive = open_archive(config)
     try:
-        with progress_bar() as bar:
-            task = bar.add_task("re-wrapping key records", total=None)
+        with progress_callback("re-wrapping key records") as progress:
             report = run_rotate(archive, actor(), new_recovery_key_file=new_recovery_key,
-                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                progress=progress)
     except RotationError as exc:
         raise CliFailure(str(exc)) from exc
     finally:

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dicomvault.cli.common import CliFailure, ConfigOption, actor, open_archive, out, progress_bar
+from dicomvault.cli.common import CliFailure, ConfigOption, actor, open_archive, out, progress_callback
 
 EXIT_UNREPAIRED = 2
 
@@ -44,10 +44,9 @@ def verify(
         raise CliFailure(f"--sample must be at least 1, got {sample}")
     archive = open_archive(config)
     try:
-        with progress_bar() as bar:
-            task = bar.add_task("verifying copies", total=None)
+        with progress_callback("verifying copies") as progress:
             report = run_verify(archive, actor(), only_sites=site or None, sample=sample, repair=not no_repair,
-                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+                                progress=progress)
     except VerifyError as exc:
         raise CliFailure(str(exc)) from exc
     finally:
