@@ -70,7 +70,6 @@ _STUDY_PK = select(t.studies.c.id).where(t.studies.c.study_uid == bindparam("stu
 _SERIES_PK = select(t.series.c.id).where(t.series.c.series_uid == bindparam("series_uid"))
 _INSTANCE_PK = select(t.instances.c.id).where(t.instances.c.sop_instance_uid == bindparam("sop_instance_uid"))
 _LATEST_VERSION = select(func.max(t.versions.c.version)).where(t.versions.c.instance_pk == bindparam("instance_pk"))
-_STUDY_KEY_ROW = select(t.study_keys).where(t.study_keys.c.study_uid == bindparam("study_uid"))
 _HAS_OBJECT = select(t.versions.c.id).where(t.versions.c.object_id == bindparam("object_id"))
 _INSERT = {
     table.name: insert(table)
@@ -299,7 +298,7 @@ class Catalog:
         return _version(row) if row else None
 
     def study_key_row(self, conn: Connection, study_uid: str) -> Any:
-        return conn.execute(_STUDY_KEY_ROW, {"study_uid": study_uid}).first()
+        return keys.by_study(conn, study_uid)
 
     def add_study_key(self, conn: Connection, study_uid: str, key_id: str, wrapped_site: bytes, wrapped_recovery: bytes,
                       *, kek_id: str = "", recovery_id: str = "", embedded: bool = True) -> None:
